@@ -1,0 +1,426 @@
+//! Versioned JSON payloads. Every payload carries `v` (schema version) so a hub can accept old
+//! agents during a rolling upgrade; unknown fields are ignored for the same reason.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+use ulid::Ulid;
+
+use crate::topic::{validate_level, TopicError};
+
+/// The payload schema version this crate writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Upper bound on objects in one event: a sane frame never has more, a hostile payload might.
+pub const MAX_OBJECTS: usize = 1000;
+
+/// Something seen by an edge agent, published on `csb/v1/{site}/{device}/event`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// Schema version of this payload (currently 1).
+    pub v: u32,
+    /// Time-ordered id generated at the edge (ULID); the hub deduplicates on it.
+    #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    pub id: Ulid,
+    pub site: String,
+    pub device: String,
+    /// Camera id as configured on the agent.
+    pub camera: String,
+    pub kind: EventKind,
+    /// Wall-clock capture time of the frame, Unix milliseconds (UTC).
+    pub ts_ms: i64,
+    pub frame: FrameInfo,
+    /// The model that produced the detections.
+    pub model: ModelRef,
+    pub objects: Vec<Detection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Raw detections of one frame.
+    Detection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FrameInfo {
+    /// Frame counter of this camera since the agent started it.
+    pub seq: u64,
+    /// Stream presentation time in milliseconds, when the source has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pts_ms: Option<u64>,
+    /// Source frame size in pixels; boxes are in this coordinate system.
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelRef {
+    pub name: String,
+    /// First 12 hex digits of the model file's sha256.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Detection {
+    /// Index into the model's label list.
+    pub class_id: u32,
+    pub label: String,
+    /// Confidence in 0..=1.
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: BBox,
+}
+
+/// Axis-aligned box in source-frame pixels, (x1,y1) top-left, (x2,y2) bottom-right.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BBox {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+}
+
+impl BBox {
+    pub fn area(&self) -> f32 {
+        (self.x2 - self.x1).max(0.0) * (self.y2 - self.y1).max(0.0)
+    }
+
+    pub fn iou(&self, o: &BBox) -> f32 {
+        let w = (self.x2.min(o.x2) - self.x1.max(o.x1)).max(0.0);
+        let h = (self.y2.min(o.y2) - self.y1.max(o.y1)).max(0.0);
+        let inter = w * h;
+        let union = self.area() + o.area() - inter;
+        if union <= 0.0 {
+            0.0
+        } else {
+            inter / union
+        }
+    }
+}
+
+/// Sensor or device metrics, published on `csb/v1/{site}/{device}/telemetry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Telemetry {
+    pub v: u32,
+    #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    pub id: Ulid,
+    pub site: String,
+    pub device: String,
+    /// What measured it: a sensor id, a camera id, or `agent` for the gateway itself.
+    pub source: String,
+    pub ts_ms: i64,
+    /// Metric name → value, e.g. `{"water_level_cm": 12.5}` or `{"cam-01.fps": 9.8}`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Device state, published retained on `csb/v1/{site}/{device}/status`; the agent's MQTT last
+/// will is the same payload with `state: offline`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceStatus {
+    pub v: u32,
+    pub site: String,
+    pub device: String,
+    pub ts_ms: i64,
+    pub state: DeviceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub cameras: Vec<CameraStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Online,
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CameraStatus {
+    pub id: String,
+    pub state: CameraState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f32>,
+    /// Last error for a camera that is not running, naming the device or URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraState {
+    Starting,
+    Running,
+    Reconnecting,
+    Failed,
+    Stopped,
+}
+
+/// Why a payload was refused. Each variant names the offending field so a rejection log line
+/// tells an operator what to fix on which device.
+#[derive(Debug, Error)]
+pub enum PayloadError {
+    #[error("payload is not valid JSON for this message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported schema version v={found} (this build reads v={SCHEMA_VERSION})")]
+    Version { found: u32 },
+    #[error("field `{field}`: {reason}")]
+    Field { field: String, reason: String },
+    #[error(transparent)]
+    Level(#[from] TopicError),
+}
+
+fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PayloadError {
+    PayloadError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Payloads that can be checked beyond what their types enforce.
+pub trait Validate {
+    fn validate(&self) -> Result<(), PayloadError>;
+}
+
+/// Parses and validates one payload.
+pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, PayloadError> {
+    let value: T = serde_json::from_slice(bytes)?;
+    value.validate()?;
+    Ok(value)
+}
+
+fn check_version(v: u32) -> Result<(), PayloadError> {
+    if v == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(PayloadError::Version { found: v })
+    }
+}
+
+fn check_ts(field: &str, ts_ms: i64) -> Result<(), PayloadError> {
+    // 2000-01-01 .. 2200-01-01: catches seconds-vs-milliseconds mix-ups and zeroed clocks.
+    if !(946_684_800_000..=7_258_118_400_000).contains(&ts_ms) {
+        return Err(field_err(
+            field,
+            format!("{ts_ms} is not a plausible Unix time in milliseconds"),
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for Event {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        validate_level("camera", &self.camera)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        if self.frame.width == 0 || self.frame.height == 0 {
+            return Err(field_err("frame", "width and height must be > 0"));
+        }
+        if self.objects.len() > MAX_OBJECTS {
+            return Err(field_err(
+                "objects",
+                format!("{} objects, at most {MAX_OBJECTS}", self.objects.len()),
+            ));
+        }
+        let (w, h) = (self.frame.width as f32, self.frame.height as f32);
+        for (i, o) in self.objects.iter().enumerate() {
+            if !(0.0..=1.0).contains(&o.score) {
+                return Err(field_err(
+                    format!("objects[{i}].score"),
+                    format!("{} is outside 0..=1", o.score),
+                ));
+            }
+            let b = o.bbox;
+            let finite = [b.x1, b.y1, b.x2, b.y2].iter().all(|c| c.is_finite());
+            // Half a pixel of slack for rounding at the frame edge.
+            let inside = b.x1 >= -0.5 && b.y1 >= -0.5 && b.x2 <= w + 0.5 && b.y2 <= h + 0.5;
+            if !finite || b.x1 > b.x2 || b.y1 > b.y2 || !inside {
+                return Err(field_err(
+                    format!("objects[{i}].box"),
+                    format!(
+                        "({}, {}, {}, {}) is not a box inside the {}x{} frame",
+                        b.x1, b.y1, b.x2, b.y2, self.frame.width, self.frame.height
+                    ),
+                ));
+            }
+            if o.label.is_empty() || o.label.len() > 64 {
+                return Err(field_err(
+                    format!("objects[{i}].label"),
+                    "must be 1..=64 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Telemetry {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        validate_level("source", &self.source)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        if self.metrics.is_empty() || self.metrics.len() > 256 {
+            return Err(field_err("metrics", "must hold 1..=256 entries"));
+        }
+        for (k, val) in &self.metrics {
+            if k.is_empty() || k.len() > 128 {
+                return Err(field_err(
+                    "metrics",
+                    format!("name `{k}` must be 1..=128 bytes"),
+                ));
+            }
+            if !val.is_finite() {
+                return Err(field_err(format!("metrics.{k}"), "must be a finite number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for DeviceStatus {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        for (i, c) in self.cameras.iter().enumerate() {
+            validate_level("camera", &c.id)
+                .map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_event() -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            id: Ulid::new(),
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            camera: "cam-01".into(),
+            kind: EventKind::Detection,
+            ts_ms: 1_790_000_000_000,
+            frame: FrameInfo {
+                seq: 7,
+                pts_ms: Some(700),
+                width: 768,
+                height: 576,
+            },
+            model: ModelRef {
+                name: "yolox_nano".into(),
+                sha256: "695e750a5d57".into(),
+            },
+            objects: vec![Detection {
+                class_id: 0,
+                label: "person".into(),
+                score: 0.8,
+                bbox: BBox {
+                    x1: 10.0,
+                    y1: 20.0,
+                    x2: 50.0,
+                    y2: 120.0,
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn event_round_trips_and_validates() {
+        let e = sample_event();
+        let bytes = serde_json::to_vec(&e).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"box\":{"), "{text}");
+        let back: Event = decode(&bytes).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut e = sample_event();
+        e.objects[0].score = 1.5;
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("objects[0].score"), "{err}");
+
+        let mut e = sample_event();
+        e.objects[0].bbox.x2 = 900.0;
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("objects[0].box"), "{err}");
+
+        let mut e = sample_event();
+        e.ts_ms = 1_790_000_000; // seconds, not ms
+        assert!(e.validate().unwrap_err().to_string().contains("ts_ms"));
+
+        let mut v = serde_json::to_value(sample_event()).unwrap();
+        v.as_object_mut().unwrap().remove("camera");
+        let err = decode::<Event>(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("camera"), "{err}");
+
+        let err = decode::<Event>(b"{not json").unwrap_err();
+        assert!(matches!(err, PayloadError::Json(_)));
+
+        let mut e = sample_event();
+        e.v = 2;
+        assert!(matches!(
+            e.validate(),
+            Err(PayloadError::Version { found: 2 })
+        ));
+    }
+
+    #[test]
+    fn iou_is_sane() {
+        let a = BBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 10.0,
+            y2: 10.0,
+        };
+        let b = BBox {
+            x1: 5.0,
+            y1: 0.0,
+            x2: 15.0,
+            y2: 10.0,
+        };
+        assert!((a.iou(&b) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(a.iou(&a), 1.0);
+    }
+
+    #[test]
+    fn telemetry_rejects_non_finite() {
+        let mut t = Telemetry {
+            v: 1,
+            id: Ulid::new(),
+            site: "s".into(),
+            device: "d".into(),
+            source: "agent".into(),
+            ts_ms: now_ms(),
+            metrics: BTreeMap::from([("fps".to_string(), 9.5)]),
+        };
+        t.validate().unwrap();
+        t.metrics.insert("bad".into(), f64::NAN);
+        assert!(t
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("metrics.bad"));
+    }
+}
