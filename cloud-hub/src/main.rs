@@ -1,1 +1,152 @@
-fn main() {}
+//! `cloud-hub` binary: argument parsing, logging, signals. All the work is in the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloud_hub::{Hub, HubConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "cloud-hub",
+    version,
+    about = "City Super Brain hub: MQTT ingest, storage and REST API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub. Flags override values from the config file.
+    Serve {
+        /// TOML config file (see hub.example.toml); defaults apply without one.
+        #[arg(long, env = "CSB_HUB_CONFIG")]
+        config: Option<PathBuf>,
+        /// MQTT listen address, e.g. 0.0.0.0:1883.
+        #[arg(long, env = "CSB_HUB_MQTT_ADDR")]
+        mqtt_addr: Option<SocketAddr>,
+        /// HTTP listen address; port 0 picks a free port (the ready line shows it).
+        #[arg(long, env = "CSB_HUB_HTTP_ADDR")]
+        http_addr: Option<SocketAddr>,
+        /// Data directory for the event store.
+        #[arg(long, env = "CSB_HUB_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective config.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cloud-hub: error: {e:#}");
+            1
+        }
+    };
+    let _ = std::io::stdout().flush();
+    // Exit explicitly: rumqttd's router thread never ends and must not keep us alive, and the
+    // runtime must not wait on blocked worker threads.
+    std::process::exit(code);
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let config = HubConfig::load(&file)?;
+            print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            mqtt_addr,
+            http_addr,
+            data_dir,
+        } => {
+            let mut cfg = match &config {
+                Some(path) => HubConfig::load(path)?,
+                None => HubConfig::default(),
+            };
+            if let Some(a) = mqtt_addr {
+                cfg.mqtt_addr = a;
+            }
+            if let Some(a) = http_addr {
+                cfg.http_addr = a;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            cfg.validate()?;
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(cfg))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    // Logs go to stderr: stdout carries only the ready line that scripts wait for.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
+    let http = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_addr))?;
+    let hub = Hub::start(cfg, http).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "cloud-hub ready mqtt={} http=http://{}",
+            hub.mqtt_addr(),
+            hub.http_addr()
+        )?;
+        out.flush()?;
+    }
+    hub.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

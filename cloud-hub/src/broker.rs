@@ -1,0 +1,389 @@
+//! The embedded MQTT broker (rumqttd), kept behind this module so nothing else names rumqttd.
+//!
+//! Layout: rumqttd's router runs on its own thread (`Router::spawn`); its MQTT/TCP server runs on a
+//! second thread we own, on a current-thread tokio runtime. We do not use `Broker::start()`
+//! because it blocks forever and swallows bind errors into a log line; owning the server thread
+//! lets [`Broker::stop`] close the MQTT listener and lets start-up report a taken port.
+//!
+//! The router thread cannot be stopped (rumqttd has no API for it): it stays parked until the
+//! process exits. The binary exits right after `serve` returns; in tests it is one idle thread.
+//!
+//! The hub reads messages through an in-process link ([`BrokerLink`]) rather than a TCP client.
+//! Flow control: the router pushes at most ~200 notifications into the link's buffer, then
+//! parks the link until it is woken. [`BrokerLink::release`] does that wake, and the ingest loop
+//! calls it only after the previous batch is durable, so a slow disk slows the broker's
+//! delivery instead of growing memory (rumqttd's commit log is bounded, see `SEGMENT_*`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server};
+use rumqttd::{ServerSettings, Strategy};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+/// How long start-up waits for the MQTT port to answer a CONNECT.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long start-up waits for the router to acknowledge the hub's subscriptions.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-filter in-memory commit log: `SEGMENT_COUNT` segments of at least this many bytes. This is
+/// the broker's only buffer when ingest falls behind; the oldest segment is dropped when full.
+const SEGMENT_MIN_BYTES: usize = 4 * 1024 * 1024;
+const SEGMENT_COUNT: usize = 4;
+/// Publishes the router forwards to a link per scheduling round.
+const MAX_OUTGOING_PER_ROUND: u64 = 200;
+
+/// What the broker needs from the hub config.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    pub max_payload_bytes: usize,
+    pub max_connections: usize,
+    pub max_inflight: usize,
+    pub connect_timeout_ms: u16,
+}
+
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {source} (is another broker or hub running?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("MQTT server on {addr} failed: {reason}")]
+    Server { addr: SocketAddr, reason: String },
+    #[error("MQTT server on {addr} did not answer an MQTT CONNECT within {timeout:?}: {last}")]
+    NotReady {
+        addr: SocketAddr,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("cannot start MQTT server thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("in-process broker link `{client_id}`: {reason}")]
+    Link { client_id: String, reason: String },
+    #[error("broker router has gone away (in-process link closed)")]
+    LinkClosed,
+}
+
+/// One publish as the hub received it. Topic bytes are kept raw: MQTT requires UTF-8, but the
+/// check is ours to make and count.
+#[derive(Debug, Clone)]
+pub struct InboundMessage {
+    pub topic: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A running broker. Dropping it without [`Broker::stop`] leaves the MQTT server running.
+pub struct Broker {
+    addr: SocketAddr,
+    stop_tx: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The hub's in-process client of the router.
+pub struct BrokerLink {
+    client_id: String,
+    // Kept so the hub can publish (acks, commands) later; also keeps the link registered.
+    _tx: LinkTx,
+    rx: LinkRx,
+    /// The router parked us (buffer full); it must be woken after the batch is handled.
+    needs_wake: bool,
+}
+
+impl Broker {
+    /// Starts the router and MQTT server, subscribes `link_id` to `filters` (waiting for the
+    /// router's acknowledgements, so nothing published after start-up can be missed), and
+    /// returns once the MQTT port answers a real CONNECT.
+    pub async fn start(
+        settings: &BrokerSettings,
+        link_id: &str,
+        filters: &[String],
+    ) -> Result<(Broker, BrokerLink), BrokerError> {
+        let addr = settings.listen;
+        // rumqttd binds inside its server task and only logs a failure; check first so a taken
+        // port is a clear error. std sets SO_REUSEADDR, so rebinding right after is fine.
+        drop(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| BrokerError::Bind { addr, source })?,
+        );
+
+        let router = Router::new(0, router_config(settings));
+        let router_tx = router.spawn();
+
+        let link_err = |reason: String| BrokerError::Link {
+            client_id: link_id.to_string(),
+            reason,
+        };
+        let (mut tx, mut rx, _connack) = LinkBuilder::new(link_id, router_tx.clone())
+            .build()
+            .map_err(|e| link_err(e.to_string()))?;
+        for f in filters {
+            tx.subscribe(f.clone())
+                .map_err(|e| link_err(format!("subscribe {f}: {e}")))?;
+        }
+        // A fresh local link's only acks now are the SubAcks (its ConnAck was consumed by build).
+        // rumqttd's `Ack` type is not nameable from outside, so count them.
+        let mut acks = 0;
+        let deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
+        while acks < filters.len() {
+            match tokio::time::timeout_at(deadline, rx.next()).await {
+                Err(_) => {
+                    return Err(link_err(format!(
+                        "router acknowledged {acks} of {} subscriptions within {SUBACK_TIMEOUT:?}",
+                        filters.len()
+                    )))
+                }
+                Ok(Err(e)) => return Err(link_err(e.to_string())),
+                Ok(Ok(Some(Notification::DeviceAck(_)))) => acks += 1,
+                Ok(Ok(_)) => {}
+            }
+        }
+
+        let mut server = Server::new(server_settings(settings), router_tx, V4);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (exit_tx, mut exit_rx) = oneshot::channel::<String>();
+        let thread = std::thread::Builder::new()
+            .name("mqtt-server".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = exit_tx.send(format!("cannot build runtime: {e}"));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    tokio::select! {
+                        r = server.start(LinkType::Remote) => {
+                            let reason = match r {
+                                Ok(()) => "server stopped".to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            tracing::error!(%addr, %reason, "MQTT server exited");
+                            let _ = exit_tx.send(reason);
+                        }
+                        _ = stop_rx => {}
+                    }
+                });
+                // Dropping the runtime here closes the listener and every client connection.
+            })
+            .map_err(BrokerError::Thread)?;
+
+        let mut broker = Broker {
+            addr,
+            stop_tx: Some(stop_tx),
+            thread: Some(thread),
+        };
+        if let Err(e) = wait_ready(addr, &mut exit_rx).await {
+            broker.stop().await;
+            return Err(e);
+        }
+        let link = BrokerLink {
+            client_id: link_id.to_string(),
+            _tx: tx,
+            rx,
+            needs_wake: false,
+        };
+        Ok((broker, link))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the MQTT listener and all client connections. The router thread stays (see the
+    /// module docs).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(Duration::from_secs(5), joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::warn!(addr = %self.addr, "MQTT server thread panicked"),
+                Err(_) => {
+                    tracing::warn!(addr = %self.addr, "MQTT server thread did not stop in 5 s")
+                }
+            }
+        }
+    }
+}
+
+impl BrokerLink {
+    /// Waits for at least one notification, then takes whatever else is already buffered, up to
+    /// `max` messages. May return an empty batch (e.g. only a park notice arrived); the caller
+    /// must call [`BrokerLink::release`] after handling every batch. Cancel-safe.
+    pub async fn recv_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
+        let mut batch = Vec::new();
+        let first = loop {
+            match self.rx.next().await {
+                Ok(Some(n)) => break n,
+                // A wake-up whose data an earlier drain already took.
+                Ok(None) => continue,
+                Err(_) => return Err(BrokerError::LinkClosed),
+            }
+        };
+        self.take(first, &mut batch)?;
+        while batch.len() < max {
+            // A deadline of "now" makes this a non-blocking poll of the link's buffer.
+            match self.rx.recv_deadline(Instant::now()) {
+                Ok(Some(n)) => self.take(n, &mut batch)?,
+                Ok(None) => continue,
+                // Timeout (nothing buffered) or a closed router: the next await reports the latter.
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Like [`BrokerLink::recv_batch`] but never waits: used to drain on shutdown.
+    pub fn try_recv_batch(&mut self, max: usize) -> Result<Vec<InboundMessage>, BrokerError> {
+        let mut batch = Vec::new();
+        let mut empty_wakeups = 0;
+        while batch.len() < max && empty_wakeups < 1000 {
+            match self.rx.recv_deadline(Instant::now()) {
+                Ok(Some(n)) => self.take(n, &mut batch)?,
+                Ok(None) => empty_wakeups += 1,
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Lets the router deliver more. Call once the previous batch is durably stored.
+    pub async fn release(&mut self) -> Result<(), BrokerError> {
+        if std::mem::take(&mut self.needs_wake) {
+            self.rx.wake().await.map_err(|_| BrokerError::LinkClosed)?;
+        }
+        Ok(())
+    }
+
+    fn take(
+        &mut self,
+        n: Notification,
+        batch: &mut Vec<InboundMessage>,
+    ) -> Result<(), BrokerError> {
+        match n {
+            Notification::Forward(f) => batch.push(InboundMessage {
+                topic: f.publish.topic.to_vec(),
+                payload: f.publish.payload.to_vec(),
+            }),
+            Notification::Unschedule => self.needs_wake = true,
+            Notification::Disconnect(..) => {
+                return Err(BrokerError::Link {
+                    client_id: self.client_id.clone(),
+                    reason: "router disconnected the link".into(),
+                })
+            }
+            // Acks and replication notices carry nothing for the hub.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn router_config(s: &BrokerSettings) -> RouterConfig {
+    RouterConfig {
+        max_connections: s.max_connections,
+        max_outgoing_packet_count: MAX_OUTGOING_PER_ROUND,
+        // A segment must hold at least one maximal publish.
+        max_segment_size: SEGMENT_MIN_BYTES.max(2 * s.max_payload_bytes),
+        max_segment_count: SEGMENT_COUNT,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Strategy::default(),
+    }
+}
+
+fn server_settings(s: &BrokerSettings) -> ServerSettings {
+    ServerSettings {
+        name: "csb-mqtt-v4".into(),
+        listen: s.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: s.connect_timeout_ms,
+            max_payload_size: s.max_payload_bytes,
+            max_inflight_count: s.max_inflight,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: false,
+        },
+    }
+}
+
+/// Polls until the port answers a real MQTT CONNECT with a CONNACK, the server thread reports
+/// failure, or the deadline passes. A bare TCP connect would also succeed against some other
+/// program holding the port, and makes rumqttd log an error for the half-open connection.
+async fn wait_ready(
+    addr: SocketAddr,
+    exit_rx: &mut oneshot::Receiver<String>,
+) -> Result<(), BrokerError> {
+    let probe_addr = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        a => a,
+    };
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last: String;
+    loop {
+        if let Ok(reason) = exit_rx.try_recv() {
+            return Err(BrokerError::Server { addr, reason });
+        }
+        let attempt = tokio::task::spawn_blocking(move || mqtt_handshake(probe_addr)).await;
+        match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e,
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(BrokerError::NotReady {
+                addr,
+                timeout: READY_TIMEOUT,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange with short timeouts.
+fn mqtt_handshake(addr: SocketAddr) -> Result<(), String> {
+    const IO_TIMEOUT: Duration = Duration::from_millis(500);
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let client_id = format!("cloud-hub-probe-{}", ulid::Ulid::new());
+    let mut var = Vec::with_capacity(32 + client_id.len());
+    var.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    var.extend_from_slice(client_id.as_bytes());
+    // Remaining length fits in one byte for this short client id.
+    let mut packet = vec![0x10, var.len() as u8];
+    packet.extend_from_slice(&var);
+    s.write_all(&packet).map_err(|e| e.to_string())?;
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).map_err(|e| e.to_string())?;
+    if connack[0] != 0x20 || connack[1] != 2 || connack[3] != 0 {
+        return Err(format!("unexpected CONNACK bytes {connack:02x?}"));
+    }
+    // Just close: rumqttd 0.20 logs an ERROR ("no-connection id N is already gone") when a
+    // DISCONNECT packet is followed by the socket closing, which is noise for a probe.
+    drop(s);
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Hub configuration: one flat TOML file, every key optional, unknown keys rejected.
+//!
+//! Loading errors name the file, and toml's own message names the line, column and key, so an
+//! operator can fix the file without reading code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The example file shipped with the crate; a test keeps it equal to [`HubConfig::default`].
+pub const EXAMPLE_CONFIG: &str = include_str!("../hub.example.toml");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Where the embedded MQTT broker listens (MQTT 3.1.1, plain TCP).
+    pub mqtt_addr: SocketAddr,
+    /// Where the REST API listens. The binary binds it; `serve` takes the bound listener.
+    pub http_addr: SocketAddr,
+    /// sled database directory; created if missing. One hub per directory (sled locks it).
+    pub data_dir: PathBuf,
+    /// Largest MQTT packet accepted; bigger ones make the broker drop the connection.
+    pub mqtt_max_payload_bytes: usize,
+    /// Concurrent MQTT connections, the hub's own in-process link included.
+    pub mqtt_max_connections: usize,
+    /// QoS 1/2 publishes a client may have unacknowledged at once.
+    pub mqtt_max_inflight: usize,
+    /// How long a new TCP connection may take to send its MQTT CONNECT.
+    pub mqtt_connect_timeout_ms: u16,
+    /// sled page cache; sled's own default is 1 GiB, too much for a small county server.
+    pub store_cache_mb: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data/hub"),
+            mqtt_max_payload_bytes: 256 * 1024,
+            mqtt_max_connections: 1000,
+            mqtt_max_inflight: 100,
+            mqtt_connect_timeout_ms: 5000,
+            store_cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message already carries line, column and the offending key.
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("cannot render config: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl HubConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text, path)?;
+        config.validate().map_err(|e| match e {
+            // Name the file here too: the value came from it.
+            ConfigError::Invalid { field, reason } => {
+                invalid(field, format!("{reason} (in {})", path.display()))
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `origin` names where it came from in errors. Does not validate.
+    pub fn parse(text: &str, origin: &Path) -> Result<HubConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks values the types cannot: call after merging command-line overrides.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mqtt_addr.port() == 0 {
+            // rumqttd binds the address itself and cannot report an OS-chosen port back.
+            return Err(invalid(
+                "mqtt_addr",
+                "port 0 is not supported; give a fixed port",
+            ));
+        }
+        if self.http_addr.port() != 0 && self.http_addr == self.mqtt_addr {
+            return Err(invalid(
+                "http_addr",
+                format!("{} is also mqtt_addr", self.http_addr),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.mqtt_max_payload_bytes) {
+            return Err(invalid(
+                "mqtt_max_payload_bytes",
+                format!("{} is outside 1024..=16777216", self.mqtt_max_payload_bytes),
+            ));
+        }
+        if !(2..=100_000).contains(&self.mqtt_max_connections) {
+            return Err(invalid(
+                "mqtt_max_connections",
+                format!("{} is outside 2..=100000", self.mqtt_max_connections),
+            ));
+        }
+        if !(1..=1000).contains(&self.mqtt_max_inflight) {
+            return Err(invalid(
+                "mqtt_max_inflight",
+                format!("{} is outside 1..=1000", self.mqtt_max_inflight),
+            ));
+        }
+        if self.mqtt_connect_timeout_ms < 100 {
+            return Err(invalid(
+                "mqtt_connect_timeout_ms",
+                format!("{} is below 100", self.mqtt_connect_timeout_ms),
+            ));
+        }
+        if !(1..=65_536).contains(&self.store_cache_mb) {
+            return Err(invalid(
+                "store_cache_mb",
+                format!("{} is outside 1..=65536", self.store_cache_mb),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, for `check-config`.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> &'static Path {
+        Path::new("hub.toml")
+    }
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let parsed = HubConfig::parse(EXAMPLE_CONFIG, origin()).unwrap();
+        assert_eq!(parsed, HubConfig::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_partial_overrides() {
+        assert_eq!(
+            HubConfig::parse("", origin()).unwrap(),
+            HubConfig::default()
+        );
+        let c = HubConfig::parse("mqtt_addr = \"0.0.0.0:11883\"\n", origin()).unwrap();
+        assert_eq!(c.mqtt_addr.port(), 11883);
+        assert_eq!(c.http_addr, HubConfig::default().http_addr);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = HubConfig::parse("mqtt_addr = \"127.0.0.1:1\"\nmqtt_adr = 3\n", origin())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hub.toml"), "{err}");
+        assert!(err.contains("mqtt_adr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_field() {
+        let err = HubConfig::parse("http_addr = \"localhost\"\n", origin())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http_addr"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn load_names_missing_file_and_invalid_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = HubConfig::load(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope.toml"), "{err}");
+
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "mqtt_max_payload_bytes = 10\n").unwrap();
+        let err = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mqtt_max_payload_bytes"), "{err}");
+        assert!(err.contains("hub.toml"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_port_zero_mqtt_and_same_addrs() {
+        let c = HubConfig {
+            mqtt_addr: "127.0.0.1:0".parse().unwrap(),
+            ..HubConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("mqtt_addr"));
+        let c = HubConfig {
+            http_addr: HubConfig::default().mqtt_addr,
+            ..HubConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("http_addr"));
+    }
+
+    #[test]
+    fn renders_round_trip() {
+        let c = HubConfig::default();
+        let text = c.to_toml().unwrap();
+        assert_eq!(HubConfig::parse(&text, origin()).unwrap(), c);
+    }
+}

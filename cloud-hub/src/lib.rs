@@ -1,0 +1,261 @@
+//! City Super Brain hub: an embedded MQTT broker that edge agents publish to, an ingest loop that
+//! validates and stores what they send, and a REST API over the stored data.
+//!
+//! How a detection event travels:
+//! 1. An edge agent publishes it (QoS 1) on `csb/v1/{site}/{device}/event` to the embedded
+//!    rumqttd broker ([`broker`]).
+//! 2. The hub's in-process link receives it in a batch; [`ingest`] checks topic, schema, fields and
+//!    that the payload's site/device match the topic, counting and logging every rejection.
+//! 3. Valid messages of the batch are written to the [`store`] and flushed to disk; only then does
+//!    ingest let the broker deliver the next batch.
+//! 4. [`api`] serves the stored events, device states, health and metrics over HTTP.
+//!
+//! Use [`serve`] (or [`Hub::start`] then [`Hub::run`] to learn the addresses before running).
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+pub mod timeparse;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use csb_wire::Channel;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+pub use config::{ConfigError, HubConfig};
+pub use metrics::{Metrics, RejectReason};
+pub use store::{SledStore, Store, StoreError};
+
+use broker::{Broker, BrokerError, BrokerSettings};
+use ingest::{Ingest, IngestError};
+
+/// Client id of the hub's in-process broker link.
+pub const INGEST_LINK_ID: &str = "hub-ingest";
+/// How long shutdown waits for open HTTP requests to finish.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for ingest to drain and flush.
+const INGEST_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("HTTP listener: {0}")]
+    HttpListener(#[source] std::io::Error),
+    #[error("HTTP server on {addr} failed: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingest stopped: {0}")]
+    Ingest(#[from] IngestError),
+    #[error("{task} task panicked: {reason}")]
+    Panicked { task: &'static str, reason: String },
+}
+
+/// A started hub: store open, broker listening, ingest link subscribed. Nothing is consumed or
+/// served until [`Hub::run`].
+pub struct Hub<S: Store = SledStore> {
+    config: HubConfig,
+    http: TcpListener,
+    http_addr: SocketAddr,
+    broker: Broker,
+    ingest: Ingest<S>,
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+/// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
+/// `config.http_addr` is not used: the caller binds `http`.
+pub async fn serve(
+    config: HubConfig,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HubError> {
+    Hub::start(config, http).await?.run(shutdown).await
+}
+
+impl Hub<SledStore> {
+    /// Opens the sled store in `config.data_dir`, then starts the broker (see
+    /// [`Hub::start_with_store`]).
+    pub async fn start(config: HubConfig, http: TcpListener) -> Result<Self, HubError> {
+        config.validate()?;
+        let (dir, cache_mb) = (config.data_dir.clone(), config.store_cache_mb);
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, cache_mb))
+            .await
+            .map_err(|e| HubError::Panicked {
+                task: "store open",
+                reason: e.to_string(),
+            })??;
+        Hub::start_with_store(config, http, store).await
+    }
+}
+
+impl<S: Store> Hub<S> {
+    /// Starts the broker on `config.mqtt_addr` and returns once it answers MQTT, with the ingest
+    /// link subscribed to the event, telemetry and status channels.
+    pub async fn start_with_store(
+        config: HubConfig,
+        http: TcpListener,
+        store: S,
+    ) -> Result<Self, HubError> {
+        config.validate()?;
+        let started = Instant::now();
+        let http_addr = http.local_addr().map_err(HubError::HttpListener)?;
+        let settings = BrokerSettings {
+            listen: config.mqtt_addr,
+            max_payload_bytes: config.mqtt_max_payload_bytes,
+            max_connections: config.mqtt_max_connections,
+            max_inflight: config.mqtt_max_inflight,
+            connect_timeout_ms: config.mqtt_connect_timeout_ms,
+        };
+        let filters: Vec<String> = [Channel::Event, Channel::Telemetry, Channel::Status]
+            .iter()
+            .map(|c| c.filter_all())
+            .collect();
+        let (broker, link) = Broker::start(&settings, INGEST_LINK_ID, &filters).await?;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let ingest = Ingest::new(link, store.clone(), metrics.clone());
+        tracing::info!(
+            mqtt = %broker.addr(),
+            http = %http_addr,
+            data_dir = %config.data_dir.display(),
+            "hub started"
+        );
+        Ok(Hub {
+            config,
+            http,
+            http_addr,
+            broker,
+            ingest,
+            store,
+            metrics,
+            started,
+        })
+    }
+
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.broker.addr()
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Serves HTTP and runs ingest until `shutdown` resolves (or either fails). Then: HTTP
+    /// stops taking requests, the MQTT server closes, ingest drains what it already holds, the
+    /// store is flushed. rumqttd's router thread cannot be stopped and stays idle until the
+    /// process exits; binaries should exit once this returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HubError> {
+        let Hub {
+            http,
+            http_addr,
+            mut broker,
+            ingest,
+            store,
+            metrics,
+            started,
+            ..
+        } = self;
+        let state = api::ApiState {
+            store: store.clone(),
+            metrics,
+            started,
+            mqtt_addr: broker.addr(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let mut http_task = tokio::spawn(
+            axum::serve(http, api::router(state))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        );
+        let (ingest_stop_tx, ingest_stop_rx) = oneshot::channel::<()>();
+        let mut ingest_task = tokio::spawn(ingest.run(async move {
+            let _ = ingest_stop_rx.await;
+        }));
+
+        let mut http_done = None;
+        let mut ingest_done = None;
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutdown requested"),
+            r = &mut http_task => http_done = Some(r),
+            r = &mut ingest_task => ingest_done = Some(r),
+        }
+        let _ = stop_tx.send(true);
+
+        // Stop HTTP first (no new reads), then MQTT (no new data), then let ingest drain.
+        let http_result = match http_done {
+            Some(r) => r,
+            None => match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, &mut http_task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                        "HTTP requests still open after {HTTP_DRAIN_TIMEOUT:?}; closing"
+                    );
+                    http_task.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        broker.stop().await;
+        let ingest_result = match ingest_done {
+            Some(r) => r,
+            None => {
+                let _ = ingest_stop_tx.send(());
+                match tokio::time::timeout(INGEST_DRAIN_TIMEOUT, &mut ingest_task).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::error!(
+                            "ingest did not finish draining in {INGEST_DRAIN_TIMEOUT:?}"
+                        );
+                        ingest_task.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        // Ingest flushes on its way out; flush again in case it failed early.
+        store.flush().await?;
+        tracing::info!("hub stopped");
+
+        let panicked = |task, e: tokio::task::JoinError| HubError::Panicked {
+            task,
+            reason: e.to_string(),
+        };
+        ingest_result.map_err(|e| panicked("ingest", e))??;
+        http_result
+            .map_err(|e| panicked("http", e))?
+            .map_err(|source| HubError::Http {
+                addr: http_addr,
+                source,
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,713 @@
+//! Storage behind the [`Store`] trait, with a sled implementation ([`SledStore`]).
+//!
+//! Callers (ingest, API) are generic over `Store`, so a PostgreSQL backend only has to implement
+//! the trait. Writes come in batches ([`WriteBatch`]) and are durable when `write` returns: that
+//! is the point at which the ingest loop lets the broker deliver more.
+//!
+//! sled layout (one database, several trees):
+//! - `events`: key = [`time_key`] (sign-flipped big-endian `ts_ms` ++ 16-byte ULID), value = the
+//!   event as JSON. Byte order is time order, so a reverse range scan is "newest first".
+//! - `ids`: ULID → `events` key, for deduplication (edge agents resend after reconnects).
+//! - `telemetry`: same key layout as `events`, value = telemetry JSON.
+//! - `devices`: `site/device` → latest [`DeviceRecord`] JSON.
+//! - `meta`: record counters, so health checks need not count trees (sled's `len` is a scan).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use csb_wire::{DeviceStatus, Event, Telemetry};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use thiserror::Error;
+use ulid::Ulid;
+
+/// Most rows one query may examine, so a filter that matches nothing cannot scan the whole store.
+pub const MAX_SCAN: usize = 200_000;
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open store at {path}: {source}{hint}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+        hint: &'static str,
+    },
+    #[error("store {op} failed: {source}")]
+    Sled {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot encode {what} for storage: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("store worker task failed: {0}")]
+    Task(String),
+}
+
+/// Validated messages to persist together.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub events: Vec<Event>,
+    pub telemetry: Vec<Telemetry>,
+    /// In arrival order; the last one per device wins.
+    pub statuses: Vec<(DeviceStatus, i64)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.telemetry.is_empty() && self.statuses.is_empty()
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub events_inserted: u64,
+    /// Ids of events already stored (or repeated within the batch); not stored again.
+    pub events_duplicate: Vec<Ulid>,
+    pub telemetry_inserted: u64,
+    pub statuses_written: u64,
+}
+
+/// Which object classes an event must contain (any object matching is enough).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassFilter {
+    pub label: String,
+    /// Set when the parameter was a number: then `class_id` also matches.
+    pub class_id: Option<u32>,
+}
+
+impl ClassFilter {
+    pub fn parse(s: &str) -> ClassFilter {
+        ClassFilter {
+            label: s.to_string(),
+            class_id: s.parse().ok(),
+        }
+    }
+
+    fn matches(&self, e: &Event) -> bool {
+        e.objects
+            .iter()
+            .any(|o| o.label == self.label || Some(o.class_id) == self.class_id)
+    }
+}
+
+/// An event query. Time bounds are Unix ms, `from` inclusive and `to` exclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    pub site: Option<String>,
+    pub device: Option<String>,
+    pub camera: Option<String>,
+    pub class: Option<ClassFilter>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: usize,
+}
+
+impl Default for EventQuery {
+    fn default() -> Self {
+        EventQuery {
+            site: None,
+            device: None,
+            camera: None,
+            class: None,
+            from_ms: None,
+            to_ms: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl EventQuery {
+    fn matches(&self, e: &Event) -> bool {
+        self.site.as_ref().is_none_or(|s| *s == e.site)
+            && self.device.as_ref().is_none_or(|d| *d == e.device)
+            && self.camera.as_ref().is_none_or(|c| *c == e.camera)
+            && self.class.as_ref().is_none_or(|c| c.matches(e))
+    }
+}
+
+/// Events newest first. `truncated` means the scan limit was hit before `limit` matches were
+/// found: older matches may exist, narrow the time range.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub truncated: bool,
+}
+
+/// The latest status of a device and when the hub received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    #[serde(flatten)]
+    pub status: DeviceStatus,
+    pub received_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub events: u64,
+    pub telemetry: u64,
+    pub devices: u64,
+}
+
+/// Storage used by the hub. Futures are `Send` so axum handlers and spawned tasks can await them.
+pub trait Store: Send + Sync + 'static {
+    /// Persists a batch; when this returns `Ok` the batch survives a crash.
+    fn write(
+        &self,
+        batch: WriteBatch,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+    fn query_events(
+        &self,
+        query: EventQuery,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+    fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+    /// Makes everything written so far durable (used on shutdown).
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Key whose byte order is (ts_ms, id) order, negative times included.
+pub fn time_key(ts_ms: i64, id: Ulid) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&ts_prefix(ts_ms));
+    k[8..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+fn ts_prefix(ts_ms: i64) -> [u8; 8] {
+    // Flipping the sign bit maps i64 order onto unsigned big-endian byte order.
+    ((ts_ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+const META_EVENTS: &[u8] = b"count/events";
+const META_TELEMETRY: &[u8] = b"count/telemetry";
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    events: sled::Tree,
+    ids: sled::Tree,
+    telemetry: sled::Tree,
+    devices: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Sled { op, source }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`. Blocking: call from a blocking context.
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, StoreError> {
+        let open_err = |source: sled::Error| {
+            let hint = match &source {
+                // sled reports a held lock as ErrorKind::Other; only its message tells.
+                sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
+                    " (is another cloud-hub using this data_dir?)"
+                }
+                _ => "",
+            };
+            StoreError::Open {
+                path: dir.to_path_buf(),
+                source,
+                hint,
+            }
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .open()
+            .map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        Ok(SledStore {
+            events: tree("events")?,
+            ids: tree("ids")?,
+            telemetry: tree("telemetry")?,
+            devices: tree("devices")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
+    /// Runs blocking sled work off the async runtime's worker threads.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(SledStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn write_sync(&self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
+        // Serialise outside the transaction: its closure may run more than once on conflict.
+        let encode = |what, r: Result<Vec<u8>, serde_json::Error>| {
+            r.map_err(|source| StoreError::Encode { what, source })
+        };
+        let mut events = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
+            let v = encode("event", serde_json::to_vec(e))?;
+            events.push((e.id, time_key(e.ts_ms, e.id), v));
+        }
+        let mut telemetry = Vec::with_capacity(batch.telemetry.len());
+        for t in &batch.telemetry {
+            telemetry.push((
+                time_key(t.ts_ms, t.id),
+                encode("telemetry", serde_json::to_vec(t))?,
+            ));
+        }
+        let mut statuses = Vec::with_capacity(batch.statuses.len());
+        for (s, received_ms) in &batch.statuses {
+            let rec = DeviceRecord {
+                status: s.clone(),
+                received_ms: *received_ms,
+            };
+            statuses.push((
+                device_key(&s.site, &s.device),
+                encode("status", serde_json::to_vec(&rec))?,
+            ));
+        }
+
+        let result = (
+            &self.events,
+            &self.ids,
+            &self.telemetry,
+            &self.devices,
+            &self.meta,
+        )
+            .transaction(|(ev, ids, tel, dev, meta)| {
+                let mut out = WriteOutcome::default();
+                for (id, key, value) in &events {
+                    let id_bytes = id.0.to_be_bytes();
+                    if ids.get(id_bytes)?.is_some() {
+                        out.events_duplicate.push(*id);
+                        continue;
+                    }
+                    ids.insert(&id_bytes[..], &key[..])?;
+                    ev.insert(&key[..], value.as_slice())?;
+                    out.events_inserted += 1;
+                }
+                for (key, value) in &telemetry {
+                    // Same id and time is the same reading resent: overwrite, count once.
+                    if tel.insert(&key[..], value.as_slice())?.is_none() {
+                        out.telemetry_inserted += 1;
+                    }
+                }
+                for (key, value) in &statuses {
+                    dev.insert(key.as_bytes(), value.as_slice())?;
+                    out.statuses_written += 1;
+                }
+                add_counter(meta, META_EVENTS, out.events_inserted)?;
+                add_counter(meta, META_TELEMETRY, out.telemetry_inserted)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(out)
+            });
+        let out = match result {
+            Ok(out) => out,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(sled_err("write")(e)),
+        };
+        self.db.flush().map_err(sled_err("flush"))?;
+        Ok(out)
+    }
+
+    fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
+        let mut page = EventPage::default();
+        let from = q.from_ms.unwrap_or(i64::MIN);
+        if q.to_ms.is_some_and(|to| to <= from) {
+            return Ok(page);
+        }
+        let lo = time_key(from, Ulid(0)).to_vec();
+        let limit = q.limit.clamp(1, MAX_LIMIT);
+        let iter = match q.to_ms {
+            // `to` is exclusive: the 8-byte prefix sorts before every full key of that millisecond.
+            Some(to) => self.events.range(lo..ts_prefix(to).to_vec()),
+            None => self.events.range(lo..),
+        };
+        let (mut scanned, mut corrupt) = (0usize, 0usize);
+        for item in iter.rev() {
+            if scanned >= MAX_SCAN {
+                page.truncated = true;
+                break;
+            }
+            scanned += 1;
+            let (key, value) = item.map_err(sled_err("query"))?;
+            let event: Event = match serde_json::from_slice(&value) {
+                Ok(e) => e,
+                Err(e) => {
+                    corrupt += 1;
+                    if corrupt == 1 {
+                        tracing::error!(key = ?key, error = %e, "skipping undecodable stored event");
+                    }
+                    continue;
+                }
+            };
+            if q.matches(&event) {
+                page.events.push(event);
+                if page.events.len() >= limit {
+                    break;
+                }
+            }
+        }
+        if corrupt > 1 {
+            tracing::error!(
+                count = corrupt,
+                "skipped undecodable stored events in one query"
+            );
+        }
+        Ok(page)
+    }
+
+    fn devices_sync(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.devices.iter() {
+            let (key, value) = item.map_err(sled_err("devices"))?;
+            match serde_json::from_slice(&value) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::error!(key = ?key, error = %e, "skipping undecodable device record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn stats_sync(&self) -> Result<StoreStats, StoreError> {
+        Ok(StoreStats {
+            events: read_counter(&self.meta, META_EVENTS)?,
+            telemetry: read_counter(&self.meta, META_TELEMETRY)?,
+            // Small: one entry per device.
+            devices: self.devices.len() as u64,
+        })
+    }
+}
+
+fn device_key(site: &str, device: &str) -> String {
+    // Both are validated topic levels, so '/' cannot occur inside them.
+    format!("{site}/{device}")
+}
+
+fn decode_counter(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(decode_counter(meta.get(key).map_err(sled_err("stats"))?))
+}
+
+fn add_counter(
+    meta: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    n: u64,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    if n > 0 {
+        let v = decode_counter(meta.get(key)?).saturating_add(n);
+        meta.insert(key, &v.to_be_bytes()[..])?;
+    }
+    Ok(())
+}
+
+impl Store for SledStore {
+    async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome, StoreError> {
+        if batch.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
+        self.blocking(move |s| s.write_sync(&batch)).await
+    }
+
+    async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        self.blocking(move |s| s.query_sync(&query)).await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.blocking(|s| s.devices_sync()).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.blocking(|s| s.stats_sync()).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.db.flush().map(|_| ()).map_err(sled_err("flush")))
+            .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use csb_wire::{
+        BBox, CameraState, CameraStatus, Detection, DeviceState, EventKind, FrameInfo, ModelRef,
+    };
+    use std::collections::BTreeMap;
+
+    pub(crate) fn event(device: &str, camera: &str, ts_ms: i64, labels: &[(u32, &str)]) -> Event {
+        Event {
+            v: 1,
+            id: Ulid::new(),
+            site: "yuexi".into(),
+            device: device.into(),
+            camera: camera.into(),
+            kind: EventKind::Detection,
+            ts_ms,
+            frame: FrameInfo {
+                seq: 1,
+                pts_ms: None,
+                width: 640,
+                height: 480,
+            },
+            model: ModelRef {
+                name: "yolox_nano".into(),
+                sha256: "695e750a5d57".into(),
+            },
+            objects: labels
+                .iter()
+                .map(|(id, l)| Detection {
+                    class_id: *id,
+                    label: (*l).into(),
+                    score: 0.9,
+                    bbox: BBox {
+                        x1: 1.0,
+                        y1: 1.0,
+                        x2: 10.0,
+                        y2: 10.0,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("db"), 8).unwrap();
+        (dir, s)
+    }
+
+    fn ids(page: &EventPage) -> Vec<Ulid> {
+        page.events.iter().map(|e| e.id).collect()
+    }
+
+    const T0: i64 = 1_790_000_000_000;
+
+    #[test]
+    fn time_keys_sort_by_time_then_id() {
+        let a = Ulid::from_parts(5, 1);
+        let b = Ulid::from_parts(5, 2);
+        let mut keys = [
+            time_key(10, a),
+            time_key(-5, b),
+            time_key(10, b),
+            time_key(-6, a),
+            time_key(0, a),
+            time_key(i64::MAX, a),
+            time_key(i64::MIN, b),
+        ];
+        keys.sort();
+        let order: Vec<[u8; 24]> = vec![
+            time_key(i64::MIN, b),
+            time_key(-6, a),
+            time_key(-5, b),
+            time_key(0, a),
+            time_key(10, a),
+            time_key(10, b),
+            time_key(i64::MAX, a),
+        ];
+        assert_eq!(keys.to_vec(), order);
+    }
+
+    #[tokio::test]
+    async fn newest_first_and_dedup() {
+        let (_d, s) = open();
+        let e1 = event("gw-01", "cam-01", T0, &[(0, "person")]);
+        let e2 = event("gw-01", "cam-01", T0 + 1000, &[(2, "car")]);
+        let e3 = event("gw-02", "cam-02", T0 + 500, &[(0, "person"), (2, "car")]);
+        // Written out of time order, with e1 repeated inside the batch.
+        let out = s
+            .write(WriteBatch {
+                events: vec![e2.clone(), e1.clone(), e3.clone(), e1.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.events_inserted, 3);
+        assert_eq!(out.events_duplicate, vec![e1.id]);
+        // And again in a later batch.
+        let out = s
+            .write(WriteBatch {
+                events: vec![e3.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.events_inserted, 0);
+        assert_eq!(out.events_duplicate, vec![e3.id]);
+
+        let page = s.query_events(EventQuery::default()).await.unwrap();
+        assert_eq!(ids(&page), vec![e2.id, e3.id, e1.id]);
+        assert!(!page.truncated);
+        assert_eq!(page.events[0], e2);
+        assert_eq!(s.stats().await.unwrap().events, 3);
+    }
+
+    #[tokio::test]
+    async fn filters() {
+        let (_d, s) = open();
+        let e1 = event("gw-01", "cam-01", T0, &[(0, "person")]);
+        let e2 = event("gw-01", "cam-02", T0 + 1000, &[(2, "car")]);
+        let e3 = event("gw-02", "cam-01", T0 + 2000, &[(0, "person"), (2, "car")]);
+        s.write(WriteBatch {
+            events: vec![e1.clone(), e2.clone(), e3.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let q = |f: fn(&mut EventQuery)| {
+            let mut q = EventQuery::default();
+            f(&mut q);
+            q
+        };
+        let run = |q: EventQuery| {
+            let s = s.clone();
+            async move { ids(&s.query_events(q).await.unwrap()) }
+        };
+        assert_eq!(
+            run(q(|q| q.device = Some("gw-01".into()))).await,
+            vec![e2.id, e1.id]
+        );
+        assert_eq!(
+            run(q(|q| q.camera = Some("cam-01".into()))).await,
+            vec![e3.id, e1.id]
+        );
+        assert_eq!(
+            run(q(|q| q.class = Some(ClassFilter::parse("car")))).await,
+            vec![e3.id, e2.id]
+        );
+        assert_eq!(
+            run(q(|q| q.class = Some(ClassFilter::parse("0")))).await,
+            vec![e3.id, e1.id]
+        );
+        assert_eq!(
+            run(q(|q| q.class = Some(ClassFilter::parse("bicycle")))).await,
+            Vec::<Ulid>::new()
+        );
+        assert_eq!(
+            run(q(|q| q.site = Some("other".into()))).await,
+            Vec::<Ulid>::new()
+        );
+        // from inclusive, to exclusive.
+        assert_eq!(
+            run(q(|q| {
+                q.from_ms = Some(T0 + 1000);
+                q.to_ms = Some(T0 + 2000);
+            }))
+            .await,
+            vec![e2.id]
+        );
+        assert_eq!(
+            run(q(|q| q.from_ms = Some(T0 + 1))).await,
+            vec![e3.id, e2.id]
+        );
+        assert_eq!(run(q(|q| q.to_ms = Some(T0 + 1))).await, vec![e1.id]);
+        assert_eq!(run(q(|q| q.limit = 2)).await, vec![e3.id, e2.id]);
+        assert_eq!(
+            run(q(|q| {
+                q.device = Some("gw-01".into());
+                q.class = Some(ClassFilter::parse("person"));
+            }))
+            .await,
+            vec![e1.id]
+        );
+    }
+
+    #[tokio::test]
+    async fn telemetry_and_latest_status_per_device() {
+        let (_d, s) = open();
+        let tel = Telemetry {
+            v: 1,
+            id: Ulid::new(),
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            source: "agent".into(),
+            ts_ms: T0,
+            metrics: BTreeMap::from([("cpu".to_string(), 0.5)]),
+        };
+        let status = |state, ts_ms| DeviceStatus {
+            v: 1,
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            ts_ms,
+            state,
+            agent_version: Some("0.1.0".into()),
+            cameras: vec![CameraStatus {
+                id: "cam-01".into(),
+                state: CameraState::Running,
+                fps: Some(9.5),
+                error: None,
+            }],
+        };
+        // An offline last will carries its connect-time timestamp, older than the online status
+        // sent right after: arrival order, not ts_ms, decides which is current.
+        let out = s
+            .write(WriteBatch {
+                telemetry: vec![tel.clone(), tel.clone()],
+                statuses: vec![
+                    (status(DeviceState::Online, T0 + 10), T0 + 20),
+                    (status(DeviceState::Offline, T0), T0 + 30),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(out.telemetry_inserted, 1);
+        assert_eq!(out.statuses_written, 2);
+        let devs = s.devices().await.unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(devs[0].status.state, DeviceState::Offline);
+        assert_eq!(devs[0].received_ms, T0 + 30);
+        let json = serde_json::to_value(&devs[0]).unwrap();
+        assert_eq!(json["device"], "gw-01");
+        assert_eq!(json["received_ms"], T0 + 30);
+        let st = s.stats().await.unwrap();
+        assert_eq!(
+            st,
+            StoreStats {
+                events: 0,
+                telemetry: 1,
+                devices: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen_and_lock_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
+        {
+            let s = SledStore::open(&path, 8).unwrap();
+            s.write(WriteBatch {
+                events: vec![e.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let err = SledStore::open(&path, 8).err().unwrap().to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains("another cloud-hub"), "{err}");
+        }
+        let s = SledStore::open(&path, 8).unwrap();
+        let page = s.query_events(EventQuery::default()).await.unwrap();
+        assert_eq!(page.events, vec![e]);
+        assert_eq!(s.stats().await.unwrap().events, 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! The model manifest (`models/manifest.toml`): what each model file is, how to feed it and how to
+//! read its output. The detector is built from this, not from constants.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("cannot read model manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model manifest {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("model manifest {path} has no model named `{name}` (it lists: {known})")]
+    UnknownModel {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+    #[error("labels file {path} (model `{model}`): {reason}")]
+    Labels {
+        path: PathBuf,
+        model: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub models: Vec<ModelEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    pub bytes: Option<u64>,
+    pub license: Option<String>,
+    pub origin: Option<String>,
+    pub decoder: Decoder,
+    /// Labels file, one label per line, relative to the manifest.
+    pub labels: String,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoder {
+    /// YOLOX head: [1, anchors, 5 + classes], xy offsets, log wh, sigmoid obj and class probs.
+    Yolox,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Nchw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelOrder {
+    Bgr,
+    Rgb,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub layout: Layout,
+    pub channel_order: ChannelOrder,
+    pub scale: f32,
+    pub pad_value: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: String,
+    pub strides: Vec<u32>,
+    pub nms_iou: f32,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        for e in &m.models {
+            let bad = |message: String| ManifestError::Parse {
+                path: path.to_path_buf(),
+                message,
+            };
+            if e.input.width == 0 || e.input.height == 0 || e.input.width % 32 != 0 {
+                return Err(bad(format!(
+                    "model `{}`: input width/height must be positive multiples of 32",
+                    e.name
+                )));
+            }
+            if e.output.strides.is_empty() || e.output.strides.contains(&0) {
+                return Err(bad(format!("model `{}`: output.strides must be non-zero", e.name)));
+            }
+            if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!("model `{}`: sha256 must be 64 hex digits", e.name)));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn get(&self, name: &str, path: &Path) -> Result<&ModelEntry, ManifestError> {
+        self.models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| ManifestError::UnknownModel {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                known: self
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+impl ModelEntry {
+    /// Reads the labels file named by this entry, relative to `manifest_dir`.
+    pub fn load_labels(&self, manifest_dir: &Path) -> Result<Vec<String>, ManifestError> {
+        let path = manifest_dir.join(&self.labels);
+        let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Labels {
+            path: path.clone(),
+            model: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let labels: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if labels.is_empty() {
+            return Err(ManifestError::Labels {
+                path,
+                model: self.name.clone(),
+                reason: "no labels".into(),
+            });
+        }
+        Ok(labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_manifest() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/manifest.toml")
+    }
+
+    #[test]
+    fn repo_manifest_parses_with_labels() {
+        let p = repo_manifest();
+        let m = Manifest::load(&p).unwrap();
+        let e = m.get("yolox_nano", &p).unwrap();
+        assert_eq!(e.input.width, 416);
+        assert_eq!(e.output.strides, vec![8, 16, 32]);
+        let labels = e.load_labels(p.parent().unwrap()).unwrap();
+        assert_eq!(labels.len(), 80);
+        assert_eq!(labels[0], "person");
+        assert_eq!(labels[5], "bus");
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let p = Path::new("/x/manifest.toml");
+        let err = Manifest::parse("[[models]]\nname = 3\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/x/manifest.toml") && err.contains("name"), "{err}");
+        let text = std::fs::read_to_string(repo_manifest()).unwrap();
+        let m = Manifest::parse(&text, p).unwrap();
+        let err = m.get("nope", p).unwrap_err().to_string();
+        assert!(err.contains("yolox_nano"), "{err}");
+    }
+}

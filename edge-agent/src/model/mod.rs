@@ -1,0 +1,9 @@
+//! Object detection models: manifest, runtime lookup, YOLOX processing and the ONNX session.
+
+pub mod detector;
+pub mod locate;
+pub mod manifest;
+pub mod yolox;
+
+pub use detector::{Detector, DetectorError, DetectorOptions};
+pub use yolox::ScaledImage;

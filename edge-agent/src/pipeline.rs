@@ -1,0 +1,338 @@
+//! The running agent: one thread per camera pulls scaled frames from GStreamer into a bounded
+//! queue; one detector thread runs the model over them (sharing the CPU fairly across cameras
+//! instead of one ONNX session per camera) and hands events to the MQTT uplink.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use csb_wire::{CameraState, CameraStatus, Event, EventKind, FrameInfo, Telemetry, SCHEMA_VERSION};
+use thiserror::Error;
+use ulid::Ulid;
+
+use crate::config::{AgentConfig, CameraConfig};
+use crate::model::{Detector, DetectorError};
+use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError};
+use crate::uplink::{Uplink, UplinkError};
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    #[error("camera `{camera}`: {message}")]
+    Camera { camera: String, message: String },
+}
+
+/// How a run behaves; `run` uses live defaults, `bench` every-frame with a limit.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pacing: Pacing,
+    /// Stop each camera after this many frames.
+    pub max_frames: Option<u64>,
+    /// Publish an event for frames without objects too (benchmarks measure every publish).
+    pub publish_empty: bool,
+    /// Reopen failed cameras with back-off (live) instead of failing the run (bench).
+    pub retry: bool,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            pacing: Pacing::Live,
+            max_frames: None,
+            publish_empty: false,
+            retry: true,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub frames: u64,
+    pub dropped: u64,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub infer_ms_total: f64,
+}
+
+enum Msg {
+    Frame(usize, Frame),
+    Ended(usize),
+    Failed(usize, SourceError),
+}
+
+struct CameraShared {
+    status: Mutex<CameraStatus>,
+    frames: AtomicU64,
+    dropped: AtomicU64,
+}
+
+fn set_state(shared: &CameraShared, state: CameraState, error: Option<String>) {
+    if let Ok(mut s) = shared.status.lock() {
+        s.state = state;
+        s.error = error;
+    }
+}
+
+/// Pulls frames from one camera until it ends, the run stops, or (without retry) it fails.
+fn camera_thread(
+    idx: usize,
+    cam: CameraConfig,
+    target: (u32, u32),
+    opts: RunOptions,
+    tx: SyncSender<Msg>,
+    shared: Arc<CameraShared>,
+) {
+    let uri = match source::to_uri(&cam.uri) {
+        Ok(u) => u,
+        Err(message) => {
+            let err = SourceError::Stream {
+                camera: cam.id.clone(),
+                uri: cam.uri.clone(),
+                message,
+            };
+            set_state(&shared, CameraState::Failed, Some(err.to_string()));
+            tracing::error!("{err}");
+            let _ = tx.send(Msg::Failed(idx, err));
+            return;
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    let mut sent = 0u64;
+    'reopen: while !opts.stop.load(Ordering::Relaxed) {
+        let result = Source::open(&cam.id, &uri, target, opts.pacing).and_then(|mut src| {
+            loop {
+                if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
+                    return Ok(false);
+                }
+                match src.next_frame(Duration::from_secs(10))? {
+                    Pulled::Frame(f) => {
+                        backoff = Duration::from_secs(1);
+                        set_state(&shared, CameraState::Running, None);
+                        shared.frames.fetch_add(1, Ordering::Relaxed);
+                        sent += 1;
+                        let msg = Msg::Frame(idx, f);
+                        if opts.pacing == Pacing::Live {
+                            match tx.try_send(msg) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => {
+                                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(TrySendError::Disconnected(_)) => return Ok(false),
+                            }
+                        } else if tx.send(msg).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    Pulled::End if cam.looping => {
+                        if let Err(e) = src.rewind() {
+                            tracing::warn!("{e}; reopening");
+                            return Ok(true);
+                        }
+                    }
+                    Pulled::End => return Ok(false),
+                }
+            }
+        });
+        match result {
+            Ok(true) => continue 'reopen,
+            Ok(false) => break,
+            Err(e) if opts.retry => {
+                tracing::warn!("{e}; retrying in {} s", backoff.as_secs());
+                set_state(&shared, CameraState::Reconnecting, Some(e.to_string()));
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                set_state(&shared, CameraState::Failed, Some(e.to_string()));
+                let _ = tx.send(Msg::Failed(idx, e));
+                return;
+            }
+        }
+    }
+    set_state(&shared, CameraState::Stopped, None);
+    let _ = tx.send(Msg::Ended(idx));
+}
+
+/// Runs every enabled camera of `cfg` through `detector` and publishes through `uplink` until
+/// all cameras end or `opts.stop` is set. Blocking: call from a plain thread, not a runtime worker.
+pub fn run(
+    cfg: &AgentConfig,
+    mut detector: Detector,
+    uplink: &Uplink,
+    rt: tokio::runtime::Handle,
+    opts: RunOptions,
+) -> Result<RunReport, PipelineError> {
+    let cams: Vec<CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
+    let target = detector.input_size();
+    // Two frames per camera: enough to overlap decode with inference, small enough to stay live.
+    let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(2 * cams.len().max(1));
+    let shared: Vec<Arc<CameraShared>> = cams
+        .iter()
+        .map(|c| {
+            Arc::new(CameraShared {
+                status: Mutex::new(CameraStatus {
+                    id: c.id.clone(),
+                    state: CameraState::Starting,
+                    fps: None,
+                    error: None,
+                }),
+                frames: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+            })
+        })
+        .collect();
+    let mut threads = Vec::new();
+    for (i, cam) in cams.iter().enumerate() {
+        let (cam, opts, tx, sh) = (cam.clone(), opts.clone(), tx.clone(), shared[i].clone());
+        let t = std::thread::Builder::new()
+            .name(format!("cam-{}", cam.id))
+            .spawn(move || camera_thread(i, cam, target, opts, tx, sh))
+            .map_err(|e| PipelineError::Camera {
+                camera: cams[i].id.clone(),
+                message: format!("cannot start thread: {e}"),
+            })?;
+        threads.push(t);
+    }
+    drop(tx);
+
+    let started = Instant::now();
+    let mut report = RunReport::default();
+    let mut last_event: Vec<Option<Instant>> = vec![None; cams.len()];
+    let mut ended = vec![false; cams.len()];
+    let mut last_tick = Instant::now();
+    let mut tick_frames: Vec<u64> = vec![0; cams.len()];
+    let mut tick_infer = (0f64, 0u64);
+    let mut failure = None;
+
+    while !ended.iter().all(|e| *e) {
+        if opts.stop.load(Ordering::Relaxed) && opts.pacing == Pacing::Live {
+            break;
+        }
+        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            Some(Msg::Frame(i, frame)) => {
+                let t0 = Instant::now();
+                let mut objects = detector.detect(&frame.scaled(), frame.src_width, frame.src_height)?;
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                report.infer_ms_total += ms;
+                tick_infer.0 += ms;
+                tick_infer.1 += 1;
+                report.frames += 1;
+                let cam = &cams[i];
+                if !cam.classes.is_empty() {
+                    objects.retain(|o| cam.classes.iter().any(|c| c == &o.label));
+                }
+                let due = last_event[i]
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(cam.event_interval_ms));
+                if (opts.publish_empty || !objects.is_empty()) && due {
+                    let event = Event {
+                        v: SCHEMA_VERSION,
+                        id: Ulid::new(),
+                        site: cfg.agent.site.clone(),
+                        device: cfg.agent.device.clone(),
+                        camera: cam.id.clone(),
+                        kind: EventKind::Detection,
+                        ts_ms: frame.ts_ms,
+                        frame: FrameInfo {
+                            seq: frame.seq,
+                            pts_ms: frame.pts_ms,
+                            width: frame.src_width,
+                            height: frame.src_height,
+                        },
+                        model: detector.model_ref().clone(),
+                        objects,
+                    };
+                    rt.block_on(uplink.publish_event(&event))?;
+                    last_event[i] = Some(Instant::now());
+                    report.events += 1;
+                }
+            }
+            Some(Msg::Ended(i)) => ended[i] = true,
+            Some(Msg::Failed(i, e)) => {
+                ended[i] = true;
+                if !opts.retry {
+                    failure = Some(e);
+                    opts.stop.store(true, Ordering::Relaxed);
+                }
+            }
+            None => {}
+        }
+        if last_tick.elapsed() >= Duration::from_secs(10) {
+            publish_health(cfg, uplink, &rt, &shared, &mut tick_frames, &mut tick_infer, last_tick.elapsed());
+            last_tick = Instant::now();
+        }
+    }
+    opts.stop.store(true, Ordering::Relaxed);
+    // Unblock camera threads waiting on a full queue, then join them.
+    drop(rx);
+    for t in threads {
+        let _ = t.join();
+    }
+    report.elapsed = started.elapsed();
+    report.dropped = shared.iter().map(|s| s.dropped.load(Ordering::Relaxed)).sum();
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    Ok(report)
+}
+
+/// Per-camera fps and drop counts as telemetry, and the camera states as retained status.
+fn publish_health(
+    cfg: &AgentConfig,
+    uplink: &Uplink,
+    rt: &tokio::runtime::Handle,
+    shared: &[Arc<CameraShared>],
+    tick_frames: &mut [u64],
+    tick_infer: &mut (f64, u64),
+    window: Duration,
+) {
+    let mut metrics = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for (i, sh) in shared.iter().enumerate() {
+        let frames = sh.frames.load(Ordering::Relaxed);
+        let fps = (frames - tick_frames[i]) as f64 / window.as_secs_f64().max(0.001);
+        tick_frames[i] = frames;
+        if let Ok(mut st) = sh.status.lock() {
+            st.fps = Some((fps * 10.0).round() as f32 / 10.0);
+            metrics.insert(format!("{}.fps", st.id), (fps * 10.0).round() / 10.0);
+            metrics.insert(format!("{}.dropped_total", st.id), sh.dropped.load(Ordering::Relaxed) as f64);
+            statuses.push(st.clone());
+        }
+    }
+    if tick_infer.1 > 0 {
+        metrics.insert("detector.ms_avg".into(), (tick_infer.0 / tick_infer.1 as f64 * 10.0).round() / 10.0);
+    }
+    *tick_infer = (0.0, 0);
+    let t = Telemetry {
+        v: SCHEMA_VERSION,
+        id: Ulid::new(),
+        site: cfg.agent.site.clone(),
+        device: cfg.agent.device.clone(),
+        source: "agent".into(),
+        ts_ms: csb_wire::now_ms(),
+        metrics,
+    };
+    let res = rt.block_on(async {
+        uplink.set_cameras(statuses).await?;
+        uplink.publish_telemetry(&t).await
+    });
+    if let Err(e) = res {
+        tracing::warn!("cannot publish agent health: {e}");
+    }
+}
