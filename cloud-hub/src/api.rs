@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::metrics::{render_prometheus, Metrics};
 use crate::store::{ClassFilter, EventQuery, Store, StoreError, DEFAULT_LIMIT, MAX_LIMIT};
@@ -26,11 +27,33 @@ use crate::timeparse::parse_time_ms;
 /// Bound on one store call from a request; the store's own scan limit bounds the work behind it.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Store calls that may run at once; each may hold a blocking thread for a scan, so more
+/// requests than this get 503 instead of piling up threads.
+const MAX_CONCURRENT_STORE_CALLS: usize = 16;
+
 pub struct ApiState<S> {
-    pub store: Arc<S>,
-    pub metrics: Arc<Metrics>,
-    pub started: Instant,
-    pub mqtt_addr: SocketAddr,
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    mqtt_addr: SocketAddr,
+    store_slots: Arc<Semaphore>,
+}
+
+impl<S> ApiState<S> {
+    pub fn new(
+        store: Arc<S>,
+        metrics: Arc<Metrics>,
+        started: Instant,
+        mqtt_addr: SocketAddr,
+    ) -> Self {
+        ApiState {
+            store,
+            metrics,
+            started,
+            mqtt_addr,
+            store_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_CALLS)),
+        }
+    }
 }
 
 // Manual impl: deriving would demand `S: Clone`.
@@ -41,6 +64,7 @@ impl<S> Clone for ApiState<S> {
             metrics: self.metrics.clone(),
             started: self.started,
             mqtt_addr: self.mqtt_addr,
+            store_slots: self.store_slots.clone(),
         }
     }
 }
@@ -87,10 +111,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn with_timeout<T>(
+/// Runs one store call with a concurrency slot and a time limit.
+async fn store_call<T>(
+    slots: &Semaphore,
     what: &str,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ApiError> {
+    let Ok(_slot) = slots.try_acquire() else {
+        tracing::warn!(what, "store busy: too many concurrent requests");
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("too many concurrent requests; retry {what} shortly"),
+        });
+    };
     match tokio::time::timeout(STORE_TIMEOUT, f).await {
         Ok(r) => Ok(r?),
         Err(_) => {
@@ -175,7 +208,7 @@ async fn events<S: Store>(
     let Query(pairs) =
         query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     let q = parse_event_query(&pairs)?;
-    let page = with_timeout("event query", st.store.query_events(q)).await?;
+    let page = store_call(&st.store_slots, "event query", st.store.query_events(q)).await?;
     Ok(Json(json!({
         "events": page.events,
         "count": page.events.len(),
@@ -186,13 +219,14 @@ async fn events<S: Store>(
 async fn devices<S: Store>(
     State(st): State<ApiState<S>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let devices = with_timeout("device list", st.store.devices()).await?;
+    let devices = store_call(&st.store_slots, "device list", st.store.devices()).await?;
     Ok(Json(json!({ "count": devices.len(), "devices": devices })))
 }
 
 async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let ingest = st.metrics.snapshot();
-    let (status, storage) = match with_timeout("store stats", st.store.stats()).await {
+    let (status, storage) = match store_call(&st.store_slots, "store stats", st.store.stats()).await
+    {
         Ok(s) => (StatusCode::OK, json!(s)),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -211,7 +245,9 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
 }
 
 async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
-    let stats = with_timeout("store stats", st.store.stats()).await.ok();
+    let stats = store_call(&st.store_slots, "store stats", st.store.stats())
+        .await
+        .ok();
     let text = render_prometheus(&st.metrics.snapshot(), stats.as_ref(), st.started.elapsed());
     (
         [(

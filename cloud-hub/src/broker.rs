@@ -49,11 +49,10 @@ pub struct BrokerSettings {
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
-    #[error("cannot listen for MQTT on {addr}: {source} (is another broker or hub running?)")]
+    #[error("cannot listen for MQTT on {addr}: {cause} (is another broker or hub running?)")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("MQTT server on {addr} failed: {reason}")]
     Server { addr: SocketAddr, reason: String },
@@ -64,7 +63,7 @@ pub enum BrokerError {
         last: String,
     },
     #[error("cannot start MQTT server thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
     #[error("in-process broker link `{client_id}`: {reason}")]
     Link { client_id: String, reason: String },
     #[error("broker router has gone away (in-process link closed)")]
@@ -108,10 +107,7 @@ impl Broker {
         let addr = settings.listen;
         // rumqttd binds inside its server task and only logs a failure; check first so a taken
         // port is a clear error. std sets SO_REUSEADDR, so rebinding right after is fine.
-        drop(
-            std::net::TcpListener::bind(addr)
-                .map_err(|source| BrokerError::Bind { addr, source })?,
-        );
+        drop(std::net::TcpListener::bind(addr).map_err(|cause| BrokerError::Bind { addr, cause })?);
 
         let router = Router::new(0, router_config(settings));
         let router_tx = router.spawn();

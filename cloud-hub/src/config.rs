@@ -50,23 +50,21 @@ impl Default for HubConfig {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// toml's message already carries line, column and the offending key.
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}: {cause}")]
     Parse {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("config field `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("cannot render config: {0}")]
-    Render(#[from] toml::ser::Error),
+    Render(toml::ser::Error),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -79,9 +77,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl HubConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let config = Self::parse(&text, path)?;
         config.validate().map_err(|e| match e {
@@ -96,9 +94,9 @@ impl HubConfig {
 
     /// Parses TOML text; `origin` names where it came from in errors. Does not validate.
     pub fn parse(text: &str, origin: &Path) -> Result<HubConfig, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
+        toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: origin.to_path_buf(),
-            source,
+            cause,
         })
     }
 
@@ -155,7 +153,7 @@ impl HubConfig {
 
     /// The config as TOML, for `check-config`.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        Ok(toml::to_string(self)?)
+        toml::to_string(self).map_err(ConfigError::Render)
     }
 }
 

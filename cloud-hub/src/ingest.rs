@@ -186,7 +186,8 @@ impl<S: Store> Ingest<S> {
                     self.metrics.add_status_accepted(n_status);
                     if !out.events_duplicate.is_empty() {
                         // Expected after agent reconnects; debug only, the counter shows volume.
-                        tracing::debug!(ids = ?out.events_duplicate, "duplicate events not stored again");
+                        let ids = &out.events_duplicate;
+                        tracing::debug!(?ids, "duplicate events not stored again");
                     }
                     return;
                 }

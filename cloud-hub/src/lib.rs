@@ -53,15 +53,14 @@ pub enum HubError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("HTTP listener: {0}")]
-    HttpListener(#[source] std::io::Error),
-    #[error("HTTP server on {addr} failed: {source}")]
+    HttpListener(std::io::Error),
+    #[error("HTTP server on {addr} failed: {cause}")]
     Http {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("ingest stopped: {0}")]
-    Ingest(#[from] IngestError),
+    Ingest(IngestError),
     #[error("{task} task panicked: {reason}")]
     Panicked { task: &'static str, reason: String },
 }
@@ -179,12 +178,7 @@ impl<S: Store> Hub<S> {
             started,
             ..
         } = self;
-        let state = api::ApiState {
-            store: store.clone(),
-            metrics,
-            started,
-            mqtt_addr: broker.addr(),
-        };
+        let state = api::ApiState::new(store.clone(), metrics, started, broker.addr());
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -249,12 +243,14 @@ impl<S: Store> Hub<S> {
             task,
             reason: e.to_string(),
         };
-        ingest_result.map_err(|e| panicked("ingest", e))??;
+        ingest_result
+            .map_err(|e| panicked("ingest", e))?
+            .map_err(HubError::Ingest)?;
         http_result
             .map_err(|e| panicked("http", e))?
-            .map_err(|source| HubError::Http {
+            .map_err(|cause| HubError::Http {
                 addr: http_addr,
-                source,
+                cause,
             })?;
         Ok(())
     }

@@ -28,24 +28,21 @@ pub const MAX_LIMIT: usize = 1000;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("cannot open store at {path}: {source}{hint}")]
+    #[error("cannot open store at {path}: {cause}{hint}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: sled::Error,
+        cause: sled::Error,
         hint: &'static str,
     },
-    #[error("store {op} failed: {source}")]
+    #[error("store {op} failed: {cause}")]
     Sled {
         op: &'static str,
-        #[source]
-        source: sled::Error,
+        cause: sled::Error,
     },
-    #[error("cannot encode {what} for storage: {source}")]
+    #[error("cannot encode {what} for storage: {cause}")]
     Encode {
         what: &'static str,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("store worker task failed: {0}")]
     Task(String),
@@ -200,14 +197,14 @@ pub struct SledStore {
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
-    move |source| StoreError::Sled { op, source }
+    move |cause| StoreError::Sled { op, cause }
 }
 
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`. Blocking: call from a blocking context.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, StoreError> {
-        let open_err = |source: sled::Error| {
-            let hint = match &source {
+        let open_err = |cause: sled::Error| {
+            let hint = match &cause {
                 // sled reports a held lock as ErrorKind::Other; only its message tells.
                 sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
                     " (is another cloud-hub using this data_dir?)"
@@ -216,7 +213,7 @@ impl SledStore {
             };
             StoreError::Open {
                 path: dir.to_path_buf(),
-                source,
+                cause,
                 hint,
             }
         };
@@ -251,7 +248,7 @@ impl SledStore {
     fn write_sync(&self, batch: &WriteBatch) -> Result<WriteOutcome, StoreError> {
         // Serialise outside the transaction: its closure may run more than once on conflict.
         let encode = |what, r: Result<Vec<u8>, serde_json::Error>| {
-            r.map_err(|source| StoreError::Encode { what, source })
+            r.map_err(|cause| StoreError::Encode { what, cause })
         };
         let mut events = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
@@ -345,7 +342,7 @@ impl SledStore {
                 Err(e) => {
                     corrupt += 1;
                     if corrupt == 1 {
-                        tracing::error!(key = ?key, error = %e, "skipping undecodable stored event");
+                        tracing::error!(?key, error = %e, "skipping undecodable stored event");
                     }
                     continue;
                 }

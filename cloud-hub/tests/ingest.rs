@@ -30,8 +30,17 @@ struct TestHub {
     task: JoinHandle<Result<(), HubError>>,
 }
 
+/// Hub logs go through the test writer, so they show for failing tests (or `--nocapture`).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,rumqttd=warn")
+        .with_test_writer()
+        .try_init();
+}
+
 impl TestHub {
     async fn start(data_dir: &Path, mqtt_port: u16) -> TestHub {
+        init_logs();
         let config = HubConfig {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
             data_dir: data_dir.to_path_buf(),
@@ -132,6 +141,27 @@ impl Publisher {
             }
         });
         Publisher { client, acks }
+    }
+
+    /// Sends all, then waits for every PUBACK: keeps many messages in flight at once.
+    async fn publish_burst(&mut self, messages: Vec<(String, Vec<u8>)>) {
+        let n = messages.len();
+        let client = self.client.clone();
+        let sender = tokio::spawn(async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        });
+        for i in 0..n {
+            tokio::time::timeout(Duration::from_secs(30), self.acks.recv())
+                .await
+                .unwrap_or_else(|_| panic!("PUBACK {i} of {n} within 30 s"))
+                .expect("event loop alive");
+        }
+        sender.await.unwrap();
     }
 
     async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -432,5 +462,39 @@ async fn locked_data_dir_is_a_clear_error() {
     .to_string();
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     assert!(err.contains("another cloud-hub"), "{err}");
+    hub.stop().await;
+}
+
+/// More messages than the broker hands the ingest link at once (~200): ingest must wake the
+/// router after each batch or it stalls. Every event must arrive, in time order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_beyond_link_buffer_is_fully_ingested() {
+    const N: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), free_port()).await;
+    let mut p = Publisher::connect(hub.mqtt, "burst-gw").await;
+    let events: Vec<Event> = (0..N)
+        .map(|i| event("gw-01", "cam-01", T0 + i as i64, &[(0, "person")]))
+        .collect();
+    let messages = events
+        .iter()
+        .map(|e| (topic("gw-01", "event"), json(e)))
+        .collect();
+    p.publish_burst(messages).await;
+    hub.wait_health("burst to be stored", |h| {
+        h["ingest"]["events_accepted"] == N as u64
+    })
+    .await;
+    let body = hub.events("limit=1000").await;
+    let got = ids(&body);
+    assert_eq!(got.len(), 1000);
+    let want: Vec<String> = events
+        .iter()
+        .rev()
+        .take(1000)
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(got, want);
+    drop(p);
     hub.stop().await;
 }

@@ -1,0 +1,171 @@
+//! Helpers for the multi-process end-to-end tests: locating the built binaries and fixtures,
+//! starting a real hub process and waiting for it, picking free ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A workspace binary built by `make build` (`cargo build --release --bins`), found in the same
+/// profile folder as the running test (target/<profile>/deps/.. ).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let p = profile_dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (`make test` does; or `cargo build --release --bins` \
+         before `cargo test --release`)",
+        p.display()
+    );
+    p
+}
+
+/// A fixture that `make setup` installs (footage and images from Debian's opencv-doc).
+pub fn media(name: &str) -> PathBuf {
+    let p = root().join(".cache/media").join(name);
+    assert!(p.is_file(), "{} is missing: run `make setup`", p.display());
+    p
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits up to `timeout`; returns the exit status if it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.terminate(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A running hub process with its addresses.
+pub struct Hub {
+    pub proc: Proc,
+    pub mqtt_port: u16,
+    pub http: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Hub {
+    /// Starts `cloud-hub serve` on free ports and waits for its ready line.
+    pub fn start() -> Hub {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let mqtt_port = free_port();
+        let http_port = free_port();
+        let mut child = Command::new(bin("cloud-hub"))
+            .args([
+                "serve",
+                "--mqtt-addr",
+                &format!("127.0.0.1:{mqtt_port}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cloud-hub");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let proc = Proc {
+            child,
+            name: "cloud-hub".into(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("cloud-hub ready") => break,
+                Ok(_) => continue,
+                Err(_) => panic!("cloud-hub printed no ready line within 30 s"),
+            }
+        }
+        Hub {
+            proc,
+            mqtt_port,
+            http: format!("http://127.0.0.1:{http_port}"),
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http, path)
+    }
+}
+
+/// Polls `f` every 250 ms until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn get_json(url: &str) -> Option<serde_json::Value> {
+    let resp = reqwest::get(url).await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
+}

@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both run the idempotent setup
+# first (Debian packages, ONNX Runtime, model, footage), so a fresh Debian/Ubuntu machine needs
+# nothing else but Rust.
+
+CARGO ?= cargo
+# Tests and demo share one release build: one cold compile instead of two.
+PROFILE_FLAGS := --release
+
+.PHONY: setup build demo test bench lint schemas clean-data
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins
+
+demo: build
+	@bash scripts/demo.sh
+
+test: build
+	$(CARGO) test $(PROFILE_FLAGS) --workspace
+
+# Raw model vs full pipeline speed, against a real hub's broker started for the purpose.
+bench: build
+	@bash scripts/bench.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(PROFILE_FLAGS) --workspace --all-targets -- -D warnings
+
+# Regenerate schemas/*.json from the wire types.
+schemas:
+	UPDATE_SCHEMAS=1 $(CARGO) test -p csb-wire committed_schemas_match_types
+
+clean-data:
+	rm -rf .cache/demo

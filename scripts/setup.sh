@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian/Ubuntu machine. Installs only what is missing:
+#   1. Debian packages: GStreamer (+ plugins, RTSP), OpenCV dev, clang, pkg-config, mosquitto-clients
+#   2. ONNX Runtime: the pinned PyPI `onnxruntime` wheel, checksum verified, library unpacked into
+#      .cache/onnxruntime/ (the ort crate loads it at run time: `load-dynamic`)
+#   3. Models named in models/manifest.toml: copied from ../shared/models, or from MODEL_SRC
+#      (a folder, a file or a URL), sha256 verified
+#   4. Street footage and test images from Debian's opencv-doc package into .cache/media/
+# Environment: MODEL_SRC, ALLOW_MODEL_MISMATCH=1 (accept a re-export with another sha256),
+#              SKIP_APT=1 (packages are managed by hand).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE="$ROOT/.cache"
+mkdir -p "$CACHE/dl" "$CACHE/media" "$CACHE/onnxruntime"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null && SUDO="sudo" || SUDO=""
+fi
+
+# ---------- 1. Debian packages ----------
+PKGS=(pkg-config clang libclang-dev libopencv-dev
+      libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+      gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+      gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
+      mosquitto-clients python3 python3-pip ca-certificates curl)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] && [ -z "${SKIP_APT:-}" ]; then
+  say "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then die "need root or sudo to install: ${missing[*]}"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.95 with rustup, then run this again"
+
+# ---------- 2. ONNX Runtime ----------
+ORT_VERSION=1.31.1
+case "$(uname -m)" in
+  x86_64)  ORT_PLATFORM=manylinux_2_28_x86_64
+           ORT_SHA=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f ;;
+  aarch64) ORT_PLATFORM=manylinux_2_28_aarch64
+           ORT_SHA=da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3 ;;
+  *) die "no pinned onnxruntime wheel for $(uname -m)" ;;
+esac
+ORT_LIB="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$ORT_LIB" ]; then
+  # The cp311 wheel is pinned whatever the local Python: only its shared library is used.
+  WHEEL="$CACHE/dl/onnxruntime-$ORT_VERSION-cp311-cp311-$ORT_PLATFORM.whl"
+  if [ ! -f "$WHEEL" ]; then
+    say "downloading onnxruntime $ORT_VERSION wheel ($ORT_PLATFORM)"
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform "$ORT_PLATFORM" \
+      --python-version 3.11 --implementation cp "onnxruntime==$ORT_VERSION" -d "$CACHE/dl"
+  fi
+  echo "$ORT_SHA  $WHEEL" | sha256sum -c --quiet - || { rm -f "$WHEEL"; die "onnxruntime wheel checksum mismatch (deleted); run again"; }
+  python3 - "$WHEEL" "$CACHE/onnxruntime" <<'PY'
+import sys, zipfile, os
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if n.startswith("onnxruntime/capi/libonnxruntime.so"):
+            with z.open(n) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+            os.chmod(os.path.join(out, base), 0o755)
+PY
+  [ -f "$ORT_LIB" ] || die "libonnxruntime.so.$ORT_VERSION not found in $WHEEL"
+  rm -f "$WHEEL"
+fi
+ln -sfn "libonnxruntime.so.$ORT_VERSION" "$CACHE/onnxruntime/libonnxruntime.so"
+
+# ---------- 3. Models ----------
+# models/manifest.toml is written by us with one `key = "value"` per line; read name/file/sha256.
+awk -F'"' '/^\[\[models\]\]/{n++} /^file *=/{f[n]=$2} /^sha256 *=/{s[n]=$2}
+           END{for(i=1;i<=n;i++) print f[i], s[i]}' "$ROOT/models/manifest.toml" |
+while read -r file sha; do
+  dest="$ROOT/models/$file"
+  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --quiet - 2>/dev/null; then continue; fi
+  src=""
+  if [ -n "${MODEL_SRC:-}" ]; then
+    case "$MODEL_SRC" in
+      http://*|https://*) say "downloading $file from $MODEL_SRC"; curl -fsSL "$MODEL_SRC" -o "$CACHE/dl/$file"; src="$CACHE/dl/$file" ;;
+      *) if [ -d "$MODEL_SRC" ]; then src="$MODEL_SRC/$file"; else src="$MODEL_SRC"; fi ;;
+    esac
+  elif [ -f "$ROOT/../shared/models/$file" ]; then
+    src="$ROOT/../shared/models/$file"
+  fi
+  [ -n "$src" ] && [ -f "$src" ] || die "model $file not found: put it in ../shared/models, or run with MODEL_SRC=<folder|file|URL>"
+  if ! echo "$sha  $src" | sha256sum -c --quiet - 2>/dev/null; then
+    [ -n "${ALLOW_MODEL_MISMATCH:-}" ] || die "$src: sha256 differs from models/manifest.toml ($sha); set ALLOW_MODEL_MISMATCH=1 to accept a re-export"
+    say "WARNING: $src sha256 differs from the manifest; accepted (ALLOW_MODEL_MISMATCH)"
+  fi
+  say "installing model $file"
+  cp "$src" "$dest.tmp" && mv "$dest.tmp" "$dest"
+done
+
+# ---------- 4. Footage ----------
+if [ ! -f "$CACHE/media/vtest.avi" ] || [ ! -f "$CACHE/media/pexels_double_decker_bus.jpg" ]; then
+  say "fetching street footage from Debian's opencv-doc package"
+  (cd "$CACHE/dl" && apt-get download -qq opencv-doc 2>/dev/null || { $SUDO apt-get update -qq && apt-get download -qq opencv-doc; })
+  deb=$(ls "$CACHE"/dl/opencv-doc_*.deb | head -1)
+  tmp=$(mktemp -d)
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards '*/vtest.avi' '*/pexels_double_decker_bus.jpg'
+  for f in vtest.avi pexels_double_decker_bus.jpg; do
+    found=$(find "$tmp" -name "$f" | head -1)
+    [ -n "$found" ] || die "$f not in $deb"
+    cp "$found" "$CACHE/media/$f"
+  done
+  rm -rf "$tmp" "$deb"
+fi
+say "ready: ORT $ORT_LIB, models in models/, footage in .cache/media/"
