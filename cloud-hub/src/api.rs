@@ -204,16 +204,25 @@ pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiEr
 async fn events<S: Store>(
     State(st): State<ApiState<S>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventsBody>, ApiError> {
     let Query(pairs) =
         query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     let q = parse_event_query(&pairs)?;
     let page = store_call(&st.store_slots, "event query", st.store.query_events(q)).await?;
-    Ok(Json(json!({
-        "events": page.events,
-        "count": page.events.len(),
-        "truncated": page.truncated,
-    })))
+    Ok(Json(EventsBody {
+        count: page.events.len(),
+        truncated: page.truncated,
+        events: page.events,
+    }))
+}
+
+/// Serialised straight from the wire types (not through `json!`), so f32 scores and boxes keep
+/// their short form (`0.86`, not `0.8600000143051147`).
+#[derive(serde::Serialize)]
+struct EventsBody {
+    events: Vec<csb_wire::Event>,
+    count: usize,
+    truncated: bool,
 }
 
 async fn devices<S: Store>(

@@ -7,8 +7,8 @@
 //! The raw figure is taken before and after the pipeline and averaged, so drift in machine load
 //! affects both sides alike.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -100,7 +100,10 @@ pub fn run(
         u.wait_connected(Duration::from_secs(10)).await?;
         Ok::<_, PipelineError>(u)
     })?;
-    let published_before = uplink.stats().published.load(std::sync::atomic::Ordering::Relaxed);
+    let published_before = uplink
+        .stats()
+        .published
+        .load(std::sync::atomic::Ordering::Relaxed);
     let opts = RunOptions {
         pacing: Pacing::EveryFrame,
         max_frames: Some(frames),
@@ -116,7 +119,10 @@ pub fn run(
     let elapsed = t.elapsed();
     let stats = uplink.stats();
     let published = stats.published.load(std::sync::atomic::Ordering::Relaxed) - published_before;
-    let acked = stats.acked.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(published_before);
+    let acked = stats
+        .acked
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(published_before);
     rt.block_on(uplink.shutdown());
 
     let after = raw_ips(&mut det, &inputs)?;

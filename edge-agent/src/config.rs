@@ -193,7 +193,10 @@ impl AgentConfig {
             if !scheme_ok {
                 return Err(bad(
                     format!("cameras[{i}].uri"),
-                    format!("`{}`: use file://, rtsp://, http(s):// or a file path", c.uri),
+                    format!(
+                        "`{}`: use file://, rtsp://, http(s):// or a file path",
+                        c.uri
+                    ),
                 ));
             }
         }
@@ -230,7 +233,10 @@ loop = true
         let (dir, p) = write(GOOD);
         let cfg = AgentConfig::load(&p).unwrap();
         assert_eq!(cfg.mqtt.host_port().unwrap(), ("127.0.0.1".into(), 1883));
-        assert_eq!(cfg.cameras[0].uri, dir.path().join("clips/street.avi").to_string_lossy());
+        assert_eq!(
+            cfg.cameras[0].uri,
+            dir.path().join("clips/street.avi").to_string_lossy()
+        );
         assert!(cfg.cameras[0].looping);
         assert_eq!(cfg.cameras[0].event_interval_ms, 1000);
     }
@@ -239,7 +245,10 @@ loop = true
     fn errors_name_file_and_field() {
         let (_d, p) = write(&GOOD.replace("gw-01", "gw 01"));
         let e = AgentConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("agent.device") && e.contains("agent.toml"), "{e}");
+        assert!(
+            e.contains("agent.device") && e.contains("agent.toml"),
+            "{e}"
+        );
 
         let (_d, p) = write(&format!("{GOOD}\n[mqtt]\nbroker = \"nohost\"\n"));
         let e = AgentConfig::load(&p).unwrap_err().to_string();
@@ -249,7 +258,9 @@ loop = true
         let e = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("score_treshold"), "{e}");
 
-        let (_d, p) = write(&format!("{GOOD}\n[[cameras]]\nid = \"cam-01\"\nuri = \"x\"\n"));
+        let (_d, p) = write(&format!(
+            "{GOOD}\n[[cameras]]\nid = \"cam-01\"\nuri = \"x\"\n"
+        ));
         let e = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("cameras[1].id"), "{e}");
 

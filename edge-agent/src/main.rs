@@ -14,7 +14,11 @@ use edge_agent::source::{self, Pacing, Pulled, Source};
 use edge_agent::uplink::Uplink;
 
 #[derive(Parser)]
-#[command(name = "edge-agent", version, about = "City Super Brain edge agent (城市超脑 边缘网关)")]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "City Super Brain edge agent (城市超脑 边缘网关)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,6 +45,9 @@ struct ModelArgs {
     /// Minimum score to report.
     #[arg(long, default_value_t = 0.3)]
     score: f32,
+    /// Let ONNX Runtime threads busy-wait between ops (faster alone, may starve decoding).
+    #[arg(long)]
+    spinning: bool,
 }
 
 impl ModelArgs {
@@ -52,7 +59,7 @@ impl ModelArgs {
             ort_library: self.ort_lib.clone(),
             intra_threads: self.threads,
             score_threshold: self.score,
-            ..DetectorOptions::default()
+            intra_op_spinning: self.spinning,
         }
     }
 }
@@ -125,10 +132,24 @@ fn real_main() -> Result<()> {
             println!("{cfg:#?}");
             Ok(())
         }
-        Cmd::Detect { file, json, max_frames, model } => detect(&file, json, max_frames, &model.options()),
-        Cmd::Bench { file, frames, broker, json, model } => {
+        Cmd::Detect {
+            file,
+            json,
+            max_frames,
+            model,
+        } => detect(&file, json, max_frames, &model.options()),
+        Cmd::Bench {
+            file,
+            frames,
+            broker,
+            json,
+            model,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let mqtt = MqttConfig { broker, ..MqttConfig::default() };
+            let mqtt = MqttConfig {
+                broker,
+                ..MqttConfig::default()
+            };
             let r = edge_agent::bench::run(&file, frames, &model.options(), &mqtt, &rt)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -178,9 +199,22 @@ fn detect(file: &str, json: bool, max_frames: Option<u64>, opts: &DetectorOption
         } else {
             let list: Vec<String> = objects
                 .iter()
-                .map(|o| format!("{} {:.2} [{:.0},{:.0},{:.0},{:.0}]", o.label, o.score, o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2))
+                .map(|o| {
+                    format!(
+                        "{} {:.2} [{:.0},{:.0},{:.0},{:.0}]",
+                        o.label, o.score, o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2
+                    )
+                })
                 .collect();
-            println!("frame {}: {}", frame.seq, if list.is_empty() { "-".into() } else { list.join(", ") });
+            println!(
+                "frame {}: {}",
+                frame.seq,
+                if list.is_empty() {
+                    "-".into()
+                } else {
+                    list.join(", ")
+                }
+            );
         }
     }
     if n == 0 {
@@ -195,7 +229,8 @@ fn run(config: PathBuf) -> Result<()> {
     tracing::info!(model = %detector.model_path().display(), cameras = cfg.cameras.len(), broker = %cfg.mqtt.broker,
         "edge agent starting as {}/{}", cfg.agent.site, cfg.agent.device);
     let rt = tokio::runtime::Runtime::new()?;
-    let uplink = rt.block_on(async { Uplink::start(&cfg.mqtt, &cfg.agent.site, &cfg.agent.device) })?;
+    let uplink =
+        rt.block_on(async { Uplink::start(&cfg.mqtt, &cfg.agent.site, &cfg.agent.device) })?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -205,11 +240,19 @@ fn run(config: PathBuf) -> Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let opts = RunOptions { stop, ..RunOptions::default() };
+    let opts = RunOptions {
+        stop,
+        ..RunOptions::default()
+    };
     let report = pipeline::run(&cfg, detector, &uplink, rt.handle().clone(), opts)
         .context("pipeline stopped")?;
     rt.block_on(uplink.shutdown());
-    tracing::info!(frames = report.frames, events = report.events, dropped = report.dropped, "stopped");
+    tracing::info!(
+        frames = report.frames,
+        events = report.events,
+        dropped = report.dropped,
+        "stopped"
+    );
     Ok(())
 }
 

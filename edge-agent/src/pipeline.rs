@@ -108,38 +108,36 @@ fn camera_thread(
     let mut backoff = Duration::from_secs(1);
     let mut sent = 0u64;
     'reopen: while !opts.stop.load(Ordering::Relaxed) {
-        let result = Source::open(&cam.id, &uri, target, opts.pacing).and_then(|mut src| {
-            loop {
-                if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
-                    return Ok(false);
-                }
-                match src.next_frame(Duration::from_secs(10))? {
-                    Pulled::Frame(f) => {
-                        backoff = Duration::from_secs(1);
-                        set_state(&shared, CameraState::Running, None);
-                        shared.frames.fetch_add(1, Ordering::Relaxed);
-                        sent += 1;
-                        let msg = Msg::Frame(idx, f);
-                        if opts.pacing == Pacing::Live {
-                            match tx.try_send(msg) {
-                                Ok(()) => {}
-                                Err(TrySendError::Full(_)) => {
-                                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(TrySendError::Disconnected(_)) => return Ok(false),
+        let result = Source::open(&cam.id, &uri, target, opts.pacing).and_then(|mut src| loop {
+            if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
+                return Ok(false);
+            }
+            match src.next_frame(Duration::from_secs(10))? {
+                Pulled::Frame(f) => {
+                    backoff = Duration::from_secs(1);
+                    set_state(&shared, CameraState::Running, None);
+                    shared.frames.fetch_add(1, Ordering::Relaxed);
+                    sent += 1;
+                    let msg = Msg::Frame(idx, f);
+                    if opts.pacing == Pacing::Live {
+                        match tx.try_send(msg) {
+                            Ok(()) => {}
+                            Err(TrySendError::Full(_)) => {
+                                shared.dropped.fetch_add(1, Ordering::Relaxed);
                             }
-                        } else if tx.send(msg).is_err() {
-                            return Ok(false);
+                            Err(TrySendError::Disconnected(_)) => return Ok(false),
                         }
+                    } else if tx.send(msg).is_err() {
+                        return Ok(false);
                     }
-                    Pulled::End if cam.looping => {
-                        if let Err(e) = src.rewind() {
-                            tracing::warn!("{e}; reopening");
-                            return Ok(true);
-                        }
-                    }
-                    Pulled::End => return Ok(false),
                 }
+                Pulled::End if cam.looping => {
+                    if let Err(e) = src.rewind() {
+                        tracing::warn!("{e}; reopening");
+                        return Ok(true);
+                    }
+                }
+                Pulled::End => return Ok(false),
             }
         });
         match result {
@@ -193,6 +191,12 @@ pub fn run(
             })
         })
         .collect();
+    // The online status sent on (re)connect lists the cameras from the start.
+    let initial: Vec<CameraStatus> = shared
+        .iter()
+        .filter_map(|s| s.status.lock().ok().map(|s| s.clone()))
+        .collect();
+    rt.block_on(uplink.set_cameras(initial))?;
     let mut threads = Vec::new();
     for (i, cam) in cams.iter().enumerate() {
         let (cam, opts, tx, sh) = (cam.clone(), opts.clone(), tx.clone(), shared[i].clone());
@@ -228,7 +232,8 @@ pub fn run(
         match msg {
             Some(Msg::Frame(i, frame)) => {
                 let t0 = Instant::now();
-                let mut objects = detector.detect(&frame.scaled(), frame.src_width, frame.src_height)?;
+                let mut objects =
+                    detector.detect(&frame.scaled(), frame.src_width, frame.src_height)?;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 report.infer_ms_total += ms;
                 tick_infer.0 += ms;
@@ -274,7 +279,15 @@ pub fn run(
             None => {}
         }
         if last_tick.elapsed() >= Duration::from_secs(10) {
-            publish_health(cfg, uplink, &rt, &shared, &mut tick_frames, &mut tick_infer, last_tick.elapsed());
+            publish_health(
+                cfg,
+                uplink,
+                &rt,
+                &shared,
+                &mut tick_frames,
+                &mut tick_infer,
+                last_tick.elapsed(),
+            );
             last_tick = Instant::now();
         }
     }
@@ -285,7 +298,10 @@ pub fn run(
         let _ = t.join();
     }
     report.elapsed = started.elapsed();
-    report.dropped = shared.iter().map(|s| s.dropped.load(Ordering::Relaxed)).sum();
+    report.dropped = shared
+        .iter()
+        .map(|s| s.dropped.load(Ordering::Relaxed))
+        .sum();
     if let Some(e) = failure {
         return Err(e.into());
     }
@@ -311,12 +327,18 @@ fn publish_health(
         if let Ok(mut st) = sh.status.lock() {
             st.fps = Some((fps * 10.0).round() as f32 / 10.0);
             metrics.insert(format!("{}.fps", st.id), (fps * 10.0).round() / 10.0);
-            metrics.insert(format!("{}.dropped_total", st.id), sh.dropped.load(Ordering::Relaxed) as f64);
+            metrics.insert(
+                format!("{}.dropped_total", st.id),
+                sh.dropped.load(Ordering::Relaxed) as f64,
+            );
             statuses.push(st.clone());
         }
     }
     if tick_infer.1 > 0 {
-        metrics.insert("detector.ms_avg".into(), (tick_infer.0 / tick_infer.1 as f64 * 10.0).round() / 10.0);
+        metrics.insert(
+            "detector.ms_avg".into(),
+            (tick_infer.0 / tick_infer.1 as f64 * 10.0).round() / 10.0,
+        );
     }
     *tick_infer = (0.0, 0);
     let t = Telemetry {

@@ -140,7 +140,11 @@ impl Source {
         let live = pacing == Pacing::Live;
         let is_network = !uri.starts_with("file:");
         let sink = gst_app::AppSink::builder()
-            .caps(&gst::Caps::builder("video/x-raw").field("format", "BGR").build())
+            .caps(
+                &gst::Caps::builder("video/x-raw")
+                    .field("format", "BGR")
+                    .build(),
+            )
             .max_buffers(if live { 1 } else { 4 })
             .drop(live)
             // Files in live mode play at their own frame rate so they behave like a camera;
@@ -206,9 +210,10 @@ impl Source {
             src_size,
             seq: 0,
         };
-        src.pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| src.bus_error().unwrap_or_else(|| build_err("cannot start pipeline".into())))?;
+        src.pipeline.set_state(gst::State::Playing).map_err(|_| {
+            src.bus_error()
+                .unwrap_or_else(|| build_err("cannot start pipeline".into()))
+        })?;
         Ok(src)
     }
 
@@ -253,10 +258,11 @@ impl Source {
             if let Some(e) = self.bus_error() {
                 return Err(e);
             }
-            if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(
-                step.as_millis() as u64,
-            )) {
-                return self.to_frame(sample).map(Pulled::Frame);
+            if let Some(sample) = self
+                .sink
+                .try_pull_sample(gst::ClockTime::from_mseconds(step.as_millis() as u64))
+            {
+                return self.frame_from(sample).map(Pulled::Frame);
             }
             if self.sink.is_eos() {
                 return Ok(Pulled::End);
@@ -272,7 +278,7 @@ impl Source {
         }
     }
 
-    fn to_frame(&mut self, sample: gst::Sample) -> Result<Frame, SourceError> {
+    fn frame_from(&mut self, sample: gst::Sample) -> Result<Frame, SourceError> {
         let caps = sample
             .caps()
             .ok_or_else(|| self.stream_err("sample without caps".into()))?;
@@ -342,17 +348,27 @@ mod tests {
     #[test]
     fn to_uri_makes_file_uris() {
         let u = to_uri("Cargo.toml").unwrap();
-        assert!(u.starts_with("file:///") && u.ends_with("/Cargo.toml"), "{u}");
+        assert!(
+            u.starts_with("file:///") && u.ends_with("/Cargo.toml"),
+            "{u}"
+        );
         assert_eq!(to_uri("rtsp://h/x").unwrap(), "rtsp://h/x");
-        assert!(to_uri("/no/such/file").unwrap_err().contains("/no/such/file"));
+        assert!(to_uri("/no/such/file")
+            .unwrap_err()
+            .contains("/no/such/file"));
     }
 
     /// Decodes real footage (vtest.avi from opencv-doc, installed by `make setup`) and checks
     /// the frames come scaled to fit the model input with the source size kept.
     #[test]
     fn decodes_and_scales_real_footage() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/media/vtest.avi");
-        assert!(path.is_file(), "{} missing: run `make setup`", path.display());
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/media/vtest.avi");
+        assert!(
+            path.is_file(),
+            "{} missing: run `make setup`",
+            path.display()
+        );
         let uri = to_uri(path.to_str().unwrap()).unwrap();
         let mut s = Source::open("cam-t", &uri, (416, 416), Pacing::EveryFrame).unwrap();
         for i in 1..=3 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use csb_wire::{
     CameraStatus, Channel, DeviceState, DeviceStatus, Event, Telemetry, Topic, SCHEMA_VERSION,
 };
-use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -118,7 +118,12 @@ impl Uplink {
                             match status_payload(&site, &device, DeviceState::Online, cams) {
                                 Ok(p) => {
                                     // Never wait inside the loop that drains the queue.
-                                    match client.try_publish(&status_topic, QoS::AtLeastOnce, true, p) {
+                                    match client.try_publish(
+                                        &status_topic,
+                                        QoS::AtLeastOnce,
+                                        true,
+                                        p,
+                                    ) {
                                         Ok(()) => {
                                             stats.published.fetch_add(1, Ordering::Relaxed);
                                         }
@@ -131,9 +136,17 @@ impl Uplink {
                         Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
                             stats.acked.fetch_add(1, Ordering::Relaxed);
                         }
+                        // We asked to leave: the broker closing the socket next is no error.
+                        Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                            stats.connected.store(false, Ordering::Relaxed);
+                            break;
+                        }
                         Ok(_) => {}
                         Err(e) => {
-                            if stats.connected.swap(false, Ordering::Relaxed) || stats.connects.load(Ordering::Relaxed) == 0 && backoff == Duration::from_millis(500) {
+                            if stats.connected.swap(false, Ordering::Relaxed)
+                                || stats.connects.load(Ordering::Relaxed) == 0
+                                    && backoff == Duration::from_millis(500)
+                            {
                                 tracing::warn!(%broker, "MQTT connection lost or refused: {e}; retrying");
                             }
                             tokio::select! {
@@ -181,7 +194,12 @@ impl Uplink {
         Ok(())
     }
 
-    async fn publish(&self, channel: Channel, retain: bool, payload: Vec<u8>) -> Result<(), UplinkError> {
+    async fn publish(
+        &self,
+        channel: Channel,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), UplinkError> {
         let topic = Topic::new(&self.site, &self.device, channel)?.to_string();
         // Waits while the bounded queue is full: back-pressure reaches the detector, which then
         // drops camera frames instead of growing memory.
@@ -216,7 +234,10 @@ impl Uplink {
     pub async fn set_cameras(&self, cams: Vec<CameraStatus>) -> Result<(), UplinkError> {
         let changed = match self.cameras.lock() {
             Ok(mut c) => {
-                let changed = c.iter().map(|x| (&x.id, x.state)).ne(cams.iter().map(|x| (&x.id, x.state)));
+                let changed = c
+                    .iter()
+                    .map(|x| (&x.id, x.state))
+                    .ne(cams.iter().map(|x| (&x.id, x.state)));
                 *c = cams.clone();
                 changed
             }
@@ -247,7 +268,9 @@ impl Uplink {
     /// Publishes the offline status, disconnects cleanly and stops the event loop (bounded).
     pub async fn shutdown(self) {
         if self.stats.connected.load(Ordering::Relaxed) {
-            if let Ok(p) = status_payload(&self.site, &self.device, DeviceState::Offline, Vec::new()) {
+            if let Ok(p) =
+                status_payload(&self.site, &self.device, DeviceState::Offline, Vec::new())
+            {
                 let _ = self.publish(Channel::Status, true, p).await;
             }
             self.flush(Duration::from_secs(3)).await;

@@ -25,7 +25,11 @@ fn detect_lines(file: &std::path::Path, extra: &[&str]) -> Vec<Value> {
         .current_dir(std::env::temp_dir()) // must find model and runtime without the repo as cwd
         .output()
         .expect("run edge-agent detect");
-    assert!(out.status.success(), "detect failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "detect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -38,7 +42,12 @@ fn assert_matches(objects: &[Value], refs: &[Ref]) {
     for r in refs {
         let found = objects.iter().enumerate().find(|(i, o)| {
             let b = &o["box"];
-            let d = [b["x1"].as_f64().unwrap(), b["y1"].as_f64().unwrap(), b["x2"].as_f64().unwrap(), b["y2"].as_f64().unwrap()];
+            let d = [
+                b["x1"].as_f64().unwrap(),
+                b["y1"].as_f64().unwrap(),
+                b["x2"].as_f64().unwrap(),
+                b["y2"].as_f64().unwrap(),
+            ];
             !used[*i]
                 && o["label"] == r.label
                 && o["score"].as_f64().unwrap() >= r.min_score
@@ -62,15 +71,34 @@ fn bus_image_matches_reference() {
     let lines = detect_lines(&media("pexels_double_decker_bus.jpg"), &[]);
     assert_eq!(lines.len(), 1, "a still image is one frame");
     let f = &lines[0];
-    assert_eq!((f["width"].as_u64(), f["height"].as_u64()), (Some(546), Some(413)));
+    assert_eq!(
+        (f["width"].as_u64(), f["height"].as_u64()),
+        (Some(546), Some(413))
+    );
     let objects = f["objects"].as_array().unwrap();
     assert_matches(
         objects,
         &[
-            Ref { label: "bus", min_score: 0.9, bbox: [68.2, 110.1, 475.7, 394.1] },
-            Ref { label: "car", min_score: 0.75, bbox: [458.7, 279.4, 545.8, 388.6] },
-            Ref { label: "car", min_score: 0.75, bbox: [7.4, 287.6, 65.3, 328.5] },
-            Ref { label: "person", min_score: 0.6, bbox: [517.3, 283.7, 537.9, 317.6] },
+            Ref {
+                label: "bus",
+                min_score: 0.9,
+                bbox: [68.2, 110.1, 475.7, 394.1],
+            },
+            Ref {
+                label: "car",
+                min_score: 0.75,
+                bbox: [458.7, 279.4, 545.8, 388.6],
+            },
+            Ref {
+                label: "car",
+                min_score: 0.75,
+                bbox: [7.4, 287.6, 65.3, 328.5],
+            },
+            Ref {
+                label: "person",
+                min_score: 0.6,
+                bbox: [517.3, 283.7, 537.9, 317.6],
+            },
         ],
     );
 }
@@ -84,16 +112,43 @@ fn street_video_frame_100_matches_reference() {
     assert_eq!(f["frame"], 101);
     let objects = f["objects"].as_array().unwrap();
     let persons = objects.iter().filter(|o| o["label"] == "person").count();
-    assert!((6..=9).contains(&persons), "{persons} persons (reference: 7)");
+    assert!(
+        (6..=9).contains(&persons),
+        "{persons} persons (reference: 7)"
+    );
     assert_matches(
         objects,
         &[
-            Ref { label: "person", min_score: 0.7, bbox: [346.1, 197.3, 379.2, 274.7] },
-            Ref { label: "person", min_score: 0.7, bbox: [587.9, 154.0, 619.7, 236.5] },
-            Ref { label: "person", min_score: 0.7, bbox: [494.1, 147.5, 517.4, 218.1] },
-            Ref { label: "person", min_score: 0.7, bbox: [376.6, 177.6, 408.0, 256.1] },
-            Ref { label: "car", min_score: 0.7, bbox: [732.0, 51.3, 767.1, 94.2] },
-            Ref { label: "truck", min_score: 0.7, bbox: [651.4, 42.0, 724.9, 99.4] },
+            Ref {
+                label: "person",
+                min_score: 0.7,
+                bbox: [346.1, 197.3, 379.2, 274.7],
+            },
+            Ref {
+                label: "person",
+                min_score: 0.7,
+                bbox: [587.9, 154.0, 619.7, 236.5],
+            },
+            Ref {
+                label: "person",
+                min_score: 0.7,
+                bbox: [494.1, 147.5, 517.4, 218.1],
+            },
+            Ref {
+                label: "person",
+                min_score: 0.7,
+                bbox: [376.6, 177.6, 408.0, 256.1],
+            },
+            Ref {
+                label: "car",
+                min_score: 0.7,
+                bbox: [732.0, 51.3, 767.1, 94.2],
+            },
+            Ref {
+                label: "truck",
+                min_score: 0.7,
+                bbox: [651.4, 42.0, 724.9, 99.4],
+            },
         ],
     );
 }

@@ -71,7 +71,10 @@ async fn person_detections_travel_from_footage_to_the_api() {
         assert_eq!(e["device"], "gw-e2e-01");
         assert_eq!(e["camera"], "cam-e2e");
         assert_eq!(e["model"]["name"], "yolox_nano");
-        let (w, h) = (e["frame"]["width"].as_f64().unwrap(), e["frame"]["height"].as_f64().unwrap());
+        let (w, h) = (
+            e["frame"]["width"].as_f64().unwrap(),
+            e["frame"]["height"].as_f64().unwrap(),
+        );
         assert_eq!((w, h), (768.0, 576.0), "vtest.avi is 768x576");
         let ts = e["ts_ms"].as_i64().unwrap();
         assert!(ts <= last_ts, "events must come newest first");
@@ -96,16 +99,26 @@ async fn person_detections_travel_from_footage_to_the_api() {
         }
     }
     // The campus road has several pedestrians in every frame.
-    assert!(persons >= events.len() * 2, "{persons} persons in {} events", events.len());
+    assert!(
+        persons >= events.len() * 2,
+        "{persons} persons in {} events",
+        events.len()
+    );
 
     // Filters are applied by the hub, not ignored.
-    let none = get_json(&hub.url("/api/v1/events?camera=no-such-camera")).await.unwrap();
+    let none = get_json(&hub.url("/api/v1/events?camera=no-such-camera"))
+        .await
+        .unwrap();
     assert_eq!(none["events"].as_array().unwrap().len(), 0);
-    let one = get_json(&hub.url("/api/v1/events?device=gw-e2e-01&limit=1")).await.unwrap();
+    let one = get_json(&hub.url("/api/v1/events?device=gw-e2e-01&limit=1"))
+        .await
+        .unwrap();
     assert_eq!(one["events"].as_array().unwrap().len(), 1);
 
     // The agent stops cleanly on SIGTERM.
-    let status = agent.terminate(Duration::from_secs(15)).expect("agent exits within 15 s");
+    let status = agent
+        .terminate(Duration::from_secs(15))
+        .expect("agent exits within 15 s");
     assert!(status.success(), "agent exit status {status}");
 }
 
@@ -122,7 +135,10 @@ async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
     let rejected_before = before["ingest"]["rejected"].as_u64().unwrap();
 
     // Truncated JSON, and well-formed JSON with an impossible score.
-    client.publish(topic, QoS::AtLeastOnce, false, b"{\"v\":1,".to_vec()).await.unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, false, b"{\"v\":1,".to_vec())
+        .await
+        .unwrap();
     let mut ev = serde_json::json!({
         "v": 1, "id": ulid::Ulid::new().to_string(), "site": "yuexi", "device": "gw-bad",
         "camera": "cam-1", "kind": "detection", "ts_ms": csb_wire::now_ms(),
@@ -131,7 +147,10 @@ async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
         "objects": [{"class_id": 0, "label": "person", "score": 7.5,
                      "box": {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 90.0}}]
     });
-    client.publish(topic, QoS::AtLeastOnce, false, ev.to_string()).await.unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, false, ev.to_string())
+        .await
+        .unwrap();
 
     let health = eventually(Duration::from_secs(20), || async {
         let h = get_json(&hub.url("/api/v1/health")).await?;
@@ -141,31 +160,58 @@ async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
     .expect("both malformed payloads counted as rejected");
     assert_eq!(health["status"], "ok");
     let reasons = health["ingest"]["rejected_by_reason"].as_object().unwrap();
-    assert!(reasons.values().filter_map(Value::as_u64).sum::<u64>() >= 2, "{reasons:?}");
+    assert!(
+        reasons.values().filter_map(Value::as_u64).sum::<u64>() >= 2,
+        "{reasons:?}"
+    );
 
     // The hub still ingests: the corrected event is stored and served.
     ev["objects"][0]["score"] = serde_json::json!(0.75);
     let id = ulid::Ulid::new().to_string();
     ev["id"] = serde_json::json!(id);
-    client.publish(topic, QoS::AtLeastOnce, false, ev.to_string()).await.unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, false, ev.to_string())
+        .await
+        .unwrap();
     let stored = eventually(Duration::from_secs(20), || async {
         let v = get_json(&hub.url("/api/v1/events?device=gw-bad")).await?;
-        v["events"].as_array()?.iter().find(|e| e["id"] == id.as_str()).cloned()
+        v["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .cloned()
     })
     .await
     .expect("valid event after the bad ones is stored");
     assert_eq!(stored["objects"][0]["score"], 0.75);
-    let none_bad = get_json(&hub.url("/api/v1/events?device=gw-bad")).await.unwrap();
-    assert_eq!(none_bad["events"].as_array().unwrap().len(), 1, "rejected payloads are not stored");
+    let none_bad = get_json(&hub.url("/api/v1/events?device=gw-bad"))
+        .await
+        .unwrap();
+    assert_eq!(
+        none_bad["events"].as_array().unwrap().len(),
+        1,
+        "rejected payloads are not stored"
+    );
 }
 
 #[test]
 fn agent_refuses_a_bad_config_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[agent]\nsite = \"yuexi\"\ndevice = \"gw 1\"\n[[cameras]]\nid = \"c\"\nuri = \"x.avi\"\n").unwrap();
-    let out = Command::new(bin("edge-agent")).args(["run", "--config"]).arg(&p).output().unwrap();
+    std::fs::write(
+        &p,
+        "[agent]\nsite = \"yuexi\"\ndevice = \"gw 1\"\n[[cameras]]\nid = \"c\"\nuri = \"x.avi\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("edge-agent"))
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent.device") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("agent.device") && err.contains("bad.toml"),
+        "{err}"
+    );
 }

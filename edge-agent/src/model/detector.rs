@@ -146,10 +146,11 @@ impl Detector {
         }
 
         let env = environment(opts.ort_library.as_deref())?;
-        let session_err = |e: ort::Error<ort::session::builder::SessionBuilder>| DetectorError::Session {
-            path: path.clone(),
-            message: e.to_string(),
-        };
+        let session_err =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| DetectorError::Session {
+                path: path.clone(),
+                message: e.to_string(),
+            };
         let session = Session::builder(&env)
             .map_err(|e| DetectorError::Session {
                 path: path.clone(),
@@ -172,10 +173,18 @@ impl Detector {
             model: entry.name.clone(),
             reason,
         };
-        if !session.inputs().iter().any(|i| i.name() == entry.input.name) {
+        if !session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == entry.input.name)
+        {
             return Err(mismatch(format!("no input named `{}`", entry.input.name)));
         }
-        if !session.outputs().iter().any(|o| o.name() == entry.output.name) {
+        if !session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == entry.output.name)
+        {
             return Err(mismatch(format!("no output named `{}`", entry.output.name)));
         }
         match entry.decoder {
@@ -235,18 +244,20 @@ impl Detector {
                 model: self.entry.name.clone(),
                 message: e.to_string(),
             })?;
-        let value = outputs
-            .get(&self.entry.output.name)
-            .ok_or_else(|| DetectorError::Inference {
-                model: self.entry.name.clone(),
-                message: format!("no output `{}`", self.entry.output.name),
-            })?;
-        let (_, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| DetectorError::Inference {
-                model: self.entry.name.clone(),
-                message: e.to_string(),
-            })?;
+        let value =
+            outputs
+                .get(&self.entry.output.name)
+                .ok_or_else(|| DetectorError::Inference {
+                    model: self.entry.name.clone(),
+                    message: format!("no output `{}`", self.entry.output.name),
+                })?;
+        let (_, data) =
+            value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| DetectorError::Inference {
+                    model: self.entry.name.clone(),
+                    message: e.to_string(),
+                })?;
         Ok(data.to_vec())
     }
 

@@ -117,10 +117,16 @@ impl Manifest {
                 )));
             }
             if e.output.strides.is_empty() || e.output.strides.contains(&0) {
-                return Err(bad(format!("model `{}`: output.strides must be non-zero", e.name)));
+                return Err(bad(format!(
+                    "model `{}`: output.strides must be non-zero",
+                    e.name
+                )));
             }
             if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(format!("model `{}`: sha256 must be 64 hex digits", e.name)));
+                return Err(bad(format!(
+                    "model `{}`: sha256 must be 64 hex digits",
+                    e.name
+                )));
             }
         }
         Ok(m)
@@ -196,7 +202,10 @@ mod tests {
         let err = Manifest::parse("[[models]]\nname = 3\n", p)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/x/manifest.toml") && err.contains("name"), "{err}");
+        assert!(
+            err.contains("/x/manifest.toml") && err.contains("name"),
+            "{err}"
+        );
         let text = std::fs::read_to_string(repo_manifest()).unwrap();
         let m = Manifest::parse(&text, p).unwrap();
         let err = m.get("nope", p).unwrap_err().to_string();

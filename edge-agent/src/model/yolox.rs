@@ -92,11 +92,15 @@ pub fn decode(
                 if obj < score_thr {
                     continue;
                 }
-                let (cls, prob) = a[5..]
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .fold((0usize, f32::MIN), |b, (c, p)| if p > b.1 { (c, p) } else { b });
+                let (cls, prob) =
+                    a[5..]
+                        .iter()
+                        .copied()
+                        .enumerate()
+                        .fold(
+                            (0usize, f32::MIN),
+                            |b, (c, p)| if p > b.1 { (c, p) } else { b },
+                        );
                 let score = obj * prob;
                 if score < score_thr {
                     continue;
@@ -201,7 +205,10 @@ mod tests {
         assert_eq!(d.class_id, 1);
         assert!((d.score - 0.72).abs() < 1e-6);
         // Source box = (16..32, 0..16) / 0.5
-        assert_eq!((d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2), (32.0, 0.0, 64.0, 32.0));
+        assert_eq!(
+            (d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2),
+            (32.0, 0.0, 64.0, 32.0)
+        );
     }
 
     #[test]
