@@ -22,7 +22,9 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$BIN/cloud-hub" serve --mqtt-addr "$MQTT_ADDR" --http-addr "$HTTP_ADDR" --data-dir "$DATA_DIR" \
+# setsid: Ctrl-C reaches only this script, which then stops the agent first and the hub last,
+# so the agent's goodbye (offline status) still reaches the broker.
+setsid "$BIN/cloud-hub" serve --mqtt-addr "$MQTT_ADDR" --http-addr "$HTTP_ADDR" --data-dir "$DATA_DIR" \
   > "$LOG_DIR/hub.out" 2> "$LOG_DIR/hub.log" &
 hub_pid=$!
 for _ in $(seq 1 100); do
@@ -34,7 +36,7 @@ grep -q '^cloud-hub ready' "$LOG_DIR/hub.out" || { echo "[demo] hub not ready af
 
 sed "s|^broker = .*|broker = \"$MQTT_ADDR\"|" configs/demo.toml > "$LOG_DIR/agent.toml"
 sed -i "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vtest.avi\"|" "$LOG_DIR/agent.toml"
-"$BIN/edge-agent" run --config "$LOG_DIR/agent.toml" 2> "$LOG_DIR/agent.log" &
+setsid "$BIN/edge-agent" run --config "$LOG_DIR/agent.toml" 2> "$LOG_DIR/agent.log" &
 agent_pid=$!
 
 cat <<MSG

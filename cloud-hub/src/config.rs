@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The example file shipped with the crate; a test keeps it equal to [`HubConfig::default`].
-pub const EXAMPLE_CONFIG: &str = include_str!("../hub.example.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../configs/hub.example.toml");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

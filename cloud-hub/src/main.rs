@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the hub. Flags override values from the config file.
     Serve {
-        /// TOML config file (see hub.example.toml); defaults apply without one.
+        /// TOML config file (see configs/hub.example.toml); defaults apply without one.
         #[arg(long, env = "CSB_HUB_CONFIG")]
         config: Option<PathBuf>,
         /// MQTT listen address, e.g. 0.0.0.0:1883.
