@@ -479,8 +479,10 @@ pub(crate) mod tests {
                         x2: 10.0,
                         y2: 10.0,
                     },
+                    track_id: None,
                 })
                 .collect(),
+            rule: None,
         }
     }
 

@@ -207,8 +207,10 @@ fn event(device: &str, camera: &str, ts_ms: i64, objects: &[(u32, &str)]) -> Eve
                     x2: 50.0,
                     y2: 120.0,
                 },
+                track_id: None,
             })
             .collect(),
+        rule: None,
     }
 }
 

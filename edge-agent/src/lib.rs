@@ -7,3 +7,4 @@ pub mod model;
 pub mod pipeline;
 pub mod source;
 pub mod uplink;
+pub mod perception;

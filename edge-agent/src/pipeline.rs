@@ -262,6 +262,7 @@ pub fn run(
                         },
                         model: detector.model_ref().clone(),
                         objects,
+                        rule: None,
                     };
                     rt.block_on(uplink.publish_event(&event))?;
                     last_event[i] = Some(Instant::now());

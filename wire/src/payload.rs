@@ -34,6 +34,9 @@ pub struct Event {
     /// The model that produced the detections.
     pub model: ModelRef,
     pub objects: Vec<Detection>,
+    /// Present when `kind` is `rule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleInfo>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -41,6 +44,66 @@ pub struct Event {
 pub enum EventKind {
     /// Raw detections of one frame.
     Detection,
+    /// A rule fired (dwell, crowd, line crossing, presence, sensor threshold): see `rule`.
+    Rule,
+}
+
+/// What a rule event is about. One problem (a parked car, a crowd) keeps one `problem_id`
+/// through its `start`, `update`s and `end`, so the hub opens one case, not one per frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RuleInfo {
+    /// Rule id from the agent's config.
+    pub rule: String,
+    pub rule_type: RuleType,
+    /// What the city calls it, e.g. `illegal_parking`, `street_vending`, `crowd_gathering`.
+    pub event_type: String,
+    /// Governance classification code (部件/事件 code) from the county's table, if mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    pub phase: Phase,
+    /// Stable id of the problem across its start/update/end events.
+    #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    pub problem_id: Ulid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Tracks involved (ids are per camera).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track_ids: Vec<u64>,
+    /// When the condition began (Unix ms); `ts_ms - started_ms` is the dwell so far.
+    pub started_ms: i64,
+    pub duration_ms: i64,
+    /// Objects counted (crowd) or crossings (line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Line crossing direction: `in` (left→right of the line's direction) or `out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// Sensor value that triggered a threshold rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Evidence snapshot id, uploaded to the hub separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleType {
+    Dwell,
+    Crowd,
+    LineCrossing,
+    Presence,
+    SensorThreshold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Start,
+    Update,
+    End,
+    /// A one-off occurrence with no duration (a line crossing).
+    Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -71,6 +134,9 @@ pub struct Detection {
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: BBox,
+    /// Tracker id of this object within its camera, when tracking runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_id: Option<u64>,
 }
 
 /// Axis-aligned box in source-frame pixels, (x1,y1) top-left, (x2,y2) bottom-right.
@@ -217,6 +283,30 @@ impl Validate for Event {
         validate_level("device", &self.device)?;
         validate_level("camera", &self.camera)?;
         check_ts("ts_ms", self.ts_ms)?;
+        match (self.kind, &self.rule) {
+            (EventKind::Rule, None) => {
+                return Err(field_err("rule", "required when kind is `rule`"))
+            }
+            (EventKind::Detection, Some(_)) => {
+                return Err(field_err("rule", "only allowed when kind is `rule`"))
+            }
+            (EventKind::Rule, Some(r)) => {
+                if r.rule.is_empty()
+                    || r.rule.len() > 64
+                    || r.event_type.is_empty()
+                    || r.event_type.len() > 64
+                {
+                    return Err(field_err(
+                        "rule",
+                        "`rule` and `event_type` must be 1..=64 bytes",
+                    ));
+                }
+                if r.duration_ms < 0 {
+                    return Err(field_err("rule.duration_ms", "must be >= 0"));
+                }
+            }
+            _ => {}
+        }
         if self.frame.width == 0 || self.frame.height == 0 {
             return Err(field_err("frame", "width and height must be > 0"));
         }
@@ -338,7 +428,9 @@ mod tests {
                     x2: 50.0,
                     y2: 120.0,
                 },
+                track_id: None,
             }],
+            rule: None,
         }
     }
 

@@ -297,6 +297,7 @@ impl Detector {
                 x2: r(d.bbox.x2),
                 y2: r(d.bbox.y2),
             },
+            track_id: None,
         }
     }
 
