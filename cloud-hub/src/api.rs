@@ -1,28 +1,49 @@
-//! REST API (axum). Read-only views of the store plus health and Prometheus metrics.
+//! REST API (axum). Views of the store, evidence snapshot upload, health and Prometheus metrics.
 //!
-//! - `GET /api/v1/events?site=&device=&camera=&class=&from=&to=&limit=` — newest first
+//! - `GET /api/v1/events?site=&device=&camera=&class=&kind=&event_type=&from=&to=&limit=` —
+//!   newest first
+//! - `GET /api/v1/events/{id}` — one event
+//! - `GET /api/v1/events/{id}/snapshot` — the evidence JPEG its `rule.snapshot` names
+//! - `PUT /api/v1/snapshots/{id}` — an edge agent uploads an evidence JPEG (see [`put_snapshot`])
+//! - `GET /api/v1/snapshots/{id}` — an evidence JPEG
 //! - `GET /api/v1/devices` — latest status per device
-//! - `GET /api/v1/health` — liveness, ingest counters, store sizes
+//! - `GET /api/v1/health` — liveness, ingest and evidence counters, store sizes
 //! - `GET /metrics` — Prometheus text
 //!
-//! Errors are JSON `{"error": "..."}` naming the parameter at fault.
+//! Errors are JSON `{"error": "..."}` naming the parameter, header or id at fault.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use csb_wire::EventKind;
 use serde_json::json;
 use tokio::sync::Semaphore;
+use ulid::Ulid;
 
-use crate::metrics::{render_prometheus, Metrics};
-use crate::store::{ClassFilter, EventQuery, Store, StoreError, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::metrics::{render_prometheus, Metrics, UploadReject};
+use crate::store::{
+    ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, DEFAULT_LIMIT,
+    MAX_LIMIT,
+};
 use crate::timeparse::parse_time_ms;
+
+/// Uploader of a snapshot, `{site}/{device}` (required on upload, echoed on download).
+pub const DEVICE_HEADER: &str = "x-csb-device";
+/// The event a snapshot belongs to, a ULID (optional on upload, echoed on download).
+pub const EVENT_HEADER: &str = "x-csb-event";
+/// Snapshots never change once stored, so clients may keep them; `private` because evidence
+/// pictures must not sit in shared caches.
+pub const SNAPSHOT_CACHE_CONTROL: &str = "private, max-age=86400";
+/// Every JPEG starts with SOI (FF D8) followed by the next marker's FF.
+const JPEG_MAGIC: [u8; 3] = [0xFF, 0xD8, 0xFF];
 
 /// Bound on one store call from a request; the store's own scan limit bounds the work behind it.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +58,7 @@ pub struct ApiState<S> {
     started: Instant,
     mqtt_addr: SocketAddr,
     store_slots: Arc<Semaphore>,
+    snapshot_max_bytes: usize,
 }
 
 impl<S> ApiState<S> {
@@ -45,6 +67,7 @@ impl<S> ApiState<S> {
         metrics: Arc<Metrics>,
         started: Instant,
         mqtt_addr: SocketAddr,
+        snapshot_max_bytes: usize,
     ) -> Self {
         ApiState {
             store,
@@ -52,6 +75,7 @@ impl<S> ApiState<S> {
             started,
             mqtt_addr,
             store_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_CALLS)),
+            snapshot_max_bytes,
         }
     }
 }
@@ -65,13 +89,25 @@ impl<S> Clone for ApiState<S> {
             started: self.started,
             mqtt_addr: self.mqtt_addr,
             store_slots: self.store_slots.clone(),
+            snapshot_max_bytes: self.snapshot_max_bytes,
         }
     }
 }
 
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    // Bounds what the body extractor reads, so an oversized upload without a Content-Length
+    // (chunked) is cut off at the limit instead of being buffered whole.
+    let upload_limit = DefaultBodyLimit::max(state.snapshot_max_bytes);
     Router::new()
         .route("/api/v1/events", get(events::<S>))
+        .route("/api/v1/events/{id}", get(event_by_id::<S>))
+        .route("/api/v1/events/{id}/snapshot", get(event_snapshot::<S>))
+        .route(
+            "/api/v1/snapshots/{id}",
+            get(get_snapshot::<S>)
+                .put(put_snapshot::<S>)
+                .layer(upload_limit),
+        )
         .route("/api/v1/devices", get(devices::<S>))
         .route("/api/v1/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -87,12 +123,32 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.into(),
         }
     }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+/// At most 64 characters of client input, for error messages.
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Parses an id from the path; `what` names it in the error.
+fn parse_id(what: &str, path: Result<Path<String>, PathRejection>) -> Result<Ulid, ApiError> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request(format!("{what} in the path: {e}")))?;
+    Ulid::from_string(&raw)
+        .map_err(|e| ApiError::bad_request(format!("{what} `{}` is not a ULID: {e}", clip(&raw))))
 }
 
 impl From<StoreError> for ApiError {
@@ -136,7 +192,17 @@ async fn store_call<T>(
     }
 }
 
-const EVENT_PARAMS: [&str; 7] = ["site", "device", "camera", "class", "from", "to", "limit"];
+const EVENT_PARAMS: [&str; 9] = [
+    "site",
+    "device",
+    "camera",
+    "class",
+    "kind",
+    "event_type",
+    "from",
+    "to",
+    "limit",
+];
 
 /// Turns query pairs into an [`EventQuery`]; every error names its parameter.
 pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiError> {
@@ -161,6 +227,24 @@ pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiEr
                     return Err(param_err(&"must be a label or class id of 1..=64 bytes"));
                 }
                 q.class = Some(ClassFilter::parse(v));
+            }
+            "kind" => {
+                q.kind = Some(match v.as_str() {
+                    "detection" => EventKind::Detection,
+                    "rule" => EventKind::Rule,
+                    _ => {
+                        return Err(param_err(&format!(
+                            "`{}` is not `detection` or `rule`",
+                            clip(v)
+                        )))
+                    }
+                });
+            }
+            "event_type" => {
+                if v.is_empty() || v.len() > 64 {
+                    return Err(param_err(&"must be a rule event type of 1..=64 bytes"));
+                }
+                q.event_type = Some(v.clone());
             }
             "from" => q.from_ms = Some(parse_time_ms(v).map_err(|e| param_err(&e))?),
             "to" => q.to_ms = Some(parse_time_ms(v).map_err(|e| param_err(&e))?),
@@ -216,6 +300,324 @@ async fn events<S: Store>(
     }))
 }
 
+async fn event_by_id<S: Store>(
+    State(st): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<csb_wire::Event>, ApiError> {
+    let id = parse_id("event id", path)?;
+    // Json of the wire type, not `json!`: keeps the short f32 form (see `EventsBody`).
+    store_call(&st.store_slots, "event lookup", st.store.event(id))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))
+}
+
+/// The evidence JPEG of a rule event. 404 names which link is missing: the event, its snapshot
+/// reference, or the snapshot itself (uploaded separately, so it may not have arrived yet).
+async fn event_snapshot<S: Store>(
+    State(st): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id("event id", path)?;
+    let event = store_call(&st.store_slots, "event lookup", st.store.event(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))?;
+    let Some(reference) = event.rule.as_ref().and_then(|r| r.snapshot.as_deref()) else {
+        return Err(ApiError::not_found(format!(
+            "event {id} has no evidence snapshot (only rule events with `rule.snapshot` have one)"
+        )));
+    };
+    let snap_id = Ulid::from_string(reference).map_err(|_| {
+        ApiError::not_found(format!(
+            "event {id} names snapshot `{}`, which is not a valid snapshot id",
+            clip(reference)
+        ))
+    })?;
+    let snap = store_call(
+        &st.store_slots,
+        "snapshot lookup",
+        st.store.snapshot(snap_id),
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "snapshot {snap_id} of event {id} has not arrived yet \
+                 (the edge agent uploads it separately; retry later)"
+        ))
+    })?;
+    if (snap.meta.site.as_str(), snap.meta.device.as_str())
+        != (event.site.as_str(), event.device.as_str())
+    {
+        // Another device must not be able to supply a device's evidence.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "snapshot {snap_id} was uploaded by {}/{}, not by event {id}'s device {}/{}",
+                snap.meta.site, snap.meta.device, event.site, event.device
+            ),
+        ));
+    }
+    Ok(jpeg_response(&st.metrics, snap))
+}
+
+async fn get_snapshot<S: Store>(
+    State(st): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id("snapshot id", path)?;
+    let snap = store_call(&st.store_slots, "snapshot lookup", st.store.snapshot(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no snapshot with id {id}")))?;
+    Ok(jpeg_response(&st.metrics, snap))
+}
+
+fn jpeg_response(metrics: &Metrics, snap: Snapshot) -> Response {
+    metrics.add_snapshot_served();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(SNAPSHOT_CACHE_CONTROL),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let device = format!("{}/{}", snap.meta.site, snap.meta.device);
+    if let Ok(v) = HeaderValue::from_str(&device) {
+        headers.insert(HeaderName::from_static(DEVICE_HEADER), v);
+    }
+    if let Some(event) = snap.meta.event {
+        if let Ok(v) = HeaderValue::from_str(&event.to_string()) {
+            headers.insert(HeaderName::from_static(EVENT_HEADER), v);
+        }
+    }
+    (headers, snap.bytes).into_response()
+}
+
+/// `PUT /api/v1/snapshots/{id}`: stores an evidence JPEG, durably, before answering.
+///
+/// Headers: `X-Csb-Device: {site}/{device}` (required), `X-Csb-Event: {ulid}` (optional),
+/// `Content-Type: image/jpeg` (another type is refused; none is tolerated). The body must be
+/// 1..=`snapshot_max_bytes` bytes starting with the JPEG magic FF D8 FF.
+///
+/// 201 Created when stored; 200 when the same bytes are already stored under the id (a retry
+/// after a lost answer is normal); 409 when different bytes are; 400/413/415 naming the
+/// problem otherwise. The id, headers and declared length are checked before the body is
+/// read (see `drain_refused` for what happens to it then).
+pub async fn put_snapshot<S: Store>(
+    State(st): State<ApiState<S>>,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let metrics = &st.metrics;
+    let refuse = |reason: UploadReject, e: ApiError| {
+        metrics.reject_upload(reason);
+        e
+    };
+    let max = st.snapshot_max_bytes;
+    let too_large = |what: String| {
+        refuse(
+            UploadReject::TooLarge,
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("snapshot {what} exceeds snapshot_max_bytes = {max}"),
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let precheck = || {
+        let id = parse_id("snapshot id", path).map_err(|e| refuse(UploadReject::BadId, e))?;
+        let (site, device, event) =
+            upload_headers(req.headers()).map_err(|(reason, e)| refuse(reason, e))?;
+        if let Some(len) = declared.filter(|len| *len > max as u64) {
+            return Err(too_large(format!("of {len} bytes")));
+        }
+        Ok((id, site, device, event))
+    };
+    let (id, site, device, event) = match precheck() {
+        Ok(t) => t,
+        Err(e) => {
+            drain_refused(req.into_body(), declared, max).await;
+            return Err(e);
+        }
+    };
+    // Reads at most `max` bytes (the route's DefaultBodyLimit).
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large("body".into()))
+        }
+        Err(e) => {
+            return Err(refuse(
+                UploadReject::Body,
+                ApiError::new(
+                    e.status(),
+                    format!("cannot read the request body: {}", e.body_text()),
+                ),
+            ))
+        }
+    };
+    if body.is_empty() {
+        return Err(refuse(
+            UploadReject::Empty,
+            ApiError::bad_request("empty body: PUT the JPEG bytes"),
+        ));
+    }
+    if !body.starts_with(&JPEG_MAGIC) {
+        let head: Vec<String> = body.iter().take(4).map(|b| format!("{b:02X}")).collect();
+        return Err(refuse(
+            UploadReject::NotJpeg,
+            ApiError::bad_request(format!(
+                "body is not a JPEG: it starts with {} instead of FF D8 FF",
+                head.join(" ")
+            )),
+        ));
+    }
+    let len = body.len();
+    let snapshot = NewSnapshot {
+        id,
+        site,
+        device,
+        event,
+        received_ms: csb_wire::now_ms(),
+        bytes: Vec::from(body),
+    };
+    let outcome = store_call(
+        &st.store_slots,
+        "snapshot upload",
+        st.store.put_snapshot(snapshot),
+    )
+    .await
+    .inspect_err(|_| metrics.add_snapshot_store_failed())?;
+    let location = format!("/api/v1/snapshots/{id}");
+    match outcome {
+        PutSnapshot::Created => {
+            metrics.add_snapshot_stored(len as u64);
+            tracing::debug!(%id, bytes = len, "snapshot stored");
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location.clone())],
+                Json(json!({ "id": id.to_string(), "bytes": len, "url": location })),
+            )
+                .into_response())
+        }
+        PutSnapshot::Identical => {
+            metrics.add_snapshot_identical();
+            Ok(Json(json!({
+                "id": id.to_string(),
+                "bytes": len,
+                "url": location,
+                "note": "already stored with the same content",
+            }))
+            .into_response())
+        }
+        PutSnapshot::Conflict { stored_len } => Err(refuse(
+            UploadReject::Conflict,
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "snapshot {id} already exists with different content ({stored_len} bytes \
+                     stored, {len} uploaded); snapshots are immutable, upload under a new id"
+                ),
+            ),
+        )),
+    }
+}
+
+/// How much of a refused upload is read and discarded, as a multiple of `snapshot_max_bytes`.
+const DRAIN_FACTOR: u64 = 4;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and discards (never buffers) the body of an upload refused before reading it, when it
+/// is at most `DRAIN_FACTOR` × `max` bytes. hyper closes a connection whose request body was
+/// left unread; a client still sending then gets "broken pipe" or a reset instead of the
+/// refusal, and would retry an upload that can never succeed. Bigger (or slower) bodies are
+/// not worth the bandwidth: their connection is closed.
+async fn drain_refused(mut body: axum::body::Body, declared: Option<u64>, max: usize) {
+    use axum::body::HttpBody;
+    let cap = DRAIN_FACTOR.saturating_mul(max as u64);
+    if declared.is_some_and(|len| len > cap) {
+        return;
+    }
+    let mut seen = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while seen <= cap {
+            match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Site, device and optional event id from an upload's headers, after checking its
+/// Content-Type.
+fn upload_headers(
+    headers: &HeaderMap,
+) -> Result<(String, String, Option<Ulid>), (UploadReject, ApiError)> {
+    let bad = |reason, message: String| (reason, ApiError::bad_request(message));
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let mime = ct.to_str().unwrap_or("").split(';').next().unwrap_or("");
+        if !mime.trim().eq_ignore_ascii_case("image/jpeg") {
+            return Err((
+                UploadReject::ContentType,
+                ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "header `Content-Type` must be image/jpeg, not `{}`",
+                        clip(&String::from_utf8_lossy(ct.as_bytes()))
+                    ),
+                ),
+            ));
+        }
+    }
+    let Some(value) = headers.get(DEVICE_HEADER) else {
+        return Err(bad(
+            UploadReject::BadHeader,
+            "header `X-Csb-Device: {site}/{device}` is required".into(),
+        ));
+    };
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let Some((site, device)) = value.split_once('/') else {
+        return Err(bad(
+            UploadReject::BadHeader,
+            format!(
+                "header `X-Csb-Device` must be `{{site}}/{{device}}`, not `{}`",
+                clip(&value)
+            ),
+        ));
+    };
+    for (what, level) in [("site", site), ("device", device)] {
+        csb_wire::topic::validate_level(what, level).map_err(|e| {
+            bad(
+                UploadReject::BadHeader,
+                format!("header `X-Csb-Device`: {e}"),
+            )
+        })?;
+    }
+    let event = match headers.get(EVENT_HEADER) {
+        None => None,
+        Some(v) => {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            Some(Ulid::from_string(v.trim()).map_err(|e| {
+                bad(
+                    UploadReject::BadHeader,
+                    format!("header `X-Csb-Event` `{}` is not a ULID: {e}", clip(&v)),
+                )
+            })?)
+        }
+    };
+    Ok((site.to_string(), device.to_string(), event))
+}
+
 /// Serialised straight from the wire types (not through `json!`), so f32 scores and boxes keep
 /// their short form (`0.86`, not `0.8600000143051147`).
 #[derive(serde::Serialize)]
@@ -234,6 +636,7 @@ async fn devices<S: Store>(
 
 async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let ingest = st.metrics.snapshot();
+    let evidence = st.metrics.evidence();
     let (status, storage) = match store_call(&st.store_slots, "store stats", st.store.stats()).await
     {
         Ok(s) => (StatusCode::OK, json!(s)),
@@ -248,6 +651,7 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
         "uptime_s": st.started.elapsed().as_secs(),
         "mqtt_addr": st.mqtt_addr.to_string(),
         "ingest": ingest,
+        "evidence": evidence,
         "storage": storage,
     });
     (status, Json(body)).into_response()
@@ -257,7 +661,12 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let stats = store_call(&st.store_slots, "store stats", st.store.stats())
         .await
         .ok();
-    let text = render_prometheus(&st.metrics.snapshot(), stats.as_ref(), st.started.elapsed());
+    let text = render_prometheus(
+        &st.metrics.snapshot(),
+        &st.metrics.evidence(),
+        stats.as_ref(),
+        st.started.elapsed(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -296,6 +705,8 @@ mod tests {
             ("device", "gw-01"),
             ("camera", "cam-01"),
             ("class", "person"),
+            ("kind", "rule"),
+            ("event_type", "illegal_parking"),
             ("from", "2026-09-21T08:30:00Z"),
             ("to", "1789979500000"),
             ("limit", "5"),
@@ -305,6 +716,8 @@ mod tests {
         assert_eq!(q.device.as_deref(), Some("gw-01"));
         assert_eq!(q.camera.as_deref(), Some("cam-01"));
         assert_eq!(q.class, Some(ClassFilter::parse("person")));
+        assert_eq!(q.kind, Some(EventKind::Rule));
+        assert_eq!(q.event_type.as_deref(), Some("illegal_parking"));
         assert_eq!(q.from_ms, Some(1_789_979_400_000));
         assert_eq!(q.to_ms, Some(1_789_979_500_000));
         assert_eq!(q.limit, 5);
@@ -320,8 +733,65 @@ mod tests {
         assert!(err(&[("to", "2026-13-01T00:00:00Z")]).contains("`to`"));
         assert!(err(&[("device", "a b")]).contains("`device`"));
         assert!(err(&[("class", "")]).contains("`class`"));
+        assert!(err(&[("kind", "Rule")]).contains("`kind`"));
+        assert!(err(&[("event_type", "")]).contains("`event_type`"));
         assert!(err(&[("devcie", "x")]).contains("`devcie`"));
         assert!(err(&[("limit", "1"), ("limit", "2")]).contains("more than once"));
         assert!(err(&[("from", "2000"), ("to", "1000")]).contains("`from`"));
+    }
+}
+
+#[cfg(test)]
+mod upload_header_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn upload_headers_parse_and_name_the_problem() {
+        let event = Ulid::new();
+        let (site, device, ev) = upload_headers(&headers(&[
+            ("content-type", "image/jpeg"),
+            ("x-csb-device", "yuexi/gw-01"),
+            ("x-csb-event", &event.to_string()),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (site.as_str(), device.as_str(), ev),
+            ("yuexi", "gw-01", Some(event))
+        );
+        // No Content-Type and no event are fine.
+        let (_, _, ev) = upload_headers(&headers(&[("x-csb-device", "yuexi/gw-01")])).unwrap();
+        assert_eq!(ev, None);
+
+        let fail = |pairs: &[(&'static str, &str)]| upload_headers(&headers(pairs)).unwrap_err();
+        let (r, e) = fail(&[("content-type", "image/png"), ("x-csb-device", "a/b")]);
+        assert_eq!(r, UploadReject::ContentType);
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        for (pairs, needle) in [
+            (vec![], "X-Csb-Device"),
+            (vec![("x-csb-device", "yuexi")], "X-Csb-Device"),
+            (vec![("x-csb-device", "yuexi/gw 01")], "device"),
+            (vec![("x-csb-device", "yuexi/gw-01/x")], "device"),
+            (vec![("x-csb-device", "/gw-01")], "site"),
+            (
+                vec![("x-csb-device", "yuexi/gw-01"), ("x-csb-event", "nope")],
+                "X-Csb-Event",
+            ),
+        ] {
+            let (r, e) = fail(&pairs);
+            assert_eq!(r, UploadReject::BadHeader, "{pairs:?}");
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(needle), "{pairs:?}: {}", e.message);
+        }
     }
 }

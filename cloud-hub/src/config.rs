@@ -12,6 +12,11 @@ use thiserror::Error;
 /// The example file shipped with the crate; a test keeps it equal to [`HubConfig::default`].
 pub const EXAMPLE_CONFIG: &str = include_str!("../../configs/hub.example.toml");
 
+/// Bounds of `snapshot_max_bytes`: a useful JPEG is never below 1 KiB, and a request body is
+/// held in memory while it is checked and stored, so it must stay modest.
+const MIN_SNAPSHOT_BYTES: usize = 1024;
+const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
@@ -19,7 +24,8 @@ pub struct HubConfig {
     pub mqtt_addr: SocketAddr,
     /// Where the REST API listens. The binary binds it; `serve` takes the bound listener.
     pub http_addr: SocketAddr,
-    /// sled database directory; created if missing. One hub per directory (sled locks it).
+    /// sled database directory, evidence JPEGs under its `snapshots/`; created if missing. One
+    /// hub per directory (sled locks it).
     pub data_dir: PathBuf,
     /// Largest MQTT packet accepted; bigger ones make the broker drop the connection.
     pub mqtt_max_payload_bytes: usize,
@@ -31,6 +37,9 @@ pub struct HubConfig {
     pub mqtt_connect_timeout_ms: u16,
     /// sled page cache; sled's own default is 1 GiB, too much for a small county server.
     pub store_cache_mb: u64,
+    /// Largest evidence snapshot (JPEG) accepted by `PUT /api/v1/snapshots/{id}`; bigger
+    /// uploads get 413 without being read in full.
+    pub snapshot_max_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -44,6 +53,7 @@ impl Default for HubConfig {
             mqtt_max_inflight: 100,
             mqtt_connect_timeout_ms: 5000,
             store_cache_mb: 64,
+            snapshot_max_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -148,6 +158,15 @@ impl HubConfig {
                 format!("{} is outside 1..=65536", self.store_cache_mb),
             ));
         }
+        if !(MIN_SNAPSHOT_BYTES..=MAX_SNAPSHOT_BYTES).contains(&self.snapshot_max_bytes) {
+            return Err(invalid(
+                "snapshot_max_bytes",
+                format!(
+                    "{} is outside {MIN_SNAPSHOT_BYTES}..={MAX_SNAPSHOT_BYTES}",
+                    self.snapshot_max_bytes
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -228,6 +247,21 @@ mod tests {
             ..HubConfig::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("http_addr"));
+    }
+
+    #[test]
+    fn validate_bounds_snapshot_size() {
+        for bad in [0, 1023, 64 * 1024 * 1024 + 1] {
+            let c = HubConfig {
+                snapshot_max_bytes: bad,
+                ..HubConfig::default()
+            };
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("snapshot_max_bytes"), "{err}");
+        }
+        let c = HubConfig::parse("snapshot_max_bytes = 4096\n", origin()).unwrap();
+        assert_eq!(c.snapshot_max_bytes, 4096);
+        c.validate().unwrap();
     }
 
     #[test]

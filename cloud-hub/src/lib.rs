@@ -10,6 +10,10 @@
 //!    ingest let the broker deliver the next batch.
 //! 4. [`api`] serves the stored events, device states, health and metrics over HTTP.
 //!
+//! A rule event may name an evidence snapshot (`rule.snapshot`): the agent uploads the JPEG
+//! separately with `PUT /api/v1/snapshots/{id}` (MQTT messages stay small), the [`store`] keeps
+//! it durably, and `GET /api/v1/events/{id}/snapshot` follows the reference.
+//!
 //! Use [`serve`] (or [`Hub::start`] then [`Hub::run`] to learn the addresses before running).
 
 pub mod api;
@@ -31,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use config::{ConfigError, HubConfig};
-pub use metrics::{Metrics, RejectReason};
+pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
 use broker::{Broker, BrokerError, BrokerSettings};
@@ -169,6 +173,7 @@ impl<S: Store> Hub<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HubError> {
         let Hub {
+            config,
             http,
             http_addr,
             mut broker,
@@ -176,9 +181,14 @@ impl<S: Store> Hub<S> {
             store,
             metrics,
             started,
-            ..
         } = self;
-        let state = api::ApiState::new(store.clone(), metrics, started, broker.addr());
+        let state = api::ApiState::new(
+            store.clone(),
+            metrics,
+            started,
+            broker.addr(),
+            config.snapshot_max_bytes,
+        );
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.

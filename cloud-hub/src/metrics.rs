@@ -1,4 +1,4 @@
-//! Ingest counters, shared by the ingest loop (writer) and the API (reader).
+//! Ingest and evidence-upload counters, shared by the ingest loop and the API.
 //!
 //! Plain atomics: one writer, a handful of readers, no need for a metrics framework. The same
 //! numbers feed `/api/v1/health` (JSON) and `/metrics` (Prometheus text).
@@ -51,6 +51,56 @@ impl RejectReason {
     }
 }
 
+/// Why an evidence snapshot upload was refused. Names are stable: metric labels and API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UploadReject {
+    /// The id in the path is not a ULID.
+    BadId,
+    /// `X-Csb-Device` missing or malformed, or `X-Csb-Event` malformed.
+    BadHeader,
+    /// A `Content-Type` other than `image/jpeg`.
+    ContentType,
+    Empty,
+    /// Larger than `snapshot_max_bytes`.
+    TooLarge,
+    /// Does not start with the JPEG magic bytes.
+    NotJpeg,
+    /// The body could not be read (client went away mid-upload).
+    Body,
+    /// Different bytes are already stored under the id.
+    Conflict,
+}
+
+impl UploadReject {
+    pub const ALL: [UploadReject; 8] = [
+        UploadReject::BadId,
+        UploadReject::BadHeader,
+        UploadReject::ContentType,
+        UploadReject::Empty,
+        UploadReject::TooLarge,
+        UploadReject::NotJpeg,
+        UploadReject::Body,
+        UploadReject::Conflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadReject::BadId => "bad_id",
+            UploadReject::BadHeader => "bad_header",
+            UploadReject::ContentType => "content_type",
+            UploadReject::Empty => "empty",
+            UploadReject::TooLarge => "too_large",
+            UploadReject::NotJpeg => "not_jpeg",
+            UploadReject::Body => "body",
+            UploadReject::Conflict => "conflict",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     events_accepted: AtomicU64,
@@ -60,6 +110,28 @@ pub struct Metrics {
     rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Valid messages lost because the store kept failing (see `ingest`).
     store_failed: AtomicU64,
+    snapshots_stored: AtomicU64,
+    snapshots_identical: AtomicU64,
+    snapshot_bytes_stored: AtomicU64,
+    snapshots_served: AtomicU64,
+    upload_rejected: [AtomicU64; UploadReject::ALL.len()],
+    /// Valid uploads answered with an error because the store failed.
+    snapshot_store_failed: AtomicU64,
+}
+
+/// Evidence upload counters, shaped for the health JSON's `evidence` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvidenceCounters {
+    /// Uploads stored (201).
+    pub uploads_stored: u64,
+    /// Re-uploads of an identical, already stored snapshot (200).
+    pub uploads_identical: u64,
+    pub bytes_stored: u64,
+    pub rejected: u64,
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
+    pub store_failed: u64,
+    /// Snapshots sent to API clients.
+    pub served: u64,
 }
 
 /// A point-in-time copy of [`Metrics`], shaped for the health JSON.
@@ -93,6 +165,38 @@ impl Metrics {
     pub fn reject(&self, reason: RejectReason) {
         self.rejected[reason.index()].fetch_add(1, Relaxed);
     }
+    pub fn add_snapshot_stored(&self, bytes: u64) {
+        self.snapshots_stored.fetch_add(1, Relaxed);
+        self.snapshot_bytes_stored.fetch_add(bytes, Relaxed);
+    }
+    pub fn add_snapshot_identical(&self) {
+        self.snapshots_identical.fetch_add(1, Relaxed);
+    }
+    pub fn add_snapshot_served(&self) {
+        self.snapshots_served.fetch_add(1, Relaxed);
+    }
+    pub fn add_snapshot_store_failed(&self) {
+        self.snapshot_store_failed.fetch_add(1, Relaxed);
+    }
+    pub fn reject_upload(&self, reason: UploadReject) {
+        self.upload_rejected[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn evidence(&self) -> EvidenceCounters {
+        let by_reason: BTreeMap<_, _> = UploadReject::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.upload_rejected[r.index()].load(Relaxed)))
+            .collect();
+        EvidenceCounters {
+            uploads_stored: self.snapshots_stored.load(Relaxed),
+            uploads_identical: self.snapshots_identical.load(Relaxed),
+            bytes_stored: self.snapshot_bytes_stored.load(Relaxed),
+            rejected: by_reason.values().sum(),
+            rejected_by_reason: by_reason,
+            store_failed: self.snapshot_store_failed.load(Relaxed),
+            served: self.snapshots_served.load(Relaxed),
+        }
+    }
 
     pub fn snapshot(&self) -> IngestSnapshot {
         let by_reason: BTreeMap<_, _> = RejectReason::ALL
@@ -111,9 +215,10 @@ impl Metrics {
     }
 }
 
-/// Prometheus text exposition (format 0.0.4) of the ingest counters and store sizes.
+/// Prometheus text exposition (format 0.0.4) of the ingest and evidence counters and store sizes.
 pub fn render_prometheus(
     ingest: &IngestSnapshot,
+    evidence: &EvidenceCounters,
     store: Option<&StoreStats>,
     uptime: Duration,
 ) -> String {
@@ -149,11 +254,13 @@ pub fn render_prometheus(
         "Device status messages validated and stored.",
         &[("", ingest.status_accepted)],
     );
-    let labels: Vec<(String, u64)> = ingest
-        .rejected_by_reason
-        .iter()
-        .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n))
-        .collect();
+    let reason_labels = |by_reason: &BTreeMap<&str, u64>| -> Vec<(String, u64)> {
+        by_reason
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n))
+            .collect()
+    };
+    let labels = reason_labels(&ingest.rejected_by_reason);
     let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     metric(
         "csb_hub_rejected_total",
@@ -166,6 +273,44 @@ pub fn render_prometheus(
         "counter",
         "Valid messages dropped because the store failed repeatedly.",
         &[("", ingest.store_failed)],
+    );
+    metric(
+        "csb_hub_snapshots_stored_total",
+        "counter",
+        "Evidence snapshot uploads stored.",
+        &[("", evidence.uploads_stored)],
+    );
+    metric(
+        "csb_hub_snapshots_identical_total",
+        "counter",
+        "Re-uploads of an identical, already stored evidence snapshot.",
+        &[("", evidence.uploads_identical)],
+    );
+    metric(
+        "csb_hub_snapshot_bytes_stored_total",
+        "counter",
+        "Bytes of evidence snapshots stored.",
+        &[("", evidence.bytes_stored)],
+    );
+    let labels = reason_labels(&evidence.rejected_by_reason);
+    let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        "csb_hub_snapshots_rejected_total",
+        "counter",
+        "Evidence snapshot uploads refused, by reason.",
+        &samples,
+    );
+    metric(
+        "csb_hub_snapshot_store_failed_total",
+        "counter",
+        "Valid evidence uploads answered with an error because the store failed.",
+        &[("", evidence.store_failed)],
+    );
+    metric(
+        "csb_hub_snapshots_served_total",
+        "counter",
+        "Evidence snapshots sent to API clients.",
+        &[("", evidence.served)],
     );
     if let Some(s) = store {
         metric(
@@ -185,6 +330,18 @@ pub fn render_prometheus(
             "gauge",
             "Devices with a known status.",
             &[("", s.devices)],
+        );
+        metric(
+            "csb_hub_stored_snapshots",
+            "gauge",
+            "Evidence snapshots in the store.",
+            &[("", s.snapshots)],
+        );
+        metric(
+            "csb_hub_stored_snapshot_bytes",
+            "gauge",
+            "Bytes of evidence snapshots in the store.",
+            &[("", s.snapshot_bytes)],
         );
     }
     metric(
@@ -262,18 +419,34 @@ mod tests {
         assert_eq!(s.rejected_by_reason["topic_mismatch"], 1);
         assert_eq!(s.rejected_by_reason["version"], 0);
         assert_eq!(s.events_accepted, 3);
+
+        m.reject_upload(UploadReject::TooLarge);
+        m.reject_upload(UploadReject::Conflict);
+        m.add_snapshot_identical();
+        let e = m.evidence();
+        assert_eq!(e.rejected, 2);
+        assert_eq!(e.rejected_by_reason["too_large"], 1);
+        assert_eq!(e.rejected_by_reason["bad_id"], 0);
+        assert_eq!(e.uploads_identical, 1);
+        assert_eq!(e.uploads_stored, 0);
     }
 
     #[test]
     fn prometheus_text() {
         let m = Metrics::default();
         m.reject(RejectReason::Field);
+        m.reject_upload(UploadReject::NotJpeg);
+        m.add_snapshot_stored(1000);
+        m.add_snapshot_stored(500);
         let text = render_prometheus(
             &m.snapshot(),
+            &m.evidence(),
             Some(&StoreStats {
                 events: 7,
                 telemetry: 0,
                 devices: 1,
+                snapshots: 3,
+                snapshot_bytes: 4096,
             }),
             Duration::from_secs(5),
         );
@@ -290,6 +463,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("csb_hub_stored_events 7\n"), "{text}");
+        assert!(
+            text.contains("csb_hub_snapshots_rejected_total{reason=\"not_jpeg\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("csb_hub_snapshots_rejected_total{reason=\"too_large\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("csb_hub_snapshots_stored_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("csb_hub_snapshot_bytes_stored_total 1500\n"),
+            "{text}"
+        );
+        assert!(text.contains("csb_hub_stored_snapshots 3\n"), "{text}");
+        assert!(
+            text.contains("csb_hub_stored_snapshot_bytes 4096\n"),
+            "{text}"
+        );
         assert!(text.contains("csb_hub_uptime_seconds 5\n"), "{text}");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -11,11 +11,26 @@
 //! - `telemetry`: same key layout as `events`, value = telemetry JSON.
 //! - `devices`: `site/device` → latest [`DeviceRecord`] JSON.
 //! - `meta`: record counters, so health checks need not count trees (sled's `len` is a scan).
+//! - `snapshots`: ULID → [`SnapshotMeta`] JSON of an evidence JPEG; the bytes are a file (below).
+//!
+//! Evidence JPEG bytes live in files, `{dir}/snapshots/{YYYY-MM-DD}/{ULID}.jpg` (UTC day of the
+//! ULID's timestamp), not in sled. sled's leaves hold up to 16 entries and are rewritten whole
+//! when their delta chains are consolidated, so 100 KiB..2 MiB values would be rewritten many
+//! times over and crowd the page cache that serves event queries; freed space is also only
+//! reclaimed slowly. As files, a write costs its size once, retention is deleting old day
+//! directories, and operators can open evidence with any tool. Each file is written atomically
+//! (tmp file, fsync, rename, fsync of the directory) *before* its metadata is committed to sled
+//! (with the counters, then flushed): metadata present ⇒ file durable. A crash in between leaves
+//! a file without metadata: the upload was never acknowledged, is not served, and is replaced
+//! when the agent retries.
 
+use std::fs::File;
 use std::future::Future;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use csb_wire::{DeviceStatus, Event, Telemetry};
+use csb_wire::{DeviceStatus, Event, EventKind, Telemetry};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use thiserror::Error;
@@ -46,6 +61,14 @@ pub enum StoreError {
     },
     #[error("store worker task failed: {0}")]
     Task(String),
+    #[error("store {op} failed on {path}: {cause}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
 }
 
 /// Validated messages to persist together.
@@ -101,7 +124,11 @@ pub struct EventQuery {
     pub site: Option<String>,
     pub device: Option<String>,
     pub camera: Option<String>,
+    /// Matches labels or class ids of the event's `objects` (rule events carry objects too).
     pub class: Option<ClassFilter>,
+    pub kind: Option<EventKind>,
+    /// Matches `rule.event_type`, so only rule events can match.
+    pub event_type: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
     pub limit: usize,
@@ -114,6 +141,8 @@ impl Default for EventQuery {
             device: None,
             camera: None,
             class: None,
+            kind: None,
+            event_type: None,
             from_ms: None,
             to_ms: None,
             limit: DEFAULT_LIMIT,
@@ -127,6 +156,11 @@ impl EventQuery {
             && self.device.as_ref().is_none_or(|d| *d == e.device)
             && self.camera.as_ref().is_none_or(|c| *c == e.camera)
             && self.class.as_ref().is_none_or(|c| c.matches(e))
+            && self.kind.is_none_or(|k| k == e.kind)
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|t| e.rule.as_ref().is_some_and(|r| r.event_type == *t))
     }
 }
 
@@ -151,6 +185,51 @@ pub struct StoreStats {
     pub events: u64,
     pub telemetry: u64,
     pub devices: u64,
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+}
+
+/// An evidence JPEG to store, as uploaded by an edge agent. Rule events reference it by id in
+/// `rule.snapshot`; it may arrive before or after the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSnapshot {
+    pub id: Ulid,
+    /// Who uploaded it (`X-Csb-Device`).
+    pub site: String,
+    pub device: String,
+    /// The event it belongs to, when the uploader said (`X-Csb-Event`).
+    pub event: Option<Ulid>,
+    pub received_ms: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// What the hub knows about a stored snapshot besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub id: Ulid,
+    pub site: String,
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Ulid>,
+    pub received_ms: i64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub bytes: Vec<u8>,
+}
+
+/// Result of storing a snapshot. Snapshots are immutable: a second upload never replaces one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutSnapshot {
+    /// Stored (durably) now.
+    Created,
+    /// The same bytes were already stored under this id (a retried upload); nothing written.
+    Identical,
+    /// Different bytes are stored under this id; nothing written.
+    Conflict { stored_len: u64 },
 }
 
 /// Storage used by the hub. Futures are `Send` so axum handlers and spawned tasks can await them.
@@ -166,6 +245,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
     fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+    /// One event by id.
+    fn event(&self, id: Ulid) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
+    /// Stores an evidence snapshot unless its id is taken; durable when this returns `Ok`.
+    fn put_snapshot(
+        &self,
+        snapshot: NewSnapshot,
+    ) -> impl Future<Output = Result<PutSnapshot, StoreError>> + Send;
+    fn snapshot(
+        &self,
+        id: Ulid,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
     /// Makes everything written so far durable (used on shutdown).
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -185,6 +275,14 @@ fn ts_prefix(ts_ms: i64) -> [u8; 8] {
 
 const META_EVENTS: &[u8] = b"count/events";
 const META_TELEMETRY: &[u8] = b"count/telemetry";
+const META_SNAPSHOTS: &[u8] = b"count/snapshots";
+const META_SNAPSHOT_BYTES: &[u8] = b"bytes/snapshots";
+
+/// Directory of evidence files, inside the store directory. (sled's own files there are `conf`,
+/// `db`, `blobs/` and `snap.*`.)
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// Where snapshot files are written before being renamed into place.
+const SNAPSHOT_TMP_DIR: &str = "tmp";
 
 #[derive(Clone)]
 pub struct SledStore {
@@ -194,6 +292,91 @@ pub struct SledStore {
     telemetry: sled::Tree,
     devices: sled::Tree,
     meta: sled::Tree,
+    snapshots: sled::Tree,
+    files: Arc<SnapshotFiles>,
+}
+
+/// The evidence file area. `put_lock` serialises uploads, so "is the id taken?" and "store it"
+/// cannot interleave for the same id (uploads are rare; one at a time is plenty).
+struct SnapshotFiles {
+    dir: PathBuf,
+    put_lock: Mutex<()>,
+}
+
+fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> StoreError + 'p {
+    move |cause| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
+impl SnapshotFiles {
+    /// Creates the directories and removes temporary files left by a crash.
+    fn open(dir: PathBuf) -> Result<SnapshotFiles, StoreError> {
+        let tmp = dir.join(SNAPSHOT_TMP_DIR);
+        std::fs::create_dir_all(&tmp).map_err(io_err("create snapshot directory", &tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let path = entry.map_err(io_err("list", &tmp))?.path();
+            if path.is_file() {
+                tracing::warn!(path = %path.display(), "removing unfinished snapshot upload");
+                std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(SnapshotFiles {
+            dir,
+            put_lock: Mutex::new(()),
+        })
+    }
+
+    /// `{dir}/{YYYY-MM-DD}/{ULID}.jpg`, the day being the UTC date of the ULID's timestamp.
+    fn path(&self, id: Ulid) -> PathBuf {
+        let days = (id.timestamp_ms() / 86_400_000) as i64;
+        let (y, m, d) = civil_from_days(days);
+        self.dir
+            .join(format!("{y:04}-{m:02}-{d:02}"))
+            .join(format!("{id}.jpg"))
+    }
+
+    /// Writes `bytes` to `path(id)` atomically and durably, replacing any file there.
+    fn write(&self, id: Ulid, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.path(id);
+        let day_dir = path.parent().expect("snapshot path has a day directory");
+        let new_day = !day_dir.exists();
+        std::fs::create_dir_all(day_dir).map_err(io_err("create snapshot directory", day_dir))?;
+        let tmp = self.dir.join(SNAPSHOT_TMP_DIR).join(format!("{id}.jpg"));
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        sync_dir(day_dir)?;
+        if new_day {
+            // The day directory's own entry.
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
@@ -229,6 +412,8 @@ impl SledStore {
             telemetry: tree("telemetry")?,
             devices: tree("devices")?,
             meta: tree("meta")?,
+            snapshots: tree("snapshots")?,
+            files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
             db,
         })
     }
@@ -383,7 +568,118 @@ impl SledStore {
             telemetry: read_counter(&self.meta, META_TELEMETRY)?,
             // Small: one entry per device.
             devices: self.devices.len() as u64,
+            snapshots: read_counter(&self.meta, META_SNAPSHOTS)?,
+            snapshot_bytes: read_counter(&self.meta, META_SNAPSHOT_BYTES)?,
         })
+    }
+
+    fn event_sync(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
+        let Some(key) = self
+            .ids
+            .get(id.0.to_be_bytes())
+            .map_err(sled_err("event"))?
+        else {
+            return Ok(None);
+        };
+        let Some(value) = self.events.get(&key).map_err(sled_err("event"))? else {
+            // Both are written in one transaction, so this means damage.
+            return Err(StoreError::Corrupt {
+                what: format!("id index entry of event {id}"),
+                detail: "it points at no stored event".into(),
+            });
+        };
+        serde_json::from_slice(&value)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("event {id}"),
+                detail: e.to_string(),
+            })
+    }
+
+    fn snapshot_meta_sync(&self, id: Ulid) -> Result<Option<SnapshotMeta>, StoreError> {
+        let Some(v) = self
+            .snapshots
+            .get(id.0.to_be_bytes())
+            .map_err(sled_err("snapshot lookup"))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("metadata of snapshot {id}"),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Reads the file of a snapshot whose metadata exists, checking its length.
+    fn read_snapshot_file(&self, meta: &SnapshotMeta) -> Result<Vec<u8>, StoreError> {
+        let path = self.files.path(meta.id);
+        let bytes = std::fs::read(&path).map_err(io_err("read snapshot", &path))?;
+        if bytes.len() as u64 != meta.len {
+            return Err(StoreError::Corrupt {
+                what: format!("snapshot file {}", path.display()),
+                detail: format!("{} bytes, {} were stored", bytes.len(), meta.len),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn put_snapshot_sync(&self, snap: NewSnapshot) -> Result<PutSnapshot, StoreError> {
+        // A panic while holding the lock leaves no state behind it to protect.
+        let _guard = self
+            .files
+            .put_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(meta) = self.snapshot_meta_sync(snap.id)? {
+            let stored = self.read_snapshot_file(&meta)?;
+            return Ok(if stored == snap.bytes {
+                PutSnapshot::Identical
+            } else {
+                PutSnapshot::Conflict {
+                    stored_len: meta.len,
+                }
+            });
+        }
+        // No metadata: a file at the path is from an upload that was never committed (nor
+        // acknowledged); replacing it is right.
+        self.files.write(snap.id, &snap.bytes)?;
+        let len = snap.bytes.len() as u64;
+        let meta = SnapshotMeta {
+            id: snap.id,
+            site: snap.site,
+            device: snap.device,
+            event: snap.event,
+            received_ms: snap.received_ms,
+            len,
+        };
+        let value = serde_json::to_vec(&meta).map_err(|cause| StoreError::Encode {
+            what: "snapshot metadata",
+            cause,
+        })?;
+        let key = snap.id.0.to_be_bytes();
+        let result = (&self.snapshots, &self.meta).transaction(|(sn, meta)| {
+            sn.insert(&key[..], value.as_slice())?;
+            add_counter(meta, META_SNAPSHOTS, 1)?;
+            add_counter(meta, META_SNAPSHOT_BYTES, len)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(sled_err("snapshot write")(e)),
+        }
+        self.db.flush().map_err(sled_err("flush"))?;
+        Ok(PutSnapshot::Created)
+    }
+
+    fn snapshot_sync(&self, id: Ulid) -> Result<Option<Snapshot>, StoreError> {
+        let Some(meta) = self.snapshot_meta_sync(id)? else {
+            return Ok(None);
+        };
+        let bytes = self.read_snapshot_file(&meta)?;
+        Ok(Some(Snapshot { meta, bytes }))
     }
 }
 
@@ -434,6 +730,18 @@ impl Store for SledStore {
         self.blocking(|s| s.stats_sync()).await
     }
 
+    async fn event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
+        self.blocking(move |s| s.event_sync(id)).await
+    }
+
+    async fn put_snapshot(&self, snapshot: NewSnapshot) -> Result<PutSnapshot, StoreError> {
+        self.blocking(move |s| s.put_snapshot_sync(snapshot)).await
+    }
+
+    async fn snapshot(&self, id: Ulid) -> Result<Option<Snapshot>, StoreError> {
+        self.blocking(move |s| s.snapshot_sync(id)).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|s| s.db.flush().map(|_| ()).map_err(sled_err("flush")))
             .await
@@ -445,6 +753,7 @@ pub(crate) mod tests {
     use super::*;
     use csb_wire::{
         BBox, CameraState, CameraStatus, Detection, DeviceState, EventKind, FrameInfo, ModelRef,
+        Phase, RuleInfo, RuleType,
     };
     use std::collections::BTreeMap;
 
@@ -483,6 +792,41 @@ pub(crate) mod tests {
                 })
                 .collect(),
             rule: None,
+        }
+    }
+
+    /// A dwell rule event about tracked objects, with an evidence snapshot reference.
+    pub(crate) fn rule_event(ts_ms: i64, event_type: &str, label: &str, snapshot: Ulid) -> Event {
+        let mut e = event("gw-01", "cam-01", ts_ms, &[(2, label)]);
+        e.kind = EventKind::Rule;
+        e.objects[0].track_id = Some(17);
+        e.rule = Some(RuleInfo {
+            rule: "no-parking-gate".into(),
+            rule_type: RuleType::Dwell,
+            event_type: event_type.into(),
+            category: Some("0101".into()),
+            phase: Phase::Start,
+            problem_id: Ulid::new(),
+            zone: Some("gate".into()),
+            track_ids: vec![17],
+            started_ms: ts_ms - 120_000,
+            duration_ms: 120_000,
+            count: None,
+            direction: None,
+            value: None,
+            snapshot: Some(snapshot.to_string()),
+        });
+        e
+    }
+
+    fn new_snapshot(id: Ulid, bytes: &[u8]) -> NewSnapshot {
+        NewSnapshot {
+            id,
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            event: None,
+            received_ms: T0,
+            bytes: bytes.to_vec(),
         }
     }
 
@@ -629,6 +973,171 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn rule_event_round_trip_by_query_and_id() {
+        let (_d, s) = open();
+        let det = event("gw-01", "cam-01", T0, &[(2, "car")]);
+        let parking = rule_event(T0 + 1000, "illegal_parking", "car", Ulid::new());
+        let vending = rule_event(T0 + 2000, "street_vending", "person", Ulid::new());
+        s.write(WriteBatch {
+            events: vec![det.clone(), parking.clone(), vending.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+        // Everything (rule info, track ids, snapshot reference) comes back as written.
+        let page = s.query_events(EventQuery::default()).await.unwrap();
+        assert_eq!(
+            page.events,
+            vec![vending.clone(), parking.clone(), det.clone()]
+        );
+        assert_eq!(s.event(parking.id).await.unwrap(), Some(parking.clone()));
+        assert_eq!(s.event(det.id).await.unwrap(), Some(det.clone()));
+        assert_eq!(s.event(Ulid::new()).await.unwrap(), None);
+
+        let run = |q: EventQuery| {
+            let s = s.clone();
+            async move { ids(&s.query_events(q).await.unwrap()) }
+        };
+        let kind = |k| EventQuery {
+            kind: Some(k),
+            ..EventQuery::default()
+        };
+        assert_eq!(
+            run(kind(EventKind::Rule)).await,
+            vec![vending.id, parking.id]
+        );
+        assert_eq!(run(kind(EventKind::Detection)).await, vec![det.id]);
+        let event_type = |t: &str| EventQuery {
+            event_type: Some(t.into()),
+            ..EventQuery::default()
+        };
+        assert_eq!(run(event_type("illegal_parking")).await, vec![parking.id]);
+        assert_eq!(run(event_type("crowd_gathering")).await, Vec::<Ulid>::new());
+        // `class` still looks at the objects, of rule events too.
+        let class = |c: &str, k: Option<EventKind>| EventQuery {
+            class: Some(ClassFilter::parse(c)),
+            kind: k,
+            ..EventQuery::default()
+        };
+        assert_eq!(run(class("car", None)).await, vec![parking.id, det.id]);
+        assert_eq!(
+            run(class("car", Some(EventKind::Rule))).await,
+            vec![parking.id]
+        );
+        assert_eq!(run(class("person", None)).await, vec![vending.id]);
+    }
+
+    #[tokio::test]
+    async fn snapshot_create_idempotent_conflict_and_lookup() {
+        let (d, s) = open();
+        let id = Ulid::from_parts(T0 as u64, 42);
+        let jpeg = b"\xFF\xD8\xFF\xE0 pretend jpeg";
+        assert_eq!(s.snapshot(id).await.unwrap(), None);
+
+        let mut first = new_snapshot(id, jpeg);
+        first.event = Some(Ulid::new());
+        assert_eq!(
+            s.put_snapshot(first.clone()).await.unwrap(),
+            PutSnapshot::Created
+        );
+        // A retry with the same bytes (other headers do not matter) changes nothing.
+        assert_eq!(
+            s.put_snapshot(new_snapshot(id, jpeg)).await.unwrap(),
+            PutSnapshot::Identical
+        );
+        assert_eq!(
+            s.put_snapshot(new_snapshot(id, b"\xFF\xD8\xFF other"))
+                .await
+                .unwrap(),
+            PutSnapshot::Conflict {
+                stored_len: jpeg.len() as u64
+            }
+        );
+        let got = s.snapshot(id).await.unwrap().unwrap();
+        assert_eq!(got.bytes, jpeg);
+        assert_eq!(
+            got.meta,
+            SnapshotMeta {
+                id,
+                site: "yuexi".into(),
+                device: "gw-01".into(),
+                event: first.event,
+                received_ms: T0,
+                len: jpeg.len() as u64,
+            }
+        );
+        // A plain file in a day directory (T0 is 2026-09-21 UTC).
+        let file = d
+            .path()
+            .join("db/snapshots/2026-09-21")
+            .join(format!("{id}.jpg"));
+        assert_eq!(std::fs::read(&file).unwrap(), jpeg);
+
+        let other = Ulid::new();
+        s.put_snapshot(new_snapshot(other, b"\xFF\xD8\xFF\xDB"))
+            .await
+            .unwrap();
+        let st = s.stats().await.unwrap();
+        assert_eq!(st.snapshots, 2);
+        assert_eq!(st.snapshot_bytes, jpeg.len() as u64 + 4);
+    }
+
+    #[tokio::test]
+    async fn snapshot_survives_reopen_and_unfinished_uploads_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let id = Ulid::new();
+        {
+            let s = SledStore::open(&path, 8).unwrap();
+            s.put_snapshot(new_snapshot(id, b"\xFF\xD8\xFF kept"))
+                .await
+                .unwrap();
+        }
+        // Leftovers of a crash: a temporary file, and a renamed file whose metadata never
+        // made it (so it was never acknowledged).
+        let snaps = path.join(SNAPSHOT_DIR);
+        std::fs::write(snaps.join("tmp").join("x.jpg"), b"half").unwrap();
+        let orphan = Ulid::new();
+        let s = SledStore::open(&path, 8).unwrap();
+        let orphan_path = s.files.path(orphan);
+        std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
+        std::fs::write(&orphan_path, b"\xFF\xD8\xFF torn").unwrap();
+        assert!(!snaps.join("tmp").join("x.jpg").exists());
+
+        assert_eq!(
+            s.snapshot(id).await.unwrap().unwrap().bytes,
+            b"\xFF\xD8\xFF kept"
+        );
+        assert_eq!(s.snapshot(orphan).await.unwrap(), None);
+        assert_eq!(
+            s.put_snapshot(new_snapshot(orphan, b"\xFF\xD8\xFF retried"))
+                .await
+                .unwrap(),
+            PutSnapshot::Created
+        );
+        assert_eq!(
+            s.snapshot(orphan).await.unwrap().unwrap().bytes,
+            b"\xFF\xD8\xFF retried"
+        );
+        assert_eq!(s.stats().await.unwrap().snapshots, 2);
+
+        // A file that no longer matches its metadata is reported, not served.
+        std::fs::write(s.files.path(id), b"\xFF\xD8\xFF truncated?").unwrap();
+        let err = s.snapshot(id).await.unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(T0 / 86_400_000), (2026, 9, 21));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
+    }
+
+    #[tokio::test]
     async fn telemetry_and_latest_status_per_device() {
         let (_d, s) = open();
         let tel = Telemetry {
@@ -682,7 +1191,9 @@ pub(crate) mod tests {
             StoreStats {
                 events: 0,
                 telemetry: 1,
-                devices: 1
+                devices: 1,
+                snapshots: 0,
+                snapshot_bytes: 0,
             }
         );
     }

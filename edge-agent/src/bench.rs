@@ -18,6 +18,7 @@ use crate::model::{Detector, DetectorOptions};
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::source::{self, Pacing, Pulled, Source};
 use crate::uplink::Uplink;
+use crate::vision::MotionConfig;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -86,13 +87,17 @@ pub fn run(
         },
         mqtt: mqtt.clone(),
         model: model.clone(),
+        hub: Default::default(),
         cameras: vec![CameraConfig {
-            id: "bench".into(),
-            uri: uri.clone(),
-            enabled: true,
             looping: true,
             event_interval_ms: 0,
-            classes: vec![],
+            snapshots: false,
+            // Every frame is inferred: this measures the pipeline, not the gate.
+            motion: MotionConfig {
+                enabled: false,
+                ..MotionConfig::default()
+            },
+            ..CameraConfig::new("bench", &uri)
         }],
     };
     let uplink = rt.block_on(async {

@@ -8,6 +8,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::model::DetectorOptions;
+use crate::rules::RulesConfig;
+use crate::track::TrackerConfig;
+use crate::vision::MotionConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -35,7 +38,17 @@ pub struct AgentConfig {
     #[serde(default)]
     pub model: DetectorOptions,
     #[serde(default)]
+    pub hub: HubLink,
+    #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+}
+
+/// The hub's HTTP side, for evidence uploads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubLink {
+    /// e.g. `http://127.0.0.1:8080`; without it snapshots are taken but not uploaded.
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +117,39 @@ pub struct CameraConfig {
     /// Only report these labels; empty reports every class.
     #[serde(default)]
     pub classes: Vec<String>,
+    /// Publish raw per-frame detection events (rate-limited by `event_interval_ms`). Rule events
+    /// are what a city acts on; raw detections are for commissioning and debugging.
+    #[serde(default = "yes")]
+    pub publish_detections: bool,
+    /// Attach a JPEG snapshot (boxes, track ids, zones drawn) to every rule event start.
+    #[serde(default = "yes")]
+    pub snapshots: bool,
+    #[serde(default)]
+    pub motion: MotionConfig,
+    #[serde(default)]
+    pub tracker: TrackerConfig,
+    /// Zones, counting lines and rules of this camera.
+    #[serde(default)]
+    pub analytics: RulesConfig,
+}
+
+impl CameraConfig {
+    /// A camera with every option at its default (as an empty `[[cameras]]` entry would be).
+    pub fn new(id: &str, uri: &str) -> Self {
+        CameraConfig {
+            id: id.to_string(),
+            uri: uri.to_string(),
+            enabled: true,
+            looping: false,
+            event_interval_ms: default_interval(),
+            classes: Vec::new(),
+            publish_detections: true,
+            snapshots: true,
+            motion: MotionConfig::default(),
+            tracker: TrackerConfig::default(),
+            analytics: RulesConfig::default(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -164,6 +210,14 @@ impl AgentConfig {
         self.mqtt
             .host_port()
             .map_err(|e| bad("mqtt.broker".into(), e))?;
+        if let Some(u) = &self.hub.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(bad(
+                    "hub.url".into(),
+                    format!("`{u}` is not an http(s):// URL"),
+                ));
+            }
+        }
         if self.mqtt.queue == 0 || self.mqtt.queue > 100_000 {
             return Err(bad("mqtt.queue".into(), "must be 1..=100000".into()));
         }
@@ -199,6 +253,17 @@ impl AgentConfig {
                     ),
                 ));
             }
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            c.tracker
+                .validate()
+                .map_err(|(f, r)| bad(format!("cameras[{i}].tracker.{f}"), r))?;
+            c.analytics.validate().map_err(|e| {
+                bad(
+                    format!("cameras[{i}].analytics.{}", e.field),
+                    e.reason.clone(),
+                )
+            })?;
         }
         if !self.cameras.iter().any(|c| c.enabled) {
             return Err(bad("cameras".into(), "no enabled camera".into()));

@@ -1,10 +1,16 @@
 //! Edge agent: cameras → GStreamer decode/scale → ONNX detection → MQTT events.
 //! See ARCHITECTURE.md at the repository root for how a frame travels through these modules.
 
+pub mod analytics;
 pub mod bench;
 pub mod config;
+pub mod evidence;
 pub mod model;
-pub mod pipeline;
-pub mod source;
-pub mod uplink;
 pub mod perception;
+pub mod pipeline;
+pub mod replay;
+pub mod rules;
+pub mod source;
+pub mod track;
+pub mod uplink;
+pub mod vision;

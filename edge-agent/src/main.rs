@@ -88,6 +88,23 @@ enum Cmd {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Run the full perception pipeline (motion gating, detection, tracking, rules) over a
+    /// recording as fast as possible and print each rule event; for tuning zones and rules.
+    Replay {
+        file: String,
+        /// Agent config whose camera settings (zones, rules, tracker, motion) to apply.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Which camera of the config (default: the first enabled one).
+        #[arg(long)]
+        camera: Option<String>,
+        /// Print one JSON object per rule event, then one summary object.
+        #[arg(long)]
+        json: bool,
+        /// Write each evidence snapshot to DIR/<snapshot-id>.jpg.
+        #[arg(long)]
+        snapshots: Option<PathBuf>,
+    },
     /// Measure raw model speed and full pipeline speed side by side.
     Bench {
         file: String,
@@ -132,6 +149,21 @@ fn real_main() -> Result<()> {
             println!("{cfg:#?}");
             Ok(())
         }
+        Cmd::Replay {
+            file,
+            config,
+            camera,
+            json,
+            snapshots,
+        } => edge_agent::replay::run(
+            &file,
+            &config,
+            camera.as_deref(),
+            json,
+            snapshots.as_deref(),
+        )
+        .map(|_| ())
+        .map_err(Into::into),
         Cmd::Detect {
             file,
             json,

@@ -12,9 +12,11 @@ use csb_wire::{CameraState, CameraStatus, Event, EventKind, FrameInfo, Telemetry
 use thiserror::Error;
 use ulid::Ulid;
 
+use crate::analytics::{AnalyticsError, CameraAnalytics, RuleEvent};
 use crate::config::{AgentConfig, CameraConfig};
+use crate::evidence::EvidenceUploader;
 use crate::model::{Detector, DetectorError};
-use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError};
+use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError, SourceOptions};
 use crate::uplink::{Uplink, UplinkError};
 
 #[derive(Debug, Error)]
@@ -25,6 +27,8 @@ pub enum PipelineError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Analytics(#[from] AnalyticsError),
     #[error("camera `{camera}`: {message}")]
     Camera { camera: String, message: String },
 }
@@ -108,7 +112,13 @@ fn camera_thread(
     let mut backoff = Duration::from_secs(1);
     let mut sent = 0u64;
     'reopen: while !opts.stop.load(Ordering::Relaxed) {
-        let result = Source::open(&cam.id, &uri, target, opts.pacing).and_then(|mut src| loop {
+        let source_opts = SourceOptions {
+            target,
+            pacing: opts.pacing,
+            // Full-resolution frames only where a rule may need an evidence snapshot.
+            full_frames: cam.snapshots && !cam.analytics.rules.is_empty(),
+        };
+        let result = Source::open_with(&cam.id, &uri, source_opts).and_then(|mut src| loop {
             if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
                 return Ok(false);
             }
@@ -211,6 +221,21 @@ pub fn run(
     }
     drop(tx);
 
+    let mut analytics = cams
+        .iter()
+        .map(|c| CameraAnalytics::new(&cfg.agent.site, &cfg.agent.device, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let evidence = match &cfg.hub.url {
+        Some(url) => Some(
+            EvidenceUploader::new(url, &cfg.agent.site, &cfg.agent.device).map_err(|e| {
+                PipelineError::Camera {
+                    camera: "*".into(),
+                    message: format!("hub.url: cannot build HTTP client: {e}"),
+                }
+            })?,
+        ),
+        None => None,
+    };
     let started = Instant::now();
     let mut report = RunReport::default();
     let mut last_event: Vec<Option<Instant>> = vec![None; cams.len()];
@@ -232,20 +257,27 @@ pub fn run(
         match msg {
             Some(Msg::Frame(i, frame)) => {
                 let t0 = Instant::now();
-                let mut objects =
-                    detector.detect(&frame.scaled(), frame.src_width, frame.src_height)?;
-                let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                report.infer_ms_total += ms;
-                tick_infer.0 += ms;
-                tick_infer.1 += 1;
+                let r = match analytics[i].process(&frame, frame.ts_ms, &mut detector) {
+                    Ok(r) => r,
+                    Err(AnalyticsError::Detector(e)) => return Err(e.into()),
+                    Err(e) => {
+                        // A frame OpenCV cannot read is this frame's problem, not the camera's.
+                        tracing::warn!("{e}");
+                        continue;
+                    }
+                };
                 report.frames += 1;
-                let cam = &cams[i];
-                if !cam.classes.is_empty() {
-                    objects.retain(|o| cam.classes.iter().any(|c| c == &o.label));
+                if r.detected {
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    report.infer_ms_total += ms;
+                    tick_infer.0 += ms;
+                    tick_infer.1 += 1;
                 }
+                let cam = &cams[i];
                 let due = last_event[i]
                     .is_none_or(|t| t.elapsed() >= Duration::from_millis(cam.event_interval_ms));
-                if (opts.publish_empty || !objects.is_empty()) && due {
+                let wanted = opts.publish_empty || !r.detections.is_empty();
+                if cam.publish_detections && r.detected && wanted && due {
                     let event = Event {
                         v: SCHEMA_VERSION,
                         id: Ulid::new(),
@@ -261,13 +293,15 @@ pub fn run(
                             height: frame.src_height,
                         },
                         model: detector.model_ref().clone(),
-                        objects,
+                        objects: r.detections,
                         rule: None,
                     };
                     rt.block_on(uplink.publish_event(&event))?;
                     last_event[i] = Some(Instant::now());
                     report.events += 1;
                 }
+                report.events +=
+                    publish_rule_events(r.rule_events, uplink, evidence.as_ref(), &rt)?;
             }
             Some(Msg::Ended(i)) => ended[i] = true,
             Some(Msg::Failed(i, e)) => {
@@ -285,12 +319,17 @@ pub fn run(
                 uplink,
                 &rt,
                 &shared,
+                &mut analytics,
                 &mut tick_frames,
                 &mut tick_infer,
                 last_tick.elapsed(),
             );
             last_tick = Instant::now();
         }
+    }
+    // Open problems end with the agent; the hub closes nothing on its own guess.
+    for a in &mut analytics {
+        report.events += publish_rule_events(a.finish(), uplink, evidence.as_ref(), &rt)?;
     }
     opts.stop.store(true, Ordering::Relaxed);
     // Unblock camera threads waiting on a full queue, then join them.
@@ -310,11 +349,13 @@ pub fn run(
 }
 
 /// Per-camera fps and drop counts as telemetry, and the camera states as retained status.
+#[allow(clippy::too_many_arguments)] // the run loop's state, passed piecewise to keep borrows disjoint
 fn publish_health(
     cfg: &AgentConfig,
     uplink: &Uplink,
     rt: &tokio::runtime::Handle,
     shared: &[Arc<CameraShared>],
+    analytics: &mut [CameraAnalytics],
     tick_frames: &mut [u64],
     tick_infer: &mut (f64, u64),
     window: Duration,
@@ -333,6 +374,15 @@ fn publish_health(
                 sh.dropped.load(Ordering::Relaxed) as f64,
             );
             statuses.push(st.clone());
+        }
+    }
+    for a in analytics.iter_mut() {
+        let cam = a.camera().id.clone();
+        metrics.insert(format!("{cam}.detected_total"), a.gate().detected as f64);
+        metrics.insert(format!("{cam}.gated_total"), a.gate().skipped as f64);
+        // Traffic flow: crossings per line, class and direction in this window.
+        for ((line, class, dir), n) in a.take_counts() {
+            metrics.insert(format!("{cam}.flow.{line}.{class}.{dir}"), n as f64);
         }
     }
     if tick_infer.1 > 0 {
@@ -358,4 +408,26 @@ fn publish_health(
     if let Err(e) = res {
         tracing::warn!("cannot publish agent health: {e}");
     }
+}
+
+/// Publishes rule events, starting their snapshot uploads first; returns how many went out.
+fn publish_rule_events(
+    events: Vec<RuleEvent>,
+    uplink: &Uplink,
+    evidence: Option<&EvidenceUploader>,
+    rt: &tokio::runtime::Handle,
+) -> Result<u64, PipelineError> {
+    let mut n = 0;
+    for ev in events {
+        if let (Some(up), Some(jpeg), Some(id)) = (
+            evidence,
+            ev.snapshot,
+            ev.event.rule.as_ref().and_then(|r| r.snapshot.clone()),
+        ) {
+            up.spawn_upload(rt, id, ev.event.id.to_string(), jpeg);
+        }
+        rt.block_on(uplink.publish_event(&ev.event))?;
+        n += 1;
+    }
+    Ok(n)
 }

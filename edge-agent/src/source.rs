@@ -62,6 +62,8 @@ pub struct Frame {
     pub height: u32,
     pub stride: usize,
     pub data: Vec<u8>,
+    /// The newest full-resolution frame, when the source was opened with `full_frames`.
+    pub full: Option<FullFrame>,
 }
 
 impl Frame {
@@ -98,12 +100,52 @@ pub fn to_uri(input: &str) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A full-resolution BGR frame, kept as the GStreamer sample itself (reference-counted, no
+/// copy) and only read when evidence is drawn.
+#[derive(Debug, Clone)]
+pub struct FullFrame {
+    sample: gst::Sample,
+    pub width: u32,
+    pub height: u32,
+    pub stride: usize,
+}
+
+impl FullFrame {
+    /// Runs `f` on the frame as an OpenCV BGR `Mat` (borrowed, valid during the call).
+    pub fn with_mat<R>(
+        &self,
+        f: impl FnOnce(&opencv::core::Mat) -> Result<R, crate::vision::VisionError>,
+    ) -> Result<R, crate::vision::VisionError> {
+        let short = || crate::vision::VisionError::ShortBuffer {
+            len: 0,
+            width: self.width,
+            height: self.height,
+            stride: self.stride,
+        };
+        let buffer = self.sample.buffer().ok_or_else(short)?;
+        let map = buffer.map_readable().map_err(|_| short())?;
+        crate::vision::with_bgr_mat(map.as_slice(), self.width, self.height, self.stride, f)
+    }
+}
+
+/// What to build for a camera.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceOptions {
+    /// Model input size the scaled frames must fit.
+    pub target: (u32, u32),
+    pub pacing: Pacing,
+    /// Also deliver full-resolution BGR frames (for evidence snapshots).
+    pub full_frames: bool,
+}
+
 /// A running decode pipeline for one camera.
 pub struct Source {
     camera: String,
     uri: String,
     pipeline: gst::Pipeline,
     sink: gst_app::AppSink,
+    full_sink: Option<gst_app::AppSink>,
+    last_full: Option<FullFrame>,
     src_size: Arc<Mutex<Option<(u32, u32)>>>,
     seq: u64,
 }
@@ -116,7 +158,23 @@ impl Source {
         target: (u32, u32),
         pacing: Pacing,
     ) -> Result<Self, SourceError> {
+        Self::open_with(
+            camera,
+            uri,
+            SourceOptions {
+                target,
+                pacing,
+                full_frames: false,
+            },
+        )
+    }
+
+    /// `uridecodebin ! tee`, then `queue ! videoscale ! videoconvert ! capsfilter ! appsink` for
+    /// the detector and, when asked, `queue ! videoconvert ! appsink` at full resolution holding
+    /// only the newest frame.
+    pub fn open_with(camera: &str, uri: &str, opts: SourceOptions) -> Result<Self, SourceError> {
         init()?;
+        let (target, pacing) = (opts.target, opts.pacing);
         let build_err = |message: String| SourceError::Build {
             camera: camera.to_string(),
             uri: uri.to_string(),
@@ -132,6 +190,8 @@ impl Source {
             .property("uri", uri)
             .build()
             .map_err(|e| build_err(format!("uridecodebin: {e}")))?;
+        let tee = make("tee")?;
+        let queue = make("queue")?;
         let scale = make("videoscale")?;
         // Bilinear, as the model's reference preprocessing (cv2.resize INTER_LINEAR) does.
         scale.set_property_from_str("method", "bilinear");
@@ -139,12 +199,11 @@ impl Source {
         let filter = make("capsfilter")?;
         let live = pacing == Pacing::Live;
         let is_network = !uri.starts_with("file:");
+        let bgr = gst::Caps::builder("video/x-raw")
+            .field("format", "BGR")
+            .build();
         let sink = gst_app::AppSink::builder()
-            .caps(
-                &gst::Caps::builder("video/x-raw")
-                    .field("format", "BGR")
-                    .build(),
-            )
+            .caps(&bgr)
             .max_buffers(if live { 1 } else { 4 })
             .drop(live)
             // Files in live mode play at their own frame rate so they behave like a camera;
@@ -153,16 +212,43 @@ impl Source {
             .build();
 
         pipeline
-            .add_many([&decode, &scale, &convert, &filter, sink.upcast_ref()])
+            .add_many([
+                &decode,
+                &tee,
+                &queue,
+                &scale,
+                &convert,
+                &filter,
+                sink.upcast_ref(),
+            ])
             .map_err(|e| build_err(e.to_string()))?;
-        gst::Element::link_many([&scale, &convert, &filter, sink.upcast_ref()])
+        gst::Element::link_many([&tee, &queue, &scale, &convert, &filter, sink.upcast_ref()])
             .map_err(|e| build_err(e.to_string()))?;
+
+        let full_sink = if opts.full_frames {
+            let fq = make("queue")?;
+            let fconv = make("videoconvert")?;
+            let fsink = gst_app::AppSink::builder()
+                .caps(&bgr)
+                .max_buffers(1)
+                .drop(true)
+                .sync(live && !is_network)
+                .build();
+            pipeline
+                .add_many([&fq, &fconv, fsink.upcast_ref()])
+                .map_err(|e| build_err(e.to_string()))?;
+            gst::Element::link_many([&tee, &fq, &fconv, fsink.upcast_ref()])
+                .map_err(|e| build_err(e.to_string()))?;
+            Some(fsink)
+        } else {
+            None
+        };
 
         // The scaled size depends on the source size, known only once the decoder exposes its
         // pad: set the capsfilter then, and link.
         let src_size = Arc::new(Mutex::new(None));
         let size_slot = src_size.clone();
-        let scale_weak = scale.downgrade();
+        let tee_weak = tee.downgrade();
         let filter_weak = filter.downgrade();
         let (tw, th) = target;
         decode.connect_pad_added(move |_, pad| {
@@ -182,7 +268,7 @@ impl Source {
             if let Ok(mut slot) = size_slot.lock() {
                 *slot = Some((w, h));
             }
-            let (Some(scale), Some(filter)) = (scale_weak.upgrade(), filter_weak.upgrade()) else {
+            let (Some(tee), Some(filter)) = (tee_weak.upgrade(), filter_weak.upgrade()) else {
                 return;
             };
             filter.set_property(
@@ -193,10 +279,10 @@ impl Source {
                     .field("height", sh as i32)
                     .build(),
             );
-            if let Some(sinkpad) = scale.static_pad("sink") {
+            if let Some(sinkpad) = tee.static_pad("sink") {
                 if !sinkpad.is_linked() {
                     if let Err(e) = pad.link(&sinkpad) {
-                        tracing::warn!("cannot link decoder to scaler: {e:?}");
+                        tracing::warn!("cannot link decoder to tee: {e:?}");
                     }
                 }
             }
@@ -207,6 +293,8 @@ impl Source {
             uri: uri.to_string(),
             pipeline,
             sink,
+            full_sink,
+            last_full: None,
             src_size,
             seq: 0,
         };
@@ -302,6 +390,23 @@ impl Source {
             return Err(self.stream_err(format!("short buffer: {} < {needed} bytes", map.len())));
         }
         self.seq += 1;
+        // The full-resolution branch keeps only its newest frame; it is at most a frame or two
+        // apart from this one, which is fine for a snapshot.
+        if let Some(fs) = &self.full_sink {
+            if let Some(sample) = fs.try_pull_sample(gst::ClockTime::ZERO) {
+                if let Some(info) = sample
+                    .caps()
+                    .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
+                {
+                    self.last_full = Some(FullFrame {
+                        width: info.width(),
+                        height: info.height(),
+                        stride: info.stride()[0].max(0) as usize,
+                        sample,
+                    });
+                }
+            }
+        }
         Ok(Frame {
             seq: self.seq,
             pts_ms: buffer.pts().map(|p| p.mseconds()),
@@ -312,6 +417,7 @@ impl Source {
             height: info.height(),
             stride,
             data: map.as_slice()[..needed].to_vec(),
+            full: self.last_full.clone(),
         })
     }
 
@@ -384,5 +490,31 @@ mod tests {
             let mean = f.data.iter().map(|&b| b as u64).sum::<u64>() / f.data.len() as u64;
             assert!((20..235).contains(&mean), "mean {mean}");
         }
+    }
+
+    #[test]
+    fn full_resolution_branch_delivers_source_sized_frames() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/media/vtest.avi");
+        let uri = to_uri(path.to_str().unwrap()).unwrap();
+        let opts = SourceOptions {
+            target: (416, 416),
+            pacing: Pacing::EveryFrame,
+            full_frames: true,
+        };
+        let mut s = Source::open_with("cam-full", &uri, opts).unwrap();
+        let mut full = None;
+        for _ in 0..5 {
+            if let Pulled::Frame(f) = s.next_frame(Duration::from_secs(10)).unwrap() {
+                assert_eq!((f.width, f.height), (416, 312), "scaled branch unchanged");
+                full = f.full.or(full);
+            }
+        }
+        let full = full.expect("a full-resolution frame within 5 frames");
+        assert_eq!((full.width, full.height), (768, 576));
+        let cols = full
+            .with_mat(|m| Ok(opencv::prelude::MatTraitConst::cols(m)))
+            .unwrap();
+        assert_eq!(cols, 768);
     }
 }

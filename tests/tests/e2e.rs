@@ -215,3 +215,82 @@ fn agent_refuses_a_bad_config_naming_the_field() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parking_case_reaches_the_hub_with_its_evidence_snapshot() {
+    let hub = Hub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        r#"
+[agent]
+site = "yuexi"
+device = "gw-e2e-rules"
+[mqtt]
+broker = "127.0.0.1:{port}"
+[hub]
+url = "{http}"
+[[cameras]]
+id = "cam-rules"
+uri = "{uri}"
+loop = true
+publish_detections = false
+[[cameras.analytics.zones]]
+id = "no-parking-north"
+polygon = [[0.80, 0.03], [1.0, 0.03], [1.0, 0.22], [0.80, 0.22]]
+[[cameras.analytics.rules]]
+id = "park"
+event_type = "illegal_parking"
+[cameras.analytics.rules.kind.dwell]
+zone = "no-parking-north"
+classes = ["car", "truck"]
+min_dwell_s = 3
+"#,
+        port = hub.mqtt_port,
+        http = hub.http,
+        uri = media("vtest.avi").display()
+    );
+    let p = dir.path().join("agent.toml");
+    std::fs::write(&p, cfg).unwrap();
+    let _agent = start_agent(&p);
+
+    let url = hub.url("/api/v1/events?kind=rule&event_type=illegal_parking");
+    let start = eventually(Duration::from_secs(90), || async {
+        let v = get_json(&url).await?;
+        v["events"]
+            .as_array()?
+            .iter()
+            .find(|e| e["rule"]["phase"] == "start")
+            .cloned()
+    })
+    .await
+    .expect("an illegal-parking start event within 90 s");
+    assert_eq!(start["kind"], "rule");
+    assert!(
+        start["objects"][0]["track_id"].as_u64().is_some(),
+        "rule objects carry track ids"
+    );
+
+    let snap_url = hub.url(&format!(
+        "/api/v1/events/{}/snapshot",
+        start["id"].as_str().unwrap()
+    ));
+    let jpeg = eventually(Duration::from_secs(30), || async {
+        let r = reqwest::get(&snap_url).await.ok()?;
+        let ok = r.status().is_success()
+            && r.headers()
+                .get("content-type")
+                .is_some_and(|v| v == "image/jpeg");
+        if !ok {
+            return None;
+        }
+        r.bytes().await.ok()
+    })
+    .await
+    .expect("the evidence snapshot is served by the hub");
+    assert_eq!(&jpeg[..3], &[0xFF, 0xD8, 0xFF]);
+    assert!(
+        jpeg.len() > 20_000,
+        "full-resolution evidence, got {} bytes",
+        jpeg.len()
+    );
+}
