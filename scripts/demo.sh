@@ -35,7 +35,8 @@ done
 grep -q '^cloud-hub ready' "$LOG_DIR/hub.out" || { echo "[demo] hub not ready after 10 s" >&2; exit 1; }
 
 sed "s|^broker = .*|broker = \"$MQTT_ADDR\"|" configs/demo.toml > "$LOG_DIR/agent.toml"
-sed -i "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vtest.avi\"|" "$LOG_DIR/agent.toml"
+sed -i -e "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vtest.avi\"|" \
+       -e "s|^url = .*|url = \"http://$HTTP_ADDR\"|" "$LOG_DIR/agent.toml"
 setsid "$BIN/edge-agent" run --config "$LOG_DIR/agent.toml" 2> "$LOG_DIR/agent.log" &
 agent_pid=$!
 
@@ -45,6 +46,8 @@ cat <<MSG
 
   Events (REST)    http://$HTTP_ADDR/api/v1/events
   Persons only     http://$HTTP_ADDR/api/v1/events?class=person&limit=5
+  Rule events      http://$HTTP_ADDR/api/v1/events?kind=rule&limit=10
+  Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
   Health           http://$HTTP_ADDR/api/v1/health
   Metrics          http://$HTTP_ADDR/metrics
   MQTT broker      mqtt://$MQTT_ADDR      try: mosquitto_sub -h ${MQTT_ADDR%:*} -p ${MQTT_ADDR##*:} -t 'csb/#' -v
