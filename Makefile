@@ -20,7 +20,8 @@ demo: build
 test: build
 	$(CARGO) test $(PROFILE_FLAGS) --workspace
 
-# Raw model vs full pipeline speed, against a real hub's broker started for the purpose.
+# Raw model vs full pipeline speed for 1, 2 and 4 cameras, against a real hub's broker started
+# for the purpose; then motion gating on vs off on the parking-lot clip. See scripts/bench.sh.
 bench: build
 	@bash scripts/bench.sh
 

@@ -24,7 +24,7 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// Model selection shared by `detect` and `bench`.
+/// Model selection shared by `detect`, `bench` and `bench-gating`.
 #[derive(clap::Args, Clone)]
 struct ModelArgs {
     /// Model name in the manifest.
@@ -106,16 +106,63 @@ enum Cmd {
         snapshots: Option<PathBuf>,
     },
     /// Measure raw model speed and full pipeline speed side by side.
+    ///
+    /// Each camera count of --cameras is one run of the live pipeline (every frame, motion
+    /// gating off, QoS 1 publishes to --broker) with that many cameras on one agent, each the
+    /// same FILE under its own id; raw model inferences/s are measured before, between and after
+    /// the runs, and each run's ratio is its total frames/s across cameras ÷ the raw figures
+    /// around it. With one count the report is the one-camera format.
     Bench {
         file: String,
+        /// Frames per camera and run.
         #[arg(long, default_value_t = 200)]
         frames: u64,
+        /// Camera counts to run, e.g. 1,2,4.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        cameras: Vec<usize>,
         /// MQTT broker host:port (a running hub).
         #[arg(long, default_value = "127.0.0.1:1883")]
         broker: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Motion-gating benchmark on a recording (no broker needed).
+    ///
+    /// FILE goes through the camera analytics (motion gate → detector → tracker → rules, stream
+    /// time as the clock, every class) twice, interleaved frame by frame on one detector: with
+    /// the default motion gate (or the overrides below) and with gating off. No class filter; a
+    /// zone covering the whole frame with three rules (a track stationary >= --dwell-s, a track
+    /// present >= --dwell-s, anything present >= --dwell-s) gives rule events to compare.
+    ///
+    /// Still frame (pixel-still): its grey thumbnail (the gate's own: 64 px wide, blurred)
+    /// differs from the PREVIOUS frame's on fewer than min_changed_ratio of its pixels (change >
+    /// pixel_threshold); the gate itself compares with the last inferred frame. Still stretch: a
+    /// run of pixel-still frames lasting >= --still-min-ms (the headline figure). Also shown:
+    /// detection-still frames (ungated detections equal the previous frame's: same count, every
+    /// box matched at IoU >= 0.9) and moving frames. Detections kept: ungated detections matched
+    /// one-to-one, any class, at IoU >= 0.5 by the gated run's detections (inferred frames) or by
+    /// its coasting tracks (skipped frames; also with the last inferred detections added, and the
+    /// ungated run's own tracks as the tracker's baseline); tracks kept: ungated tracks matched by
+    /// gated tracks. Events: every ungated rule start needs a gated start of the same rule on the
+    /// same object (IoU >= 0.5) within 2 s; lost and extra starts are listed.
+    BenchGating {
+        file: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Override the gate's keep-alive (default 1000 ms: one inference per second on a still
+        /// scene, which caps skipping at 1 - 1/ceil(keepalive / frame interval)).
+        #[arg(long)]
+        keepalive_ms: Option<u64>,
+        /// Seconds the rules over the whole frame wait before an event starts.
+        #[arg(long, default_value_t = 2.0)]
+        dwell_s: f64,
+        /// Shortest run of still frames that counts as a still stretch, ms.
+        #[arg(long, default_value_t = 1000)]
+        still_min_ms: u64,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -173,6 +220,7 @@ fn real_main() -> Result<()> {
         Cmd::Bench {
             file,
             frames,
+            cameras,
             broker,
             json,
             model,
@@ -182,16 +230,43 @@ fn real_main() -> Result<()> {
                 broker,
                 ..MqttConfig::default()
             };
-            let r = edge_agent::bench::run(&file, frames, &model.options(), &mqtt, &rt)?;
+            let r = edge_agent::bench::run_cameras(
+                &file,
+                frames,
+                &cameras,
+                &model.options(),
+                &mqtt,
+                &rt,
+            )?;
+            match (json, r.runs.as_slice()) {
+                (true, [one]) => println!("{}", serde_json::to_string(one)?),
+                (true, _) => println!("{}", serde_json::to_string(&r)?),
+                (false, [one]) => print!("{}", one.to_text()),
+                (false, _) => print!("{}", r.to_text()),
+            }
+            Ok(())
+        }
+        Cmd::BenchGating {
+            file,
+            json,
+            keepalive_ms,
+            dwell_s,
+            still_min_ms,
+            model,
+        } => {
+            let mut opts = edge_agent::bench::GatingOptions {
+                dwell_s,
+                still_min_ms,
+                ..Default::default()
+            };
+            if let Some(k) = keepalive_ms {
+                opts.motion.keepalive_ms = k;
+            }
+            let r = edge_agent::bench::run_gating(&file, &model.options(), &opts)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("frames                    {}", r.frames);
-                println!("raw model inferences/s    {:.2}  (before {:.2}, after {:.2}; {} intra-op threads)",
-                    r.raw_model_ips, r.raw_model_ips_before, r.raw_model_ips_after, r.intra_threads);
-                println!("full pipeline frames/s    {:.2}  (decode→preprocess→infer→postprocess→MQTT publish, {} acked)",
-                    r.pipeline_fps, r.events_acked);
-                println!("pipeline / raw            {:.3}", r.ratio);
+                print!("{}", r.to_text());
             }
             Ok(())
         }

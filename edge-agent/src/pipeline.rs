@@ -77,6 +77,32 @@ struct CameraShared {
     status: Mutex<CameraStatus>,
     frames: AtomicU64,
     dropped: AtomicU64,
+    /// Times the camera stopped delivering (failed to open, errored, stalled or ended while
+    /// live); one outage lasts until frames flow again, however many reconnects it takes.
+    outages: AtomicU64,
+    /// Times the source was reopened after a failure.
+    reconnects: AtomicU64,
+    /// Wall-clock time of the newest frame, Unix ms; until the first frame, when the camera
+    /// thread started (so a camera that never delivered still shows a growing age).
+    last_frame_ms: AtomicU64,
+}
+
+impl CameraShared {
+    fn new(id: &str) -> Self {
+        CameraShared {
+            status: Mutex::new(CameraStatus {
+                id: id.to_string(),
+                state: CameraState::Starting,
+                fps: None,
+                error: None,
+            }),
+            frames: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            last_frame_ms: AtomicU64::new(csb_wire::now_ms().max(0) as u64),
+        }
+    }
 }
 
 fn set_state(shared: &CameraShared, state: CameraState, error: Option<String>) {
@@ -86,7 +112,34 @@ fn set_state(shared: &CameraShared, state: CameraState, error: Option<String>) {
     }
 }
 
+/// Reconnect back-off: 1 s doubling to 30 s, each delay ±20 % random (`source::Backoff`).
+const RECONNECT_MIN: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// The back-off returns to `RECONNECT_MIN` once a reopened camera has delivered frames for this
+/// long, so a camera that flaps (connects, sends a frame, drops) keeps backing off.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// Sleeps `d` in short steps; returns false as soon as `stop` is set.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+    false
+}
+
 /// Pulls frames from one camera until it ends, the run stops, or (without retry) it fails.
+///
+/// With `opts.retry` (live runs) every failure — the source cannot open, errors, delivers no
+/// frame within `Source::frame_timeout` (5 s for a stalled RTSP stream), or an RTSP stream
+/// ends — closes the source and reopens it after a jittered exponential back-off, counting
+/// outages and reconnects in `shared`. The thread only ever `try_send`s frames in live mode,
+/// so a dead or slow camera never holds up the detector or the other cameras, and every wait
+/// checks `opts.stop`.
 fn camera_thread(
     idx: usize,
     cam: CameraConfig,
@@ -109,8 +162,11 @@ fn camera_thread(
             return;
         }
     };
-    let mut backoff = Duration::from_secs(1);
+    let live_stream = source::is_rtsp(&uri);
+    let mut backoff = source::Backoff::new(RECONNECT_MIN, RECONNECT_MAX, idx as u64);
     let mut sent = 0u64;
+    // Since when the camera has been failing (None while frames flow).
+    let mut outage: Option<Instant> = None;
     'reopen: while !opts.stop.load(Ordering::Relaxed) {
         let source_opts = SourceOptions {
             target,
@@ -118,13 +174,32 @@ fn camera_thread(
             // Full-resolution frames only where a rule may need an evidence snapshot.
             full_frames: cam.snapshots && !cam.analytics.rules.is_empty(),
         };
+        let mut flowing_since: Option<Instant> = None;
         let result = Source::open_with(&cam.id, &uri, source_opts).and_then(|mut src| loop {
             if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
                 return Ok(false);
             }
-            match src.next_frame(Duration::from_secs(10))? {
+            let timeout = src.frame_timeout();
+            let Some(pulled) = src.next_frame_or_stop(timeout, Some(&opts.stop))? else {
+                return Ok(false);
+            };
+            match pulled {
                 Pulled::Frame(f) => {
-                    backoff = Duration::from_secs(1);
+                    shared
+                        .last_frame_ms
+                        .store(f.ts_ms.max(0) as u64, Ordering::Relaxed);
+                    if let Some(since) = outage.take() {
+                        tracing::info!(
+                            "camera `{}`: frames flowing again after {:.1} s",
+                            cam.id,
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    if flowing_since.get_or_insert_with(Instant::now).elapsed()
+                        >= BACKOFF_RESET_AFTER
+                    {
+                        backoff.reset();
+                    }
                     set_state(&shared, CameraState::Running, None);
                     shared.frames.fetch_add(1, Ordering::Relaxed);
                     sent += 1;
@@ -141,6 +216,10 @@ fn camera_thread(
                         return Ok(false);
                     }
                 }
+                // A live camera has no end: the server dropped the stream, which is an outage.
+                Pulled::End if live_stream && opts.retry => {
+                    return Err(src.stream_error("the stream ended (server closed it)"));
+                }
                 Pulled::End if cam.looping => {
                     if let Err(e) = src.rewind() {
                         tracing::warn!("{e}; reopening");
@@ -154,13 +233,17 @@ fn camera_thread(
             Ok(true) => continue 'reopen,
             Ok(false) => break,
             Err(e) if opts.retry => {
-                tracing::warn!("{e}; retrying in {} s", backoff.as_secs());
-                set_state(&shared, CameraState::Reconnecting, Some(e.to_string()));
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !opts.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
+                if outage.is_none() {
+                    outage = Some(Instant::now());
+                    shared.outages.fetch_add(1, Ordering::Relaxed);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let delay = backoff.next_delay();
+                tracing::warn!("{e}; reconnecting in {:.1} s", delay.as_secs_f64());
+                set_state(&shared, CameraState::Reconnecting, Some(e.to_string()));
+                if !sleep_unless_stopped(delay, &opts.stop) {
+                    break;
+                }
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 set_state(&shared, CameraState::Failed, Some(e.to_string()));
@@ -188,18 +271,7 @@ pub fn run(
     let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(2 * cams.len().max(1));
     let shared: Vec<Arc<CameraShared>> = cams
         .iter()
-        .map(|c| {
-            Arc::new(CameraShared {
-                status: Mutex::new(CameraStatus {
-                    id: c.id.clone(),
-                    state: CameraState::Starting,
-                    fps: None,
-                    error: None,
-                }),
-                frames: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-            })
-        })
+        .map(|c| Arc::new(CameraShared::new(&c.id)))
         .collect();
     // The online status sent on (re)connect lists the cameras from the start.
     let initial: Vec<CameraStatus> = shared
@@ -241,6 +313,7 @@ pub fn run(
     let mut last_event: Vec<Option<Instant>> = vec![None; cams.len()];
     let mut ended = vec![false; cams.len()];
     let mut last_tick = Instant::now();
+    let health_every = health_interval();
     let mut tick_frames: Vec<u64> = vec![0; cams.len()];
     let mut tick_infer = (0f64, 0u64);
     let mut failure = None;
@@ -313,7 +386,7 @@ pub fn run(
             }
             None => {}
         }
-        if last_tick.elapsed() >= Duration::from_secs(10) {
+        if last_tick.elapsed() >= health_every {
             publish_health(
                 cfg,
                 uplink,
@@ -348,7 +421,24 @@ pub fn run(
     Ok(report)
 }
 
-/// Per-camera fps and drop counts as telemetry, and the camera states as retained status.
+/// How often camera health goes out: 10 s, or `CSB_HEALTH_INTERVAL_MS` (100 ms … 1 h) from the
+/// environment, e.g. for tests that cannot wait 10 s per sample.
+fn health_interval() -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(10);
+    let Ok(v) = std::env::var("CSB_HEALTH_INTERVAL_MS") else {
+        return DEFAULT;
+    };
+    match v.trim().parse::<u64>() {
+        Ok(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        _ => {
+            tracing::warn!("CSB_HEALTH_INTERVAL_MS={v:?} is not 100..=3600000 ms; using 10 s");
+            DEFAULT
+        }
+    }
+}
+
+/// Per-camera fps, drop, outage and reconnect counts and the age of the newest frame as
+/// telemetry, and the camera states as retained status.
 #[allow(clippy::too_many_arguments)] // the run loop's state, passed piecewise to keep borrows disjoint
 fn publish_health(
     cfg: &AgentConfig,
@@ -372,6 +462,19 @@ fn publish_health(
             metrics.insert(
                 format!("{}.dropped_total", st.id),
                 sh.dropped.load(Ordering::Relaxed) as f64,
+            );
+            metrics.insert(
+                format!("{}.outages_total", st.id),
+                sh.outages.load(Ordering::Relaxed) as f64,
+            );
+            metrics.insert(
+                format!("{}.reconnects_total", st.id),
+                sh.reconnects.load(Ordering::Relaxed) as f64,
+            );
+            let last = sh.last_frame_ms.load(Ordering::Relaxed) as i64;
+            metrics.insert(
+                format!("{}.last_frame_age_ms", st.id),
+                (csb_wire::now_ms() - last).max(0) as f64,
             );
             statuses.push(st.clone());
         }

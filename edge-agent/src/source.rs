@@ -1,9 +1,16 @@
 //! Camera ingest through GStreamer: `uridecodebin` (file://, rtsp://, http:// …) → `videoscale` →
 //! `videoconvert` → `appsink` delivering BGR frames already scaled to fit the model input, so the
 //! detector never resizes full-size frames itself.
+//!
+//! Network cameras fail: [`Source::frame_timeout`] says how long a camera may stay silent before
+//! it counts as stalled, and [`Backoff`] paces the reconnects (the camera thread in
+//! `pipeline.rs` drives both). `rtsp://` sources get `rtspsrc` settings suited to a live view
+//! (see [`RTSP_LATENCY_MS`] and friends); use `rtspt://` to force RTP over the RTSP TCP
+//! connection where UDP is blocked (plain `rtsp://` tries UDP and falls back to TCP).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -35,6 +42,106 @@ pub enum SourceError {
         uri: String,
         secs: u64,
     },
+}
+
+/// How long any source may take to deliver its first frame after opening (connect, negotiate,
+/// wait for a key frame), and how long a non-RTSP source may then go without a frame.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an RTSP stream that has delivered frames may go silent before it counts as stalled
+/// and is reopened: several GOPs of a normal camera, short enough to notice an outage quickly.
+pub const RTSP_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `rtspsrc` jitter-buffer latency: enough to reorder a LAN's packets, far below the 2 s default
+/// so frames stay live; late packets are dropped (`drop-on-latency`) rather than queued.
+pub const RTSP_LATENCY_MS: u32 = 200;
+/// `rtspsrc` `tcp-timeout`: an RTSP request (connect, DESCRIBE, SETUP…) fails after this
+/// instead of the 20 s default, so an unreachable camera is retried sooner.
+pub const RTSP_TCP_TIMEOUT: Duration = Duration::from_secs(5);
+/// `rtspsrc` `timeout`: with no UDP packet for this long, retry the stream over TCP (the
+/// fallback for networks that drop UDP).
+pub const RTSP_UDP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether `uri` is an RTSP stream (`rtsp://`, `rtspt://`, `rtsps://`, …).
+pub fn is_rtsp(uri: &str) -> bool {
+    uri.split_once("://")
+        .is_some_and(|(scheme, _)| scheme.to_ascii_lowercase().starts_with("rtsp"))
+}
+
+/// Exponential reconnect back-off with random jitter: nominal delays `min`, 2·`min`, … capped
+/// at `max`, each scaled by a random factor in [0.8, 1.2] so cameras (and gateways) that failed
+/// together do not retry in lock-step. No crate needed: a xorshift seeded from the clock.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    /// `salt` separates generators started in the same nanosecond (e.g. the camera index).
+    pub fn new(min: Duration, max: Duration, salt: u64) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        // splitmix64 of the seed: a well-mixed, never-zero xorshift state.
+        let mut z = (nanos ^ salt.rotate_left(32)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Backoff {
+            min,
+            max: max.max(min),
+            next: min,
+            rng: (z ^ (z >> 31)) | 1,
+        }
+    }
+
+    /// The delay to wait now (jittered), doubling the nominal delay for next time.
+    pub fn next_delay(&mut self) -> Duration {
+        let nominal = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11; // 53 random bits
+        let unit = r as f64 / (1u64 << 53) as f64; // [0, 1)
+        nominal.mul_f64(0.8 + 0.4 * unit)
+    }
+
+    /// The nominal delay the next failure will wait (before jitter).
+    pub fn nominal(&self) -> Duration {
+        self.next
+    }
+
+    /// Back to the shortest delay (the camera has been healthy for a while).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Tunes the `rtspsrc` that `uridecodebin` creates for an `rtsp://` URI (its `source-setup`
+/// signal); other sources are left as they are. Properties are set only where this GStreamer
+/// has them.
+fn setup_network_source(source: &gst::Element) {
+    let is_rtspsrc = source
+        .factory()
+        .is_some_and(|f| f.name().as_str() == "rtspsrc");
+    if !is_rtspsrc {
+        return;
+    }
+    if source.has_property("latency") {
+        source.set_property("latency", RTSP_LATENCY_MS);
+    }
+    if source.has_property("drop-on-latency") {
+        source.set_property("drop-on-latency", true);
+    }
+    if source.has_property("tcp-timeout") {
+        source.set_property("tcp-timeout", RTSP_TCP_TIMEOUT.as_micros() as u64);
+    }
+    if source.has_property("timeout") {
+        source.set_property("timeout", RTSP_UDP_TIMEOUT.as_micros() as u64);
+    }
 }
 
 /// How frames are paced.
@@ -190,6 +297,12 @@ impl Source {
             .property("uri", uri)
             .build()
             .map_err(|e| build_err(format!("uridecodebin: {e}")))?;
+        decode.connect("source-setup", false, |args| {
+            if let Some(Ok(source)) = args.get(1).map(|v| v.get::<gst::Element>()) {
+                setup_network_source(&source);
+            }
+            None
+        });
         let tee = make("tee")?;
         let queue = make("queue")?;
         let scale = make("videoscale")?;
@@ -338,25 +451,66 @@ impl Source {
         None
     }
 
+    /// Whether this source is an RTSP stream.
+    pub fn is_rtsp(&self) -> bool {
+        is_rtsp(&self.uri)
+    }
+
+    /// How long to wait for the next frame before the source counts as stalled:
+    /// [`FIRST_FRAME_TIMEOUT`] until the first frame, then [`RTSP_STALL_TIMEOUT`] for RTSP
+    /// streams (a live camera that stops sending is gone) and [`FIRST_FRAME_TIMEOUT`] otherwise.
+    pub fn frame_timeout(&self) -> Duration {
+        if self.seq > 0 && self.is_rtsp() {
+            RTSP_STALL_TIMEOUT
+        } else {
+            FIRST_FRAME_TIMEOUT
+        }
+    }
+
+    /// An error about this source's stream (for callers that decide a stream has failed).
+    pub fn stream_error(&self, message: impl Into<String>) -> SourceError {
+        self.stream_err(message.into())
+    }
+
     /// Waits up to `timeout` for the next frame.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<Pulled, SourceError> {
+        // Without a stop flag the wait never ends early: `None` cannot come back.
+        self.next_frame_or_stop(timeout, None)
+            .map(|p| p.unwrap_or(Pulled::End))
+    }
+
+    /// As [`Source::next_frame`], but gives up early, returning `Ok(None)`, once `stop` is set
+    /// (checked every 100 ms), so a silent camera cannot hold up a shutdown.
+    pub fn next_frame_or_stop(
+        &mut self,
+        timeout: Duration,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Option<Pulled>, SourceError> {
         let step = Duration::from_millis(100);
-        let mut waited = Duration::ZERO;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.bus_error() {
                 return Err(e);
             }
+            if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Ok(None);
+            }
+            let t0 = Instant::now();
             if let Some(sample) = self
                 .sink
                 .try_pull_sample(gst::ClockTime::from_mseconds(step.as_millis() as u64))
             {
-                return self.frame_from(sample).map(Pulled::Frame);
+                return self.frame_from(sample).map(|f| Some(Pulled::Frame(f)));
             }
             if self.sink.is_eos() {
-                return Ok(Pulled::End);
+                return Ok(Some(Pulled::End));
             }
-            waited += step;
-            if waited >= timeout {
+            // A sink that is not playing (yet) answers at once: wait out the step anyway, so
+            // the timeout is wall-clock time, not a count of polls.
+            if let Some(rest) = step.checked_sub(t0.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            if Instant::now() >= deadline {
                 return Err(self.bus_error().unwrap_or(SourceError::Timeout {
                     camera: self.camera.clone(),
                     uri: self.uri.clone(),
@@ -449,6 +603,98 @@ mod tests {
             .and_then(|mut s| s.next_frame(Duration::from_secs(5)).map(|_| ()));
         let err = res.unwrap_err().to_string();
         assert!(err.contains("cam-x") && err.contains(uri), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        let mut b = Backoff::new(min, max, 7);
+        let nominal = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0];
+        for n in nominal {
+            let d = b.next_delay().as_secs_f64();
+            assert!((0.8 * n..=1.2 * n).contains(&d), "{d} s for nominal {n} s");
+        }
+        b.reset();
+        assert_eq!(b.nominal(), min);
+        let d = b.next_delay().as_secs_f64();
+        assert!((0.8..=1.2).contains(&d), "{d} s after reset");
+        // The jitter is real: 50 draws at the same nominal delay are not all alike, and they
+        // spread over most of the ±20 % band.
+        let draws: Vec<f64> = (0..50)
+            .map(|_| {
+                b.reset();
+                b.next_delay().as_secs_f64()
+            })
+            .collect();
+        let lo = draws.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = draws.iter().cloned().fold(f64::MIN, f64::max);
+        assert!(lo >= 0.8 && hi <= 1.2 && hi - lo > 0.2, "{lo}..{hi}");
+        // Generators started together with different salts do not retry in lock-step.
+        let (mut c, mut d) = (Backoff::new(min, max, 1), Backoff::new(min, max, 2));
+        let (cs, ds): (Vec<_>, Vec<_>) = (0..4).map(|_| (c.next_delay(), d.next_delay())).unzip();
+        assert_ne!(cs, ds);
+    }
+
+    #[test]
+    fn rtsp_uris_are_recognised() {
+        assert!(is_rtsp("rtsp://10.0.0.7:554/stream1"));
+        assert!(is_rtsp("RTSPT://cam/x"));
+        assert!(is_rtsp("rtsps://cam/x"));
+        assert!(!is_rtsp("file:///tmp/rtsp.mp4"));
+        assert!(!is_rtsp("http://cam/rtsp"));
+        assert!(!is_rtsp("rtsp.mp4"));
+    }
+
+    /// `rtspsrc` gets the live-view settings, and a camera whose port is closed fails within a
+    /// few seconds with an error naming the camera and URI (then the caller reconnects).
+    #[test]
+    fn rtsp_source_is_tuned_and_a_closed_port_fails_fast() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let uri = format!("rtsp://127.0.0.1:{port}/nothing");
+        let mut s = Source::open("cam-dead", &uri, (416, 416), Pacing::Live).unwrap();
+        assert!(s.is_rtsp());
+        assert_eq!(
+            s.frame_timeout(),
+            FIRST_FRAME_TIMEOUT,
+            "before the first frame"
+        );
+        let rtspsrc = s
+            .pipeline
+            .iterate_recurse()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|e| e.factory().is_some_and(|f| f.name() == "rtspsrc"))
+            .expect("uridecodebin made an rtspsrc");
+        assert_eq!(rtspsrc.property::<u32>("latency"), RTSP_LATENCY_MS);
+        assert!(rtspsrc.property::<bool>("drop-on-latency"));
+        assert_eq!(rtspsrc.property::<u64>("tcp-timeout"), 5_000_000);
+        assert_eq!(rtspsrc.property::<u64>("timeout"), 3_000_000);
+        let t0 = std::time::Instant::now();
+        let err = s
+            .next_frame_or_stop(Duration::from_secs(10), None)
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+        assert!(err.contains("cam-dead") && err.contains(&uri), "{err}");
+    }
+
+    #[test]
+    fn waiting_for_a_frame_ends_when_the_run_stops() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/media/vtest.avi");
+        let uri = to_uri(path.to_str().unwrap()).unwrap();
+        let mut s = Source::open("cam-stop", &uri, (416, 416), Pacing::Live).unwrap();
+        let stop = AtomicBool::new(true);
+        let t0 = std::time::Instant::now();
+        let got = s
+            .next_frame_or_stop(Duration::from_secs(10), Some(&stop))
+            .unwrap();
+        assert!(got.is_none());
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(s.frame_timeout(), FIRST_FRAME_TIMEOUT, "files are not RTSP");
     }
 
     #[test]
