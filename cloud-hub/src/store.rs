@@ -1161,6 +1161,7 @@ pub(crate) mod tests {
                 state: CameraState::Running,
                 fps: Some(9.5),
                 error: None,
+                health: None,
             }],
         };
         // An offline last will carries its connect-time timestamp, older than the online status

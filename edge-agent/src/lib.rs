@@ -8,6 +8,7 @@ pub mod evidence;
 pub mod model;
 pub mod perception;
 pub mod pipeline;
+pub mod queue;
 pub mod replay;
 pub mod rules;
 pub mod source;

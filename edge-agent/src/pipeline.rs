@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use crate::analytics::{AnalyticsError, CameraAnalytics, RuleEvent};
 use crate::config::{AgentConfig, CameraConfig};
 use crate::evidence::EvidenceUploader;
 use crate::model::{Detector, DetectorError};
+use crate::queue::{Item, LatestSlots};
 use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError, SourceOptions};
 use crate::uplink::{Uplink, UplinkError};
 
@@ -67,8 +67,8 @@ pub struct RunReport {
     pub infer_ms_total: f64,
 }
 
-enum Msg {
-    Frame(usize, Frame),
+/// What camera threads report besides frames.
+enum Ctl {
     Ended(usize),
     Failed(usize, SourceError),
 }
@@ -95,6 +95,7 @@ impl CameraShared {
                 state: CameraState::Starting,
                 fps: None,
                 error: None,
+                health: None,
             }),
             frames: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -145,7 +146,7 @@ fn camera_thread(
     cam: CameraConfig,
     target: (u32, u32),
     opts: RunOptions,
-    tx: SyncSender<Msg>,
+    tx: Arc<LatestSlots<Frame, Ctl>>,
     shared: Arc<CameraShared>,
 ) {
     let uri = match source::to_uri(&cam.uri) {
@@ -158,7 +159,7 @@ fn camera_thread(
             };
             set_state(&shared, CameraState::Failed, Some(err.to_string()));
             tracing::error!("{err}");
-            let _ = tx.send(Msg::Failed(idx, err));
+            tx.control(Ctl::Failed(idx, err));
             return;
         }
     };
@@ -203,16 +204,16 @@ fn camera_thread(
                     set_state(&shared, CameraState::Running, None);
                     shared.frames.fetch_add(1, Ordering::Relaxed);
                     sent += 1;
-                    let msg = Msg::Frame(idx, f);
                     if opts.pacing == Pacing::Live {
-                        match tx.try_send(msg) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(_)) => {
+                        match tx.put_latest(idx, f) {
+                            Ok(false) => {}
+                            // The older, unprocessed frame was replaced: drop oldest.
+                            Ok(true) => {
                                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(TrySendError::Disconnected(_)) => return Ok(false),
+                            Err(_) => return Ok(false),
                         }
-                    } else if tx.send(msg).is_err() {
+                    } else if tx.put_wait(idx, f).is_err() {
                         return Ok(false);
                     }
                 }
@@ -247,13 +248,13 @@ fn camera_thread(
             }
             Err(e) => {
                 set_state(&shared, CameraState::Failed, Some(e.to_string()));
-                let _ = tx.send(Msg::Failed(idx, e));
+                tx.control(Ctl::Failed(idx, e));
                 return;
             }
         }
     }
     set_state(&shared, CameraState::Stopped, None);
-    let _ = tx.send(Msg::Ended(idx));
+    tx.control(Ctl::Ended(idx));
 }
 
 /// Runs every enabled camera of `cfg` through `detector` and publishes through `uplink` until
@@ -267,8 +268,9 @@ pub fn run(
 ) -> Result<RunReport, PipelineError> {
     let cams: Vec<CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
     let target = detector.input_size();
-    // Two frames per camera: enough to overlap decode with inference, small enough to stay live.
-    let (tx, rx): (SyncSender<Msg>, Receiver<Msg>) = mpsc::sync_channel(2 * cams.len().max(1));
+    // One slot per camera: its next frame waits while the current one is inferred (decode and
+    // inference overlap); anything older is replaced, so detection stays live.
+    let tx: Arc<LatestSlots<Frame, Ctl>> = Arc::new(LatestSlots::new(cams.len()));
     let shared: Vec<Arc<CameraShared>> = cams
         .iter()
         .map(|c| Arc::new(CameraShared::new(&c.id)))
@@ -291,7 +293,6 @@ pub fn run(
             })?;
         threads.push(t);
     }
-    drop(tx);
 
     let mut analytics = cams
         .iter()
@@ -315,6 +316,7 @@ pub fn run(
     let mut last_tick = Instant::now();
     let health_every = health_interval();
     let mut tick_frames: Vec<u64> = vec![0; cams.len()];
+    let mut tick_detected: Vec<u64> = vec![0; cams.len()];
     let mut tick_infer = (0f64, 0u64);
     let mut failure = None;
 
@@ -322,13 +324,8 @@ pub fn run(
         if opts.stop.load(Ordering::Relaxed) && opts.pacing == Pacing::Live {
             break;
         }
-        let msg = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        match msg {
-            Some(Msg::Frame(i, frame)) => {
+        match tx.take(Duration::from_millis(200)) {
+            Some(Item::Frame(i, frame)) => {
                 let t0 = Instant::now();
                 let r = match analytics[i].process(&frame, frame.ts_ms, &mut detector) {
                     Ok(r) => r,
@@ -376,8 +373,8 @@ pub fn run(
                 report.events +=
                     publish_rule_events(r.rule_events, uplink, evidence.as_ref(), &rt)?;
             }
-            Some(Msg::Ended(i)) => ended[i] = true,
-            Some(Msg::Failed(i, e)) => {
+            Some(Item::Control(Ctl::Ended(i))) => ended[i] = true,
+            Some(Item::Control(Ctl::Failed(i, e))) => {
                 ended[i] = true;
                 if !opts.retry {
                     failure = Some(e);
@@ -394,6 +391,7 @@ pub fn run(
                 &shared,
                 &mut analytics,
                 &mut tick_frames,
+                &mut tick_detected,
                 &mut tick_infer,
                 last_tick.elapsed(),
             );
@@ -405,8 +403,8 @@ pub fn run(
         report.events += publish_rule_events(a.finish(), uplink, evidence.as_ref(), &rt)?;
     }
     opts.stop.store(true, Ordering::Relaxed);
-    // Unblock camera threads waiting on a full queue, then join them.
-    drop(rx);
+    // Unblock camera threads waiting for their slot, then join them.
+    tx.close();
     for t in threads {
         let _ = t.join();
     }
@@ -447,17 +445,37 @@ fn publish_health(
     shared: &[Arc<CameraShared>],
     analytics: &mut [CameraAnalytics],
     tick_frames: &mut [u64],
+    tick_detected: &mut [u64],
     tick_infer: &mut (f64, u64),
     window: Duration,
 ) {
     let mut metrics = BTreeMap::new();
     let mut statuses = Vec::new();
+    let secs = window.as_secs_f64().max(0.001);
     for (i, sh) in shared.iter().enumerate() {
         let frames = sh.frames.load(Ordering::Relaxed);
-        let fps = (frames - tick_frames[i]) as f64 / window.as_secs_f64().max(0.001);
+        let fps = (frames - tick_frames[i]) as f64 / secs;
         tick_frames[i] = frames;
+        let (detected, skipped) = analytics
+            .get(i)
+            .map(|a| (a.gate().detected, a.gate().skipped))
+            .unwrap_or_default();
+        let fps_detected = (detected - tick_detected[i].min(detected)) as f64 / secs;
+        tick_detected[i] = detected;
+        let round1 = |v: f64| ((v * 10.0).round() / 10.0) as f32;
         if let Ok(mut st) = sh.status.lock() {
-            st.fps = Some((fps * 10.0).round() as f32 / 10.0);
+            st.fps = Some(round1(fps));
+            st.health = Some(csb_wire::CameraHealth {
+                fps_in: round1(fps),
+                fps_detected: round1(fps_detected),
+                skipped_total: skipped,
+                dropped_total: sh.dropped.load(Ordering::Relaxed),
+                last_frame_age_ms: (csb_wire::now_ms()
+                    - sh.last_frame_ms.load(Ordering::Relaxed) as i64)
+                    .max(0) as u64,
+                outages_total: sh.outages.load(Ordering::Relaxed),
+                reconnects_total: sh.reconnects.load(Ordering::Relaxed),
+            });
             metrics.insert(format!("{}.fps", st.id), (fps * 10.0).round() / 10.0);
             metrics.insert(
                 format!("{}.dropped_total", st.id),

@@ -230,20 +230,14 @@ impl Uplink {
         self.publish(Channel::Telemetry, false, payload).await
     }
 
-    /// Records camera states and republishes the retained status when they change.
+    /// Records camera states and health and republishes the retained status (every health
+    /// tick, so the status always carries current counters).
     pub async fn set_cameras(&self, cams: Vec<CameraStatus>) -> Result<(), UplinkError> {
-        let changed = match self.cameras.lock() {
-            Ok(mut c) => {
-                let changed = c
-                    .iter()
-                    .map(|x| (&x.id, x.state))
-                    .ne(cams.iter().map(|x| (&x.id, x.state)));
-                *c = cams.clone();
-                changed
-            }
-            Err(_) => true,
-        };
-        if changed && self.stats.connected.load(Ordering::Relaxed) {
+        // Kept for the online status the event loop sends on every (re)connect.
+        if let Ok(mut c) = self.cameras.lock() {
+            c.clone_from(&cams);
+        }
+        if self.stats.connected.load(Ordering::Relaxed) {
             let p = status_payload(&self.site, &self.device, DeviceState::Online, cams)?;
             self.publish(Channel::Status, true, p).await?;
         }

@@ -212,6 +212,26 @@ pub struct CameraStatus {
     /// Last error for a camera that is not running, naming the device or URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Health since the agent started (absent from agents that do not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CameraHealth>,
+}
+
+/// Per-camera counters for operators: is the stream alive, is the box keeping up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CameraHealth {
+    /// Decoded frames per second over the last reporting window (`fps` of the status).
+    pub fps_in: f32,
+    /// Frames per second that went through the detector.
+    pub fps_detected: f32,
+    /// Frames whose inference motion gating skipped, in total.
+    pub skipped_total: u64,
+    /// Frames dropped because the detector was busy, in total.
+    pub dropped_total: u64,
+    /// Time since the newest decoded frame.
+    pub last_frame_age_ms: u64,
+    pub outages_total: u64,
+    pub reconnects_total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
