@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csb_wire::{BBox, Detection, Event, Phase};
-use opencv::core::{self, Mat, Size};
+use opencv::core::{self, Mat};
 use opencv::imgproc;
 use opencv::prelude::*;
 use serde::Serialize;
@@ -523,23 +523,7 @@ impl Thumbs {
     /// Share of thumbnail pixels that changed by more than `pixel_threshold` since the previous
     /// frame; None for the first frame.
     fn changed(&mut self, bgr: &Mat) -> Result<Option<f32>, VisionError> {
-        let w = self.cfg.thumb_width.max(8) as i32;
-        let h = ((bgr.rows() as f32 / bgr.cols().max(1) as f32) * w as f32)
-            .round()
-            .max(4.0) as i32;
-        let mut small = Mat::default();
-        imgproc::resize(
-            bgr,
-            &mut small,
-            Size::new(w, h),
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )?;
-        let mut grey = Mat::default();
-        imgproc::cvt_color_def(&small, &mut grey, imgproc::COLOR_BGR2GRAY)?;
-        let mut thumb = Mat::default();
-        imgproc::gaussian_blur_def(&grey, &mut thumb, Size::new(3, 3), 0.0)?;
+        let thumb = crate::vision::grey_thumbnail(bgr, self.cfg.thumb_width)?;
         let out = match &self.prev {
             Some(prev) if prev.size()? == thumb.size()? => {
                 let mut diff = Mat::default();
@@ -553,7 +537,7 @@ impl Thumbs {
                     imgproc::THRESH_BINARY,
                 )?;
                 let n = core::count_non_zero(&mask)? as f32;
-                Some(n / (w * h).max(1) as f32)
+                Some(n / (thumb.rows() * thumb.cols()).max(1) as f32)
             }
             _ => None,
         };

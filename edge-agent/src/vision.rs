@@ -97,6 +97,29 @@ pub enum GateDecision {
     Skip,
 }
 
+/// The gate's view of a frame: `width` px wide (aspect kept), grey, lightly blurred so sensor
+/// noise and compression artefacts do not count as motion.
+pub fn grey_thumbnail(bgr: &Mat, width: u32) -> Result<Mat, VisionError> {
+    let w = width.max(8) as i32;
+    let h = ((bgr.rows() as f32 / bgr.cols().max(1) as f32) * w as f32)
+        .round()
+        .max(4.0) as i32;
+    let mut small = Mat::default();
+    imgproc::resize(
+        bgr,
+        &mut small,
+        Size::new(w, h),
+        0.0,
+        0.0,
+        imgproc::INTER_AREA,
+    )?;
+    let mut grey = Mat::default();
+    imgproc::cvt_color_def(&small, &mut grey, imgproc::COLOR_BGR2GRAY)?;
+    let mut blurred = Mat::default();
+    imgproc::gaussian_blur_def(&grey, &mut blurred, Size::new(3, 3), 0.0)?;
+    Ok(blurred)
+}
+
 /// Decides per frame whether inference is needed, comparing a small grey thumbnail with the one
 /// of the last frame that was detected (not merely the previous frame, so slow changes add up).
 pub struct MotionGate {
@@ -119,25 +142,7 @@ impl MotionGate {
     }
 
     fn thumbnail(&self, bgr: &Mat) -> Result<Mat, VisionError> {
-        let w = self.cfg.thumb_width.max(8) as i32;
-        let h = ((bgr.rows() as f32 / bgr.cols().max(1) as f32) * w as f32)
-            .round()
-            .max(4.0) as i32;
-        let mut small = Mat::default();
-        imgproc::resize(
-            bgr,
-            &mut small,
-            Size::new(w, h),
-            0.0,
-            0.0,
-            imgproc::INTER_AREA,
-        )?;
-        let mut grey = Mat::default();
-        imgproc::cvt_color_def(&small, &mut grey, imgproc::COLOR_BGR2GRAY)?;
-        // A light blur keeps sensor noise and compression artefacts from counting as motion.
-        let mut blurred = Mat::default();
-        imgproc::gaussian_blur_def(&grey, &mut blurred, Size::new(3, 3), 0.0)?;
-        Ok(blurred)
+        grey_thumbnail(bgr, self.cfg.thumb_width)
     }
 
     /// Share of thumbnail pixels that changed against the reference (1.0 when there is none).
