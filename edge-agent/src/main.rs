@@ -168,9 +168,26 @@ enum Cmd {
     },
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`edge-agent detect … | head`): not an error of ours.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
             // `{:#}` prints the whole cause chain on one line, without a backtrace dump.
             eprintln!("edge-agent: error: {e:#}");
@@ -192,8 +209,8 @@ fn real_main() -> Result<()> {
         Cmd::Run { config } => run(config),
         Cmd::Check { config } => {
             let cfg = AgentConfig::load(&config)?;
-            println!("{config:?}: OK");
-            println!("{cfg:#?}");
+            out!("{config:?}: OK");
+            out!("{cfg:#?}");
             Ok(())
         }
         Cmd::Replay {
@@ -239,8 +256,8 @@ fn real_main() -> Result<()> {
                 &rt,
             )?;
             match (json, r.runs.as_slice()) {
-                (true, [one]) => println!("{}", serde_json::to_string(one)?),
-                (true, _) => println!("{}", serde_json::to_string(&r)?),
+                (true, [one]) => out!("{}", serde_json::to_string(one)?),
+                (true, _) => out!("{}", serde_json::to_string(&r)?),
                 (false, [one]) => print!("{}", one.to_text()),
                 (false, _) => print!("{}", r.to_text()),
             }
@@ -264,7 +281,7 @@ fn real_main() -> Result<()> {
             }
             let r = edge_agent::bench::run_gating(&file, &model.options(), &opts)?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                out!("{}", serde_json::to_string(&r)?);
             } else {
                 print!("{}", r.to_text());
             }
@@ -302,7 +319,7 @@ fn detect(file: &str, json: bool, max_frames: Option<u64>, opts: &DetectorOption
                 height: frame.src_height,
                 objects: &objects,
             };
-            println!("{}", serde_json::to_string(&line)?);
+            out!("{}", serde_json::to_string(&line)?);
         } else {
             let list: Vec<String> = objects
                 .iter()
@@ -313,7 +330,7 @@ fn detect(file: &str, json: bool, max_frames: Option<u64>, opts: &DetectorOption
                     )
                 })
                 .collect();
-            println!(
+            out!(
                 "frame {}: {}",
                 frame.seq,
                 if list.is_empty() {
