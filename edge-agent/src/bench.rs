@@ -23,9 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csb_wire::{BBox, Detection, Event, Phase};
-use opencv::core::{self, Mat};
-use opencv::imgproc;
-use opencv::prelude::*;
+use opencv::core::Mat;
 use serde::Serialize;
 
 use crate::analytics::{AnalyticsError, CameraAnalytics};
@@ -525,21 +523,8 @@ impl Thumbs {
     fn changed(&mut self, bgr: &Mat) -> Result<Option<f32>, VisionError> {
         let thumb = crate::vision::grey_thumbnail(bgr, self.cfg.thumb_width)?;
         let out = match &self.prev {
-            Some(prev) if prev.size()? == thumb.size()? => {
-                let mut diff = Mat::default();
-                core::absdiff(prev, &thumb, &mut diff)?;
-                let mut mask = Mat::default();
-                imgproc::threshold(
-                    &diff,
-                    &mut mask,
-                    self.cfg.pixel_threshold as f64,
-                    255.0,
-                    imgproc::THRESH_BINARY,
-                )?;
-                let n = core::count_non_zero(&mask)? as f32;
-                Some(n / (thumb.rows() * thumb.cols()).max(1) as f32)
-            }
-            _ => None,
+            Some(prev) => crate::vision::changed_share(prev, &thumb, self.cfg.pixel_threshold)?,
+            None => None,
         };
         self.prev = Some(thumb);
         Ok(out)

@@ -120,6 +120,26 @@ pub fn grey_thumbnail(bgr: &Mat, width: u32) -> Result<Mat, VisionError> {
     Ok(blurred)
 }
 
+/// Share of pixels of two thumbnails differing by more than `pixel_threshold`; None when their
+/// sizes differ (resolution changed).
+pub fn changed_share(a: &Mat, b: &Mat, pixel_threshold: u8) -> Result<Option<f32>, VisionError> {
+    if a.size()? != b.size()? {
+        return Ok(None);
+    }
+    let mut diff = Mat::default();
+    core::absdiff(a, b, &mut diff)?;
+    let mut mask = Mat::default();
+    imgproc::threshold(
+        &diff,
+        &mut mask,
+        pixel_threshold as f64,
+        255.0,
+        imgproc::THRESH_BINARY,
+    )?;
+    let changed = core::count_non_zero(&mask)? as f32;
+    Ok(Some(changed / (b.rows() * b.cols()).max(1) as f32))
+}
+
 /// Decides per frame whether inference is needed, comparing a small grey thumbnail with the one
 /// of the last frame that was detected (not merely the previous frame, so slow changes add up).
 pub struct MotionGate {
@@ -150,21 +170,7 @@ impl MotionGate {
         let Some(reference) = &self.reference else {
             return Ok(1.0);
         };
-        if reference.size()? != thumb.size()? {
-            return Ok(1.0);
-        }
-        let mut diff = Mat::default();
-        core::absdiff(reference, thumb, &mut diff)?;
-        let mut mask = Mat::default();
-        imgproc::threshold(
-            &diff,
-            &mut mask,
-            self.cfg.pixel_threshold as f64,
-            255.0,
-            imgproc::THRESH_BINARY,
-        )?;
-        let changed = core::count_non_zero(&mask)? as f32;
-        Ok(changed / (thumb.rows() * thumb.cols()).max(1) as f32)
+        Ok(changed_share(reference, thumb, self.cfg.pixel_threshold)?.unwrap_or(1.0))
     }
 
     pub fn decide(&mut self, bgr: &Mat, ts_ms: i64) -> Result<GateDecision, VisionError> {
