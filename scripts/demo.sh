@@ -12,15 +12,19 @@ mkdir -p "$LOG_DIR"
 
 hub_pid="" agent_pid=""
 stop() {
-  trap - INT TERM EXIT
-  echo; echo "[demo] stopping…"
+  # Whatever happens to our terminal or pipe (Ctrl-C also kills a `| tee`), the children must
+  # still be stopped: no exit on errors here, and writes to a closed stdout are ignored.
+  set +e
+  trap '' PIPE
+  trap - INT TERM EXIT HUP
+  { echo; echo "[demo] stopping…"; } 2>/dev/null
   [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null || true
   [ -n "$agent_pid" ] && wait "$agent_pid" 2>/dev/null || true
   [ -n "$hub_pid" ] && kill -TERM "$hub_pid" 2>/dev/null || true
   [ -n "$hub_pid" ] && wait "$hub_pid" 2>/dev/null || true
-  echo "[demo] stopped. Logs: $LOG_DIR/{hub,agent}.log"
+  echo "[demo] stopped. Logs: $LOG_DIR/{hub,agent}.log" 2>/dev/null
 }
-trap stop INT TERM EXIT
+trap stop INT TERM EXIT HUP
 
 # setsid: Ctrl-C reaches only this script, which then stops the agent first and the hub last,
 # so the agent's goodbye (offline status) still reaches the broker.
