@@ -366,12 +366,13 @@ pub fn run(
                         objects: r.detections,
                         rule: None,
                     };
-                    rt.block_on(uplink.publish_event(&event))?;
+                    if publish_bounded(&event, uplink, &rt, &opts.stop)? {
+                        report.events += 1;
+                    }
                     last_event[i] = Some(Instant::now());
-                    report.events += 1;
                 }
                 report.events +=
-                    publish_rule_events(r.rule_events, uplink, evidence.as_ref(), &rt)?;
+                    publish_rule_events(r.rule_events, uplink, evidence.as_ref(), &rt, &opts.stop)?;
             }
             Some(Item::Control(Ctl::Ended(i))) => ended[i] = true,
             Some(Item::Control(Ctl::Failed(i, e))) => {
@@ -400,7 +401,8 @@ pub fn run(
     }
     // Open problems end with the agent; the hub closes nothing on its own guess.
     for a in &mut analytics {
-        report.events += publish_rule_events(a.finish(), uplink, evidence.as_ref(), &rt)?;
+        report.events +=
+            publish_rule_events(a.finish(), uplink, evidence.as_ref(), &rt, &opts.stop)?;
     }
     opts.stop.store(true, Ordering::Relaxed);
     // Unblock camera threads waiting for their slot, then join them.
@@ -522,12 +524,19 @@ fn publish_health(
         ts_ms: csb_wire::now_ms(),
         metrics,
     };
+    // Health is a snapshot: when the uplink queue is full (broker down) skip it rather than
+    // hold up detection.
     let res = rt.block_on(async {
-        uplink.set_cameras(statuses).await?;
-        uplink.publish_telemetry(&t).await
+        tokio::time::timeout(Duration::from_secs(1), async {
+            uplink.set_cameras(statuses).await?;
+            uplink.publish_telemetry(&t).await
+        })
+        .await
     });
-    if let Err(e) = res {
-        tracing::warn!("cannot publish agent health: {e}");
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot publish agent health: {e}"),
+        Err(_) => tracing::warn!("agent health skipped: uplink queue full"),
     }
 }
 
@@ -537,6 +546,7 @@ fn publish_rule_events(
     uplink: &Uplink,
     evidence: Option<&EvidenceUploader>,
     rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
 ) -> Result<u64, PipelineError> {
     let mut n = 0;
     for ev in events {
@@ -547,8 +557,36 @@ fn publish_rule_events(
         ) {
             up.spawn_upload(rt, id, ev.event.id.to_string(), jpeg);
         }
-        rt.block_on(uplink.publish_event(&ev.event))?;
-        n += 1;
+        if publish_bounded(&ev.event, uplink, rt, stop)? {
+            n += 1;
+        }
     }
     Ok(n)
+}
+
+/// Publishes one event. While the MQTT queue is full (broker unreachable) this waits in 1 s
+/// steps, so back-pressure still reaches the cameras, but it gives up once the agent is
+/// stopping: a shutdown must not hang on a dead uplink. An event given up here is logged as
+/// undelivered (until the durable outbox of issue 4 keeps it). Returns whether it was queued.
+fn publish_bounded(
+    event: &Event,
+    uplink: &Uplink,
+    rt: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) -> Result<bool, PipelineError> {
+    loop {
+        // `publish` only enqueues; cancelling it on timeout leaves nothing half-sent. The timer
+        // is created inside `block_on`, where the runtime's clock exists.
+        match rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), uplink.publish_event(event)).await
+        }) {
+            Ok(res) => return res.map(|()| true).map_err(Into::into),
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                tracing::error!(event = %event.id, camera = %event.camera, broker = %uplink.broker(),
+                    "uplink unavailable while stopping: event not delivered");
+                return Ok(false);
+            }
+            Err(_) => {}
+        }
+    }
 }

@@ -265,10 +265,15 @@ impl Uplink {
             if let Ok(p) =
                 status_payload(&self.site, &self.device, DeviceState::Offline, Vec::new())
             {
-                let _ = self.publish(Channel::Status, true, p).await;
+                // Bounded: a full queue on a dying link must not hold up the exit.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.publish(Channel::Status, true, p),
+                )
+                .await;
             }
             self.flush(Duration::from_secs(3)).await;
-            let _ = self.client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = self.stop.send(true);
