@@ -24,7 +24,12 @@ stop() {
   [ -n "$hub_pid" ] && wait "$hub_pid" 2>/dev/null || true
   echo "[demo] stopped. Logs: $LOG_DIR/{hub,agent}.log" 2>/dev/null
 }
-trap stop INT TERM EXIT HUP
+# After a signal, stop and exit (not back into the watch loop below, which would report the
+# stopped processes as a crash).
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap 'stop; exit 129' HUP
+trap stop EXIT
 
 # setsid: Ctrl-C reaches only this script, which then stops the agent first and the hub last,
 # so the agent's goodbye (offline status) still reaches the broker.
@@ -51,6 +56,8 @@ cat <<MSG
   Events (REST)    http://$HTTP_ADDR/api/v1/events
   Persons only     http://$HTTP_ADDR/api/v1/events?class=person&limit=5
   Rule events      http://$HTTP_ADDR/api/v1/events?kind=rule&limit=10
+  Waterlogging     http://$HTTP_ADDR/api/v1/events?event_type=waterlogging   (simulated sensor, starts ~1 min in)
+  Water level      http://$HTTP_ADDR/api/v1/telemetry?source=wl-underpass-01&limit=5
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
   Health           http://$HTTP_ADDR/api/v1/health
   Metrics          http://$HTTP_ADDR/metrics

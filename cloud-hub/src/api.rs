@@ -3,6 +3,8 @@
 //! - `GET /api/v1/events?site=&device=&camera=&class=&kind=&event_type=&from=&to=&limit=` —
 //!   newest first
 //! - `GET /api/v1/events/{id}` — one event
+//! - `GET /api/v1/telemetry?site=&device=&source=&metric=&from=&to=&limit=` — raw telemetry,
+//!   newest first
 //! - `GET /api/v1/events/{id}/snapshot` — the evidence JPEG its `rule.snapshot` names
 //! - `PUT /api/v1/snapshots/{id}` — an edge agent uploads an evidence JPEG (see [`put_snapshot`])
 //! - `GET /api/v1/snapshots/{id}` — an evidence JPEG
@@ -30,8 +32,8 @@ use ulid::Ulid;
 
 use crate::metrics::{render_prometheus, Metrics, UploadReject};
 use crate::store::{
-    ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, DEFAULT_LIMIT,
-    MAX_LIMIT,
+    ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, TelemetryQuery,
+    DEFAULT_LIMIT, MAX_LIMIT,
 };
 use crate::timeparse::parse_time_ms;
 
@@ -102,6 +104,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/api/v1/events", get(events::<S>))
         .route("/api/v1/events/{id}", get(event_by_id::<S>))
         .route("/api/v1/events/{id}/snapshot", get(event_snapshot::<S>))
+        .route("/api/v1/telemetry", get(telemetry::<S>))
         .route(
             "/api/v1/snapshots/{id}",
             get(get_snapshot::<S>)
@@ -204,67 +207,43 @@ const EVENT_PARAMS: [&str; 9] = [
     "limit",
 ];
 
-/// Turns query pairs into an [`EventQuery`]; every error names its parameter.
-pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiError> {
-    let mut q = EventQuery::default();
+const TELEMETRY_PARAMS: [&str; 7] = ["site", "device", "source", "metric", "from", "to", "limit"];
+
+/// Why one query parameter was not taken.
+enum ParamError {
+    Unknown,
+    Bad(String),
+}
+
+impl<E: std::fmt::Display> From<E> for ParamError {
+    fn from(e: E) -> Self {
+        ParamError::Bad(e.to_string())
+    }
+}
+
+/// Feeds each query pair to `set`, turning its refusal into a 400 that names the parameter;
+/// a repeated or unknown name (listing `known`) is refused too. Shared by the history queries
+/// so they take and refuse parameters alike.
+fn parse_params(
+    pairs: &[(String, String)],
+    known: &[&str],
+    mut set: impl FnMut(&str, &str) -> Result<(), ParamError>,
+) -> Result<(), ApiError> {
     let mut seen: Vec<&str> = Vec::new();
     for (k, v) in pairs {
         let name = k.as_str();
-        let param_err = |e: &dyn std::fmt::Display| {
-            ApiError::bad_request(format!("query parameter `{name}`: {e}"))
-        };
-        let level = |what: &'static str| {
-            csb_wire::topic::validate_level(what, v)
-                .map(|()| Some(v.clone()))
-                .map_err(|e| param_err(&e))
-        };
-        match name {
-            "site" => q.site = level("site")?,
-            "device" => q.device = level("device")?,
-            "camera" => q.camera = level("camera")?,
-            "class" => {
-                if v.is_empty() || v.len() > 64 {
-                    return Err(param_err(&"must be a label or class id of 1..=64 bytes"));
-                }
-                q.class = Some(ClassFilter::parse(v));
-            }
-            "kind" => {
-                q.kind = Some(match v.as_str() {
-                    "detection" => EventKind::Detection,
-                    "rule" => EventKind::Rule,
-                    _ => {
-                        return Err(param_err(&format!(
-                            "`{}` is not `detection` or `rule`",
-                            clip(v)
-                        )))
-                    }
-                });
-            }
-            "event_type" => {
-                if v.is_empty() || v.len() > 64 {
-                    return Err(param_err(&"must be a rule event type of 1..=64 bytes"));
-                }
-                q.event_type = Some(v.clone());
-            }
-            "from" => q.from_ms = Some(parse_time_ms(v).map_err(|e| param_err(&e))?),
-            "to" => q.to_ms = Some(parse_time_ms(v).map_err(|e| param_err(&e))?),
-            "limit" => {
-                q.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        param_err(&format!(
-                            "`{}` is not a number in 1..={MAX_LIMIT} (default {DEFAULT_LIMIT})",
-                            v.chars().take(32).collect::<String>()
-                        ))
-                    })?;
-            }
-            _ => {
+        match set(name, v) {
+            Ok(()) => {}
+            Err(ParamError::Unknown) => {
                 return Err(ApiError::bad_request(format!(
                     "unknown query parameter `{}` (known: {})",
-                    name.chars().take(64).collect::<String>(),
-                    EVENT_PARAMS.join(", ")
+                    clip(name),
+                    known.join(", ")
+                )))
+            }
+            Err(ParamError::Bad(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter `{name}`: {e}"
                 )))
             }
         }
@@ -275,13 +254,104 @@ pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiEr
         }
         seen.push(name);
     }
-    if let (Some(from), Some(to)) = (q.from_ms, q.to_ms) {
-        if from >= to {
-            return Err(ApiError::bad_request(
-                "query parameter `from` must be earlier than `to` (`to` is exclusive)",
-            ));
-        }
+    Ok(())
+}
+
+/// A topic level (site, device, camera, sensor …): the same rules as on the wire, so a value
+/// that could never be stored is refused rather than silently matching nothing.
+fn level_param(what: &'static str, v: &str) -> Result<Option<String>, ParamError> {
+    csb_wire::topic::validate_level(what, v)?;
+    Ok(Some(v.to_string()))
+}
+
+fn time_param(v: &str) -> Result<Option<i64>, ParamError> {
+    Ok(Some(parse_time_ms(v)?))
+}
+
+fn limit_param(v: &str) -> Result<usize, ParamError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ParamError::Bad(format!(
+                "`{}` is not a number in 1..={MAX_LIMIT} (default {DEFAULT_LIMIT})",
+                v.chars().take(32).collect::<String>()
+            ))
+        })
+}
+
+/// An empty range is a client mistake worth naming, not an empty answer.
+fn check_time_range(from_ms: Option<i64>, to_ms: Option<i64>) -> Result<(), ApiError> {
+    match (from_ms, to_ms) {
+        (Some(from), Some(to)) if from >= to => Err(ApiError::bad_request(
+            "query parameter `from` must be earlier than `to` (`to` is exclusive)",
+        )),
+        _ => Ok(()),
     }
+}
+
+/// Turns query pairs into an [`EventQuery`]; every error names its parameter.
+pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiError> {
+    let mut q = EventQuery::default();
+    parse_params(pairs, &EVENT_PARAMS, |name, v| {
+        match name {
+            "site" => q.site = level_param("site", v)?,
+            "device" => q.device = level_param("device", v)?,
+            "camera" => q.camera = level_param("camera", v)?,
+            "class" => {
+                if v.is_empty() || v.len() > 64 {
+                    return Err("must be a label or class id of 1..=64 bytes".into());
+                }
+                q.class = Some(ClassFilter::parse(v));
+            }
+            "kind" => {
+                q.kind = Some(match v {
+                    "detection" => EventKind::Detection,
+                    "rule" => EventKind::Rule,
+                    _ => return Err(format!("`{}` is not `detection` or `rule`", clip(v)).into()),
+                });
+            }
+            "event_type" => {
+                if v.is_empty() || v.len() > 64 {
+                    return Err("must be a rule event type of 1..=64 bytes".into());
+                }
+                q.event_type = Some(v.to_string());
+            }
+            "from" => q.from_ms = time_param(v)?,
+            "to" => q.to_ms = time_param(v)?,
+            "limit" => q.limit = limit_param(v)?,
+            _ => return Err(ParamError::Unknown),
+        }
+        Ok(())
+    })?;
+    check_time_range(q.from_ms, q.to_ms)?;
+    Ok(q)
+}
+
+/// Turns query pairs into a [`TelemetryQuery`]; every error names its parameter.
+pub fn parse_telemetry_query(pairs: &[(String, String)]) -> Result<TelemetryQuery, ApiError> {
+    let mut q = TelemetryQuery::default();
+    parse_params(pairs, &TELEMETRY_PARAMS, |name, v| {
+        match name {
+            "site" => q.site = level_param("site", v)?,
+            "device" => q.device = level_param("device", v)?,
+            // Sensor id, camera id or `agent`: a topic level on the wire.
+            "source" => q.source = level_param("source", v)?,
+            "metric" => {
+                // The wire's bound on metric names, so no stored name is unreachable.
+                if v.is_empty() || v.len() > 128 {
+                    return Err("must be a metric name of 1..=128 bytes".into());
+                }
+                q.metric = Some(v.to_string());
+            }
+            "from" => q.from_ms = time_param(v)?,
+            "to" => q.to_ms = time_param(v)?,
+            "limit" => q.limit = limit_param(v)?,
+            _ => return Err(ParamError::Unknown),
+        }
+        Ok(())
+    })?;
+    check_time_range(q.from_ms, q.to_ms)?;
     Ok(q)
 }
 
@@ -297,6 +367,26 @@ async fn events<S: Store>(
         count: page.events.len(),
         truncated: page.truncated,
         events: page.events,
+    }))
+}
+
+async fn telemetry<S: Store>(
+    State(st): State<ApiState<S>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<TelemetryBody>, ApiError> {
+    let Query(pairs) =
+        query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let q = parse_telemetry_query(&pairs)?;
+    let page = store_call(
+        &st.store_slots,
+        "telemetry query",
+        st.store.query_telemetry(q),
+    )
+    .await?;
+    Ok(Json(TelemetryBody {
+        count: page.telemetry.len(),
+        truncated: page.truncated,
+        telemetry: page.telemetry,
     }))
 }
 
@@ -627,6 +717,14 @@ struct EventsBody {
     truncated: bool,
 }
 
+/// Same shape as [`EventsBody`]; each item is a whole wire message, all its metrics included.
+#[derive(serde::Serialize)]
+struct TelemetryBody {
+    telemetry: Vec<csb_wire::Telemetry>,
+    count: usize,
+    truncated: bool,
+}
+
 async fn devices<S: Store>(
     State(st): State<ApiState<S>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -738,6 +836,61 @@ mod tests {
         assert!(err(&[("devcie", "x")]).contains("`devcie`"));
         assert!(err(&[("limit", "1"), ("limit", "2")]).contains("more than once"));
         assert!(err(&[("from", "2000"), ("to", "1000")]).contains("`from`"));
+    }
+
+    fn tel_err(q: &[(&str, &str)]) -> String {
+        parse_telemetry_query(&pairs(q)).unwrap_err().message
+    }
+
+    #[test]
+    fn parses_telemetry_parameters() {
+        let q = parse_telemetry_query(&pairs(&[
+            ("site", "yuexi"),
+            ("device", "gw-01"),
+            ("source", "wl-01"),
+            ("metric", "cam-01.fps"),
+            ("from", "2026-09-21T08:30:00Z"),
+            ("to", "1789979500000"),
+            ("limit", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            q,
+            TelemetryQuery {
+                site: Some("yuexi".into()),
+                device: Some("gw-01".into()),
+                source: Some("wl-01".into()),
+                metric: Some("cam-01.fps".into()),
+                from_ms: Some(1_789_979_400_000),
+                to_ms: Some(1_789_979_500_000),
+                limit: 5,
+            }
+        );
+        assert_eq!(
+            parse_telemetry_query(&[]).unwrap(),
+            TelemetryQuery::default()
+        );
+    }
+
+    #[test]
+    fn telemetry_errors_name_the_parameter() {
+        assert!(tel_err(&[("limit", "0")]).contains("`limit`"));
+        assert!(tel_err(&[("limit", "1001")]).contains("`limit`"));
+        assert!(tel_err(&[("from", "yesterday")]).contains("`from`"));
+        assert!(tel_err(&[("to", "2026-13-01T00:00:00Z")]).contains("`to`"));
+        assert!(tel_err(&[("site", "")]).contains("`site`"));
+        assert!(tel_err(&[("device", "a/b")]).contains("`device`"));
+        assert!(tel_err(&[("source", "a b")]).contains("`source`"));
+        assert!(tel_err(&[("metric", "")]).contains("`metric`"));
+        assert!(tel_err(&[("metric", &"m".repeat(129))]).contains("`metric`"));
+        // Event-only parameters are unknown here, and the message lists the known ones.
+        let e = tel_err(&[("camera", "cam-01")]);
+        assert!(
+            e.contains("`camera`") && e.contains("source, metric"),
+            "{e}"
+        );
+        assert!(tel_err(&[("source", "a"), ("source", "b")]).contains("more than once"));
+        assert!(tel_err(&[("from", "2000"), ("to", "2000")]).contains("`from`"));
     }
 }
 

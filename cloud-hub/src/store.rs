@@ -8,7 +8,8 @@
 //! - `events`: key = [`time_key`] (sign-flipped big-endian `ts_ms` ++ 16-byte ULID), value = the
 //!   event as JSON. Byte order is time order, so a reverse range scan is "newest first".
 //! - `ids`: ULID → `events` key, for deduplication (edge agents resend after reconnects).
-//! - `telemetry`: same key layout as `events`, value = telemetry JSON.
+//! - `telemetry`: same key layout as `events`, value = telemetry JSON; queried the same way
+//!   (reverse range scan, newest first).
 //! - `devices`: `site/device` → latest [`DeviceRecord`] JSON.
 //! - `meta`: record counters, so health checks need not count trees (sled's `len` is a scan).
 //! - `snapshots`: ULID → [`SnapshotMeta`] JSON of an evidence JPEG; the bytes are a file (below).
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use csb_wire::{civil_from_days, DeviceStatus, Event, EventKind, Telemetry};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use thiserror::Error;
@@ -172,6 +174,54 @@ pub struct EventPage {
     pub truncated: bool,
 }
 
+/// A raw telemetry query. Time bounds are Unix ms, `from` inclusive and `to` exclusive, as for
+/// events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryQuery {
+    pub site: Option<String>,
+    pub device: Option<String>,
+    /// Matches `Telemetry::source`: a sensor id, a camera id or `agent`.
+    pub source: Option<String>,
+    /// Keeps messages whose `metrics` hold this name; they come back with all their metrics.
+    pub metric: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub limit: usize,
+}
+
+impl Default for TelemetryQuery {
+    fn default() -> Self {
+        TelemetryQuery {
+            site: None,
+            device: None,
+            source: None,
+            metric: None,
+            from_ms: None,
+            to_ms: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl TelemetryQuery {
+    fn matches(&self, t: &Telemetry) -> bool {
+        self.site.as_ref().is_none_or(|s| *s == t.site)
+            && self.device.as_ref().is_none_or(|d| *d == t.device)
+            && self.source.as_ref().is_none_or(|s| *s == t.source)
+            && self
+                .metric
+                .as_ref()
+                .is_none_or(|m| t.metrics.contains_key(m))
+    }
+}
+
+/// Telemetry newest first; `truncated` as in [`EventPage`].
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryPage {
+    pub telemetry: Vec<Telemetry>,
+    pub truncated: bool,
+}
+
 /// The latest status of a device and when the hub received it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -243,6 +293,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: EventQuery,
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+    /// Raw telemetry, newest first, filtered like [`Store::query_events`].
+    fn query_telemetry(
+        &self,
+        query: TelemetryQuery,
+    ) -> impl Future<Output = Result<TelemetryPage, StoreError>> + Send;
     fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
     /// One event by id.
@@ -488,50 +543,25 @@ impl SledStore {
     }
 
     fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
-        let mut page = EventPage::default();
-        let from = q.from_ms.unwrap_or(i64::MIN);
-        if q.to_ms.is_some_and(|to| to <= from) {
-            return Ok(page);
-        }
-        let lo = time_key(from, Ulid(0)).to_vec();
-        let limit = q.limit.clamp(1, MAX_LIMIT);
-        let iter = match q.to_ms {
-            // `to` is exclusive: the 8-byte prefix sorts before every full key of that millisecond.
-            Some(to) => self.events.range(lo..ts_prefix(to).to_vec()),
-            None => self.events.range(lo..),
-        };
-        let (mut scanned, mut corrupt) = (0usize, 0usize);
-        for item in iter.rev() {
-            if scanned >= MAX_SCAN {
-                page.truncated = true;
-                break;
-            }
-            scanned += 1;
-            let (key, value) = item.map_err(sled_err("query"))?;
-            let event: Event = match serde_json::from_slice(&value) {
-                Ok(e) => e,
-                Err(e) => {
-                    corrupt += 1;
-                    if corrupt == 1 {
-                        tracing::error!(?key, error = %e, "skipping undecodable stored event");
-                    }
-                    continue;
-                }
-            };
-            if q.matches(&event) {
-                page.events.push(event);
-                if page.events.len() >= limit {
-                    break;
-                }
-            }
-        }
-        if corrupt > 1 {
-            tracing::error!(
-                count = corrupt,
-                "skipped undecodable stored events in one query"
-            );
-        }
-        Ok(page)
+        let (events, truncated) =
+            scan_newest_first(&self.events, "event", (q.from_ms, q.to_ms), q.limit, |e| {
+                q.matches(e)
+            })?;
+        Ok(EventPage { events, truncated })
+    }
+
+    fn telemetry_sync(&self, q: &TelemetryQuery) -> Result<TelemetryPage, StoreError> {
+        let (telemetry, truncated) = scan_newest_first(
+            &self.telemetry,
+            "telemetry",
+            (q.from_ms, q.to_ms),
+            q.limit,
+            |t| q.matches(t),
+        )?;
+        Ok(TelemetryPage {
+            telemetry,
+            truncated,
+        })
     }
 
     fn devices_sync(&self) -> Result<Vec<DeviceRecord>, StoreError> {
@@ -669,6 +699,64 @@ impl SledStore {
     }
 }
 
+/// Reverse range scan of a [`time_key`]-keyed tree over `[from_ms, to_ms)` (unbounded where
+/// `None`): up to `limit` values (clamped to 1..=[`MAX_LIMIT`]) that `keep` accepts, newest
+/// first, examining at most [`MAX_SCAN`] rows (then `true` = truncated). Undecodable rows are skipped and logged once per query, so one
+/// damaged record cannot make a whole history unreadable.
+fn scan_newest_first<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+    (from_ms, to_ms): (Option<i64>, Option<i64>),
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<(Vec<T>, bool), StoreError> {
+    let mut out = Vec::new();
+    let from = from_ms.unwrap_or(i64::MIN);
+    if to_ms.is_some_and(|to| to <= from) {
+        return Ok((out, false));
+    }
+    let lo = time_key(from, Ulid(0)).to_vec();
+    let limit = limit.clamp(1, MAX_LIMIT);
+    let iter = match to_ms {
+        // `to` is exclusive: the 8-byte prefix sorts before every full key of that millisecond.
+        Some(to) => tree.range(lo..ts_prefix(to).to_vec()),
+        None => tree.range(lo..),
+    };
+    let (mut scanned, mut corrupt, mut truncated) = (0usize, 0usize, false);
+    for item in iter.rev() {
+        if scanned >= MAX_SCAN {
+            truncated = true;
+            break;
+        }
+        scanned += 1;
+        let (key, value) = item.map_err(sled_err("query"))?;
+        let record: T = match serde_json::from_slice(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                corrupt += 1;
+                if corrupt == 1 {
+                    tracing::error!(what, ?key, error = %e, "skipping undecodable stored record");
+                }
+                continue;
+            }
+        };
+        if keep(&record) {
+            out.push(record);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    if corrupt > 1 {
+        tracing::error!(
+            what,
+            count = corrupt,
+            "skipped undecodable stored records in one query"
+        );
+    }
+    Ok((out, truncated))
+}
+
 fn device_key(site: &str, device: &str) -> String {
     // Both are validated topic levels, so '/' cannot occur inside them.
     format!("{site}/{device}")
@@ -708,6 +796,10 @@ impl Store for SledStore {
         self.blocking(move |s| s.query_sync(&query)).await
     }
 
+    async fn query_telemetry(&self, query: TelemetryQuery) -> Result<TelemetryPage, StoreError> {
+        self.blocking(move |s| s.telemetry_sync(&query)).await
+    }
+
     async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.blocking(|s| s.devices_sync()).await
     }
@@ -739,7 +831,7 @@ pub(crate) mod tests {
     use super::*;
     use csb_wire::{
         BBox, CameraState, CameraStatus, Detection, DeviceState, EventKind, FrameInfo, ModelRef,
-        Phase, RuleInfo, RuleType,
+        Phase, RuleInfo, RuleType, SensorState, SensorStatus,
     };
     use std::collections::BTreeMap;
 
@@ -752,16 +844,16 @@ pub(crate) mod tests {
             camera: camera.into(),
             kind: EventKind::Detection,
             ts_ms,
-            frame: FrameInfo {
+            frame: Some(FrameInfo {
                 seq: 1,
                 pts_ms: None,
                 width: 640,
                 height: 480,
-            },
-            model: ModelRef {
+            }),
+            model: Some(ModelRef {
                 name: "yolox_nano".into(),
                 sha256: "695e750a5d57".into(),
-            },
+            }),
             objects: labels
                 .iter()
                 .map(|(id, l)| Detection {
@@ -800,6 +892,7 @@ pub(crate) mod tests {
             count: None,
             direction: None,
             value: None,
+            metric: None,
             snapshot: Some(snapshot.to_string()),
         });
         e
@@ -1149,6 +1242,7 @@ pub(crate) mod tests {
                 error: None,
                 health: None,
             }],
+            sensors: vec![],
         };
         // An offline last will carries its connect-time timestamp, older than the online status
         // sent right after: arrival order, not ts_ms, decides which is current.
@@ -1183,6 +1277,200 @@ pub(crate) mod tests {
                 snapshot_bytes: 0,
             }
         );
+    }
+
+    fn telemetry(device: &str, source: &str, ts_ms: i64, metrics: &[(&str, f64)]) -> Telemetry {
+        Telemetry {
+            v: 1,
+            id: Ulid::new(),
+            site: "yuexi".into(),
+            device: device.into(),
+            source: source.into(),
+            ts_ms,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    fn tel_ids(page: &TelemetryPage) -> Vec<Ulid> {
+        page.telemetry.iter().map(|t| t.id).collect()
+    }
+
+    #[tokio::test]
+    async fn telemetry_query_order_range_filters_and_limit() {
+        let (_d, s) = open();
+        let agent = telemetry("gw-01", "agent", T0, &[("cpu_load", 0.4)]);
+        let wl1 = telemetry("gw-01", "wl-01", T0 + 1000, &[("water_level_cm", 12.5)]);
+        let cam = telemetry("gw-01", "cam-01", T0 + 1500, &[("cam-01.fps", 9.8)]);
+        let wl2 = telemetry(
+            "gw-01",
+            "wl-01",
+            T0 + 2000,
+            &[("water_level_cm", 13.0), ("battery_v", 3.6)],
+        );
+        let other = telemetry("gw-02", "wl-01", T0 + 2500, &[("water_level_cm", 40.0)]);
+        let batt = telemetry("gw-01", "wl-01", T0 + 3000, &[("battery_v", 3.5)]);
+        // Written out of time order.
+        s.write(WriteBatch {
+            telemetry: vec![
+                wl2.clone(),
+                agent.clone(),
+                batt.clone(),
+                cam.clone(),
+                other.clone(),
+                wl1.clone(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Events and telemetry are separate trees: neither query sees the other.
+        assert!(s
+            .query_events(EventQuery::default())
+            .await
+            .unwrap()
+            .events
+            .is_empty());
+
+        let run = |f: fn(&mut TelemetryQuery)| {
+            let s = s.clone();
+            let mut q = TelemetryQuery::default();
+            f(&mut q);
+            async move { tel_ids(&s.query_telemetry(q).await.unwrap()) }
+        };
+        // Newest first, like events.
+        let page = s.query_telemetry(TelemetryQuery::default()).await.unwrap();
+        assert_eq!(
+            tel_ids(&page),
+            vec![batt.id, other.id, wl2.id, cam.id, wl1.id, agent.id]
+        );
+        assert!(!page.truncated);
+        assert_eq!(page.telemetry[2], wl2);
+
+        assert_eq!(
+            run(|q| q.source = Some("wl-01".into())).await,
+            vec![batt.id, other.id, wl2.id, wl1.id]
+        );
+        assert_eq!(
+            run(|q| q.source = Some("agent".into())).await,
+            vec![agent.id]
+        );
+        assert_eq!(
+            run(|q| q.device = Some("gw-02".into())).await,
+            vec![other.id]
+        );
+        assert_eq!(
+            run(|q| q.site = Some("other".into())).await,
+            Vec::<Ulid>::new()
+        );
+        assert_eq!(
+            run(|q| q.metric = Some("water_level_cm".into())).await,
+            vec![other.id, wl2.id, wl1.id]
+        );
+        assert_eq!(
+            run(|q| q.metric = Some("cam-01.fps".into())).await,
+            vec![cam.id]
+        );
+        assert_eq!(
+            run(|q| q.metric = Some("water".into())).await,
+            Vec::<Ulid>::new()
+        );
+        // The metric filter selects messages; each keeps all its metrics.
+        let page = s
+            .query_telemetry(TelemetryQuery {
+                device: Some("gw-01".into()),
+                source: Some("wl-01".into()),
+                metric: Some("battery_v".into()),
+                ..TelemetryQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.telemetry, vec![batt.clone(), wl2.clone()]);
+        assert_eq!(page.telemetry[1].metrics.len(), 2);
+
+        // from inclusive, to exclusive.
+        assert_eq!(
+            run(|q| {
+                q.from_ms = Some(T0 + 1000);
+                q.to_ms = Some(T0 + 2000);
+            })
+            .await,
+            vec![cam.id, wl1.id]
+        );
+        assert_eq!(
+            run(|q| q.from_ms = Some(T0 + 2001)).await,
+            vec![batt.id, other.id]
+        );
+        assert_eq!(run(|q| q.to_ms = Some(T0 + 1)).await, vec![agent.id]);
+        assert_eq!(
+            run(|q| {
+                q.from_ms = Some(T0 + 2000);
+                q.to_ms = Some(T0 + 2000);
+            })
+            .await,
+            Vec::<Ulid>::new()
+        );
+        // The limit keeps the newest matches.
+        assert_eq!(run(|q| q.limit = 2).await, vec![batt.id, other.id]);
+        assert_eq!(
+            run(|q| {
+                q.limit = 1;
+                q.metric = Some("water_level_cm".into());
+                q.to_ms = Some(T0 + 2500);
+            })
+            .await,
+            vec![wl2.id]
+        );
+    }
+
+    #[tokio::test]
+    async fn telemetry_query_skips_undecodable_rows() {
+        let (_d, s) = open();
+        let good = telemetry("gw-01", "agent", T0, &[("cpu_load", 0.4)]);
+        s.write(WriteBatch {
+            telemetry: vec![good.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        s.telemetry
+            .insert(time_key(T0 + 1, Ulid::new()), &b"{not json"[..])
+            .unwrap();
+        let page = s.query_telemetry(TelemetryQuery::default()).await.unwrap();
+        assert_eq!(page.telemetry, vec![good]);
+    }
+
+    #[tokio::test]
+    async fn device_status_keeps_its_sensors() {
+        let (_d, s) = open();
+        let status = DeviceStatus {
+            v: 1,
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            ts_ms: T0,
+            state: DeviceState::Online,
+            agent_version: None,
+            cameras: vec![],
+            sensors: vec![SensorStatus {
+                id: "wl-01".into(),
+                state: SensorState::Reporting,
+                last_reading_age_ms: Some(1200),
+                readings_total: 42,
+                errors_total: 1,
+                last_error: Some("field `level` missing".into()),
+            }],
+        };
+        s.write(WriteBatch {
+            statuses: vec![(status.clone(), T0 + 5)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let devs = s.devices().await.unwrap();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(devs[0].status, status);
+        let json = serde_json::to_value(&devs[0]).unwrap();
+        assert_eq!(json["sensors"][0]["id"], "wl-01");
+        assert_eq!(json["sensors"][0]["state"], "reporting");
     }
 
     #[tokio::test]

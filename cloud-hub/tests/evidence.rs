@@ -34,6 +34,7 @@ fn rule_event(ts_ms: i64, snapshot: Option<Ulid>) -> Event {
         count: None,
         direction: None,
         value: None,
+        metric: None,
         snapshot: snapshot.map(|s| s.to_string()),
     });
     e

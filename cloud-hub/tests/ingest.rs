@@ -75,6 +75,7 @@ async fn ingest_query_reject_dedup_and_restart() {
         state: DeviceState::Online,
         agent_version: Some("0.1.0".into()),
         cameras: vec![],
+        sensors: vec![],
     };
     p.publish(&topic("gw-01", "status"), json(&status)).await;
 

@@ -182,8 +182,8 @@ impl CameraAnalytics {
             camera: self.cam.id.clone(),
             kind: EventKind::Rule,
             ts_ms,
-            frame,
-            model: model.clone(),
+            frame: Some(frame),
+            model: Some(model.clone()),
             objects,
             rule: Some(info),
         }

@@ -228,6 +228,9 @@ pub fn run_cameras(
             model: model.clone(),
             hub: Default::default(),
             cameras: (0..n).map(camera).collect(),
+            sensor_mqtt: Default::default(),
+            sensors: Vec::new(),
+            sensor_rules: Vec::new(),
         };
         let stats = uplink.stats();
         let published_before = stats.published.load(Ordering::Relaxed);

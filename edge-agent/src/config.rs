@@ -8,7 +8,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::model::DetectorOptions;
-use crate::rules::RulesConfig;
+use crate::rules::{RuleConfig, RuleKind, RulesConfig};
+use crate::sensors::{SensorConfig, SensorMqttConfig};
 use crate::track::TrackerConfig;
 use crate::vision::MotionConfig;
 
@@ -41,6 +42,14 @@ pub struct AgentConfig {
     pub hub: HubLink,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
+    /// The local broker `mqtt` sensors publish to.
+    #[serde(default)]
+    pub sensor_mqtt: SensorMqttConfig,
+    #[serde(default)]
+    pub sensors: Vec<SensorConfig>,
+    /// `sensor_threshold` rules over the sensors' metrics.
+    #[serde(default)]
+    pub sensor_rules: Vec<RuleConfig>,
 }
 
 /// The hub's HTTP side, for evidence uploads.
@@ -264,9 +273,97 @@ impl AgentConfig {
                     e.reason.clone(),
                 )
             })?;
+            for (j, r) in c.analytics.rules.iter().enumerate() {
+                if matches!(r.kind, RuleKind::SensorThreshold(_)) {
+                    return Err(bad(
+                        format!("cameras[{i}].analytics.rules[{j}].kind"),
+                        "a camera has no sensor readings: put sensor_threshold rules in \
+                         [[sensor_rules]]"
+                            .into(),
+                    ));
+                }
+            }
         }
-        if !self.cameras.iter().any(|c| c.enabled) {
-            return Err(bad("cameras".into(), "no enabled camera".into()));
+        self.validate_sensors(&seen, &bad)?;
+        if !self.cameras.iter().any(|c| c.enabled) && !self.sensors.iter().any(|s| s.enabled) {
+            return Err(bad(
+                "cameras".into(),
+                "no enabled camera or sensor: nothing to run".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sensors: ids unique among cameras and sensors (both are event sources), each sensor's
+    /// own fields, and rules that name an existing sensor and one of its metrics.
+    fn validate_sensors(
+        &self,
+        camera_ids: &HashSet<&String>,
+        bad: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        for (i, s) in self.sensors.iter().enumerate() {
+            csb_wire::topic::validate_level("sensor", &s.id)
+                .map_err(|e| bad(format!("sensors[{i}].id"), e.to_string()))?;
+            if camera_ids.contains(&s.id) || !ids.insert(&s.id) {
+                return Err(bad(
+                    format!("sensors[{i}].id"),
+                    format!("`{}` is used by another camera or sensor", s.id),
+                ));
+            }
+            s.validate()
+                .map_err(|(f, r)| bad(format!("sensors[{i}].{f}"), r))?;
+        }
+        if self.sensors.iter().any(|s| s.enabled && s.topic.is_some()) {
+            self.sensor_mqtt
+                .host_port()
+                .map_err(|e| bad("sensor_mqtt.broker".into(), e))?;
+        }
+        // Kinds first: a camera rule here would otherwise fail on its unknown zone or line.
+        for (i, r) in self.sensor_rules.iter().enumerate() {
+            if !matches!(r.kind, RuleKind::SensorThreshold(_)) {
+                return Err(bad(
+                    format!("sensor_rules[{i}].kind"),
+                    format!(
+                        "`{}` rules watch cameras: put them under the camera's \
+                         [[cameras.analytics.rules]]; only sensor_threshold here",
+                        r.kind.name()
+                    ),
+                ));
+            }
+        }
+        let rules = RulesConfig {
+            rules: self.sensor_rules.clone(),
+            ..RulesConfig::default()
+        };
+        rules.validate().map_err(|e| {
+            // The rules validator says `rules[i]`; here the table is `sensor_rules`.
+            let field = e.field.strip_prefix("rules").unwrap_or(&e.field);
+            bad(format!("sensor_rules{field}"), e.reason.clone())
+        })?;
+        for (i, r) in self.sensor_rules.iter().enumerate() {
+            let RuleKind::SensorThreshold(t) = &r.kind else {
+                continue;
+            };
+            let f = format!("sensor_rules[{i}].kind.sensor_threshold");
+            let Some(s) = self.sensors.iter().find(|s| s.id == t.sensor) else {
+                let known: Vec<&str> = self.sensors.iter().map(|s| s.id.as_str()).collect();
+                return Err(bad(
+                    format!("{f}.sensor"),
+                    format!("no sensor `{}` (sensors: {})", t.sensor, known.join(", ")),
+                ));
+            };
+            if !s.metrics().contains(&t.metric.as_str()) {
+                return Err(bad(
+                    format!("{f}.metric"),
+                    format!(
+                        "sensor `{}` has no metric `{}` (it has: {})",
+                        s.id,
+                        t.metric,
+                        s.metrics().join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -332,5 +429,85 @@ loop = true
         let (_d, p) = write(&GOOD.replace("clips/street.avi", "ftp://x/y"));
         let e = AgentConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("cameras[0].uri"), "{e}");
+    }
+
+    const SENSORS: &str = r#"
+[agent]
+site = "yuexi"
+device = "gw-01"
+[[sensors]]
+id = "wl-07"
+kind = "mqtt"
+topic = "lora/wl-07"
+fields = { water_level_cm = "level" }
+[[sensor_rules]]
+id = "w"
+event_type = "waterlogging"
+[sensor_rules.kind.sensor_threshold]
+sensor = "wl-07"
+metric = "water_level_cm"
+above = 30.0
+"#;
+
+    #[test]
+    fn sensor_only_gateway_and_sensor_mistakes() {
+        let (_d, p) = write(SENSORS);
+        let cfg = AgentConfig::load(&p).unwrap();
+        assert!(cfg.cameras.is_empty());
+        assert_eq!(cfg.sensor_mqtt.broker, "127.0.0.1:1883");
+
+        let cases = [
+            (SENSORS.replace("metric = \"water_level_cm\"", "metric = \"level\""),
+                "sensor_rules[0].kind.sensor_threshold.metric"),
+            (SENSORS.replace("sensor = \"wl-07\"", "sensor = \"wl-08\""),
+                "sensor_rules[0].kind.sensor_threshold.sensor"),
+            (SENSORS.replace("above = 30.0", ""), "sensor_rules[0].kind.sensor_threshold"),
+            (format!("{SENSORS}\n[sensor_mqtt]\nbroker = \"nohost\"\n"), "sensor_mqtt.broker"),
+            // Camera and sensor ids share one namespace: both are event sources.
+            (format!("{SENSORS}\n[[cameras]]\nid = \"wl-07\"\nuri = \"x.avi\"\n"), "sensors[0].id"),
+            (SENSORS.replace("topic = \"lora/wl-07\"\n", ""), "sensors[0].topic"),
+            (
+                SENSORS.replace(
+                    "[sensor_rules.kind.sensor_threshold]\nsensor = \"wl-07\"\nmetric = \"water_level_cm\"\nabove = 30.0",
+                    "[sensor_rules.kind.dwell]\nzone = \"z\"\nmin_dwell_s = 5.0",
+                ),
+                "sensor_rules[0].kind",
+            ),
+        ];
+        for (text, field) in cases {
+            let (_d, p) = write(&text);
+            let e = AgentConfig::load(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{field}`")), "want {field}: {e}");
+        }
+
+        // A camera rule engine never sees readings: sensor rules belong in [[sensor_rules]].
+        let text = format!(
+            "{GOOD}[[cameras.analytics.rules]]\nid = \"s\"\nevent_type = \"w\"\n\
+             [cameras.analytics.rules.kind.sensor_threshold]\nsensor = \"x\"\nmetric = \"m\"\nabove = 1.0\n"
+        );
+        let (_d, p) = write(&text);
+        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("cameras[0].analytics.rules[0].kind"), "{e}");
+
+        let (_d, p) = write("[agent]\nsite = \"s\"\ndevice = \"d\"\n");
+        let e = AgentConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("no enabled camera or sensor"), "{e}");
+    }
+
+    /// Every config shipped in configs/ loads: a sample a technician copies must be valid.
+    #[test]
+    fn shipped_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut files = vec![root.join("demo.toml")];
+        for e in std::fs::read_dir(root.join("examples")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                files.push(p);
+            }
+        }
+        assert!(files.len() >= 3, "{files:?}");
+        for f in files {
+            AgentConfig::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use edge_agent::config::{AgentConfig, MqttConfig};
 use edge_agent::model::{Detector, DetectorOptions};
 use edge_agent::pipeline::{self, RunOptions};
+use edge_agent::sensors::Sensors;
 use edge_agent::source::{self, Pacing, Pulled, Source};
 use edge_agent::uplink::Uplink;
 
@@ -349,12 +350,20 @@ fn detect(file: &str, json: bool, max_frames: Option<u64>, opts: &DetectorOption
 
 fn run(config: PathBuf) -> Result<()> {
     let cfg = AgentConfig::load(&config)?;
-    let detector = Detector::load(&cfg.model)?;
-    tracing::info!(model = %detector.model_path().display(), cameras = cfg.cameras.len(), broker = %cfg.mqtt.broker,
+    let cameras = cfg.cameras.iter().filter(|c| c.enabled).count();
+    // A sensor-only gateway needs no model.
+    let detector = if cameras > 0 {
+        Some(Detector::load(&cfg.model)?)
+    } else {
+        None
+    };
+    tracing::info!(model = ?detector.as_ref().map(|d| d.model_path().display().to_string()),
+        cameras, sensors = cfg.sensors.iter().filter(|s| s.enabled).count(), broker = %cfg.mqtt.broker,
         "edge agent starting as {}/{}", cfg.agent.site, cfg.agent.device);
     let rt = tokio::runtime::Runtime::new()?;
-    let uplink =
-        rt.block_on(async { Uplink::start(&cfg.mqtt, &cfg.agent.site, &cfg.agent.device) })?;
+    let uplink = Arc::new(
+        rt.block_on(async { Uplink::start(&cfg.mqtt, &cfg.agent.site, &cfg.agent.device) })?,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -364,19 +373,46 @@ fn run(config: PathBuf) -> Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let opts = RunOptions {
-        stop,
-        ..RunOptions::default()
+    let sensors = rt.block_on(async { Sensors::start(&cfg, uplink.clone()) })?;
+    let report = match detector {
+        Some(detector) => {
+            let opts = RunOptions {
+                stop: stop.clone(),
+                ..RunOptions::default()
+            };
+            let r = pipeline::run(&cfg, detector, &uplink, rt.handle().clone(), opts);
+            // Cameras may all end (files without `loop`); sensors go on until asked to stop.
+            // A failed pipeline stops the agent (a supervisor restarts it).
+            if sensors.is_some() && r.is_ok() {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Some(r)
+        }
+        None => {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None
+        }
     };
-    let report = pipeline::run(&cfg, detector, &uplink, rt.handle().clone(), opts)
-        .context("pipeline stopped")?;
-    rt.block_on(uplink.shutdown());
-    tracing::info!(
-        frames = report.frames,
-        events = report.events,
-        dropped = report.dropped,
-        "stopped"
-    );
+    if let Some(s) = sensors {
+        rt.block_on(s.stop());
+    }
+    match Arc::try_unwrap(uplink) {
+        Ok(u) => rt.block_on(u.shutdown()),
+        Err(_) => tracing::warn!("uplink still in use at exit; not disconnecting cleanly"),
+    }
+    if let Some(report) = report {
+        let report = report.context("pipeline stopped")?;
+        tracing::info!(
+            frames = report.frames,
+            events = report.events,
+            dropped = report.dropped,
+            "stopped"
+        );
+    }
     Ok(())
 }
 

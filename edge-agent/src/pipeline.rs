@@ -356,13 +356,13 @@ pub fn run(
                         camera: cam.id.clone(),
                         kind: EventKind::Detection,
                         ts_ms: frame.ts_ms,
-                        frame: FrameInfo {
+                        frame: Some(FrameInfo {
                             seq: frame.seq,
                             pts_ms: frame.pts_ms,
                             width: frame.src_width,
                             height: frame.src_height,
-                        },
-                        model: detector.model_ref().clone(),
+                        }),
+                        model: Some(detector.model_ref().clone()),
                         objects: r.detections,
                         rule: None,
                     };
@@ -423,7 +423,7 @@ pub fn run(
 
 /// How often camera health goes out: 10 s, or `CSB_HEALTH_INTERVAL_MS` (100 ms … 1 h) from the
 /// environment, e.g. for tests that cannot wait 10 s per sample.
-fn health_interval() -> Duration {
+pub(crate) fn health_interval() -> Duration {
     const DEFAULT: Duration = Duration::from_secs(10);
     let Ok(v) = std::env::var("CSB_HEALTH_INTERVAL_MS") else {
         return DEFAULT;

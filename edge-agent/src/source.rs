@@ -8,9 +8,10 @@
 //! (see [`RTSP_LATENCY_MS`] and friends); use `rtspt://` to force RTP over the RTSP TCP
 //! connection where UDP is blocked (plain `rtsp://` tries UDP and falls back to TCP).
 
+pub use crate::jitter::Backoff;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -64,60 +65,6 @@ pub const RTSP_UDP_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn is_rtsp(uri: &str) -> bool {
     uri.split_once("://")
         .is_some_and(|(scheme, _)| scheme.to_ascii_lowercase().starts_with("rtsp"))
-}
-
-/// Exponential reconnect back-off with random jitter: nominal delays `min`, 2·`min`, … capped
-/// at `max`, each scaled by a random factor in [0.8, 1.2] so cameras (and gateways) that failed
-/// together do not retry in lock-step. No crate needed: a xorshift seeded from the clock.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    /// `salt` separates generators started in the same nanosecond (e.g. the camera index).
-    pub fn new(min: Duration, max: Duration, salt: u64) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        // splitmix64 of the seed: a well-mixed, never-zero xorshift state.
-        let mut z = (nanos ^ salt.rotate_left(32)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Backoff {
-            min,
-            max: max.max(min),
-            next: min,
-            rng: (z ^ (z >> 31)) | 1,
-        }
-    }
-
-    /// The delay to wait now (jittered), doubling the nominal delay for next time.
-    pub fn next_delay(&mut self) -> Duration {
-        let nominal = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11; // 53 random bits
-        let unit = r as f64 / (1u64 << 53) as f64; // [0, 1)
-        nominal.mul_f64(0.8 + 0.4 * unit)
-    }
-
-    /// The nominal delay the next failure will wait (before jitter).
-    pub fn nominal(&self) -> Duration {
-        self.next
-    }
-
-    /// Back to the shortest delay (the camera has been healthy for a while).
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
 }
 
 /// Tunes the `rtspsrc` that `uridecodebin` creates for an `rtsp://` URI (its `source-setup`

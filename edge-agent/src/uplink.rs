@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use csb_wire::{
-    CameraStatus, Channel, DeviceState, DeviceStatus, Event, Telemetry, Topic, SCHEMA_VERSION,
+    CameraStatus, Channel, DeviceState, DeviceStatus, Event, SensorStatus, Telemetry, Topic,
+    SCHEMA_VERSION,
 };
 use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use thiserror::Error;
@@ -48,16 +49,24 @@ pub struct Uplink {
     site: String,
     device: String,
     stats: Arc<UplinkStats>,
-    cameras: Arc<Mutex<Vec<CameraStatus>>>,
+    parts: Arc<Mutex<StatusParts>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// What the retained status reports besides the device state; camera and sensor health are
+/// updated by different loops.
+#[derive(Debug, Clone, Default)]
+struct StatusParts {
+    cameras: Vec<CameraStatus>,
+    sensors: Vec<SensorStatus>,
 }
 
 fn status_payload(
     site: &str,
     device: &str,
     state: DeviceState,
-    cameras: Vec<CameraStatus>,
+    parts: StatusParts,
 ) -> Result<Vec<u8>, UplinkError> {
     let s = DeviceStatus {
         v: SCHEMA_VERSION,
@@ -66,7 +75,8 @@ fn status_payload(
         ts_ms: csb_wire::now_ms(),
         state,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
-        cameras,
+        cameras: parts.cameras,
+        sensors: parts.sensors,
     };
     serde_json::to_vec(&s).map_err(|source| UplinkError::Encode {
         what: "status",
@@ -89,17 +99,17 @@ impl Uplink {
         opts.set_max_packet_size(256 * 1024, 256 * 1024);
         opts.set_last_will(LastWill::new(
             &status_topic,
-            status_payload(site, device, DeviceState::Offline, Vec::new())?,
+            status_payload(site, device, DeviceState::Offline, StatusParts::default())?,
             QoS::AtLeastOnce,
             true,
         ));
         let (client, mut eventloop) = AsyncClient::new(opts, cfg.queue);
         let stats = Arc::new(UplinkStats::default());
-        let cameras = Arc::new(Mutex::new(Vec::new()));
+        let parts = Arc::new(Mutex::new(StatusParts::default()));
         let (stop, mut stop_rx) = watch::channel(false);
 
         let task = {
-            let (stats, client, cameras) = (stats.clone(), client.clone(), cameras.clone());
+            let (stats, client, parts) = (stats.clone(), client.clone(), parts.clone());
             let (site, device, broker) = (site.to_string(), device.to_string(), cfg.broker.clone());
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(500);
@@ -114,8 +124,8 @@ impl Uplink {
                             stats.connects.fetch_add(1, Ordering::Relaxed);
                             stats.connected.store(true, Ordering::Relaxed);
                             tracing::info!(%broker, "connected to MQTT broker");
-                            let cams = cameras.lock().map(|c| c.clone()).unwrap_or_default();
-                            match status_payload(&site, &device, DeviceState::Online, cams) {
+                            let now = parts.lock().map(|p| p.clone()).unwrap_or_default();
+                            match status_payload(&site, &device, DeviceState::Online, now) {
                                 Ok(p) => {
                                     // Never wait inside the loop that drains the queue.
                                     match client.try_publish(
@@ -165,7 +175,7 @@ impl Uplink {
             site: site.to_string(),
             device: device.to_string(),
             stats,
-            cameras,
+            parts,
             stop,
             task,
         })
@@ -233,12 +243,25 @@ impl Uplink {
     /// Records camera states and health and republishes the retained status (every health
     /// tick, so the status always carries current counters).
     pub async fn set_cameras(&self, cams: Vec<CameraStatus>) -> Result<(), UplinkError> {
+        self.update_status(|p| p.cameras = cams).await
+    }
+
+    /// Records sensor states and republishes the retained status.
+    pub async fn set_sensors(&self, sensors: Vec<SensorStatus>) -> Result<(), UplinkError> {
+        self.update_status(|p| p.sensors = sensors).await
+    }
+
+    async fn update_status(&self, f: impl FnOnce(&mut StatusParts)) -> Result<(), UplinkError> {
         // Kept for the online status the event loop sends on every (re)connect.
-        if let Ok(mut c) = self.cameras.lock() {
-            c.clone_from(&cams);
-        }
+        let now = match self.parts.lock() {
+            Ok(mut p) => {
+                f(&mut p);
+                p.clone()
+            }
+            Err(_) => return Ok(()),
+        };
         if self.stats.connected.load(Ordering::Relaxed) {
-            let p = status_payload(&self.site, &self.device, DeviceState::Online, cams)?;
+            let p = status_payload(&self.site, &self.device, DeviceState::Online, now)?;
             self.publish(Channel::Status, true, p).await?;
         }
         Ok(())
@@ -262,9 +285,12 @@ impl Uplink {
     /// Publishes the offline status, disconnects cleanly and stops the event loop (bounded).
     pub async fn shutdown(self) {
         if self.stats.connected.load(Ordering::Relaxed) {
-            if let Ok(p) =
-                status_payload(&self.site, &self.device, DeviceState::Offline, Vec::new())
-            {
+            if let Ok(p) = status_payload(
+                &self.site,
+                &self.device,
+                DeviceState::Offline,
+                StatusParts::default(),
+            ) {
                 // Bounded: a full queue on a dying link must not hold up the exit.
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),

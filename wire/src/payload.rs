@@ -25,14 +25,20 @@ pub struct Event {
     pub id: Ulid,
     pub site: String,
     pub device: String,
-    /// Camera id as configured on the agent.
+    /// The agent-local source that saw it: a camera id, or for a `sensor_threshold` rule event
+    /// the sensor id (camera and sensor ids share one namespace per agent). The JSON name stays
+    /// `camera` so v1 readers keep working.
     pub camera: String,
     pub kind: EventKind,
-    /// Wall-clock capture time of the frame, Unix milliseconds (UTC).
+    /// Wall-clock capture time of the frame (or of the sensor reading), Unix ms (UTC).
     pub ts_ms: i64,
-    pub frame: FrameInfo,
-    /// The model that produced the detections.
-    pub model: ModelRef,
+    /// The frame the objects were seen in. Required for `detection` events and whenever
+    /// `objects` is not empty; absent from sensor events, which have no frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<FrameInfo>,
+    /// The model that produced the detections; required for `detection` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
     pub objects: Vec<Detection>,
     /// Present when `kind` is `rule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +87,9 @@ pub struct RuleInfo {
     /// Sensor value that triggered a threshold rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The sensor metric a threshold rule watches, e.g. `water_level_cm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
     /// Evidence snapshot id, uploaded to the hub separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
@@ -194,6 +203,37 @@ pub struct DeviceStatus {
     pub agent_version: Option<String>,
     #[serde(default)]
     pub cameras: Vec<CameraStatus>,
+    /// Field sensors this gateway reads (absent from camera-only agents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensors: Vec<SensorStatus>,
+}
+
+/// One field sensor (water level, tilt, air quality) as its gateway sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SensorStatus {
+    pub id: String,
+    pub state: SensorState,
+    /// Time since the newest valid reading; absent until the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reading_age_ms: Option<u64>,
+    /// Valid readings since the agent started.
+    pub readings_total: u64,
+    /// Payloads that could not be used (not JSON, a mapped field missing or not a number).
+    pub errors_total: u64,
+    /// The latest such problem, naming the topic and field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorState {
+    /// No reading yet since the agent started.
+    Waiting,
+    /// Readings arrive within the sensor's expected interval.
+    Reporting,
+    /// No reading for longer than the sensor's `silent_after_s`.
+    Silent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -327,8 +367,15 @@ impl Validate for Event {
             }
             _ => {}
         }
-        if self.frame.width == 0 || self.frame.height == 0 {
-            return Err(field_err("frame", "width and height must be > 0"));
+        if let Some(r) = &self.rule {
+            if let Some(m) = &r.metric {
+                if m.is_empty() || m.len() > 128 {
+                    return Err(field_err("rule.metric", "must be 1..=128 bytes"));
+                }
+            }
+        }
+        if self.kind == EventKind::Detection && self.model.is_none() {
+            return Err(field_err("model", "required when kind is `detection`"));
         }
         if self.objects.len() > MAX_OBJECTS {
             return Err(field_err(
@@ -336,7 +383,20 @@ impl Validate for Event {
                 format!("{} objects, at most {MAX_OBJECTS}", self.objects.len()),
             ));
         }
-        let (w, h) = (self.frame.width as f32, self.frame.height as f32);
+        let frame = match &self.frame {
+            Some(f) => f,
+            None if self.kind == EventKind::Detection || !self.objects.is_empty() => {
+                return Err(field_err(
+                    "frame",
+                    "required when kind is `detection` or `objects` is not empty",
+                ))
+            }
+            None => return Ok(()),
+        };
+        if frame.width == 0 || frame.height == 0 {
+            return Err(field_err("frame", "width and height must be > 0"));
+        }
+        let (w, h) = (frame.width as f32, frame.height as f32);
         for (i, o) in self.objects.iter().enumerate() {
             if !(0.0..=1.0).contains(&o.score) {
                 return Err(field_err(
@@ -353,7 +413,7 @@ impl Validate for Event {
                     format!("objects[{i}].box"),
                     format!(
                         "({}, {}, {}, {}) is not a box inside the {}x{} frame",
-                        b.x1, b.y1, b.x2, b.y2, self.frame.width, self.frame.height
+                        b.x1, b.y1, b.x2, b.y2, frame.width, frame.height
                     ),
                 ));
             }
@@ -403,6 +463,10 @@ impl Validate for DeviceStatus {
             validate_level("camera", &c.id)
                 .map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
         }
+        for (i, s) in self.sensors.iter().enumerate() {
+            validate_level("sensor", &s.id)
+                .map_err(|e| field_err(format!("sensors[{i}].id"), e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -443,16 +507,16 @@ mod tests {
             camera: "cam-01".into(),
             kind: EventKind::Detection,
             ts_ms: 1_790_000_000_000,
-            frame: FrameInfo {
+            frame: Some(FrameInfo {
                 seq: 7,
                 pts_ms: Some(700),
                 width: 768,
                 height: 576,
-            },
-            model: ModelRef {
+            }),
+            model: Some(ModelRef {
                 name: "yolox_nano".into(),
                 sha256: "695e750a5d57".into(),
-            },
+            }),
             objects: vec![Detection {
                 class_id: 0,
                 label: "person".into(),
@@ -511,6 +575,67 @@ mod tests {
             e.validate(),
             Err(PayloadError::Version { found: 2 })
         ));
+    }
+
+    fn sensor_event() -> Event {
+        Event {
+            camera: "wl-07".into(),
+            kind: EventKind::Rule,
+            frame: None,
+            model: None,
+            objects: Vec::new(),
+            rule: Some(RuleInfo {
+                rule: "waterlogging-wl-07".into(),
+                rule_type: RuleType::SensorThreshold,
+                event_type: "waterlogging".into(),
+                category: None,
+                phase: Phase::Start,
+                problem_id: Ulid::new(),
+                zone: None,
+                track_ids: Vec::new(),
+                started_ms: 1_790_000_000_000,
+                duration_ms: 0,
+                count: None,
+                direction: Some("above".into()),
+                value: Some(41.5),
+                metric: Some("water_level_cm".into()),
+                snapshot: None,
+            }),
+            ..sample_event()
+        }
+    }
+
+    #[test]
+    fn sensor_events_have_no_frame_or_model() {
+        let e = sensor_event();
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(
+            !text.contains("\"frame\"") && !text.contains("\"model\""),
+            "{text}"
+        );
+        assert_eq!(decode::<Event>(text.as_bytes()).unwrap(), e);
+
+        // Objects are boxes in a frame: without one they cannot be checked.
+        let mut bad = sensor_event();
+        bad.objects = sample_event().objects;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("`frame`"), "{err}");
+
+        // A detection event still needs both.
+        let mut bad = sample_event();
+        bad.frame = None;
+        assert!(bad.validate().unwrap_err().to_string().contains("`frame`"));
+        let mut bad = sample_event();
+        bad.model = None;
+        assert!(bad.validate().unwrap_err().to_string().contains("`model`"));
+
+        let mut bad = sensor_event();
+        bad.rule.as_mut().unwrap().metric = Some(String::new());
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("rule.metric"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cloud_hub::{serve, HubConfig, HubError};
-use csb_wire::{BBox, Detection, Event, EventKind, FrameInfo, ModelRef};
+use csb_wire::{BBox, Detection, Event, EventKind, FrameInfo, ModelRef, Telemetry};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -194,16 +194,16 @@ pub fn event(device: &str, camera: &str, ts_ms: i64, objects: &[(u32, &str)]) ->
         camera: camera.into(),
         kind: EventKind::Detection,
         ts_ms,
-        frame: FrameInfo {
+        frame: Some(FrameInfo {
             seq: 1,
             pts_ms: Some(40),
             width: 768,
             height: 576,
-        },
-        model: ModelRef {
+        }),
+        model: Some(ModelRef {
             name: "yolox_nano".into(),
             sha256: "695e750a5d57".into(),
-        },
+        }),
         objects: objects
             .iter()
             .map(|(class_id, label)| Detection {
@@ -242,5 +242,33 @@ pub fn ids(body: &Value) -> Vec<String> {
 impl TestHub {
     pub async fn events(&self, query: &str) -> Value {
         self.get(&format!("/api/v1/events?{query}")).await
+    }
+}
+
+pub fn telemetry(device: &str, source: &str, ts_ms: i64, metrics: &[(&str, f64)]) -> Telemetry {
+    Telemetry {
+        v: 1,
+        id: Ulid::new(),
+        site: "yuexi".into(),
+        device: device.into(),
+        source: source.into(),
+        ts_ms,
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
+
+/// Ids of a `GET /api/v1/telemetry` answer, in order.
+pub fn telemetry_ids(body: &Value) -> Vec<String> {
+    body["telemetry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+impl TestHub {
+    pub async fn telemetry(&self, query: &str) -> Value {
+        self.get(&format!("/api/v1/telemetry?{query}")).await
     }
 }

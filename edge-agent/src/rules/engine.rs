@@ -261,6 +261,8 @@ struct RuleMeta {
     rule_type: RuleType,
     cooldown_ms: i64,
     update_ms: i64,
+    /// The watched metric, for sensor rules.
+    metric: Option<String>,
 }
 
 impl RuleMeta {
@@ -279,6 +281,7 @@ impl RuleMeta {
             count: None,
             direction: None,
             value: None,
+            metric: self.metric.clone(),
             snapshot: None,
         }
     }
@@ -739,6 +742,10 @@ fn meta(r: &RuleConfig) -> RuleMeta {
         rule_type: r.kind.rule_type(),
         cooldown_ms: ms(r.cooldown_s),
         update_ms: ms(r.update_interval_s).max(1),
+        metric: match &r.kind {
+            RuleKind::SensorThreshold(s) => Some(s.metric.clone()),
+            _ => None,
+        },
     }
 }
 

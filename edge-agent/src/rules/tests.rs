@@ -85,16 +85,16 @@ fn assert_wire_valid(out: &[RuleOutput]) {
             camera: "cam-01".into(),
             kind: csb_wire::EventKind::Rule,
             ts_ms: o.info.started_ms + o.info.duration_ms,
-            frame: csb_wire::FrameInfo {
+            frame: Some(csb_wire::FrameInfo {
                 seq: 1,
                 pts_ms: None,
                 width: W,
                 height: W,
-            },
-            model: csb_wire::ModelRef {
+            }),
+            model: Some(csb_wire::ModelRef {
                 name: "yolox_nano".into(),
                 sha256: "695e750a5d57".into(),
-            },
+            }),
             objects: o.objects.clone(),
             rule: Some(o.info.clone()),
         };
