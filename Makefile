@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Tests and demo share one release build: one cold compile instead of two.
 PROFILE_FLAGS := --release
 
-.PHONY: setup build demo test bench lint schemas clean-data
+.PHONY: setup build demo test bench lint schemas fuzz clean-data
 
 setup:
 	@bash scripts/setup.sh
@@ -21,7 +21,8 @@ test: build
 	$(CARGO) test $(PROFILE_FLAGS) --workspace
 
 # Raw model vs full pipeline speed for 1, 2 and 4 cameras, against a real hub's broker started
-# for the purpose; then motion gating on vs off on the parking-lot clip. See scripts/bench.sh.
+# for the purpose; then motion gating on vs off on the parking-lot clip; then hub ingest, raw
+# broker vs durable (store + acks). See scripts/bench.sh.
 bench: build
 	@bash scripts/bench.sh
 
@@ -32,6 +33,12 @@ lint:
 # Regenerate schemas/*.json from the wire types.
 schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p csb-wire committed_schemas_match_types
+
+# cargo-fuzz targets for payloads, topics and both config files, FUZZ_SECONDS each (nightly;
+# installs cargo-fuzz if missing). Fails naming the target and crash input. See scripts/fuzz.sh.
+FUZZ_SECONDS ?= 20
+fuzz: setup
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean-data:
 	rm -rf .cache/demo

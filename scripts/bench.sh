@@ -5,9 +5,14 @@
 #      agent (the street footage under N camera ids), and each pipeline ÷ raw ratio.
 #   2. `edge-agent bench-gating` on the parking-lot clip: share of inferences motion gating skips
 #      (overall and on still stretches), detections and tracks kept, rule events kept.
+#   3. `cloud-hub bench-ingest`: raw broker pass-through (K MQTT publishers → embedded broker →
+#      in-process counting subscriber) vs durable hub ingest (the same publishers → broker →
+#      validation → sled write + flush → acks), events/s of each and durable ÷ raw.
 # Environment: BENCH_MQTT_PORT (18830), BENCH_FRAMES (300 per camera), BENCH_CAMERAS (1,2,4),
-#              BENCH_GATING_CLIP (../shared/data/video/car-detection.mp4; skipped when absent).
-# Extra arguments go to both commands (e.g. --threads 1).
+#              BENCH_GATING_CLIP (../shared/data/video/car-detection.mp4; skipped when absent),
+#              BENCH_INGEST_EVENTS (200000), BENCH_INGEST_PUBLISHERS (4),
+#              BENCH_INGEST_DIR (the system temp dir; put it on the hub's disk).
+# Extra arguments go to the two edge-agent commands (e.g. --threads 1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -31,3 +36,8 @@ if [ -f "$CLIP" ]; then
 else
   echo "skipped: $CLIP not found (set BENCH_GATING_CLIP)"
 fi
+
+echo
+echo "== hub ingest: raw broker pass-through vs durable ingest (store + flush + acks) =="
+./target/release/cloud-hub bench-ingest --events "${BENCH_INGEST_EVENTS:-200000}" \
+  --publishers "${BENCH_INGEST_PUBLISHERS:-4}" ${BENCH_INGEST_DIR:+--data-dir "$BENCH_INGEST_DIR"}

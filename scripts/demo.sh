@@ -45,6 +45,7 @@ grep -q '^cloud-hub ready' "$LOG_DIR/hub.out" || { echo "[demo] hub not ready af
 
 sed "s|^broker = .*|broker = \"$MQTT_ADDR\"|" configs/demo.toml > "$LOG_DIR/agent.toml"
 sed -i -e "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vtest.avi\"|" \
+       -e "s|^dir = \"../.cache/demo/outbox\"|dir = \"$LOG_DIR/outbox\"|" \
        -e "s|^url = .*|url = \"http://$HTTP_ADDR\"|" "$LOG_DIR/agent.toml"
 setsid "$BIN/edge-agent" run --config "$LOG_DIR/agent.toml" 2> "$LOG_DIR/agent.log" &
 agent_pid=$!

@@ -5,6 +5,8 @@
 //! - `GET /api/v1/events/{id}` — one event
 //! - `GET /api/v1/telemetry?site=&device=&source=&metric=&from=&to=&limit=` — raw telemetry,
 //!   newest first
+//! - `GET /api/v1/quarantine?reason=&site=&device=&from=&to=&limit=` — refused messages,
+//!   newest first
 //! - `GET /api/v1/events/{id}/snapshot` — the evidence JPEG its `rule.snapshot` names
 //! - `PUT /api/v1/snapshots/{id}` — an edge agent uploads an evidence JPEG (see [`put_snapshot`])
 //! - `GET /api/v1/snapshots/{id}` — an evidence JPEG
@@ -30,7 +32,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use ulid::Ulid;
 
-use crate::metrics::{render_prometheus, Metrics, UploadReject};
+use crate::metrics::{render_prometheus, Metrics, RejectReason, UploadReject};
+use crate::quarantine::{QuarantineEntry, QuarantineQuery};
 use crate::store::{
     ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, TelemetryQuery,
     DEFAULT_LIMIT, MAX_LIMIT,
@@ -105,6 +108,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/api/v1/events/{id}", get(event_by_id::<S>))
         .route("/api/v1/events/{id}/snapshot", get(event_snapshot::<S>))
         .route("/api/v1/telemetry", get(telemetry::<S>))
+        .route("/api/v1/quarantine", get(quarantine::<S>))
         .route(
             "/api/v1/snapshots/{id}",
             get(get_snapshot::<S>)
@@ -208,6 +212,8 @@ const EVENT_PARAMS: [&str; 9] = [
 ];
 
 const TELEMETRY_PARAMS: [&str; 7] = ["site", "device", "source", "metric", "from", "to", "limit"];
+
+const QUARANTINE_PARAMS: [&str; 6] = ["reason", "site", "device", "from", "to", "limit"];
 
 /// Why one query parameter was not taken.
 enum ParamError {
@@ -355,6 +361,30 @@ pub fn parse_telemetry_query(pairs: &[(String, String)]) -> Result<TelemetryQuer
     Ok(q)
 }
 
+/// Turns query pairs into a [`QuarantineQuery`]; every error names its parameter.
+pub fn parse_quarantine_query(pairs: &[(String, String)]) -> Result<QuarantineQuery, ApiError> {
+    let mut q = QuarantineQuery::default();
+    parse_params(pairs, &QUARANTINE_PARAMS, |name, v| {
+        match name {
+            "reason" => {
+                q.reason = Some(RejectReason::parse(v).ok_or_else(|| {
+                    let known: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+                    format!("`{}` is not one of {}", clip(v), known.join(", "))
+                })?);
+            }
+            "site" => q.site = level_param("site", v)?,
+            "device" => q.device = level_param("device", v)?,
+            "from" => q.from_ms = time_param(v)?,
+            "to" => q.to_ms = time_param(v)?,
+            "limit" => q.limit = limit_param(v)?,
+            _ => return Err(ParamError::Unknown),
+        }
+        Ok(())
+    })?;
+    check_time_range(q.from_ms, q.to_ms)?;
+    Ok(q)
+}
+
 async fn events<S: Store>(
     State(st): State<ApiState<S>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -387,6 +417,26 @@ async fn telemetry<S: Store>(
         count: page.telemetry.len(),
         truncated: page.truncated,
         telemetry: page.telemetry,
+    }))
+}
+
+async fn quarantine<S: Store>(
+    State(st): State<ApiState<S>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<QuarantineBody>, ApiError> {
+    let Query(pairs) =
+        query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let q = parse_quarantine_query(&pairs)?;
+    let page = store_call(
+        &st.store_slots,
+        "quarantine query",
+        st.store.query_quarantine(q),
+    )
+    .await?;
+    Ok(Json(QuarantineBody {
+        count: page.entries.len(),
+        truncated: page.truncated,
+        quarantine: page.entries,
     }))
 }
 
@@ -725,6 +775,14 @@ struct TelemetryBody {
     truncated: bool,
 }
 
+/// Same envelope as [`EventsBody`].
+#[derive(serde::Serialize)]
+struct QuarantineBody {
+    quarantine: Vec<QuarantineEntry>,
+    count: usize,
+    truncated: bool,
+}
+
 async fn devices<S: Store>(
     State(st): State<ApiState<S>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -891,6 +949,68 @@ mod tests {
         );
         assert!(tel_err(&[("source", "a"), ("source", "b")]).contains("more than once"));
         assert!(tel_err(&[("from", "2000"), ("to", "2000")]).contains("`from`"));
+    }
+}
+
+#[cfg(test)]
+mod quarantine_query_tests {
+    use super::*;
+
+    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err(q: &[(&str, &str)]) -> String {
+        parse_quarantine_query(&pairs(q)).unwrap_err().message
+    }
+
+    #[test]
+    fn parses_quarantine_parameters() {
+        let q = parse_quarantine_query(&pairs(&[
+            ("reason", "device_mismatch"),
+            ("site", "yuexi"),
+            ("device", "gw-01"),
+            ("from", "2026-09-21T08:30:00Z"),
+            ("to", "1789979500000"),
+            ("limit", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            q,
+            QuarantineQuery {
+                reason: Some(RejectReason::DeviceMismatch),
+                site: Some("yuexi".into()),
+                device: Some("gw-01".into()),
+                from_ms: Some(1_789_979_400_000),
+                to_ms: Some(1_789_979_500_000),
+                limit: 7,
+            }
+        );
+        assert_eq!(
+            parse_quarantine_query(&[]).unwrap(),
+            QuarantineQuery::default()
+        );
+        for r in RejectReason::ALL {
+            let q = parse_quarantine_query(&pairs(&[("reason", r.as_str())])).unwrap();
+            assert_eq!(q.reason, Some(r));
+        }
+    }
+
+    #[test]
+    fn quarantine_errors_name_the_parameter() {
+        let e = err(&[("reason", "json")]);
+        assert!(e.contains("`reason`") && e.contains("not_json"), "{e}");
+        assert!(err(&[("device", "a b")]).contains("`device`"));
+        assert!(err(&[("site", "")]).contains("`site`"));
+        assert!(err(&[("from", "soon")]).contains("`from`"));
+        assert!(err(&[("to", "x")]).contains("`to`"));
+        assert!(err(&[("limit", "0")]).contains("`limit`"));
+        assert!(err(&[("limit", "1001")]).contains("`limit`"));
+        assert!(err(&[("camera", "cam-01")]).contains("`camera`"));
+        assert!(err(&[("reason", "schema"), ("reason", "version")]).contains("more than once"));
+        assert!(err(&[("from", "2000"), ("to", "1000")]).contains("`from`"));
     }
 }
 

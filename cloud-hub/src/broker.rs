@@ -10,19 +10,27 @@
 //!
 //! The hub reads messages through an in-process link ([`BrokerLink`]) rather than a TCP client.
 //! Flow control: the router pushes at most ~200 notifications into the link's buffer, then
-//! parks the link until it is woken. [`BrokerLink::release`] does that wake, and the ingest loop
-//! calls it only after the previous batch is durable, so a slow disk slows the broker's
-//! delivery instead of growing memory (rumqttd's commit log is bounded, see `SEGMENT_*`).
+//! parks the link until it is woken. [`BrokerLink::release`] does that wake. The ingest loop
+//! calls it once it has taken a batch, but holds at most one batch in the store and one being
+//! validated (see `ingest`), so a slow disk slows the broker's delivery instead of growing
+//! memory: rumqttd's commit log is bounded (see `SEGMENT_*`). What overflows it is dropped by
+//! rumqttd before the hub saw it, hence never acked, and edges resend it.
+//!
+//! The link also publishes (acks to devices, [`BrokerLink::publish`]): rumqttd routes a local
+//! link's publish like any other, and delivers it at each subscriber's QoS (edges subscribe to
+//! their ack topic with QoS 1).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use csb_wire::Channel;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server};
-use rumqttd::{ServerSettings, Strategy};
+use rumqttd::{SegmentConfig, ServerSettings, Strategy};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
@@ -34,8 +42,17 @@ const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// the broker's only buffer when ingest falls behind; the oldest segment is dropped when full.
 const SEGMENT_MIN_BYTES: usize = 4 * 1024 * 1024;
 const SEGMENT_COUNT: usize = 4;
+/// Ack topics get small logs of their own: rumqttd keeps every filter's log in memory up to its
+/// cap whether or not it was read, and each edge subscribes to its own ack topic, so the default
+/// cap would cost `SEGMENT_COUNT` × 4 MiB per device. An ack is at most ~7.5 KB; one lost to
+/// this bound is harmless (the edge resends and is acked again).
+const ACK_SEGMENT_BYTES: usize = 256 * 1024;
+const ACK_SEGMENT_COUNT: usize = 2;
 /// Publishes the router forwards to a link per scheduling round.
 const MAX_OUTGOING_PER_ROUND: u64 = 200;
+/// Publishes the hub may have queued on its link for the router; beyond this
+/// [`BrokerLink::publish`] refuses instead of queueing without bound.
+const MAX_QUEUED_PUBLISHES: usize = 4096;
 
 /// What the broker needs from the hub config.
 #[derive(Debug, Clone)]
@@ -70,6 +87,15 @@ pub enum BrokerError {
     LinkClosed,
 }
 
+/// Why [`BrokerLink::publish`] did not hand a message to the router.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("{queued} publishes already wait for the router")]
+    Full { queued: usize },
+    #[error("the router did not take the publish: {0}")]
+    Router(String),
+}
+
 /// One publish as the hub received it. Topic bytes are kept raw: MQTT requires UTF-8, but the
 /// check is ours to make and count.
 #[derive(Debug, Clone)]
@@ -88,8 +114,8 @@ pub struct Broker {
 /// The hub's in-process client of the router.
 pub struct BrokerLink {
     client_id: String,
-    // Kept so the hub can publish (acks, commands) later; also keeps the link registered.
-    _tx: LinkTx,
+    /// Publishes (acks); also keeps the link registered.
+    tx: LinkTx,
     rx: LinkRx,
     /// The router parked us (buffer full); it must be woken after the batch is handled.
     needs_wake: bool,
@@ -185,7 +211,7 @@ impl Broker {
         }
         let link = BrokerLink {
             client_id: link_id.to_string(),
-            _tx: tx,
+            tx,
             rx,
             needs_wake: false,
         };
@@ -256,6 +282,23 @@ impl BrokerLink {
         Ok(batch)
     }
 
+    /// Publishes `payload` on `topic` (QoS 0 into the in-process router, which delivers at each
+    /// subscriber's QoS). Never waits: when the router's queue is full or our own queue holds
+    /// `MAX_QUEUED_PUBLISHES`, it fails and the caller counts it. After a `Router` error the
+    /// message may still sit in the link's queue and go out with the next publish (rumqttd keeps
+    /// it there); callers must treat both outcomes as possible, which acks do: they are safe to
+    /// lose and to repeat.
+    pub fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
+        let queued = self.tx.buffer().len();
+        if queued >= MAX_QUEUED_PUBLISHES {
+            return Err(PublishError::Full { queued });
+        }
+        self.tx
+            .try_publish(topic, payload)
+            .map(|_| ())
+            .map_err(|e| PublishError::Router(e.to_string()))
+    }
+
     /// Lets the router deliver more. Call once the previous batch is durably stored.
     pub async fn release(&mut self) -> Result<(), BrokerError> {
         if std::mem::take(&mut self.needs_wake) {
@@ -295,7 +338,13 @@ fn router_config(s: &BrokerSettings) -> RouterConfig {
         // A segment must hold at least one maximal publish.
         max_segment_size: SEGMENT_MIN_BYTES.max(2 * s.max_payload_bytes),
         max_segment_count: SEGMENT_COUNT,
-        custom_segment: None,
+        custom_segment: Some(HashMap::from([(
+            Channel::Ack.filter_all(),
+            SegmentConfig {
+                max_segment_size: ACK_SEGMENT_BYTES,
+                max_segment_count: ACK_SEGMENT_COUNT,
+            },
+        )])),
         initialized_filters: None,
         shared_subscriptions_strategy: Strategy::default(),
     }

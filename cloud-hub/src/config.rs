@@ -16,6 +16,8 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../../configs/hub.example.toml");
 /// held in memory while it is checked and stored, so it must stay modest.
 const MIN_SNAPSHOT_BYTES: usize = 1024;
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
+/// An entry is at most ~6 KiB on disk, so this caps the quarantine at some 60 GiB.
+const MAX_QUARANTINE_ENTRIES: u64 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,7 +29,9 @@ pub struct HubConfig {
     /// sled database directory, evidence JPEGs under its `snapshots/`; created if missing. One
     /// hub per directory (sled locks it).
     pub data_dir: PathBuf,
-    /// Largest MQTT packet accepted; bigger ones make the broker drop the connection.
+    /// Largest MQTT packet accepted; bigger ones make the broker drop the connection. Keep it
+    /// above `ingest_max_payload_bytes`, so oversized payloads reach the quarantine (and get
+    /// acked) instead of costing the sender its connection on every resend.
     pub mqtt_max_payload_bytes: usize,
     /// Concurrent MQTT connections, the hub's own in-process link included.
     pub mqtt_max_connections: usize,
@@ -37,6 +41,12 @@ pub struct HubConfig {
     pub mqtt_connect_timeout_ms: u16,
     /// sled page cache; sled's own default is 1 GiB, too much for a small county server.
     pub store_cache_mb: u64,
+    /// Largest event/telemetry/status payload ingest accepts; bigger ones are quarantined with
+    /// reason `oversized`.
+    pub ingest_max_payload_bytes: usize,
+    /// Quarantine entries kept (refused messages, each with at most 4 KiB of its payload); the
+    /// oldest are pruned beyond this.
+    pub quarantine_max_entries: u64,
     /// Largest evidence snapshot (JPEG) accepted by `PUT /api/v1/snapshots/{id}`; bigger
     /// uploads get 413 without being read in full.
     pub snapshot_max_bytes: usize,
@@ -48,11 +58,13 @@ impl Default for HubConfig {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data/hub"),
-            mqtt_max_payload_bytes: 256 * 1024,
+            mqtt_max_payload_bytes: 1024 * 1024,
             mqtt_max_connections: 1000,
             mqtt_max_inflight: 100,
             mqtt_connect_timeout_ms: 5000,
             store_cache_mb: 64,
+            ingest_max_payload_bytes: 256 * 1024,
+            quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
         }
     }
@@ -158,6 +170,24 @@ impl HubConfig {
                 format!("{} is outside 1..=65536", self.store_cache_mb),
             ));
         }
+        if !(1024..=self.mqtt_max_payload_bytes).contains(&self.ingest_max_payload_bytes) {
+            return Err(invalid(
+                "ingest_max_payload_bytes",
+                format!(
+                    "{} is outside 1024..={} (mqtt_max_payload_bytes)",
+                    self.ingest_max_payload_bytes, self.mqtt_max_payload_bytes
+                ),
+            ));
+        }
+        if !(1..=MAX_QUARANTINE_ENTRIES).contains(&self.quarantine_max_entries) {
+            return Err(invalid(
+                "quarantine_max_entries",
+                format!(
+                    "{} is outside 1..={MAX_QUARANTINE_ENTRIES}",
+                    self.quarantine_max_entries
+                ),
+            ));
+        }
         if !(MIN_SNAPSHOT_BYTES..=MAX_SNAPSHOT_BYTES).contains(&self.snapshot_max_bytes) {
             return Err(invalid(
                 "snapshot_max_bytes",
@@ -261,6 +291,38 @@ mod tests {
         }
         let c = HubConfig::parse("snapshot_max_bytes = 4096\n", origin()).unwrap();
         assert_eq!(c.snapshot_max_bytes, 4096);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_bounds_ingest_payload_and_quarantine() {
+        let c = HubConfig {
+            ingest_max_payload_bytes: HubConfig::default().mqtt_max_payload_bytes + 1,
+            ..HubConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest_max_payload_bytes"), "{err}");
+        assert!(err.contains("mqtt_max_payload_bytes"), "{err}");
+        let c = HubConfig {
+            ingest_max_payload_bytes: 100,
+            ..HubConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = HubConfig {
+            quarantine_max_entries: 0,
+            ..HubConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("quarantine_max_entries"), "{err}");
+        let c = HubConfig::parse(
+            "ingest_max_payload_bytes = 4096\nquarantine_max_entries = 10\n",
+            origin(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ingest_max_payload_bytes, c.quarantine_max_entries),
+            (4096, 10)
+        );
         c.validate().unwrap();
     }
 

@@ -1,22 +1,36 @@
-//! The ingest loop: broker link → topic/payload validation → store, in durable batches.
+//! The ingest loop: broker link → size/topic/payload validation → store, in durable batches →
+//! acks to the devices.
 //!
-//! Every message is either stored or rejected with a [`RejectReason`]; rejections are counted
-//! and logged (rate-limited, see [`LogLimiter`]) with the topic and the field at fault.
+//! Every message is either stored or refused with a [`RejectReason`]; refusals are counted,
+//! logged (rate-limited, see [`LogLimiter`]) with the topic and the field at fault, and kept in
+//! the quarantine ([`crate::quarantine`]) in the same write as the batch's valid messages.
+//!
+//! Acks: once a batch's write has returned (sled flush), each device gets one [`Ack`] per batch
+//! on `csb/v1/{site}/{device}/ack` naming every event and telemetry id of that batch: stored
+//! now, stored before (a resend), or quarantined with a readable id. Nothing is acked before it
+//! is durable, and a failed write acks nothing: the edge resends and the dedup index makes the
+//! resend harmless.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use csb_wire::{decode, Channel, DeviceStatus, Event, PayloadError, Telemetry, Topic};
+use csb_wire::{
+    decode, Ack, Channel, DeviceStatus, Event, PayloadError, Telemetry, Topic, MAX_ACK_IDS,
+    SCHEMA_VERSION,
+};
 use thiserror::Error;
+use ulid::Ulid;
 
 use crate::broker::{BrokerError, BrokerLink, InboundMessage};
 use crate::metrics::{LogLimiter, Metrics, RejectReason};
-use crate::store::{Store, WriteBatch};
+use crate::quarantine::{Probe, QuarantineEntry};
+use crate::store::{Store, WriteBatch, WriteOutcome};
 
-/// Messages handled per store write: big enough to amortise the flush, small enough that one
-/// batch's latency stays low. The broker hands over at most ~200 at a time anyway.
-pub const MAX_BATCH: usize = 256;
+/// Most messages handled per store write: big enough to amortise the flush, small enough that
+/// one batch's latency stays low. The broker hands over a few hundred at a time anyway.
+pub const MAX_BATCH: usize = 2048;
 /// Upper bound on what the shutdown drain picks up from the link.
 const MAX_DRAIN: usize = 10_000;
 /// Store write attempts per batch before its messages are counted as lost.
@@ -24,6 +38,13 @@ const STORE_ATTEMPTS: u32 = 3;
 /// Rejection log lines per window; the rest are only counted.
 const REJECT_LOGS_PER_WINDOW: u32 = 20;
 const REJECT_LOG_WINDOW: Duration = Duration::from_secs(60);
+/// Ack-failure log lines per window.
+const ACK_LOGS_PER_WINDOW: u32 = 5;
+/// Ids per ack message (the wire allows up to `MAX_ACK_IDS`): 256 ids are ~7.5 KB of JSON,
+/// within the 10 KiB default incoming packet limit of common clients (rumqttc), so an edge
+/// that forgot to raise it still gets its acks.
+pub const ACK_IDS_PER_MESSAGE: usize = 256;
+const _: () = assert!(ACK_IDS_PER_MESSAGE <= MAX_ACK_IDS);
 /// Cap on topic/detail text in one log line, so hostile input cannot make huge lines.
 const LOG_TEXT_MAX: usize = 300;
 
@@ -51,11 +72,28 @@ pub struct Rejection {
     pub detail: String,
 }
 
-fn payload_rejection(e: PayloadError) -> Rejection {
-    let reason = match e {
-        PayloadError::Json(_) => RejectReason::Json,
+fn payload_rejection(e: PayloadError, payload: &[u8]) -> Rejection {
+    let reason = match &e {
+        PayloadError::Json(j) => match j.classify() {
+            // Well-formed JSON of the wrong shape; a newer schema version usually is exactly
+            // that, so look at `v` before calling it a schema error.
+            serde_json::error::Category::Data => match Probe::read(payload).and_then(|p| p.v) {
+                Some(v) if v != u64::from(SCHEMA_VERSION) => {
+                    return Rejection {
+                        reason: RejectReason::Version,
+                        detail: format!(
+                            "unsupported schema version v={v} (this build reads \
+                                 v={SCHEMA_VERSION}): {e}"
+                        ),
+                    }
+                }
+                _ => RejectReason::Schema,
+            },
+            // Syntax errors (invalid UTF-8 included) and input cut short.
+            _ => RejectReason::NotJson,
+        },
         PayloadError::Version { .. } => RejectReason::Version,
-        PayloadError::Field { .. } | PayloadError::Level(_) => RejectReason::Field,
+        PayloadError::Field { .. } | PayloadError::Level(_) => RejectReason::Schema,
     };
     Rejection {
         reason,
@@ -69,7 +107,7 @@ fn check_origin(topic: &Topic, site: &str, device: &str) -> Result<(), Rejection
     } else {
         // A device must not speak for another: the topic is what ACLs will be based on.
         Err(Rejection {
-            reason: RejectReason::TopicMismatch,
+            reason: RejectReason::DeviceMismatch,
             detail: format!(
                 "payload site/device `{site}/{device}` differs from topic `{}/{}`",
                 topic.site, topic.device
@@ -78,80 +116,263 @@ fn check_origin(topic: &Topic, site: &str, device: &str) -> Result<(), Rejection
     }
 }
 
-/// Validates one message: topic shape, payload schema and fields, and that the payload comes
-/// from the device its topic names.
-pub fn classify(topic: &[u8], payload: &[u8]) -> Result<Accepted, Rejection> {
+/// Topics the hub itself publishes on (`ack`, later `cmd`). The hub's link subscribes to every
+/// topic so that strays can be quarantined, and so receives its own publishes back: skip them.
+pub fn is_outbound(topic: &[u8]) -> bool {
+    let ends = |suffix: &[u8]| topic.ends_with(suffix);
+    (ends(b"/ack") || ends(b"/cmd"))
+        && std::str::from_utf8(topic)
+            .ok()
+            .and_then(|t| Topic::parse(t).ok())
+            .is_some_and(|t| matches!(t.channel, Channel::Ack | Channel::Cmd))
+}
+
+/// Validates one message: size, topic shape, payload schema and fields, and that the payload
+/// comes from the device its topic names.
+pub fn classify(topic: &[u8], payload: &[u8], max_payload: usize) -> Result<Accepted, Rejection> {
     let topic_str = std::str::from_utf8(topic).map_err(|_| Rejection {
-        reason: RejectReason::Topic,
+        reason: RejectReason::BadTopic,
         detail: "topic is not UTF-8".into(),
     })?;
     let topic = Topic::parse(topic_str).map_err(|e| Rejection {
-        reason: RejectReason::Topic,
+        reason: RejectReason::BadTopic,
         detail: e.to_string(),
     })?;
+    if !matches!(
+        topic.channel,
+        Channel::Event | Channel::Telemetry | Channel::Status
+    ) {
+        return Err(Rejection {
+            reason: RejectReason::BadTopic,
+            detail: format!("the hub does not ingest the `{}` channel", topic.channel),
+        });
+    }
+    if payload.len() > max_payload {
+        return Err(Rejection {
+            reason: RejectReason::Oversized,
+            detail: format!(
+                "payload of {} bytes exceeds ingest_max_payload_bytes = {max_payload}",
+                payload.len()
+            ),
+        });
+    }
+    let bad = |e| payload_rejection(e, payload);
     match topic.channel {
         Channel::Event => {
-            let e: Event = decode(payload).map_err(payload_rejection)?;
+            let e: Event = decode(payload).map_err(bad)?;
             check_origin(&topic, &e.site, &e.device)?;
             Ok(Accepted::Event(e))
         }
         Channel::Telemetry => {
-            let t: Telemetry = decode(payload).map_err(payload_rejection)?;
+            let t: Telemetry = decode(payload).map_err(bad)?;
             check_origin(&topic, &t.site, &t.device)?;
             Ok(Accepted::Telemetry(t))
         }
-        Channel::Status => {
-            let s: DeviceStatus = decode(payload).map_err(payload_rejection)?;
+        _ => {
+            let s: DeviceStatus = decode(payload).map_err(bad)?;
             check_origin(&topic, &s.site, &s.device)?;
             Ok(Accepted::Status(s))
         }
-        // Not subscribed by the hub; here only if the subscriptions change.
-        other => Err(Rejection {
-            reason: RejectReason::Topic,
-            detail: format!("the hub does not ingest the `{other}` channel"),
-        }),
     }
+}
+
+/// Ids to acknowledge, per device in first-seen order, each id once per device.
+#[derive(Debug, Default)]
+pub struct AckBatch {
+    devices: Vec<DeviceAcks>,
+    index: HashMap<String, usize>,
+    /// The device of the previous `add`: a device's messages tend to come in runs.
+    last: Option<usize>,
+}
+
+#[derive(Debug)]
+struct DeviceAcks {
+    site: String,
+    device: String,
+    ids: Vec<Ulid>,
+    seen: std::collections::HashSet<Ulid>,
+}
+
+impl AckBatch {
+    pub fn add(&mut self, site: &str, device: &str, id: Ulid) {
+        let i = match self.last {
+            Some(i) if self.devices[i].site == site && self.devices[i].device == device => i,
+            _ => self.device_index(site, device),
+        };
+        self.last = Some(i);
+        let d = &mut self.devices[i];
+        if d.seen.insert(id) {
+            d.ids.push(id);
+        }
+    }
+
+    fn device_index(&mut self, site: &str, device: &str) -> usize {
+        let key = format!("{site}/{device}");
+        match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.devices.push(DeviceAcks {
+                    site: site.to_string(),
+                    device: device.to_string(),
+                    ids: Vec::new(),
+                    seen: Default::default(),
+                });
+                self.index.insert(key, self.devices.len() - 1);
+                self.devices.len() - 1
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The ack messages: per device, its ids in chunks of at most `max_ids`.
+    pub fn messages(&self, ts_ms: i64, max_ids: usize) -> Vec<(String, Ack)> {
+        let mut out = Vec::with_capacity(self.devices.len());
+        for d in &self.devices {
+            // Site and device were validated as topic levels before they got here.
+            let Ok(topic) = Topic::new(d.site.as_str(), d.device.as_str(), Channel::Ack) else {
+                continue;
+            };
+            let topic = topic.to_string();
+            for chunk in d.ids.chunks(max_ids.max(1)) {
+                out.push((
+                    topic.clone(),
+                    Ack {
+                        v: SCHEMA_VERSION,
+                        site: d.site.clone(),
+                        device: d.device.clone(),
+                        ts_ms,
+                        ids: chunk.to_vec(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What ingest needs from the hub config.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestSettings {
+    /// Payloads above this are quarantined as `oversized`.
+    pub max_payload_bytes: usize,
+}
+
+/// A validated batch, and what to ack once it is durable.
+struct Prepared {
+    batch: WriteBatch,
+    acks: AckBatch,
+    /// Ids of quarantined messages: acked only if their entries were stored.
+    quarantine_acks: AckBatch,
+    received_ms: i64,
+}
+
+/// A batch being written by its own task.
+struct Pending {
+    task: tokio::task::JoinHandle<Option<WriteOutcome>>,
+    acks: AckBatch,
+    quarantine_acks: AckBatch,
+    received_ms: i64,
+    n_status: u64,
+    n_quarantine: u64,
+    total: u64,
 }
 
 pub struct Ingest<S: Store> {
     link: BrokerLink,
     store: Arc<S>,
     metrics: Arc<Metrics>,
+    settings: IngestSettings,
     limiter: LogLimiter,
+    ack_limiter: LogLimiter,
+    /// Quarantine entry ids: monotonic, so entries of one millisecond keep arrival order.
+    ids: ulid::Generator,
 }
 
 impl<S: Store> Ingest<S> {
-    pub fn new(link: BrokerLink, store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        link: BrokerLink,
+        store: Arc<S>,
+        metrics: Arc<Metrics>,
+        settings: IngestSettings,
+    ) -> Self {
         Ingest {
             link,
             store,
             metrics,
+            settings,
             limiter: LogLimiter::new(REJECT_LOGS_PER_WINDOW, REJECT_LOG_WINDOW),
+            ack_limiter: LogLimiter::new(ACK_LOGS_PER_WINDOW, REJECT_LOG_WINDOW),
+            ids: ulid::Generator::new(),
         }
     }
 
     /// Runs until `shutdown` resolves, then drains what the link already holds and flushes.
     /// Stop the MQTT server before resolving `shutdown` so the drain sees everything.
+    ///
+    /// Pipelined: while one batch is being written, the next is received and validated, so
+    /// decoding and the store use different cores. Writes stay strictly one after another (a
+    /// resend in batch n+1 finds batch n stored), a batch is acked as soon as its write returns,
+    /// and memory holds at most one batch in the store, one being validated and one round of
+    /// the router.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
-        loop {
-            let batch = tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                r = self.link.recv_batch(MAX_BATCH) => r?,
+        let mut pending: Option<Pending> = None;
+        let stopped = loop {
+            let written = async {
+                match pending.as_mut() {
+                    Some(p) => (&mut p.task).await,
+                    None => std::future::pending().await,
+                }
             };
-            self.handle(batch).await;
-            // Only now, with the batch durable, may the router send more.
-            self.link.release().await?;
+            let messages = tokio::select! {
+                biased;
+                _ = &mut shutdown => break Ok(()),
+                // Ack as soon as the write is durable, not when the next batch comes.
+                r = written => {
+                    if let Some(p) = pending.take() {
+                        self.complete(p, r);
+                    }
+                    continue;
+                }
+                r = self.link.recv_batch(MAX_BATCH) => match r {
+                    Ok(m) => m,
+                    Err(e) => break Err(e),
+                },
+            };
+            // Let the router fill the next round while this batch is validated and written.
+            if let Err(e) = self.link.release().await {
+                break Err(e);
+            }
+            let next = self.prepare(messages);
+            if let Some(p) = pending.take() {
+                self.finish(p).await;
+            }
+            pending = next.map(|n| self.start_write(n));
+        };
+        // What was handed to the store is finished (and acked) whatever happens next.
+        if let Some(p) = pending.take() {
+            self.finish(p).await;
         }
+        stopped?;
         let rest = self.link.try_recv_batch(MAX_DRAIN)?;
         if !rest.is_empty() {
             tracing::info!(
                 count = rest.len(),
                 "draining buffered messages before shutdown"
             );
-            for chunk in rest.chunks(MAX_BATCH) {
-                self.handle(chunk.to_vec()).await;
+            let mut rest = rest.into_iter();
+            loop {
+                let chunk: Vec<_> = rest.by_ref().take(MAX_BATCH).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if let Some(n) = self.prepare(chunk) {
+                    let p = self.start_write(n);
+                    self.finish(p).await;
+                }
             }
         }
         if let Err(e) = self.store.flush().await {
@@ -160,57 +381,197 @@ impl<S: Store> Ingest<S> {
         Ok(())
     }
 
-    async fn handle(&mut self, messages: Vec<InboundMessage>) {
+    /// Validates a batch: valid messages and quarantine entries to store, ids to ack.
+    fn prepare(&mut self, messages: Vec<InboundMessage>) -> Option<Prepared> {
         if messages.is_empty() {
-            return;
+            return None;
         }
-        let received_ms = csb_wire::now_ms();
+        let now = SystemTime::now();
+        let received_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let mut batch = WriteBatch::default();
-        for m in &messages {
-            match classify(&m.topic, &m.payload) {
-                Ok(Accepted::Event(e)) => batch.events.push(e),
-                Ok(Accepted::Telemetry(t)) => batch.telemetry.push(t),
+        let mut acks = AckBatch::default();
+        let mut quarantine_acks = AckBatch::default();
+        for m in messages {
+            if is_outbound(&m.topic) {
+                continue;
+            }
+            match classify(&m.topic, &m.payload, self.settings.max_payload_bytes) {
+                // The validated payload is stored as received: no second encoding.
+                Ok(Accepted::Event(e)) => {
+                    acks.add(&e.site, &e.device, e.id);
+                    batch.events.push(e);
+                    batch.event_payloads.push(m.payload);
+                }
+                Ok(Accepted::Telemetry(t)) => {
+                    acks.add(&t.site, &t.device, t.id);
+                    batch.telemetry.push(t);
+                    batch.telemetry_payloads.push(m.payload);
+                }
                 Ok(Accepted::Status(s)) => batch.statuses.push((s, received_ms)),
-                Err(r) => self.reject(&m.topic, &r),
+                Err(r) => {
+                    self.log_reject(&m.topic, &r);
+                    let id = self
+                        .ids
+                        .generate_from_datetime(now)
+                        .unwrap_or_else(|_| Ulid::new());
+                    let entry = QuarantineEntry::new(
+                        id,
+                        received_ms,
+                        &m.topic,
+                        &m.payload,
+                        r.reason,
+                        &r.detail,
+                    );
+                    if let Some((topic, msg_id)) = entry.ack_to() {
+                        quarantine_acks.add(&topic.site, &topic.device, msg_id);
+                    }
+                    batch.quarantine.push(entry);
+                }
             }
         }
         if batch.is_empty() {
-            return;
+            return None;
         }
-        let (n_tel, n_status) = (batch.telemetry.len() as u64, batch.statuses.len() as u64);
-        let total = batch.events.len() as u64 + n_tel + n_status;
-        for attempt in 1..=STORE_ATTEMPTS {
-            match self.store.write(batch.clone()).await {
-                Ok(out) => {
-                    self.metrics.add_events_accepted(out.events_inserted);
-                    self.metrics
-                        .add_events_duplicate(out.events_duplicate.len() as u64);
-                    self.metrics.add_telemetry_accepted(n_tel);
-                    self.metrics.add_status_accepted(n_status);
-                    if !out.events_duplicate.is_empty() {
-                        // Expected after agent reconnects; debug only, the counter shows volume.
-                        let ids = &out.events_duplicate;
-                        tracing::debug!(?ids, "duplicate events not stored again");
+        Some(Prepared {
+            batch,
+            acks,
+            quarantine_acks,
+            received_ms,
+        })
+    }
+
+    /// Hands a batch to the store (with retries) in a task of its own.
+    fn start_write(&self, p: Prepared) -> Pending {
+        let n_quarantine = p.batch.quarantine.len() as u64;
+        let n_status = p.batch.statuses.len() as u64;
+        let total = p.batch.events.len() as u64 + p.batch.telemetry.len() as u64 + n_status;
+        let batch = Arc::new(p.batch);
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            for attempt in 1..=STORE_ATTEMPTS {
+                match store.write(batch.clone()).await {
+                    Ok(out) => return Some(out),
+                    Err(e) => {
+                        tracing::error!(attempt, of = STORE_ATTEMPTS, error = %e, "store write failed");
+                        if attempt < STORE_ATTEMPTS {
+                            tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+                        }
                     }
-                    return;
                 }
-                Err(e) => {
-                    tracing::error!(attempt, of = STORE_ATTEMPTS, error = %e, "store write failed");
-                    if attempt < STORE_ATTEMPTS {
-                        tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+            }
+            None
+        });
+        Pending {
+            task,
+            acks: p.acks,
+            quarantine_acks: p.quarantine_acks,
+            received_ms: p.received_ms,
+            n_status,
+            n_quarantine,
+            total,
+        }
+    }
+
+    async fn finish(&mut self, mut p: Pending) {
+        let r = (&mut p.task).await;
+        self.complete(p, r);
+    }
+
+    /// Counts a finished write and, if it is durable, sends its acks.
+    fn complete(&mut self, p: Pending, r: Result<Option<WriteOutcome>, tokio::task::JoinError>) {
+        let out = match r {
+            Ok(Some(out)) => out,
+            Ok(None) | Err(_) => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "store write task failed");
+                }
+                // Not acked: edges with an outbox resend them; anything else sent them once.
+                self.metrics.add_store_failed(p.total);
+                self.metrics.add_quarantine_failed(p.n_quarantine);
+                tracing::error!(
+                    messages = p.total,
+                    quarantine = p.n_quarantine,
+                    "dropped a batch after {STORE_ATTEMPTS} failed store writes (nothing acked)"
+                );
+                return;
+            }
+        };
+        let m = &self.metrics;
+        m.add_batch();
+        m.add_events_accepted(out.events_inserted);
+        m.add_events_duplicate(out.events_duplicate.len() as u64);
+        m.add_telemetry_accepted(out.telemetry_inserted);
+        m.add_telemetry_duplicate(out.telemetry_duplicate.len() as u64);
+        m.add_status_accepted(p.n_status);
+        m.add_quarantine_pruned(out.quarantine_pruned);
+        if !out.events_duplicate.is_empty() || !out.telemetry_duplicate.is_empty() {
+            // Expected: edges resend until acked. Debug only, the counters show volume.
+            tracing::debug!(
+                events = ?out.events_duplicate,
+                telemetry = ?out.telemetry_duplicate,
+                "duplicates not stored again (acked again)"
+            );
+        }
+        let mut acks = p.acks;
+        match &out.quarantine_error {
+            // Not stored, so not acked: the edge resends and it is tried again.
+            Some(e) => {
+                m.add_quarantine_failed(p.n_quarantine);
+                tracing::error!(
+                    entries = p.n_quarantine,
+                    error = %e,
+                    "quarantine write failed"
+                );
+            }
+            None => {
+                for d in p.quarantine_acks.devices {
+                    for id in d.ids {
+                        acks.add(&d.site, &d.device, id);
                     }
                 }
             }
         }
-        // The broker already acknowledged these to the devices; we cannot hand them back.
-        self.metrics.add_store_failed(total);
-        tracing::error!(
-            messages = total,
-            "dropped a batch after {STORE_ATTEMPTS} failed store writes"
-        );
+        self.send_acks(&acks, p.received_ms);
     }
 
-    fn reject(&mut self, topic: &[u8], r: &Rejection) {
+    /// Publishes the acks of a durable batch. Never waits: an ack that cannot be handed over is
+    /// counted and the edge resends (and is acked) later.
+    fn send_acks(&mut self, acks: &AckBatch, ts_ms: i64) {
+        if acks.is_empty() {
+            return;
+        }
+        for (topic, ack) in acks.messages(ts_ms, ACK_IDS_PER_MESSAGE) {
+            let n = ack.ids.len() as u64;
+            let payload = match serde_json::to_vec(&ack) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Ulids and validated levels always serialise; be safe anyway.
+                    self.ack_failed(&topic, &e.to_string());
+                    continue;
+                }
+            };
+            match self.link.publish(topic.clone(), payload) {
+                Ok(()) => self.metrics.add_ack_sent(n),
+                Err(e) => self.ack_failed(&topic, &e.to_string()),
+            }
+        }
+    }
+
+    fn ack_failed(&mut self, topic: &str, error: &str) {
+        self.metrics.add_ack_publish_failed();
+        if let Some(suppressed) = self.ack_limiter.allow(Instant::now()) {
+            tracing::warn!(
+                topic,
+                error,
+                suppressed_since_last = suppressed,
+                "ack not published; the device will resend and be acked then"
+            );
+        }
+    }
+
+    fn log_reject(&mut self, topic: &[u8], r: &Rejection) {
         self.metrics.reject(r.reason);
         if let Some(suppressed) = self.limiter.allow(Instant::now()) {
             let topic = String::from_utf8_lossy(topic);
@@ -219,7 +580,7 @@ impl<S: Store> Ingest<S> {
                 reason = r.reason.as_str(),
                 error = %clip(&r.detail),
                 suppressed_since_last = suppressed,
-                "rejected message"
+                "rejected message (quarantined)"
             );
         }
     }
@@ -238,9 +599,10 @@ mod tests {
     use crate::store::tests::event;
 
     const T0: i64 = 1_790_000_000_000;
+    const MAX: usize = 256 * 1024;
 
     fn reason(topic: &str, payload: &[u8]) -> RejectReason {
-        classify(topic.as_bytes(), payload).unwrap_err().reason
+        classify(topic.as_bytes(), payload, MAX).unwrap_err().reason
     }
 
     #[test]
@@ -249,6 +611,7 @@ mod tests {
         let got = classify(
             b"csb/v1/yuexi/gw-01/event",
             &serde_json::to_vec(&e).unwrap(),
+            MAX,
         )
         .unwrap();
         assert_eq!(got, Accepted::Event(e));
@@ -258,49 +621,134 @@ mod tests {
     fn rejection_reasons() {
         let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
         let good = serde_json::to_vec(&e).unwrap();
+        let ev = "csb/v1/yuexi/gw-01/event";
+        // Truncated, not JSON at all, not UTF-8.
+        assert_eq!(reason(ev, b"{\"v\":1,"), RejectReason::NotJson);
+        assert_eq!(reason(ev, &good[..good.len() / 2]), RejectReason::NotJson);
+        assert_eq!(reason(ev, b"hello"), RejectReason::NotJson);
+        assert_eq!(reason(ev, b""), RejectReason::NotJson);
         assert_eq!(
-            reason("csb/v1/yuexi/gw-01/event", b"{\"v\":1,"),
-            RejectReason::Json
+            reason(ev, b"{\"v\":1,\"id\":\"\xff\"}"),
+            RejectReason::NotJson
         );
+        // Versions: a v2 payload of the v1 shape, and one of another shape.
         let mut v = serde_json::to_value(&e).unwrap();
         v["v"] = 2.into();
-        assert_eq!(
-            reason("csb/v1/yuexi/gw-01/event", v.to_string().as_bytes()),
-            RejectReason::Version
-        );
+        assert_eq!(reason(ev, v.to_string().as_bytes()), RejectReason::Version);
+        let r = classify(ev.as_bytes(), br#"{"v":2,"payload":{}}"#, MAX).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Version);
+        assert!(r.detail.contains("v=2"), "{}", r.detail);
+        // Schema: a bad field value, a missing field, a mistyped one.
         let mut bad = e.clone();
         bad.objects[0].score = 1.5;
-        let r = classify(
-            b"csb/v1/yuexi/gw-01/event",
-            &serde_json::to_vec(&bad).unwrap(),
-        )
-        .unwrap_err();
-        assert_eq!(r.reason, RejectReason::Field);
+        let r = classify(ev.as_bytes(), &serde_json::to_vec(&bad).unwrap(), MAX).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Schema);
         assert!(r.detail.contains("objects[0].score"), "{}", r.detail);
-        assert_eq!(
-            reason("csb/v1/yuexi/gw-02/event", &good),
-            RejectReason::TopicMismatch
-        );
-        assert_eq!(
-            reason("csb/v1/other/gw-01/event", &good),
-            RejectReason::TopicMismatch
-        );
-        assert_eq!(
-            reason("csb/v1/yu exi/gw-01/event", &good),
-            RejectReason::Topic
-        );
-        assert_eq!(reason("csb/v1/yuexi/gw-01/cmd", &good), RejectReason::Topic);
-        assert_eq!(
-            classify(b"csb/v1/\xff/gw-01/event", &good)
-                .unwrap_err()
-                .reason,
-            RejectReason::Topic
-        );
+        let mut v = serde_json::to_value(&e).unwrap();
+        v.as_object_mut().unwrap().remove("camera");
+        let r = classify(ev.as_bytes(), v.to_string().as_bytes(), MAX).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Schema);
+        assert!(r.detail.contains("camera"), "{}", r.detail);
+        v["camera"] = 7.into();
+        assert_eq!(reason(ev, v.to_string().as_bytes()), RejectReason::Schema);
+        assert_eq!(reason(ev, b"[1,2]"), RejectReason::Schema);
         // An event payload on the telemetry channel is not telemetry.
         assert_eq!(
             reason("csb/v1/yuexi/gw-01/telemetry", &good),
-            RejectReason::Json
+            RejectReason::Schema
         );
+        // Who speaks for whom.
+        assert_eq!(
+            reason("csb/v1/yuexi/gw-02/event", &good),
+            RejectReason::DeviceMismatch
+        );
+        assert_eq!(
+            reason("csb/v1/other/gw-01/event", &good),
+            RejectReason::DeviceMismatch
+        );
+        // Topics.
+        for t in [
+            "csb/v1/yu exi/gw-01/event",
+            "csb/v1/yuexi/gw-01/cmd",
+            "csb/v1/yuexi/gw-01/cmd/reply",
+            "csb/v1/yuexi/gw-01/bogus",
+            "csb/v2/yuexi/gw-01/event",
+            "csb/v1/yuexi/event",
+            "other/topic",
+        ] {
+            assert_eq!(reason(t, &good), RejectReason::BadTopic, "{t}");
+        }
+        assert_eq!(
+            classify(b"csb/v1/\xff/gw-01/event", &good, MAX)
+                .unwrap_err()
+                .reason,
+            RejectReason::BadTopic
+        );
+        // Size is checked before anything is parsed.
+        let r = classify(ev.as_bytes(), &good, good.len() - 1).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Oversized);
+        assert!(
+            r.detail.contains("ingest_max_payload_bytes"),
+            "{}",
+            r.detail
+        );
+        assert!(classify(ev.as_bytes(), &good, good.len()).is_ok());
+    }
+
+    #[test]
+    fn outbound_topics_are_recognised() {
+        assert!(is_outbound(b"csb/v1/yuexi/gw-01/ack"));
+        assert!(is_outbound(b"csb/v1/yuexi/gw-01/cmd"));
+        assert!(!is_outbound(b"csb/v1/yuexi/gw-01/cmd/reply"));
+        assert!(!is_outbound(b"csb/v1/yuexi/gw-01/event"));
+        // Not a valid device topic: quarantined, not skipped.
+        assert!(!is_outbound(b"csb/v1/yu exi/gw-01/ack"));
+        assert!(!is_outbound(b"ack"));
+    }
+
+    #[test]
+    fn acks_group_per_device_dedupe_and_chunk() {
+        let ids: Vec<Ulid> = (0..5).map(|_| Ulid::new()).collect();
+        let mut a = AckBatch::default();
+        assert!(a.is_empty());
+        a.add("yuexi", "gw-01", ids[0]);
+        a.add("yuexi", "gw-02", ids[1]);
+        a.add("yuexi", "gw-01", ids[2]);
+        // A duplicate within the batch (resent twice) is acked once.
+        a.add("yuexi", "gw-01", ids[0]);
+        a.add("yuexi", "gw-01", ids[3]);
+        a.add("other", "gw-01", ids[4]);
+        let msgs = a.messages(T0, 2);
+        let got: Vec<(&str, Vec<Ulid>)> = msgs
+            .iter()
+            .map(|(t, ack)| (t.as_str(), ack.ids.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("csb/v1/yuexi/gw-01/ack", vec![ids[0], ids[2]]),
+                ("csb/v1/yuexi/gw-01/ack", vec![ids[3]]),
+                ("csb/v1/yuexi/gw-02/ack", vec![ids[1]]),
+                ("csb/v1/other/gw-01/ack", vec![ids[4]]),
+            ]
+        );
+        for (topic, ack) in &msgs {
+            assert_eq!(ack.v, SCHEMA_VERSION);
+            assert_eq!(ack.ts_ms, T0);
+            assert!(topic.contains(&format!("/{}/{}/", ack.site, ack.device)));
+            // What goes on the wire is what the edge validates.
+            let bytes = serde_json::to_vec(ack).unwrap();
+            assert_eq!(&decode::<Ack>(&bytes).unwrap(), ack);
+        }
+        assert_eq!(a.messages(T0, MAX_ACK_IDS).len(), 3);
+        // A full chunk stays under rumqttc's default 10 KiB incoming packet limit.
+        let mut big = AckBatch::default();
+        for _ in 0..ACK_IDS_PER_MESSAGE + 1 {
+            big.add("yuexi", "gw-01", Ulid::new());
+        }
+        let msgs = big.messages(T0, ACK_IDS_PER_MESSAGE);
+        assert_eq!(msgs.len(), 2);
+        assert!(serde_json::to_vec(&msgs[0].1).unwrap().len() < 10 * 1024);
     }
 
     #[test]

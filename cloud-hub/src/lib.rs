@@ -4,11 +4,16 @@
 //! How a detection event travels:
 //! 1. An edge agent publishes it (QoS 1) on `csb/v1/{site}/{device}/event` to the embedded
 //!    rumqttd broker ([`broker`]).
-//! 2. The hub's in-process link receives it in a batch; [`ingest`] checks topic, schema, fields and
-//!    that the payload's site/device match the topic, counting and logging every rejection.
-//! 3. Valid messages of the batch are written to the [`store`] and flushed to disk; only then does
-//!    ingest let the broker deliver the next batch.
-//! 4. [`api`] serves the stored events, device states, health and metrics over HTTP.
+//! 2. The hub's in-process link (subscribed to every topic) receives it in a batch; [`ingest`]
+//!    checks size, topic, schema, fields and that the payload's site/device match the topic,
+//!    counting, logging and quarantining ([`quarantine`]) every refused message.
+//! 3. Valid messages and quarantine entries of the batch are written to the [`store`] and
+//!    flushed to disk together (deduplicated on the message id); the next batch is validated
+//!    meanwhile.
+//! 4. Only then does ingest ack the batch's ids to each device on `csb/v1/{site}/{device}/ack`;
+//!    an edge keeps what is unacked and resends it.
+//! 5. [`api`] serves the stored events, telemetry, quarantine, device states, health and metrics
+//!    over HTTP.
 //!
 //! A rule event may name an evidence snapshot (`rule.snapshot`): the agent uploads the JPEG
 //! separately with `PUT /api/v1/snapshots/{id}` (MQTT messages stay small), the [`store`] keeps
@@ -17,10 +22,12 @@
 //! Use [`serve`] (or [`Hub::start`] then [`Hub::run`] to learn the addresses before running).
 
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod quarantine;
 pub mod store;
 pub mod timeparse;
 
@@ -29,7 +36,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use csb_wire::Channel;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -39,10 +45,12 @@ pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
 use broker::{Broker, BrokerError, BrokerSettings};
-use ingest::{Ingest, IngestError};
+use ingest::{Ingest, IngestError, IngestSettings};
 
 /// Client id of the hub's in-process broker link.
 pub const INGEST_LINK_ID: &str = "hub-ingest";
+/// What the ingest link subscribes to: every topic, so strays reach the quarantine.
+pub const INGEST_FILTER: &str = "#";
 /// How long shutdown waits for open HTTP requests to finish.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for ingest to drain and flush.
@@ -98,19 +106,23 @@ impl Hub<SledStore> {
     pub async fn start(config: HubConfig, http: TcpListener) -> Result<Self, HubError> {
         config.validate()?;
         let (dir, cache_mb) = (config.data_dir.clone(), config.store_cache_mb);
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir, cache_mb))
-            .await
-            .map_err(|e| HubError::Panicked {
-                task: "store open",
-                reason: e.to_string(),
-            })??;
+        let quarantine_max = config.quarantine_max_entries;
+        let store = tokio::task::spawn_blocking(move || {
+            SledStore::open(&dir, cache_mb).map(|s| s.with_quarantine_max(quarantine_max))
+        })
+        .await
+        .map_err(|e| HubError::Panicked {
+            task: "store open",
+            reason: e.to_string(),
+        })??;
         Hub::start_with_store(config, http, store).await
     }
 }
 
 impl<S: Store> Hub<S> {
     /// Starts the broker on `config.mqtt_addr` and returns once it answers MQTT, with the ingest
-    /// link subscribed to the event, telemetry and status channels.
+    /// link subscribed to every topic: events, telemetry and status are ingested, anything else
+    /// a client publishes is quarantined (except the hub's own outbound channels).
     pub async fn start_with_store(
         config: HubConfig,
         http: TcpListener,
@@ -126,14 +138,19 @@ impl<S: Store> Hub<S> {
             max_inflight: config.mqtt_max_inflight,
             connect_timeout_ms: config.mqtt_connect_timeout_ms,
         };
-        let filters: Vec<String> = [Channel::Event, Channel::Telemetry, Channel::Status]
-            .iter()
-            .map(|c| c.filter_all())
-            .collect();
+        // One filter for everything: overlapping filters would deliver a message once per match.
+        let filters = [INGEST_FILTER.to_string()];
         let (broker, link) = Broker::start(&settings, INGEST_LINK_ID, &filters).await?;
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::default());
-        let ingest = Ingest::new(link, store.clone(), metrics.clone());
+        let ingest = Ingest::new(
+            link,
+            store.clone(),
+            metrics.clone(),
+            IngestSettings {
+                max_payload_bytes: config.ingest_max_payload_bytes,
+            },
+        );
         tracing::info!(
             mqtt = %broker.addr(),
             http = %http_addr,
@@ -162,6 +179,11 @@ impl<S: Store> Hub<S> {
 
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// The hub's counters (also served by `/api/v1/health`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Serves HTTP and runs ingest until `shutdown` resolves (or either fails). Then: HTTP

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cloud_hub::bench::BenchOptions;
 use cloud_hub::{Hub, HubConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +41,25 @@ enum Command {
     },
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
+    /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
+    BenchIngest {
+        /// Events published in each phase.
+        #[arg(long, default_value_t = BenchOptions::default().events)]
+        events: usize,
+        /// MQTT publisher connections (one device each).
+        #[arg(long, default_value_t = BenchOptions::default().publishers)]
+        publishers: usize,
+        /// Unacked events per publisher in the durable phase (like an edge outbox's window).
+        #[arg(long, default_value_t = BenchOptions::default().window)]
+        window: usize,
+        /// Directory for the durable phase's throw-away store (default: the system temp dir);
+        /// put it on the disk the hub will use.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -62,6 +82,34 @@ fn run() -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::BenchIngest {
+            events,
+            publishers,
+            window,
+            data_dir,
+            json,
+        } => {
+            // rumqttd logs ERROR lines for ordinary disconnects at the end of a phase.
+            init_logging_at("warn,rumqttd=off");
+            let opts = BenchOptions {
+                events,
+                publishers,
+                window,
+                data_dir,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(cloud_hub::bench::run(&opts))?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.text())?;
+            }
             Ok(())
         }
         Command::Serve {
@@ -95,8 +143,11 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    init_logging_at("info,rumqttd=warn");
+}
+
+fn init_logging_at(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Logs go to stderr: stdout carries only the ready line that scripts wait for.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -8,42 +8,55 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::StoreStats;
 
-/// Why an inbound message was refused. Names are stable: they are metric labels and API keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why an inbound message was refused (and quarantined). Names are stable: they are metric
+/// labels, API keys and the `reason` of quarantine entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RejectReason {
-    /// Not JSON, or JSON missing/mistyping a field.
-    Json,
+    /// Larger than `ingest_max_payload_bytes`.
+    Oversized,
+    /// Not JSON at all: not UTF-8, a syntax error, or cut short (truncated).
+    NotJson,
+    /// JSON, but not the message its channel carries: a field missing, of the wrong type, or
+    /// failing validation (range, format, identifier). The detail names the field.
+    Schema,
     /// Unsupported schema version `v`.
     Version,
-    /// A field failed validation (range, format, identifier).
-    Field,
-    /// The topic is not a valid device topic for a channel the hub ingests.
-    Topic,
+    /// Not a device topic of a channel the hub ingests (`csb/v1/{site}/{device}/event`,
+    /// `telemetry` or `status`): another prefix or version, an unknown channel, a bad level.
+    BadTopic,
     /// The payload's site/device differ from the topic's.
-    TopicMismatch,
+    DeviceMismatch,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
-        RejectReason::Json,
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::Oversized,
+        RejectReason::NotJson,
+        RejectReason::Schema,
         RejectReason::Version,
-        RejectReason::Field,
-        RejectReason::Topic,
-        RejectReason::TopicMismatch,
+        RejectReason::BadTopic,
+        RejectReason::DeviceMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            RejectReason::Json => "json",
+            RejectReason::Oversized => "oversized",
+            RejectReason::NotJson => "not_json",
+            RejectReason::Schema => "schema",
             RejectReason::Version => "version",
-            RejectReason::Field => "field",
-            RejectReason::Topic => "topic",
-            RejectReason::TopicMismatch => "topic_mismatch",
+            RejectReason::BadTopic => "bad_topic",
+            RejectReason::DeviceMismatch => "device_mismatch",
         }
+    }
+
+    /// The reason named `s` (as [`RejectReason::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<RejectReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     fn index(self) -> usize {
@@ -107,9 +120,21 @@ pub struct Metrics {
     events_duplicate: AtomicU64,
     telemetry_accepted: AtomicU64,
     status_accepted: AtomicU64,
+    telemetry_duplicate: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     /// Valid messages lost because the store kept failing (see `ingest`).
     store_failed: AtomicU64,
+    /// Batches written (one store write and flush each).
+    batches: AtomicU64,
+    /// Ack messages handed to the broker, and the ids they carried.
+    acks_sent: AtomicU64,
+    acked_ids: AtomicU64,
+    /// Ack messages the broker could not take at once (see `broker::BrokerLink::publish`).
+    ack_publish_failed: AtomicU64,
+    /// Rejected messages whose quarantine entry could not be stored.
+    quarantine_failed: AtomicU64,
+    /// Old quarantine entries removed to stay within `quarantine_max_entries`.
+    quarantine_pruned: AtomicU64,
     snapshots_stored: AtomicU64,
     snapshots_identical: AtomicU64,
     snapshot_bytes_stored: AtomicU64,
@@ -140,10 +165,18 @@ pub struct IngestSnapshot {
     pub events_accepted: u64,
     pub events_duplicate: u64,
     pub telemetry_accepted: u64,
+    pub telemetry_duplicate: u64,
     pub status_accepted: u64,
+    /// Every rejected message is also quarantined (unless `quarantine_failed`).
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<&'static str, u64>,
     pub store_failed: u64,
+    pub batches: u64,
+    pub acks_sent: u64,
+    pub acked_ids: u64,
+    pub ack_publish_failed: u64,
+    pub quarantine_failed: u64,
+    pub quarantine_pruned: u64,
 }
 
 impl Metrics {
@@ -158,6 +191,25 @@ impl Metrics {
     }
     pub fn add_status_accepted(&self, n: u64) {
         self.status_accepted.fetch_add(n, Relaxed);
+    }
+    pub fn add_telemetry_duplicate(&self, n: u64) {
+        self.telemetry_duplicate.fetch_add(n, Relaxed);
+    }
+    pub fn add_batch(&self) {
+        self.batches.fetch_add(1, Relaxed);
+    }
+    pub fn add_ack_sent(&self, ids: u64) {
+        self.acks_sent.fetch_add(1, Relaxed);
+        self.acked_ids.fetch_add(ids, Relaxed);
+    }
+    pub fn add_ack_publish_failed(&self) {
+        self.ack_publish_failed.fetch_add(1, Relaxed);
+    }
+    pub fn add_quarantine_failed(&self, n: u64) {
+        self.quarantine_failed.fetch_add(n, Relaxed);
+    }
+    pub fn add_quarantine_pruned(&self, n: u64) {
+        self.quarantine_pruned.fetch_add(n, Relaxed);
     }
     pub fn add_store_failed(&self, n: u64) {
         self.store_failed.fetch_add(n, Relaxed);
@@ -207,10 +259,17 @@ impl Metrics {
             events_accepted: self.events_accepted.load(Relaxed),
             events_duplicate: self.events_duplicate.load(Relaxed),
             telemetry_accepted: self.telemetry_accepted.load(Relaxed),
+            telemetry_duplicate: self.telemetry_duplicate.load(Relaxed),
             status_accepted: self.status_accepted.load(Relaxed),
             rejected: by_reason.values().sum(),
             rejected_by_reason: by_reason,
             store_failed: self.store_failed.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            acks_sent: self.acks_sent.load(Relaxed),
+            acked_ids: self.acked_ids.load(Relaxed),
+            ack_publish_failed: self.ack_publish_failed.load(Relaxed),
+            quarantine_failed: self.quarantine_failed.load(Relaxed),
+            quarantine_pruned: self.quarantine_pruned.load(Relaxed),
         }
     }
 }
@@ -249,6 +308,12 @@ pub fn render_prometheus(
         &[("", ingest.telemetry_accepted)],
     );
     metric(
+        "csb_hub_telemetry_duplicate_total",
+        "counter",
+        "Telemetry messages whose id was already stored; not stored again.",
+        &[("", ingest.telemetry_duplicate)],
+    );
+    metric(
         "csb_hub_status_accepted_total",
         "counter",
         "Device status messages validated and stored.",
@@ -265,8 +330,44 @@ pub fn render_prometheus(
     metric(
         "csb_hub_rejected_total",
         "counter",
-        "Inbound messages refused, by reason.",
+        "Inbound messages refused and quarantined, by reason.",
         &samples,
+    );
+    metric(
+        "csb_hub_quarantine_failed_total",
+        "counter",
+        "Refused messages whose quarantine entry could not be stored.",
+        &[("", ingest.quarantine_failed)],
+    );
+    metric(
+        "csb_hub_quarantine_pruned_total",
+        "counter",
+        "Oldest quarantine entries removed to stay within quarantine_max_entries.",
+        &[("", ingest.quarantine_pruned)],
+    );
+    metric(
+        "csb_hub_ingest_batches_total",
+        "counter",
+        "Ingest batches written to the store (one flush each).",
+        &[("", ingest.batches)],
+    );
+    metric(
+        "csb_hub_acks_sent_total",
+        "counter",
+        "Ack messages published to devices after a durable write.",
+        &[("", ingest.acks_sent)],
+    );
+    metric(
+        "csb_hub_acked_ids_total",
+        "counter",
+        "Message ids carried by published acks (duplicates included).",
+        &[("", ingest.acked_ids)],
+    );
+    metric(
+        "csb_hub_ack_publish_failed_total",
+        "counter",
+        "Ack messages the broker could not take; the device resends and is acked then.",
+        &[("", ingest.ack_publish_failed)],
     );
     metric(
         "csb_hub_store_failed_total",
@@ -330,6 +431,12 @@ pub fn render_prometheus(
             "gauge",
             "Devices with a known status.",
             &[("", s.devices)],
+        );
+        metric(
+            "csb_hub_quarantine_entries",
+            "gauge",
+            "Refused messages kept in the quarantine.",
+            &[("", s.quarantine)],
         );
         metric(
             "csb_hub_stored_snapshots",
@@ -409,14 +516,14 @@ mod tests {
     #[test]
     fn snapshot_sums_reasons() {
         let m = Metrics::default();
-        m.reject(RejectReason::Json);
-        m.reject(RejectReason::Json);
-        m.reject(RejectReason::TopicMismatch);
+        m.reject(RejectReason::NotJson);
+        m.reject(RejectReason::NotJson);
+        m.reject(RejectReason::DeviceMismatch);
         m.add_events_accepted(3);
         let s = m.snapshot();
         assert_eq!(s.rejected, 3);
-        assert_eq!(s.rejected_by_reason["json"], 2);
-        assert_eq!(s.rejected_by_reason["topic_mismatch"], 1);
+        assert_eq!(s.rejected_by_reason["not_json"], 2);
+        assert_eq!(s.rejected_by_reason["device_mismatch"], 1);
         assert_eq!(s.rejected_by_reason["version"], 0);
         assert_eq!(s.events_accepted, 3);
 
@@ -434,7 +541,7 @@ mod tests {
     #[test]
     fn prometheus_text() {
         let m = Metrics::default();
-        m.reject(RejectReason::Field);
+        m.reject(RejectReason::Schema);
         m.reject_upload(UploadReject::NotJpeg);
         m.add_snapshot_stored(1000);
         m.add_snapshot_stored(500);
@@ -445,6 +552,7 @@ mod tests {
                 events: 7,
                 telemetry: 0,
                 devices: 1,
+                quarantine: 2,
                 snapshots: 3,
                 snapshot_bytes: 4096,
             }),
@@ -455,14 +563,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("csb_hub_rejected_total{reason=\"field\"} 1\n"),
+            text.contains("csb_hub_rejected_total{reason=\"schema\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("csb_hub_rejected_total{reason=\"json\"} 0\n"),
+            text.contains("csb_hub_rejected_total{reason=\"not_json\"} 0\n"),
             "{text}"
         );
         assert!(text.contains("csb_hub_stored_events 7\n"), "{text}");
+        assert!(text.contains("csb_hub_quarantine_entries 2\n"), "{text}");
         assert!(
             text.contains("csb_hub_snapshots_rejected_total{reason=\"not_jpeg\"} 1\n"),
             "{text}"
@@ -490,6 +599,28 @@ mod tests {
             let (_, v) = line.rsplit_once(' ').unwrap();
             v.parse::<u64>().unwrap();
         }
+    }
+
+    #[test]
+    fn reason_names_are_stable_and_round_trip() {
+        let names: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "oversized",
+                "not_json",
+                "schema",
+                "version",
+                "bad_topic",
+                "device_mismatch"
+            ]
+        );
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(r.as_str()), Some(r));
+            // serde (quarantine entries) writes the same names.
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(RejectReason::parse("json"), None);
     }
 
     #[test]

@@ -76,6 +76,7 @@ async fn ingest_query_reject_dedup_and_restart() {
         agent_version: Some("0.1.0".into()),
         cameras: vec![],
         sensors: vec![],
+        outbox: None,
     };
     p.publish(&topic("gw-01", "status"), json(&status)).await;
 
@@ -90,10 +91,10 @@ async fn ingest_query_reject_dedup_and_restart() {
         })
         .await;
     let by_reason = &health["ingest"]["rejected_by_reason"];
-    assert_eq!(by_reason["json"], 1, "{health:#}");
-    assert_eq!(by_reason["field"], 1, "{health:#}");
-    assert_eq!(by_reason["topic_mismatch"], 1, "{health:#}");
-    assert_eq!(by_reason["topic"], 1, "{health:#}");
+    assert_eq!(by_reason["not_json"], 1, "{health:#}");
+    assert_eq!(by_reason["schema"], 1, "{health:#}");
+    assert_eq!(by_reason["device_mismatch"], 1, "{health:#}");
+    assert_eq!(by_reason["bad_topic"], 1, "{health:#}");
     assert_eq!(by_reason["version"], 0, "{health:#}");
     assert_eq!(health["storage"]["events"], 3, "{health:#}");
     assert_eq!(health["mqtt_addr"], hub.mqtt.to_string());
@@ -171,7 +172,7 @@ async fn ingest_query_reject_dedup_and_restart() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("csb_hub_rejected_total{reason=\"topic_mismatch\"} 1\n"),
+        metrics.contains("csb_hub_rejected_total{reason=\"device_mismatch\"} 1\n"),
         "{metrics}"
     );
     assert!(

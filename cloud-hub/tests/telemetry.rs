@@ -65,6 +65,7 @@ async fn telemetry_history_filters_and_device_sensors() {
                 last_error: None,
             },
         ],
+        outbox: None,
     };
     p.publish(&topic("gw-01", "status"), json(&status)).await;
     hub.wait_health("telemetry and status to be stored", |h| {

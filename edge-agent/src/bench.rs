@@ -227,6 +227,7 @@ pub fn run_cameras(
             mqtt: mqtt.clone(),
             model: model.clone(),
             hub: Default::default(),
+            outbox: Default::default(),
             cameras: (0..n).map(camera).collect(),
             sensor_mqtt: Default::default(),
             sensors: Vec::new(),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::model::DetectorOptions;
+use crate::outbox::OutboxConfig;
 use crate::rules::{RuleConfig, RuleKind, RulesConfig};
 use crate::sensors::{SensorConfig, SensorMqttConfig};
 use crate::track::TrackerConfig;
@@ -40,6 +41,9 @@ pub struct AgentConfig {
     pub model: DetectorOptions,
     #[serde(default)]
     pub hub: HubLink,
+    /// The durable store of everything not yet acked by the hub (docs/outbox.md).
+    #[serde(default)]
+    pub outbox: OutboxConfig,
     #[serde(default)]
     pub cameras: Vec<CameraConfig>,
     /// The local broker `mqtt` sensors publish to.
@@ -79,6 +83,14 @@ pub struct MqttConfig {
     pub keep_alive_s: u64,
     /// Messages waiting for the network before publishers are made to wait (bounded memory).
     pub queue: usize,
+    /// This device's MQTT user name as issued by `cloud-hub device add` (`{site}/{device}`).
+    pub username: Option<String>,
+    /// File holding the device secret (the MQTT password, also the key that signs every
+    /// payload). Keep it out of the config, readable by the agent only.
+    pub secret_file: Option<PathBuf>,
+    /// Connect with TLS, trusting this CA certificate (PEM). The broker host name must match
+    /// the certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -88,6 +100,9 @@ impl Default for MqttConfig {
             client_id: None,
             keep_alive_s: 30,
             queue: 256,
+            username: None,
+            secret_file: None,
+            ca_file: None,
         }
     }
 }
@@ -170,6 +185,15 @@ fn default_interval() -> u64 {
 }
 
 impl AgentConfig {
+    /// Where the outbox lives: `outbox.dir`, or `/var/lib/csb-edge/{device}/outbox`.
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.outbox.dir.clone().unwrap_or_else(|| {
+            PathBuf::from("/var/lib/csb-edge")
+                .join(&self.agent.device)
+                .join("outbox")
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -193,6 +217,9 @@ impl AgentConfig {
             }
         }
         for p in [
+            &mut self.mqtt.secret_file,
+            &mut self.mqtt.ca_file,
+            &mut self.outbox.dir,
             &mut self.model.path,
             &mut self.model.models_dir,
             &mut self.model.ort_library,
@@ -227,6 +254,16 @@ impl AgentConfig {
                 ));
             }
         }
+        if self.mqtt.username.is_some() != self.mqtt.secret_file.is_some() {
+            return Err(bad(
+                "mqtt.secret_file".into(),
+                "`username` and `secret_file` go together (both from `cloud-hub device add`)"
+                    .into(),
+            ));
+        }
+        self.outbox
+            .validate()
+            .map_err(|(f, r)| bad(format!("outbox.{f}"), r))?;
         if self.mqtt.queue == 0 || self.mqtt.queue > 100_000 {
             return Err(bad("mqtt.queue".into(), "must be 1..=100000".into()));
         }

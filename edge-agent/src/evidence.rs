@@ -1,13 +1,21 @@
 //! Uploads evidence snapshots to the hub over HTTP (`PUT /api/v1/snapshots/{id}`), beside the
-//! MQTT event that references them, so events stay small. Uploads run in the background with
-//! bounded concurrency and bounded retries; the hub answers an identical re-upload with 200, so
-//! retrying is safe.
+//! MQTT event that references them, so events stay small. The hub answers only after storing
+//! the JPEG durably, and answers an identical re-upload with 200, so retrying is safe.
+//!
+//! With the agent's outbox, a snapshot is first stored there (class `evidence`) and one worker
+//! uploads the oldest ones, deleting each only on the hub's 2xx — it survives crashes and
+//! days-long outages like the events do. Without an outbox (tools) uploads are in memory with
+//! bounded retries.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use ulid::Ulid;
+
+use crate::jitter::Backoff;
+use crate::outbox::{Class, Outbox, Record};
 
 /// Counters, reported in agent telemetry.
 #[derive(Debug, Default)]
@@ -24,6 +32,17 @@ pub struct EvidenceUploader {
     device: String,
     slots: Arc<Semaphore>,
     pub stats: Arc<EvidenceStats>,
+    outbox: Option<Arc<Outbox>>,
+    wake: Arc<Notify>,
+}
+
+/// What one upload attempt came to.
+enum Upload {
+    Stored,
+    /// The hub refused it for good (4xx other than 408/429): retrying cannot help.
+    Refused,
+    /// Network error, timeout or 5xx: try again later.
+    Retry,
 }
 
 impl EvidenceUploader {
@@ -40,7 +59,90 @@ impl EvidenceUploader {
             // A few at a time: evidence must not starve the event uplink on a thin link.
             slots: Arc::new(Semaphore::new(4)),
             stats: Arc::new(EvidenceStats::default()),
+            outbox: None,
+            wake: Arc::new(Notify::new()),
         })
+    }
+
+    /// Keeps snapshots in `outbox` until the hub has them, and starts the worker that uploads
+    /// them (oldest first, one at a time, jittered back-off while the hub is unreachable).
+    pub fn with_outbox(mut self, outbox: Arc<Outbox>, rt: &tokio::runtime::Handle) -> Self {
+        self.outbox = Some(outbox.clone());
+        let me = self.clone();
+        rt.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30), 99);
+            loop {
+                let batch = outbox.evidence(8);
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = me.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    continue;
+                }
+                for r in batch {
+                    match me.upload_record(&r).await {
+                        Upload::Stored => {
+                            me.stats.uploaded.fetch_add(1, Ordering::Relaxed);
+                            backoff.reset();
+                            let _ = outbox.ack(&[(Class::Evidence, r.seq)]);
+                        }
+                        Upload::Refused => {
+                            me.stats.failed.fetch_add(1, Ordering::Relaxed);
+                            let _ = outbox.ack(&[(Class::Evidence, r.seq)]);
+                        }
+                        Upload::Retry => {
+                            tokio::time::sleep(backoff.next_delay()).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        self
+    }
+
+    async fn upload_record(&self, r: &Record) -> Upload {
+        if r.payload.len() < 16 {
+            return Upload::Refused;
+        }
+        let event = Ulid::from_bytes(r.payload[..16].try_into().unwrap_or([0; 16]));
+        self.put_once(
+            &r.id.to_string(),
+            &event.to_string(),
+            r.payload[16..].to_vec(),
+        )
+        .await
+    }
+
+    async fn put_once(&self, id: &str, event_id: &str, jpeg: Vec<u8>) -> Upload {
+        let url = format!("{}/api/v1/snapshots/{id}", self.base);
+        let res = self
+            .client
+            .put(&url)
+            .header("content-type", "image/jpeg")
+            .header("x-csb-device", &self.device)
+            .header("x-csb-event", event_id)
+            .body(jpeg)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => Upload::Stored,
+            Ok(r) if r.status().is_client_error() && r.status() != 408 && r.status() != 429 => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(%url, %status, "hub refused snapshot: {body}");
+                Upload::Refused
+            }
+            Ok(r) => {
+                tracing::debug!(%url, status = %r.status(), "snapshot upload failed");
+                Upload::Retry
+            }
+            Err(e) => {
+                tracing::debug!(%url, "snapshot upload failed: {e}");
+                Upload::Retry
+            }
+        }
     }
 
     /// Starts uploading `jpeg` as snapshot `id` of event `event_id`; returns at once. When more
@@ -53,6 +155,22 @@ impl EvidenceUploader {
         event_id: String,
         jpeg: Vec<u8>,
     ) {
+        if let (Some(ob), Ok(sid), Ok(eid)) = (
+            &self.outbox,
+            Ulid::from_string(&id),
+            Ulid::from_string(&event_id),
+        ) {
+            let mut payload = Vec::with_capacity(16 + jpeg.len());
+            payload.extend_from_slice(&eid.to_bytes());
+            payload.extend_from_slice(&jpeg);
+            match rt.block_on(ob.enqueue(Class::Evidence, sid, payload)) {
+                Ok(_) => {
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(e) => tracing::error!(snapshot = %id, "{e}; uploading from memory"),
+            }
+        }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             self.stats.skipped_busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(snapshot = %id, "evidence uploads busy; snapshot skipped");
@@ -61,38 +179,21 @@ impl EvidenceUploader {
         let me = self.clone();
         rt.spawn(async move {
             let _permit = permit;
-            let url = format!("{}/api/v1/snapshots/{id}", me.base);
             let mut delay = Duration::from_millis(500);
-            for attempt in 1..=5 {
-                let res = me
-                    .client
-                    .put(&url)
-                    .header("content-type", "image/jpeg")
-                    .header("x-csb-device", &me.device)
-                    .header("x-csb-event", &event_id)
-                    .body(jpeg.clone())
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => {
+            for _ in 1..=5 {
+                match me.put_once(&id, &event_id, jpeg.clone()).await {
+                    Upload::Stored => {
                         me.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    // 4xx other than 408/429 will not get better by retrying.
-                    Ok(r) if r.status().is_client_error() && r.status() != 408 && r.status() != 429 => {
-                        let status = r.status();
-                        let body = r.text().await.unwrap_or_default();
-                        tracing::warn!(%url, %status, "hub refused snapshot: {body}");
-                        break;
-                    }
-                    Ok(r) => tracing::debug!(%url, status = %r.status(), attempt, "snapshot upload failed"),
-                    Err(e) => tracing::debug!(%url, attempt, "snapshot upload failed: {e}"),
+                    Upload::Refused => break,
+                    Upload::Retry => {}
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
             }
             me.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%url, "snapshot not uploaded after retries");
+            tracing::warn!(snapshot = %id, "snapshot not uploaded after retries");
         });
     }
 }

@@ -3,10 +3,12 @@
 
 pub mod analytics;
 pub mod bench;
+pub mod bench_outbox;
 pub mod config;
 pub mod evidence;
 pub mod jitter;
 pub mod model;
+pub mod outbox;
 pub mod perception;
 pub mod pipeline;
 pub mod queue;
@@ -14,6 +16,7 @@ pub mod replay;
 pub mod rules;
 pub mod sensors;
 pub mod source;
+pub mod synth;
 pub mod track;
 pub mod uplink;
 pub mod vision;

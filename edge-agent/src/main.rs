@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edge_agent::config::{AgentConfig, MqttConfig};
 use edge_agent::model::{Detector, DetectorOptions};
+use edge_agent::outbox::Outbox;
 use edge_agent::pipeline::{self, RunOptions};
 use edge_agent::sensors::Sensors;
 use edge_agent::source::{self, Pacing, Pulled, Source};
@@ -71,6 +72,41 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Delivery testing: generate synthetic detection events through the real outbox and
+    /// uplink (no cameras), appending each id to `--id-log` once it is durable; continues from
+    /// the log after a crash. Runs until stopped.
+    Synth {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Total events to generate (counting those already in the log).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Events per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long)]
+        id_log: PathBuf,
+    },
+    /// Benchmark the durable outbox: enqueue+ack cycles/s and disk bytes per live byte.
+    BenchOutbox {
+        /// Enqueue/ack cycles.
+        #[arg(long, default_value_t = 1_000_000)]
+        cycles: u64,
+        /// Records kept pending (unacked) throughout.
+        #[arg(long, default_value_t = 10_000)]
+        window: usize,
+        /// Records per flush (concurrent producers share one).
+        #[arg(long, default_value_t = 64)]
+        group: usize,
+        /// Payload size of each record (a typical event is 400–800 bytes).
+        #[arg(long, default_value_t = 600)]
+        bytes: usize,
+        /// Directory to use (default: a temporary one, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Check a config file and print what it resolves to.
     Check {
@@ -208,6 +244,45 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => run(config),
+        Cmd::BenchOutbox {
+            cycles,
+            window,
+            group,
+            bytes,
+            dir,
+            json,
+        } => {
+            let tmp = tempdir_in_target()?;
+            let dir = dir.unwrap_or_else(|| tmp.join("outbox"));
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(edge_agent::bench_outbox::run(
+                &dir, cycles, window, group, bytes,
+            ));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let r = r?;
+            if json {
+                out!("{}", serde_json::to_string(&r)?);
+            } else {
+                out!(
+                    "outbox: {} enqueue+ack cycles ({} B records, {} per flush, {} pending) in {:.1} s = {:.0} cycles/s",
+                    r.cycles, r.payload_bytes, group, r.window, r.seconds, r.cycles_per_s
+                );
+                out!(
+                    "outbox disk: {:.1} MiB on disk for {:.1} MiB live = {:.2} disk/live (peak {:.1} MiB)",
+                    r.disk_bytes as f64 / 1048576.0,
+                    r.live_bytes as f64 / 1048576.0,
+                    r.disk_per_live,
+                    r.disk_peak_bytes as f64 / 1048576.0
+                );
+            }
+            Ok(())
+        }
+        Cmd::Synth {
+            config,
+            count,
+            rate,
+            id_log,
+        } => synth(config, count, rate, id_log),
         Cmd::Check { config } => {
             let cfg = AgentConfig::load(&config)?;
             out!("{config:?}: OK");
@@ -361,18 +436,8 @@ fn run(config: PathBuf) -> Result<()> {
         cameras, sensors = cfg.sensors.iter().filter(|s| s.enabled).count(), broker = %cfg.mqtt.broker,
         "edge agent starting as {}/{}", cfg.agent.site, cfg.agent.device);
     let rt = tokio::runtime::Runtime::new()?;
-    let uplink = Arc::new(
-        rt.block_on(async { Uplink::start(&cfg.mqtt, &cfg.agent.site, &cfg.agent.device) })?,
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        rt.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
+    let uplink = Arc::new(start_uplink(&cfg, &rt)?);
+    let stop = stop_on_signal(&rt);
     let sensors = rt.block_on(async { Sensors::start(&cfg, uplink.clone()) })?;
     let report = match detector {
         Some(detector) => {
@@ -412,6 +477,84 @@ fn run(config: PathBuf) -> Result<()> {
             dropped = report.dropped,
             "stopped"
         );
+    }
+    Ok(())
+}
+
+/// Opens the durable outbox and starts the uplink on it.
+fn start_uplink(cfg: &AgentConfig, rt: &tokio::runtime::Runtime) -> Result<Uplink> {
+    let dir = cfg.outbox_dir();
+    let outbox = Outbox::open(&dir, &cfg.outbox).with_context(|| {
+        format!(
+            "cannot open the outbox (set [outbox] dir in the config; now {})",
+            dir.display()
+        )
+    })?;
+    let s = outbox.snapshot();
+    if s.pending > 0 {
+        tracing::info!(pending = s.pending, outbox = %dir.display(), "resending what the hub has not acked yet");
+    }
+    Ok(rt.block_on(async {
+        Uplink::start_with_outbox(
+            &cfg.mqtt,
+            &cfg.agent.site,
+            &cfg.agent.device,
+            outbox,
+            &cfg.outbox,
+        )
+    })?)
+}
+
+/// A fresh scratch directory (on the same disk as the build, not tmpfs, so fsync is real).
+fn tempdir_in_target() -> Result<PathBuf> {
+    let base = std::env::var_os("CSB_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let d = base.join(format!("csb-bench-outbox-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    Ok(d)
+}
+
+/// A flag set by SIGTERM or Ctrl-C.
+fn stop_on_signal(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+fn synth(config: PathBuf, count: usize, rate: u32, id_log: PathBuf) -> Result<()> {
+    let cfg = AgentConfig::load(&config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let uplink = Arc::new(start_uplink(&cfg, &rt)?);
+    let stop = stop_on_signal(&rt);
+    // Sensors of the config run too: their telemetry shares the outbox with the events.
+    let sensors = rt.block_on(async { Sensors::start(&cfg, uplink.clone()) })?;
+    let n = rt.block_on(edge_agent::synth::run(
+        &uplink,
+        &cfg.agent.site,
+        &cfg.agent.device,
+        count,
+        rate,
+        &id_log,
+        stop.clone(),
+    ))?;
+    tracing::info!(
+        generated = n,
+        "synthetic events generated; delivering until stopped"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(s) = sensors {
+        rt.block_on(s.stop());
+    }
+    if let Ok(u) = Arc::try_unwrap(uplink) {
+        rt.block_on(u.shutdown());
     }
     Ok(())
 }

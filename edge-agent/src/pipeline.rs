@@ -299,14 +299,20 @@ pub fn run(
         .map(|c| CameraAnalytics::new(&cfg.agent.site, &cfg.agent.device, c))
         .collect::<Result<Vec<_>, _>>()?;
     let evidence = match &cfg.hub.url {
-        Some(url) => Some(
-            EvidenceUploader::new(url, &cfg.agent.site, &cfg.agent.device).map_err(|e| {
-                PipelineError::Camera {
-                    camera: "*".into(),
-                    message: format!("hub.url: cannot build HTTP client: {e}"),
-                }
-            })?,
-        ),
+        Some(url) => {
+            let up =
+                EvidenceUploader::new(url, &cfg.agent.site, &cfg.agent.device).map_err(|e| {
+                    PipelineError::Camera {
+                        camera: "*".into(),
+                        message: format!("hub.url: cannot build HTTP client: {e}"),
+                    }
+                })?;
+            // Snapshots wait in the outbox like events, until the hub has stored them.
+            Some(match uplink.outbox() {
+                Some(ob) => up.with_outbox(ob.clone(), &rt),
+                None => up,
+            })
+        }
         None => None,
     };
     let started = Instant::now();
@@ -515,6 +521,20 @@ fn publish_health(
         );
     }
     *tick_infer = (0.0, 0);
+    if let Some(ob) = uplink.outbox() {
+        let o = ob.snapshot();
+        for (k, v) in [
+            ("outbox.pending", o.pending),
+            ("outbox.bytes", o.bytes),
+            ("outbox.oldest_age_ms", o.oldest_age_ms),
+            ("outbox.dropped_total", o.dropped_total),
+            ("outbox.write_errors_total", o.write_errors),
+            ("outbox.resent_total", o.resent),
+            ("outbox.disk_bytes", o.disk_bytes),
+        ] {
+            metrics.insert(k.into(), v as f64);
+        }
+    }
     let t = Telemetry {
         v: SCHEMA_VERSION,
         id: Ulid::new(),

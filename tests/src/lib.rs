@@ -72,6 +72,14 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL: no clean-up, no last words (a crash or power cut as far as the process knows).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -95,42 +103,8 @@ impl Hub {
     /// Starts `cloud-hub serve` on free ports and waits for its ready line.
     pub fn start() -> Hub {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let mqtt_port = free_port();
-        let http_port = free_port();
-        let mut child = Command::new(bin("cloud-hub"))
-            .args([
-                "serve",
-                "--mqtt-addr",
-                &format!("127.0.0.1:{mqtt_port}"),
-                "--http-addr",
-                &format!("127.0.0.1:{http_port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cloud-hub");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let proc = Proc {
-            child,
-            name: "cloud-hub".into(),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("cloud-hub ready") => break,
-                Ok(_) => continue,
-                Err(_) => panic!("cloud-hub printed no ready line within 30 s"),
-            }
-        }
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        let proc = spawn_hub(mqtt_port, http_port, data_dir.path());
         Hub {
             proc,
             mqtt_port,
@@ -142,6 +116,46 @@ impl Hub {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.http, path)
     }
+}
+
+/// Starts `cloud-hub serve` on the given ports and data directory (a restart after a crash uses
+/// the same ones) and waits up to 30 s for its ready line.
+pub fn spawn_hub(mqtt_port: u16, http_port: u16, data_dir: &std::path::Path) -> Proc {
+    let mut child = Command::new(bin("cloud-hub"))
+        .args([
+            "serve",
+            "--mqtt-addr",
+            &format!("127.0.0.1:{mqtt_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn cloud-hub");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let proc = Proc {
+        child,
+        name: "cloud-hub".into(),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("cloud-hub ready") => break,
+            Ok(_) => continue,
+            Err(_) => panic!("cloud-hub printed no ready line within 30 s"),
+        }
+    }
+    proc
 }
 
 /// Polls `f` every 250 ms until it returns Some or `timeout` passes.

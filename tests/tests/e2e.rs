@@ -17,6 +17,9 @@ device = "{device}"
 
 [mqtt]
 broker = "127.0.0.1:{mqtt_port}"
+# Relative to this file: the test\'s temporary directory.
+[outbox]
+dir = "outbox"
 
 [model]
 intra_threads = 2
@@ -229,6 +232,9 @@ site = "yuexi"
 device = "gw-e2e-rules"
 [mqtt]
 broker = "127.0.0.1:{port}"
+# Relative to this file: the test\'s temporary directory.
+[outbox]
+dir = "outbox"
 [hub]
 url = "{http}"
 [[cameras]]

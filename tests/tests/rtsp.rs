@@ -290,6 +290,9 @@ device = "{DEVICE}"
 
 [mqtt]
 broker = "127.0.0.1:{mqtt_port}"
+# Relative to this file: the test\'s temporary directory.
+[outbox]
+dir = "outbox"
 
 [model]
 intra_threads = 1

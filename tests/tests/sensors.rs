@@ -21,6 +21,9 @@ device = "{DEVICE}"
 
 [mqtt]
 broker = "127.0.0.1:{port}"
+# Relative to this file: the test\'s temporary directory.
+[outbox]
+dir = "outbox"
 
 [sensor_mqtt]
 broker = "127.0.0.1:{port}"

@@ -5,6 +5,7 @@
 //! third-party tools can validate messages without Rust.
 
 pub mod payload;
+pub mod sign;
 pub mod topic;
 
 pub use payload::*;
@@ -19,6 +20,7 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("event.v1.schema.json", s::<Event>()),
         ("telemetry.v1.schema.json", s::<Telemetry>()),
         ("status.v1.schema.json", s::<DeviceStatus>()),
+        ("ack.v1.schema.json", s::<Ack>()),
     ]
 }
 

@@ -190,6 +190,36 @@ pub struct Telemetry {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// Hub → edge on `csb/v1/{site}/{device}/ack`: the hub has stored these messages (events and
+/// telemetry, by their `id`) durably — or had already stored them, so a resend is acked too.
+/// Only then may the edge forget them. Losing or repeating an ack is harmless: the edge resends
+/// what stays unacked and the hub stores each id once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Ack {
+    pub v: u32,
+    pub site: String,
+    pub device: String,
+    pub ts_ms: i64,
+    #[schemars(with = "Vec<String>")]
+    pub ids: Vec<Ulid>,
+}
+
+/// Upper bound on ids in one ack.
+pub const MAX_ACK_IDS: usize = 10_000;
+
+impl Validate for Ack {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        if self.ids.is_empty() || self.ids.len() > MAX_ACK_IDS {
+            return Err(field_err("ids", format!("must hold 1..={MAX_ACK_IDS} ids")));
+        }
+        Ok(())
+    }
+}
+
 /// Device state, published retained on `csb/v1/{site}/{device}/status`; the agent's MQTT last
 /// will is the same payload with `state: offline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -206,6 +236,28 @@ pub struct DeviceStatus {
     /// Field sensors this gateway reads (absent from camera-only agents).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sensors: Vec<SensorStatus>,
+    /// The agent's durable outbox: what waits for the hub's ack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<OutboxStatus>,
+}
+
+/// Backlog of the edge's durable outbox (docs/outbox.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutboxStatus {
+    /// Messages (events and telemetry) stored but not yet acked by the hub.
+    pub pending: u64,
+    pub pending_events: u64,
+    pub bytes: u64,
+    /// Age of the oldest pending message.
+    pub oldest_age_ms: u64,
+    /// Messages dropped because the outbox was full or too old, in total; never silent.
+    pub dropped_total: u64,
+    /// Of those, events (dropped only when no telemetry was left to drop).
+    pub dropped_events: u64,
+    /// Messages that could not be written to disk (sent once without durability).
+    pub write_errors: u64,
+    /// Messages sent again because their ack did not come within the ack timeout.
+    pub resent_total: u64,
 }
 
 /// One field sensor (water level, tilt, air quality) as its gateway sees it.
@@ -462,6 +514,24 @@ impl Validate for DeviceStatus {
         for (i, c) in self.cameras.iter().enumerate() {
             validate_level("camera", &c.id)
                 .map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
+            // 1e39 parses into an f32 as infinity, which JSON cannot carry back out: the stored
+            // status would no longer decode (found by fuzz/fuzz_targets/wire_roundtrip.rs).
+            let rates = [
+                ("fps", c.fps),
+                ("health.fps_in", c.health.as_ref().map(|h| h.fps_in)),
+                (
+                    "health.fps_detected",
+                    c.health.as_ref().map(|h| h.fps_detected),
+                ),
+            ];
+            for (name, v) in rates {
+                if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                    return Err(field_err(
+                        format!("cameras[{i}].{name}"),
+                        "must be a finite number >= 0",
+                    ));
+                }
+            }
         }
         for (i, s) in self.sensors.iter().enumerate() {
             validate_level("sensor", &s.id)
@@ -636,6 +706,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("rule.metric"));
+    }
+
+    #[test]
+    fn status_rejects_rates_json_cannot_carry() {
+        let text = r#"{"v":1,"site":"yuexi","device":"gw-demo-01","ts_ms":1795518947461,"state":"online","cameras":[{"id":"cam-01","state":"running","fps":10.0,"health":{"fps_in":1e39,"fps_detected":4.1,"skipped_total":0,"dropped_total":0,"last_frame_age_ms":40,"outages_total":0,"reconnects_total":0}}]}"#;
+        let err = decode::<DeviceStatus>(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cameras[0].health.fps_in"), "{err}");
+        let ok = text.replace("1e39", "9.5");
+        let s = decode::<DeviceStatus>(ok.as_bytes()).unwrap();
+        let again = serde_json::to_vec(&s).unwrap();
+        assert_eq!(decode::<DeviceStatus>(&again).unwrap(), s);
     }
 
     #[test]

@@ -1,0 +1,624 @@
+//! `cloud-hub bench-ingest`: what durable ingest costs next to the broker alone, measured side
+//! by side in one run with the same publishers and payloads.
+//!
+//! - **raw**: the embedded broker ([`crate::broker`]) and an in-process subscriber link that
+//!   only counts, fed by K real MQTT/TCP clients (rumqttc, QoS 1) publishing N valid events.
+//! - **durable**: the whole hub ([`crate::Hub`]: broker, ingest, sled store in a fresh
+//!   directory, acks) fed the same way. Each publisher behaves like an edge outbox: at most
+//!   `window` events unacked, the rest wait for the hub's acks (which come only after the sled
+//!   flush); unacked events are resent after [`RESEND_AFTER`] without progress. Timed until the
+//!   last ack arrives, then the store's event count must equal N.
+//!
+//! The window is also what keeps the durable run honest: without one the publishers would
+//! outrun the disk, and rumqttd drops the oldest commit-log segment of a slow reader. Below
+//! ~1000 per publisher the run measures ack latency rather than throughput: an ack takes ~85 ms
+//! to come back over a connection with Nagle's algorithm on both ends (rumqttd 0.20 does not set
+//! TCP_NODELAY on accepted sockets; a client that sets it halves that).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use csb_wire::{
+    Ack, BBox, Channel, Detection, Event, EventKind, FrameInfo, ModelRef, Topic, SCHEMA_VERSION,
+};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use ulid::Ulid;
+
+use crate::broker::{Broker, BrokerSettings};
+use crate::config::HubConfig;
+use crate::store::{SledStore, Store};
+use crate::{Hub, HubError, INGEST_FILTER};
+
+/// A publisher resends its unacked events when no ack arrived for this long.
+pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// Give up on a phase after this long.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Site of the benchmark's publishers.
+const SITE: &str = "bench";
+/// 2026-09-21, a plausible event time.
+const T0: i64 = 1_790_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events in each phase (N).
+    pub events: usize,
+    /// MQTT publisher connections (K), each its own device.
+    pub publishers: usize,
+    /// Unacked events per publisher in the durable phase.
+    pub window: usize,
+    /// Where the durable phase's store goes (a fresh directory inside, removed afterwards);
+    /// the system temp dir when `None`. The disk decides the flush cost.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            events: 200_000,
+            publishers: 4,
+            window: 2000,
+            data_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("bench option `{0}` must be at least 1")]
+    Option(&'static str),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("bench data directory {path}: {cause}")]
+    Dir {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{phase}: {reason}")]
+    Phase { phase: &'static str, reason: String },
+}
+
+fn phase_err(phase: &'static str, reason: impl Into<String>) -> BenchError {
+    BenchError::Phase {
+        phase,
+        reason: reason.into(),
+    }
+}
+
+/// One phase's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+}
+
+/// Durable-phase extras.
+#[derive(Debug, Clone, Serialize)]
+pub struct DurableReport {
+    #[serde(flatten)]
+    pub phase: PhaseReport,
+    /// Events in the store afterwards (must equal `events`).
+    pub stored: u64,
+    pub batches: u64,
+    pub mean_batch: f64,
+    pub acks: u64,
+    /// Events published again because their ack was late.
+    pub resent: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub events: usize,
+    pub publishers: usize,
+    pub window: usize,
+    pub payload_bytes: usize,
+    pub cpus: usize,
+    pub raw: PhaseReport,
+    pub durable: DurableReport,
+    /// durable events/s ÷ raw events/s.
+    pub ratio: f64,
+}
+
+impl BenchReport {
+    /// Plain-text summary.
+    pub fn text(&self) -> String {
+        let d = &self.durable;
+        format!(
+            "hub ingest: {} events of {} B, {} MQTT publishers (QoS 1, durable window {}), {} CPUs\n\
+             raw broker pass-through : {:>8} events in {:>6.2} s = {:>8.0} events/s\n\
+             durable ingest + acks   : {:>8} events in {:>6.2} s = {:>8.0} events/s \
+             (stored {}, {} batches of {:.0} on average, {} acks, {} resent)\n\
+             ratio durable / raw     : {:.2}\n",
+            self.events,
+            self.payload_bytes,
+            self.publishers,
+            self.window,
+            self.cpus,
+            self.raw.events,
+            self.raw.seconds,
+            self.raw.events_per_s,
+            d.phase.events,
+            d.phase.seconds,
+            d.phase.events_per_s,
+            d.stored,
+            d.batches,
+            d.mean_batch,
+            d.acks,
+            d.resent,
+            self.ratio
+        )
+    }
+}
+
+/// Runs both phases, raw first.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    for (name, v) in [
+        ("events", opts.events),
+        ("publishers", opts.publishers),
+        ("window", opts.window),
+    ] {
+        if v == 0 {
+            return Err(BenchError::Option(name));
+        }
+    }
+    let payloads = Arc::new(make_payloads(opts.events, opts.publishers));
+    let payload_bytes = payloads
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(|(_, b)| b.len())
+        .max()
+        .unwrap_or(0);
+    let raw = raw_phase(opts, &payloads).await?;
+    let durable = durable_phase(opts, &payloads).await?;
+    Ok(BenchReport {
+        events: opts.events,
+        publishers: opts.publishers,
+        window: opts.window,
+        payload_bytes,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ratio: durable.phase.events_per_s / raw.events_per_s,
+        raw,
+        durable,
+    })
+}
+
+/// Per publisher: (event id, payload). Built before any clock starts.
+type Payloads = Vec<Vec<(Ulid, Vec<u8>)>>;
+
+fn device(k: usize) -> String {
+    format!("bench-gw-{k:02}")
+}
+
+fn make_payloads(n: usize, publishers: usize) -> Payloads {
+    let mut out: Payloads = (0..publishers).map(|_| Vec::new()).collect();
+    for i in 0..n {
+        let k = i % publishers;
+        let e = bench_event(&device(k), i);
+        // Serialising our own well-formed event cannot fail.
+        let bytes = serde_json::to_vec(&e).unwrap_or_default();
+        out[k].push((e.id, bytes));
+    }
+    out
+}
+
+/// A typical detection event: two objects, frame and model.
+fn bench_event(device: &str, i: usize) -> Event {
+    let det = |class_id, label: &str, x: f32| Detection {
+        class_id,
+        label: label.into(),
+        score: 0.81,
+        bbox: BBox {
+            x1: x,
+            y1: 180.5,
+            x2: x + 40.0,
+            y2: 270.25,
+        },
+        track_id: None,
+    };
+    Event {
+        v: SCHEMA_VERSION,
+        id: Ulid::new(),
+        site: SITE.into(),
+        device: device.into(),
+        camera: "cam-01".into(),
+        kind: EventKind::Detection,
+        ts_ms: T0 + i as i64,
+        frame: Some(FrameInfo {
+            seq: i as u64,
+            pts_ms: Some(i as u64 * 40),
+            width: 768,
+            height: 576,
+        }),
+        model: Some(ModelRef {
+            name: "yolox_nano".into(),
+            sha256: "695e750a5d57".into(),
+        }),
+        objects: vec![det(0, "person", 100.0), det(2, "car", 400.0)],
+        rule: None,
+    }
+}
+
+/// A port free right now (rumqttd binds by itself and cannot take port 0).
+fn free_port() -> Result<u16, BenchError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| phase_err("setup", format!("no free port: {e}")))
+}
+
+fn hub_config(port: u16, data_dir: &Path) -> HubConfig {
+    HubConfig {
+        mqtt_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        data_dir: data_dir.to_path_buf(),
+        ..HubConfig::default()
+    }
+}
+
+async fn raw_phase(
+    opts: &BenchOptions,
+    payloads: &Arc<Payloads>,
+) -> Result<PhaseReport, BenchError> {
+    const PHASE: &str = "raw";
+    let config = hub_config(free_port()?, Path::new("unused"));
+    let settings = BrokerSettings {
+        listen: config.mqtt_addr,
+        max_payload_bytes: config.mqtt_max_payload_bytes,
+        max_connections: config.mqtt_max_connections,
+        max_inflight: config.mqtt_max_inflight,
+        connect_timeout_ms: config.mqtt_connect_timeout_ms,
+    };
+    let (mut broker, mut link) =
+        Broker::start(&settings, "bench-counter", &[INGEST_FILTER.to_string()]).await?;
+    let n = opts.events;
+    let (done_tx, done_rx) = oneshot::channel::<Instant>();
+    let counter = tokio::spawn(async move {
+        let mut seen = 0usize;
+        while seen < n {
+            match link.recv_batch(crate::ingest::MAX_BATCH).await {
+                Ok(b) => seen += b.len(),
+                Err(_) => return seen,
+            }
+            if link.release().await.is_err() {
+                return seen;
+            }
+        }
+        let _ = done_tx.send(Instant::now());
+        seen
+    });
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for k in 0..opts.publishers {
+        pubs.push(tokio::spawn(publish_raw(
+            config.mqtt_addr,
+            k,
+            payloads.clone(),
+        )));
+    }
+    let end = match tokio::time::timeout(PHASE_TIMEOUT, done_rx).await {
+        Ok(Ok(t)) => t,
+        _ => {
+            counter.abort();
+            broker.stop().await;
+            return Err(phase_err(
+                PHASE,
+                "the counter did not see every event in time",
+            ));
+        }
+    };
+    for p in pubs {
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(phase_err(PHASE, e)),
+            Err(e) => return Err(phase_err(PHASE, e.to_string())),
+        }
+    }
+    let _ = counter.await;
+    broker.stop().await;
+    Ok(phase_report(n, end - start))
+}
+
+fn phase_report(n: usize, elapsed: Duration) -> PhaseReport {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    PhaseReport {
+        events: n as u64,
+        seconds,
+        events_per_s: n as f64 / seconds,
+    }
+}
+
+fn mqtt_options(addr: SocketAddr, id: String) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    // Acks of many ids are bigger than rumqttc's 10 KiB default.
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    o.set_inflight(HubConfig::default().mqtt_max_inflight as u16);
+    o
+}
+
+/// Publishes one publisher's share at QoS 1 and returns once every PUBACK arrived.
+async fn publish_raw(addr: SocketAddr, k: usize, payloads: Arc<Payloads>) -> Result<(), String> {
+    let (client, mut eventloop) =
+        AsyncClient::new(mqtt_options(addr, format!("bench-raw-{k}")), 256);
+    let n = payloads[k].len();
+    let topic = Topic::new(SITE, device(k), Channel::Event)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let sender = tokio::spawn({
+        let client = client.clone();
+        async move {
+            for (_, p) in &payloads[k] {
+                if client
+                    .publish(topic.as_str(), QoS::AtLeastOnce, false, p.clone())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    let mut acked = 0;
+    while acked < n {
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => return Err(format!("publisher {k}: {e}")),
+        }
+    }
+    let _ = sender.await;
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+async fn durable_phase(
+    opts: &BenchOptions,
+    payloads: &Arc<Payloads>,
+) -> Result<DurableReport, BenchError> {
+    const PHASE: &str = "durable";
+    let base = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("csb-bench-ingest-{}", Ulid::new()));
+    let dir_err = |cause| BenchError::Dir {
+        path: dir.clone(),
+        cause,
+    };
+    std::fs::create_dir_all(&dir).map_err(dir_err)?;
+    let result = durable_in(opts, payloads, &dir).await;
+    // Remove the store either way: it is only benchmark data.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove bench data");
+    }
+    result.map_err(|e| match e {
+        BenchError::Phase { reason, .. } => phase_err(PHASE, reason),
+        other => other,
+    })
+}
+
+async fn durable_in(
+    opts: &BenchOptions,
+    payloads: &Arc<Payloads>,
+    dir: &Path,
+) -> Result<DurableReport, BenchError> {
+    const PHASE: &str = "durable";
+    let config = hub_config(free_port()?, dir);
+    let store = {
+        let (d, mb) = (config.data_dir.clone(), config.store_cache_mb);
+        tokio::task::spawn_blocking(move || SledStore::open(&d, mb))
+            .await
+            .map_err(|e| phase_err(PHASE, e.to_string()))??
+    };
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(HubError::HttpListener)?;
+    let hub = Hub::start_with_store(config.clone(), http, store.clone()).await?;
+    let metrics = hub.metrics();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let hub_task = tokio::spawn(hub.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // Subscribe every publisher to its ack topic before the clock starts.
+    let mut ready = Vec::new();
+    for k in 0..opts.publishers {
+        ready.push(DurablePublisher::connect(config.mqtt_addr, k, opts.window).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in ready {
+        tasks.push(tokio::spawn(p.run(payloads.clone())));
+    }
+    let mut resent = 0;
+    let mut end = start;
+    for t in tasks {
+        match tokio::time::timeout(PHASE_TIMEOUT, t).await {
+            Ok(Ok(Ok((done, r)))) => {
+                resent += r;
+                end = end.max(done);
+            }
+            Ok(Ok(Err(e))) => return Err(phase_err(PHASE, e)),
+            Ok(Err(e)) => return Err(phase_err(PHASE, e.to_string())),
+            Err(_) => return Err(phase_err(PHASE, "publishers were not all acked in time")),
+        }
+    }
+    let stored = store.stats().await?.events;
+    let _ = stop_tx.send(());
+    match hub_task.await {
+        Ok(r) => r?,
+        Err(e) => return Err(phase_err(PHASE, e.to_string())),
+    }
+    if stored != opts.events as u64 {
+        return Err(phase_err(
+            PHASE,
+            format!("{stored} events stored, {} published", opts.events),
+        ));
+    }
+    let m = metrics.snapshot();
+    Ok(DurableReport {
+        phase: phase_report(opts.events, end - start),
+        stored,
+        batches: m.batches,
+        mean_batch: opts.events as f64 / m.batches.max(1) as f64,
+        acks: m.acks_sent,
+        resent,
+    })
+}
+
+/// A publisher that waits for the hub's acks, like an edge outbox.
+struct DurablePublisher {
+    k: usize,
+    client: AsyncClient,
+    acks: mpsc::Receiver<Vec<Ulid>>,
+    window: usize,
+    poller: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl DurablePublisher {
+    async fn connect(addr: SocketAddr, k: usize, window: usize) -> Result<Self, BenchError> {
+        const PHASE: &str = "durable";
+        let (client, mut eventloop) =
+            AsyncClient::new(mqtt_options(addr, format!("bench-durable-{k}")), 256);
+        let ack_topic = Topic::new(SITE, device(k), Channel::Ack)
+            .map_err(|e| phase_err(PHASE, e.to_string()))?
+            .to_string();
+        client
+            .subscribe(ack_topic, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| phase_err(PHASE, e.to_string()))?;
+        // Acks never outnumber unacked events, so this only fills if acks repeat; then
+        // dropping one is fine (the resend timer covers it).
+        let (ack_tx, acks) = mpsc::channel(window + 64);
+        let (suback_tx, suback_rx) = oneshot::channel();
+        let poller = tokio::spawn(async move {
+            let mut suback_tx = Some(suback_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = suback_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        match csb_wire::decode::<Ack>(&p.payload) {
+                            Ok(ack) => {
+                                if ack_tx.try_send(ack.ids).is_err() && ack_tx.is_closed() {
+                                    return Ok(());
+                                }
+                            }
+                            Err(e) => return Err(format!("publisher {k}: bad ack: {e}")),
+                        }
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("publisher {k}: {e}")),
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), suback_rx)
+            .await
+            .map_err(|_| phase_err(PHASE, format!("publisher {k}: no SUBACK in 10 s")))?
+            .map_err(|_| phase_err(PHASE, format!("publisher {k}: connection failed")))?;
+        Ok(DurablePublisher {
+            k,
+            client,
+            acks,
+            window,
+            poller,
+        })
+    }
+
+    /// Publishes its share keeping at most `window` unacked; returns when the last ack came,
+    /// with how many events it sent again.
+    async fn run(mut self, payloads: Arc<Payloads>) -> Result<(Instant, u64), String> {
+        let mine = &payloads[self.k];
+        let topic = Topic::new(SITE, device(self.k), Channel::Event)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let index: std::collections::HashMap<Ulid, usize> = mine
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
+        let mut unacked: HashSet<Ulid> = HashSet::with_capacity(self.window);
+        let (mut next, mut resent) = (0usize, 0u64);
+        loop {
+            while next < mine.len() && unacked.len() < self.window {
+                let (id, p) = &mine[next];
+                self.send(&topic, p).await?;
+                unacked.insert(*id);
+                next += 1;
+            }
+            if next == mine.len() && unacked.is_empty() {
+                break;
+            }
+            match tokio::time::timeout(RESEND_AFTER, self.acks.recv()).await {
+                Ok(Some(ids)) => {
+                    for id in ids {
+                        unacked.remove(&id);
+                    }
+                }
+                Ok(None) => return Err(format!("publisher {}: connection closed", self.k)),
+                Err(_) => {
+                    // No progress: resend what is unacked, as an edge outbox would.
+                    let ids: Vec<Ulid> = unacked.iter().copied().collect();
+                    for id in ids {
+                        if let Some(&i) = index.get(&id) {
+                            self.send(&topic, &mine[i].1).await?;
+                            resent += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let done = Instant::now();
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.poller).await;
+        Ok((done, resent))
+    }
+
+    async fn send(&self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+            .await
+            .map_err(|e| format!("publisher {}: {e}", self.k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_valid_events_split_across_publishers() {
+        let p = make_payloads(10, 3);
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 3, 3]);
+        for (k, mine) in p.iter().enumerate() {
+            for (id, bytes) in mine {
+                let e: Event = csb_wire::decode(bytes).unwrap();
+                assert_eq!((e.id, e.device.as_str()), (*id, device(k).as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_options_are_refused() {
+        let opts = BenchOptions {
+            publishers: 0,
+            ..BenchOptions::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(run(&opts)).unwrap_err().to_string();
+        assert!(err.contains("publishers"), "{err}");
+    }
+}
