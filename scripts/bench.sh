@@ -41,3 +41,7 @@ echo
 echo "== hub ingest: raw broker pass-through vs durable ingest (store + flush + acks) =="
 ./target/release/cloud-hub bench-ingest --events "${BENCH_INGEST_EVENTS:-200000}" \
   --publishers "${BENCH_INGEST_PUBLISHERS:-4}" ${BENCH_INGEST_DIR:+--data-dir "$BENCH_INGEST_DIR"}
+
+echo
+echo "== edge outbox: enqueue+ack cycles/s and disk bytes per live byte (${BENCH_OUTBOX_CYCLES:-1000000} cycles) =="
+./target/release/edge-agent bench-outbox --cycles "${BENCH_OUTBOX_CYCLES:-1000000}"
