@@ -276,6 +276,7 @@ async fn raw_phase(
         max_connections: config.mqtt_max_connections,
         max_inflight: config.mqtt_max_inflight,
         connect_timeout_ms: config.mqtt_connect_timeout_ms,
+        auth: None,
     };
     let (mut broker, mut link) =
         Broker::start(&settings, "bench-counter", &[INGEST_FILTER.to_string()]).await?;

@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,28 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     pub max_inflight: usize,
     pub connect_timeout_ms: u16,
+    /// Checks every CONNECT's user name and password; `None` lets anyone in.
+    pub auth: Option<AuthHook>,
 }
+
+/// Decides whether `(client_id, username, password)` may connect. Called on rumqttd's server
+/// thread for every CONNECT that carries a login: keep it quick and non-blocking. (rumqttd
+/// refuses a CONNECT without any login itself, before the hook runs.)
+#[derive(Clone)]
+pub struct AuthHook(pub Arc<AuthFn>);
+
+/// `(client_id, username, password) -> allowed`.
+pub type AuthFn = dyn Fn(&str, &str, &str) -> bool + Send + Sync;
+
+impl std::fmt::Debug for AuthHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthHook")
+    }
+}
+
+/// User name of the start-up probe (see [`wait_ready`]); not a `SITE/DEVICE`, so no device can
+/// have it.
+const PROBE_USER: &str = "cloud-hub-probe";
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -167,7 +189,19 @@ impl Broker {
             }
         }
 
-        let mut server = Server::new(server_settings(settings), router_tx, V4);
+        // With authentication on, the readiness probe logs in with a secret of this start only.
+        let probe_login = match &settings.auth {
+            Some(_) => Some((
+                PROBE_USER.to_string(),
+                crate::devices::new_secret().map_err(|e| link_err(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let mut server = Server::new(
+            server_settings(settings, probe_login.clone()),
+            router_tx,
+            V4,
+        );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (exit_tx, mut exit_rx) = oneshot::channel::<String>();
         let thread = std::thread::Builder::new()
@@ -205,7 +239,7 @@ impl Broker {
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         };
-        if let Err(e) = wait_ready(addr, &mut exit_rx).await {
+        if let Err(e) = wait_ready(addr, &mut exit_rx, probe_login).await {
             broker.stop().await;
             return Err(e);
         }
@@ -350,20 +384,32 @@ fn router_config(s: &BrokerSettings) -> RouterConfig {
     }
 }
 
-fn server_settings(s: &BrokerSettings) -> ServerSettings {
+fn server_settings(s: &BrokerSettings, probe: Option<(String, String)>) -> ServerSettings {
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: s.connect_timeout_ms,
+        max_payload_size: s.max_payload_bytes,
+        max_inflight_count: s.max_inflight,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: false,
+    };
+    if let Some(hook) = s.auth.clone() {
+        connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
+            let ok = match &probe {
+                Some((pu, pp)) if user == *pu => {
+                    crate::devices::ct_eq(pp.as_bytes(), pass.as_bytes())
+                }
+                _ => (hook.0)(&client_id, &user, &pass),
+            };
+            std::future::ready(ok)
+        });
+    }
     ServerSettings {
         name: "csb-mqtt-v4".into(),
         listen: s.listen,
         tls: None,
         next_connection_delay_ms: 1,
-        connections: ConnectionSettings {
-            connection_timeout_ms: s.connect_timeout_ms,
-            max_payload_size: s.max_payload_bytes,
-            max_inflight_count: s.max_inflight,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: false,
-        },
+        connections,
     }
 }
 
@@ -373,6 +419,7 @@ fn server_settings(s: &BrokerSettings) -> ServerSettings {
 async fn wait_ready(
     addr: SocketAddr,
     exit_rx: &mut oneshot::Receiver<String>,
+    login: Option<(String, String)>,
 ) -> Result<(), BrokerError> {
     let probe_addr = match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => {
@@ -389,7 +436,9 @@ async fn wait_ready(
         if let Ok(reason) = exit_rx.try_recv() {
             return Err(BrokerError::Server { addr, reason });
         }
-        let attempt = tokio::task::spawn_blocking(move || mqtt_handshake(probe_addr)).await;
+        let login = login.clone();
+        let attempt =
+            tokio::task::spawn_blocking(move || mqtt_handshake(probe_addr, login.as_ref())).await;
         match attempt {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e,
@@ -407,7 +456,7 @@ async fn wait_ready(
 }
 
 /// One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange with short timeouts.
-fn mqtt_handshake(addr: SocketAddr) -> Result<(), String> {
+fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>) -> Result<(), String> {
     const IO_TIMEOUT: Duration = Duration::from_millis(500);
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT))
@@ -415,11 +464,30 @@ fn mqtt_handshake(addr: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let client_id = format!("cloud-hub-probe-{}", ulid::Ulid::new());
     let mut var = Vec::with_capacity(32 + client_id.len());
-    var.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
-    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    var.extend_from_slice(client_id.as_bytes());
-    // Remaining length fits in one byte for this short client id.
-    let mut packet = vec![0x10, var.len() as u8];
+    // Flags: clean session, plus user name and password when logging in.
+    let flags = if login.is_some() { 0xC2 } else { 0x02 };
+    var.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 10]);
+    let mut field = |b: &[u8]| {
+        var.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        var.extend_from_slice(b);
+    };
+    field(client_id.as_bytes());
+    if let Some((user, pass)) = login {
+        field(user.as_bytes());
+        field(pass.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    // Remaining length: MQTT's variable-length integer (the packet is far below 16 KiB).
+    let mut n = var.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            packet.push(byte);
+            break;
+        }
+        packet.push(byte | 0x80);
+    }
     packet.extend_from_slice(&var);
     s.write_all(&packet).map_err(|e| e.to_string())?;
     let mut connack = [0u8; 4];

@@ -50,6 +50,27 @@ pub struct HubConfig {
     /// Largest evidence snapshot (JPEG) accepted by `PUT /api/v1/snapshots/{id}`; bigger
     /// uploads get 413 without being read in full.
     pub snapshot_max_bytes: usize,
+    /// Who may connect and publish (`[auth]`). Last: a TOML table must follow the plain keys.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `off`: any MQTT client may connect and publish for any device (development, the demo).
+    /// `required`: only devices with credentials (`cloud-hub device add`) may connect, and
+    /// every event, telemetry and status payload must carry a valid signature of the device
+    /// its topic names; others are quarantined as `spoofed`. Production sets `required`.
+    pub devices: DeviceAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceAuth {
+    #[default]
+    Off,
+    Required,
 }
 
 impl Default for HubConfig {
@@ -66,6 +87,7 @@ impl Default for HubConfig {
             ingest_max_payload_bytes: 256 * 1024,
             quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -324,6 +346,18 @@ mod tests {
             (4096, 10)
         );
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn auth_section() {
+        let c = HubConfig::parse("[auth]\ndevices = \"required\"\n", origin()).unwrap();
+        assert_eq!(c.auth.devices, DeviceAuth::Required);
+        let err = HubConfig::parse("[auth]\ndevices = \"maybe\"\n", origin())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maybe"), "{err}");
+        let text = c.to_toml().unwrap();
+        assert_eq!(HubConfig::parse(&text, origin()).unwrap(), c);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use thiserror::Error;
 use ulid::Ulid;
 
 use crate::broker::{BrokerError, BrokerLink, InboundMessage};
+use crate::devices::DeviceRegistry;
 use crate::metrics::{LogLimiter, Metrics, RejectReason};
 use crate::quarantine::{Probe, QuarantineEntry};
 use crate::store::{Store, WriteBatch, WriteOutcome};
@@ -128,8 +129,21 @@ pub fn is_outbound(topic: &[u8]) -> bool {
 }
 
 /// Validates one message: size, topic shape, payload schema and fields, and that the payload
-/// comes from the device its topic names.
+/// comes from the device its topic names. No signature check: see [`classify_with`].
 pub fn classify(topic: &[u8], payload: &[u8], max_payload: usize) -> Result<Accepted, Rejection> {
+    classify_with(topic, payload, max_payload, None)
+}
+
+/// [`classify`], and with `devices` (`auth.devices = "required"`) the payload's signature must
+/// be the one of the device the topic names: else `spoofed`. Checked before anything else is
+/// read from the payload, so an unverified message never gets an ack (a quarantined one with
+/// a readable id would be acked to the topic's device, and its outbox would drop that id).
+pub fn classify_with(
+    topic: &[u8],
+    payload: &[u8],
+    max_payload: usize,
+    devices: Option<&DeviceRegistry>,
+) -> Result<Accepted, Rejection> {
     let topic_str = std::str::from_utf8(topic).map_err(|_| Rejection {
         reason: RejectReason::BadTopic,
         detail: "topic is not UTF-8".into(),
@@ -146,6 +160,11 @@ pub fn classify(topic: &[u8], payload: &[u8], max_payload: usize) -> Result<Acce
             reason: RejectReason::BadTopic,
             detail: format!("the hub does not ingest the `{}` channel", topic.channel),
         });
+    }
+    if let Some(reg) = devices {
+        // The payload is at most `mqtt_max_payload_bytes` (the broker's limit): hashing it
+        // costs less than decoding it would.
+        check_signature(topic_str, &topic, payload, reg)?;
     }
     if payload.len() > max_payload {
         return Err(Rejection {
@@ -174,6 +193,30 @@ pub fn classify(topic: &[u8], payload: &[u8], max_payload: usize) -> Result<Acce
             Ok(Accepted::Status(s))
         }
     }
+}
+
+fn check_signature(
+    topic_str: &str,
+    topic: &Topic,
+    payload: &[u8],
+    devices: &DeviceRegistry,
+) -> Result<(), Rejection> {
+    let spoofed = |detail: String| Rejection {
+        reason: RejectReason::Spoofed,
+        detail,
+    };
+    let key = devices.key(&topic.site, &topic.device).ok_or_else(|| {
+        spoofed(format!(
+            "device `{}/{}` has no credentials (cloud-hub device add)",
+            topic.site, topic.device
+        ))
+    })?;
+    csb_wire::sign::verify(topic_str, payload, &key).map_err(|e| {
+        spoofed(format!(
+            "{e} (device `{}/{}` of the topic)",
+            topic.site, topic.device
+        ))
+    })
 }
 
 /// Ids to acknowledge, per device in first-seen order, each id once per device.
@@ -254,10 +297,12 @@ impl AckBatch {
 }
 
 /// What ingest needs from the hub config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct IngestSettings {
     /// Payloads above this are quarantined as `oversized`.
     pub max_payload_bytes: usize,
+    /// Set with `auth.devices = "required"`: every payload's signature is verified.
+    pub devices: Option<Arc<DeviceRegistry>>,
 }
 
 /// A validated batch, and what to ack once it is durable.
@@ -397,7 +442,12 @@ impl<S: Store> Ingest<S> {
             if is_outbound(&m.topic) {
                 continue;
             }
-            match classify(&m.topic, &m.payload, self.settings.max_payload_bytes) {
+            match classify_with(
+                &m.topic,
+                &m.payload,
+                self.settings.max_payload_bytes,
+                self.settings.devices.as_deref(),
+            ) {
                 // The validated payload is stored as received: no second encoding.
                 Ok(Accepted::Event(e)) => {
                     acks.add(&e.site, &e.device, e.id);
@@ -693,6 +743,42 @@ mod tests {
             r.detail
         );
         assert!(classify(ev.as_bytes(), &good, good.len()).is_ok());
+    }
+
+    #[test]
+    fn signatures_are_checked_first_when_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = crate::devices::add(dir.path(), "yuexi/gw-01").unwrap();
+        crate::devices::add(dir.path(), "yuexi/gw-02").unwrap();
+        let reg = DeviceRegistry::open(dir.path()).unwrap();
+        let key = csb_wire::sign::signing_key(&secret);
+        let ev = "csb/v1/yuexi/gw-01/event";
+        let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
+        let signed = csb_wire::sign::sign(ev, &serde_json::to_vec(&e).unwrap(), &key).unwrap();
+        let with = |t: &str, p: &[u8]| classify_with(t.as_bytes(), p, MAX, Some(&reg));
+        assert_eq!(with(ev, &signed).unwrap(), Accepted::Event(e.clone()));
+        // Unsigned, or gw-01's key on gw-02's topic, or a device without credentials.
+        let unsigned = serde_json::to_vec(&e).unwrap();
+        assert_eq!(
+            with(ev, &unsigned).unwrap_err().reason,
+            RejectReason::Spoofed
+        );
+        let mut b = e.clone();
+        b.device = "gw-02".into();
+        let t2 = "csb/v1/yuexi/gw-02/event";
+        let forged = csb_wire::sign::sign(t2, &serde_json::to_vec(&b).unwrap(), &key).unwrap();
+        assert_eq!(with(t2, &forged).unwrap_err().reason, RejectReason::Spoofed);
+        let r = with("csb/v1/yuexi/gw-09/event", &signed).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Spoofed);
+        assert!(r.detail.contains("no credentials"), "{}", r.detail);
+        // Garbage with a readable id is spoofed (never acked), not schema (acked).
+        let garbage = format!(r#"{{"v":1,"id":"{}"}}"#, Ulid::new());
+        assert_eq!(
+            with(ev, garbage.as_bytes()).unwrap_err().reason,
+            RejectReason::Spoofed
+        );
+        // Without a registry the signature is an ignored field.
+        assert!(classify(ev.as_bytes(), &signed, MAX).is_ok());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod devices;
 pub mod ingest;
 pub mod metrics;
 pub mod quarantine;
@@ -40,11 +41,12 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use config::{ConfigError, HubConfig};
+pub use config::{AuthConfig, ConfigError, DeviceAuth, HubConfig};
 pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
-use broker::{Broker, BrokerError, BrokerSettings};
+use broker::{AuthHook, Broker, BrokerError, BrokerSettings};
+use devices::{DeviceError, DeviceRegistry};
 use ingest::{Ingest, IngestError, IngestSettings};
 
 /// Client id of the hub's in-process broker link.
@@ -64,6 +66,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("device credentials: {0}")]
+    Devices(#[from] DeviceError),
     #[error("HTTP listener: {0}")]
     HttpListener(std::io::Error),
     #[error("HTTP server on {addr} failed: {cause}")]
@@ -119,6 +123,29 @@ impl Hub<SledStore> {
     }
 }
 
+/// The broker's CONNECT check: user name `SITE/DEVICE`, password its secret. Refusals are
+/// counted (`auth_refused`) and logged, at most a few lines a minute.
+fn auth_hook(devices: Arc<DeviceRegistry>, metrics: Arc<Metrics>) -> AuthHook {
+    let limiter = std::sync::Mutex::new(metrics::LogLimiter::new(10, Duration::from_secs(60)));
+    AuthHook(Arc::new(move |client_id: &str, user: &str, pass: &str| {
+        if devices.authenticate(user, pass) {
+            return true;
+        }
+        metrics.add_auth_refused();
+        let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(suppressed) = l.allow(Instant::now()) {
+            // Names only: never log a password.
+            tracing::warn!(
+                client_id = %client_id.chars().take(64).collect::<String>(),
+                user = %user.chars().take(130).collect::<String>(),
+                suppressed_since_last = suppressed,
+                "MQTT connection refused: unknown device or wrong secret"
+            );
+        }
+        false
+    }))
+}
+
 impl<S: Store> Hub<S> {
     /// Starts the broker on `config.mqtt_addr` and returns once it answers MQTT, with the ingest
     /// link subscribed to every topic: events, telemetry and status are ingested, anything else
@@ -131,24 +158,40 @@ impl<S: Store> Hub<S> {
         config.validate()?;
         let started = Instant::now();
         let http_addr = http.local_addr().map_err(HubError::HttpListener)?;
+        let metrics = Arc::new(Metrics::default());
+        let devices = match config.auth.devices {
+            DeviceAuth::Off => None,
+            DeviceAuth::Required => {
+                let reg = DeviceRegistry::open(&config.data_dir)?;
+                if reg.is_empty() {
+                    tracing::warn!(
+                        data_dir = %config.data_dir.display(),
+                        "auth.devices = \"required\" and no device has credentials yet: \
+                         every MQTT connection is refused until `cloud-hub device add`"
+                    );
+                }
+                Some(Arc::new(reg))
+            }
+        };
         let settings = BrokerSettings {
             listen: config.mqtt_addr,
             max_payload_bytes: config.mqtt_max_payload_bytes,
             max_connections: config.mqtt_max_connections,
             max_inflight: config.mqtt_max_inflight,
             connect_timeout_ms: config.mqtt_connect_timeout_ms,
+            auth: devices.clone().map(|reg| auth_hook(reg, metrics.clone())),
         };
         // One filter for everything: overlapping filters would deliver a message once per match.
         let filters = [INGEST_FILTER.to_string()];
         let (broker, link) = Broker::start(&settings, INGEST_LINK_ID, &filters).await?;
         let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::default());
         let ingest = Ingest::new(
             link,
             store.clone(),
             metrics.clone(),
             IngestSettings {
                 max_payload_bytes: config.ingest_max_payload_bytes,
+                devices,
             },
         );
         tracing::info!(

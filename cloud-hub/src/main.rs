@@ -39,6 +39,11 @@ enum Command {
         #[arg(long, env = "CSB_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Device credentials (for `[auth] devices = "required"`): add, list, remove.
+    Device {
+        #[command(subcommand)]
+        action: DeviceCommand,
+    },
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
     /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
@@ -62,6 +67,75 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Issue credentials for SITE/DEVICE and print the edge agent's `[mqtt]` settings. A running
+    /// hub picks them up without a restart.
+    Add {
+        /// e.g. yuexi/gw-01
+        id: String,
+        /// The hub's data directory (credentials live in its devices.json).
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+        /// Write the secret to this file (mode 0600) for the agent's `mqtt.secret_file`,
+        /// instead of printing it.
+        #[arg(long)]
+        secret_out: Option<PathBuf>,
+    },
+    /// List the devices with credentials (never their secrets).
+    List {
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+    },
+    /// Withdraw a device's credentials: it can no longer connect, and a running hub
+    /// quarantines its payloads (`spoofed`) within a second.
+    Remove {
+        id: String,
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+    },
+}
+
+fn device(action: DeviceCommand) -> anyhow::Result<()> {
+    use cloud_hub::devices;
+    let mut out = std::io::stdout().lock();
+    match action {
+        DeviceCommand::Add {
+            id,
+            data_dir,
+            secret_out,
+        } => {
+            let secret = devices::add(&data_dir, &id)?;
+            writeln!(out, "# credentials issued for {id}; edge agent config:")?;
+            writeln!(out, "[mqtt]")?;
+            writeln!(out, "username = \"{id}\"")?;
+            match secret_out {
+                Some(path) => {
+                    devices::write_private(&path, format!("{secret}\n").as_bytes())?;
+                    writeln!(out, "secret_file = {:?}", path.display().to_string())?;
+                }
+                None => {
+                    writeln!(
+                        out,
+                        "secret_file = \"/etc/csb/device.secret\"  # a file (mode 0600) holding:"
+                    )?;
+                    writeln!(out, "# {secret}")?;
+                }
+            }
+        }
+        DeviceCommand::List { data_dir } => {
+            for (id, rec) in devices::load(&data_dir)? {
+                writeln!(out, "{id}\tadded_ms={}", rec.added_ms)?;
+            }
+        }
+        DeviceCommand::Remove { id, data_dir } => {
+            devices::remove(&data_dir, &id)?;
+            writeln!(out, "removed {id}")?;
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let code = match run() {
         Ok(()) => 0,
@@ -79,6 +153,7 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Device { action } => device(action),
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);

@@ -31,16 +31,20 @@ pub enum RejectReason {
     BadTopic,
     /// The payload's site/device differ from the topic's.
     DeviceMismatch,
+    /// With `auth.devices = "required"`: the payload is unsigned, or its signature is not the
+    /// one of the device the topic names (or that device has no credentials). Never acked.
+    Spoofed,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Oversized,
         RejectReason::NotJson,
         RejectReason::Schema,
         RejectReason::Version,
         RejectReason::BadTopic,
         RejectReason::DeviceMismatch,
+        RejectReason::Spoofed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl RejectReason {
             RejectReason::Version => "version",
             RejectReason::BadTopic => "bad_topic",
             RejectReason::DeviceMismatch => "device_mismatch",
+            RejectReason::Spoofed => "spoofed",
         }
     }
 
@@ -135,6 +140,8 @@ pub struct Metrics {
     quarantine_failed: AtomicU64,
     /// Old quarantine entries removed to stay within `quarantine_max_entries`.
     quarantine_pruned: AtomicU64,
+    /// MQTT connections refused by the device authentication (wrong user or password).
+    auth_refused: AtomicU64,
     snapshots_stored: AtomicU64,
     snapshots_identical: AtomicU64,
     snapshot_bytes_stored: AtomicU64,
@@ -177,6 +184,8 @@ pub struct IngestSnapshot {
     pub ack_publish_failed: u64,
     pub quarantine_failed: u64,
     pub quarantine_pruned: u64,
+    /// MQTT CONNECTs refused for a wrong user name or password (`auth.devices = "required"`).
+    pub auth_refused: u64,
 }
 
 impl Metrics {
@@ -210,6 +219,9 @@ impl Metrics {
     }
     pub fn add_quarantine_pruned(&self, n: u64) {
         self.quarantine_pruned.fetch_add(n, Relaxed);
+    }
+    pub fn add_auth_refused(&self) {
+        self.auth_refused.fetch_add(1, Relaxed);
     }
     pub fn add_store_failed(&self, n: u64) {
         self.store_failed.fetch_add(n, Relaxed);
@@ -270,6 +282,7 @@ impl Metrics {
             ack_publish_failed: self.ack_publish_failed.load(Relaxed),
             quarantine_failed: self.quarantine_failed.load(Relaxed),
             quarantine_pruned: self.quarantine_pruned.load(Relaxed),
+            auth_refused: self.auth_refused.load(Relaxed),
         }
     }
 }
@@ -344,6 +357,12 @@ pub fn render_prometheus(
         "counter",
         "Oldest quarantine entries removed to stay within quarantine_max_entries.",
         &[("", ingest.quarantine_pruned)],
+    );
+    metric(
+        "csb_hub_auth_refused_total",
+        "counter",
+        "MQTT connections refused for a wrong device user name or password.",
+        &[("", ingest.auth_refused)],
     );
     metric(
         "csb_hub_ingest_batches_total",
@@ -612,7 +631,8 @@ mod tests {
                 "schema",
                 "version",
                 "bad_topic",
-                "device_mismatch"
+                "device_mismatch",
+                "spoofed"
             ]
         );
         for r in RejectReason::ALL {

@@ -73,7 +73,11 @@ impl QuarantineEntry {
             None => (None, None),
         };
         let msg_id = payload_id(payload);
-        let acked = msg_id.is_some() && ack_target(&topic_text).is_some();
+        // A message that may not come from the topic's device must not make that device's
+        // outbox drop the id it names.
+        let acked = msg_id.is_some()
+            && ack_target(&topic_text).is_some()
+            && reason != RejectReason::Spoofed;
         let head = &payload[..payload.len().min(PAYLOAD_HEAD_BYTES)];
         QuarantineEntry {
             id,
@@ -316,6 +320,23 @@ mod tests {
         assert!(Probe::read(b"[1,2]").is_none());
         assert!(Probe::read(b"{\"id\":").is_none());
         assert_eq!(payload_id(b"{\"id\":\"not-a-ulid\"}"), None);
+    }
+
+    #[test]
+    fn spoofed_entries_are_never_acked() {
+        let msg = Ulid::new();
+        let payload = format!(r#"{{"v":1,"id":"{msg}"}}"#);
+        let e = QuarantineEntry::new(
+            Ulid::new(),
+            T0,
+            b"csb/v1/yuexi/gw-02/event",
+            payload.as_bytes(),
+            RejectReason::Spoofed,
+            "signature does not match",
+        );
+        assert_eq!(e.msg_id, Some(msg));
+        assert!(!e.acked);
+        assert!(e.ack_to().is_none());
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! Device identity end to end (`auth.devices = "required"`), real MQTT over TCP: devices A and B
+//! have credentials; A, logged in as A, can store its own signed events but cannot speak for B
+//! (B's topic, A's key), nor send unsigned payloads: both are quarantined as `spoofed`, counted,
+//! never stored or acked. A wrong password and a CONNECT without credentials are refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cloud_hub::devices;
+use cloud_hub::DeviceAuth;
+use common::*;
+use csb_wire::sign::{sign, signing_key};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
+
+fn options(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    if let Some((user, pass)) = login {
+        opts.set_credentials(user, pass);
+    }
+    opts
+}
+
+/// Polls until the CONNECT is answered: `Ok` on an accepting CONNACK, `Err` (described) when the
+/// broker refuses or drops the connection.
+async fn connect(el: &mut EventLoop) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                    return if a.code == ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("CONNACK {:?}", a.code))
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("CONNECT answered within 10 s")
+}
+
+/// A logged-in device client that publishes QoS 1 and waits for each PUBACK.
+struct Device {
+    client: AsyncClient,
+    pubacks: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Device {
+    async fn connect(addr: SocketAddr, user: &str, secret: &str) -> Device {
+        let (client, mut el) = AsyncClient::new(
+            options(addr, &user.replace('/', "-"), Some((user, secret))),
+            16,
+        );
+        connect(&mut el)
+            .await
+            .expect("a device with its own credentials connects");
+        let (tx, pubacks) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(ev) = el.poll().await {
+                if let Event::Incoming(Packet::PubAck(_)) = ev {
+                    if tx.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Device { client, pubacks }
+    }
+
+    async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.pubacks.recv())
+            .await
+            .expect("PUBACK within 10 s")
+            .expect("event loop alive");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_a = devices::add(dir.path(), "yuexi/gw-a").unwrap();
+    let secret_b = devices::add(dir.path(), "yuexi/gw-b").unwrap();
+    let hub = TestHub::start_with(dir.path(), free_port(), |c| {
+        c.auth.devices = DeviceAuth::Required;
+    })
+    .await;
+
+    // Refused at CONNECT: a wrong password (counted), and no credentials at all (rumqttd refuses
+    // those before asking the hub, so they are not counted).
+    let (_c, mut el) = AsyncClient::new(
+        options(hub.mqtt, "intruder", Some(("yuexi/gw-a", &secret_b))),
+        16,
+    );
+    let refused = connect(&mut el).await;
+    assert!(refused.is_err(), "wrong password must be refused");
+    let (_c, mut el) = AsyncClient::new(options(hub.mqtt, "anonymous", None), 16);
+    assert!(
+        connect(&mut el).await.is_err(),
+        "no credentials must be refused"
+    );
+    let (_c, mut el) = AsyncClient::new(
+        options(hub.mqtt, "stranger", Some(("yuexi/gw-z", &secret_a))),
+        16,
+    );
+    assert!(connect(&mut el).await.is_err(), "unknown device refused");
+    let health = hub
+        .wait_health("auth_refused", |h| h["ingest"]["auth_refused"] == 2)
+        .await;
+    assert_eq!(health["ingest"]["auth_refused"], 2, "{health:#}");
+
+    let mut a = Device::connect(hub.mqtt, "yuexi/gw-a", &secret_a).await;
+    let key_a = signing_key(&secret_a);
+
+    // (a) A's own event, signed with A's key: stored.
+    let own = event("gw-a", "cam-01", T0, &[(0, "person")]);
+    let t_a = topic("gw-a", "event");
+    a.publish(&t_a, sign(&t_a, &json(&own), &key_a).unwrap())
+        .await;
+
+    // (b) An event claiming B, on B's topic, signed with A's key: spoofed.
+    let forged = event("gw-b", "cam-01", T0 + 1, &[(0, "person")]);
+    let t_b = topic("gw-b", "event");
+    a.publish(&t_b, sign(&t_b, &json(&forged), &key_a).unwrap())
+        .await;
+    // (b') A's signature for its own topic, replayed onto B's: spoofed too (the topic is signed).
+    let moved = event("gw-b", "cam-01", T0 + 2, &[(0, "person")]);
+    a.publish(&t_b, sign(&t_a, &json(&moved), &key_a).unwrap())
+        .await;
+
+    // (c) Unsigned events, on A's own topic and on B's: spoofed.
+    let unsigned = event("gw-a", "cam-01", T0 + 3, &[(0, "car")]);
+    a.publish(&t_a, json(&unsigned)).await;
+    let unsigned_b = event("gw-b", "cam-01", T0 + 4, &[(0, "car")]);
+    a.publish(&t_b, json(&unsigned_b)).await;
+
+    let health = hub
+        .wait_health("4 spoofed, 1 stored", |h| {
+            h["ingest"]["rejected_by_reason"]["spoofed"] == 4 && h["ingest"]["events_accepted"] == 1
+        })
+        .await;
+    assert_eq!(health["ingest"]["rejected"], 4, "{health:#}");
+
+    let stored = hub.events("limit=100").await;
+    assert_eq!(ids(&stored), vec![own.id.to_string()], "{stored:#}");
+
+    let q = hub.get("/api/v1/quarantine?reason=spoofed").await;
+    let entries = q["quarantine"].as_array().unwrap();
+    assert_eq!(entries.len(), 4, "{q:#}");
+    for e in entries {
+        assert_eq!(e["reason"], "spoofed");
+        // Never acked: that would make the named device's outbox drop the id.
+        assert_eq!(e["acked"], false, "{e:#}");
+    }
+    let on_b: Vec<_> = entries.iter().filter(|e| e["device"] == "gw-b").collect();
+    assert_eq!(on_b.len(), 3, "{q:#}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap().contains("not signed")),
+        "{q:#}"
+    );
+
+    // Credentials withdrawn while connected: A's next payloads no longer verify.
+    devices::remove(dir.path(), "yuexi/gw-a").unwrap();
+    tokio::time::sleep(devices::REFRESH + Duration::from_millis(100)).await;
+    let late = event("gw-a", "cam-01", T0 + 5, &[(0, "person")]);
+    a.publish(&t_a, sign(&t_a, &json(&late), &key_a).unwrap())
+        .await;
+    hub.wait_health("5 spoofed", |h| {
+        h["ingest"]["rejected_by_reason"]["spoofed"] == 5
+    })
+    .await;
+
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_off_anyone_connects_and_signatures_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start(dir.path(), free_port()).await;
+    let (_c, mut el) = AsyncClient::new(options(hub.mqtt, "anonymous", None), 16);
+    connect(&mut el).await.expect("no auth configured");
+    let mut p = Publisher::connect(hub.mqtt, "gw-01").await;
+    let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
+    // A signed payload (an agent with a secret, on a hub without auth) is a valid event too.
+    let t = topic("gw-01", "event");
+    p.publish(
+        &t,
+        sign(&t, &json(&e), &signing_key("whatever-secret")).unwrap(),
+    )
+    .await;
+    hub.wait_health("stored", |h| h["ingest"]["events_accepted"] == 1)
+        .await;
+    hub.stop().await;
+}
