@@ -50,8 +50,30 @@ pub struct HubConfig {
     /// Largest evidence snapshot (JPEG) accepted by `PUT /api/v1/snapshots/{id}`; bigger
     /// uploads get 413 without being read in full.
     pub snapshot_max_bytes: usize,
-    /// Who may connect and publish (`[auth]`). Last: a TOML table must follow the plain keys.
+    /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
+    /// `[mqtt_tls]`: when present, `mqtt_addr` speaks MQTT over TLS only; plain TCP there is
+    /// refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_tls: Option<MqttTls>,
+}
+
+/// `[mqtt_tls]` section: PEM files, read once at start-up (a bad file stops the hub with its
+/// path named).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How long a new connection may take to finish its TLS handshake.
+    #[serde(default = "default_tls_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_tls_handshake_ms() -> u64 {
+    5000
 }
 
 /// `[auth]` section.
@@ -63,6 +85,19 @@ pub struct AuthConfig {
     /// every event, telemetry and status payload must carry a valid signature of the device
     /// its topic names; others are quarantined as `spoofed`. Production sets `required`.
     pub devices: DeviceAuth,
+    /// `off`: the REST API answers anyone who can reach it (development, the demo on
+    /// loopback). `required`: every request but `GET /api/v1/health` needs
+    /// `Authorization: Bearer <token>` of a token issued by `cloud-hub token add` with a role
+    /// allowed for it (viewer < operator < admin); evidence uploads are signed by the device.
+    pub http: HttpAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    #[default]
+    Off,
+    Required,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +123,7 @@ impl Default for HubConfig {
             quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
             auth: AuthConfig::default(),
+            mqtt_tls: None,
         }
     }
 }
