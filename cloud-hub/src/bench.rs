@@ -277,6 +277,7 @@ async fn raw_phase(
         max_inflight: config.mqtt_max_inflight,
         connect_timeout_ms: config.mqtt_connect_timeout_ms,
         auth: None,
+        tls: None,
     };
     let (mut broker, mut link) =
         Broker::start(&settings, "bench-counter", &[INGEST_FILTER.to_string()]).await?;

@@ -35,6 +35,8 @@ use rumqttd::{SegmentConfig, ServerSettings, Strategy};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::tls::{TlsCounters, TlsError, TlsFront};
+
 /// How long start-up waits for the MQTT port to answer a CONNECT.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long start-up waits for the router to acknowledge the hub's subscriptions.
@@ -65,6 +67,24 @@ pub struct BrokerSettings {
     pub connect_timeout_ms: u16,
     /// Checks every CONNECT's user name and password; `None` lets anyone in.
     pub auth: Option<AuthHook>,
+    /// MQTT over TLS only on `listen` (see `tls`); rumqttd then listens on a loopback port.
+    pub tls: Option<BrokerTls>,
+}
+
+/// TLS for the MQTT listener: the loaded certificate and where refusals are counted.
+#[derive(Clone)]
+pub struct BrokerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: Duration,
+    pub counters: Arc<TlsCounters>,
+}
+
+impl std::fmt::Debug for BrokerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerTls")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Decides whether `(client_id, username, password)` may connect. Called on rumqttd's server
@@ -107,6 +127,8 @@ pub enum BrokerError {
     Link { client_id: String, reason: String },
     #[error("broker router has gone away (in-process link closed)")]
     LinkClosed,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why [`BrokerLink::publish`] did not hand a message to the router.
@@ -129,6 +151,8 @@ pub struct InboundMessage {
 /// A running broker. Dropping it without [`Broker::stop`] leaves the MQTT server running.
 pub struct Broker {
     addr: SocketAddr,
+    /// The TLS front on `addr` when TLS is on; rumqttd itself then listens on loopback.
+    tls: Option<TlsFront>,
     stop_tx: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -152,10 +176,25 @@ impl Broker {
         link_id: &str,
         filters: &[String],
     ) -> Result<(Broker, BrokerLink), BrokerError> {
-        let addr = settings.listen;
+        let public = settings.listen;
         // rumqttd binds inside its server task and only logs a failure; check first so a taken
         // port is a clear error. std sets SO_REUSEADDR, so rebinding right after is fine.
-        drop(std::net::TcpListener::bind(addr).map_err(|cause| BrokerError::Bind { addr, cause })?);
+        let bind = |addr: SocketAddr| {
+            std::net::TcpListener::bind(addr).map_err(|cause| BrokerError::Bind { addr, cause })
+        };
+        drop(bind(public)?);
+        // With TLS, rumqttd gets a free loopback port that only the TLS front connects to. (The
+        // port is free now; another process taking it before rumqttd binds makes start-up fail
+        // with a clear error, not listen elsewhere.)
+        let addr = match &settings.tls {
+            None => public,
+            Some(_) => bind(SocketAddr::from(([127, 0, 0, 1], 0)))?
+                .local_addr()
+                .map_err(|cause| BrokerError::Bind {
+                    addr: public,
+                    cause,
+                })?,
+        };
 
         let router = Router::new(0, router_config(settings));
         let router_tx = router.spawn();
@@ -198,7 +237,7 @@ impl Broker {
             None => None,
         };
         let mut server = Server::new(
-            server_settings(settings, probe_login.clone()),
+            server_settings(settings, addr, probe_login.clone()),
             router_tx,
             V4,
         );
@@ -235,13 +274,35 @@ impl Broker {
             .map_err(BrokerError::Thread)?;
 
         let mut broker = Broker {
-            addr,
+            addr: public,
+            tls: None,
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         };
         if let Err(e) = wait_ready(addr, &mut exit_rx, probe_login).await {
             broker.stop().await;
             return Err(e);
+        }
+        if let Some(tls) = &settings.tls {
+            let front = TlsFront::start(
+                public,
+                addr,
+                tls.acceptor.clone(),
+                tls.handshake_timeout,
+                settings.max_connections,
+                tls.counters.clone(),
+            )
+            .await;
+            match front {
+                Ok(front) => {
+                    broker.addr = front.addr();
+                    broker.tls = Some(front);
+                }
+                Err(e) => {
+                    broker.stop().await;
+                    return Err(e.into());
+                }
+            }
         }
         let link = BrokerLink {
             client_id: link_id.to_string(),
@@ -259,6 +320,9 @@ impl Broker {
     /// Closes the MQTT listener and all client connections. The router thread stays (see the
     /// module docs).
     pub async fn stop(&mut self) {
+        if let Some(front) = self.tls.as_mut() {
+            front.stop().await;
+        }
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
@@ -384,7 +448,11 @@ fn router_config(s: &BrokerSettings) -> RouterConfig {
     }
 }
 
-fn server_settings(s: &BrokerSettings, probe: Option<(String, String)>) -> ServerSettings {
+fn server_settings(
+    s: &BrokerSettings,
+    listen: SocketAddr,
+    probe: Option<(String, String)>,
+) -> ServerSettings {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: s.connect_timeout_ms,
         max_payload_size: s.max_payload_bytes,
@@ -406,7 +474,8 @@ fn server_settings(s: &BrokerSettings, probe: Option<(String, String)>) -> Serve
     }
     ServerSettings {
         name: "csb-mqtt-v4".into(),
-        listen: s.listen,
+        listen,
+        // TLS is ours (`tls`): rumqttd's handshakes block its accept loop without a timeout.
         tls: None,
         next_connection_delay_ms: 1,
         connections,

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod quarantine;
 pub mod store;
 pub mod timeparse;
+pub mod tls;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -45,7 +46,7 @@ pub use config::{AuthConfig, ConfigError, DeviceAuth, HubConfig};
 pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
-use broker::{AuthHook, Broker, BrokerError, BrokerSettings};
+use broker::{AuthHook, Broker, BrokerError, BrokerSettings, BrokerTls};
 use devices::{DeviceError, DeviceRegistry};
 use ingest::{Ingest, IngestError, IngestSettings};
 
@@ -180,6 +181,15 @@ impl<S: Store> Hub<S> {
             max_inflight: config.mqtt_max_inflight,
             connect_timeout_ms: config.mqtt_connect_timeout_ms,
             auth: devices.clone().map(|reg| auth_hook(reg, metrics.clone())),
+            tls: match &config.mqtt_tls {
+                None => None,
+                Some(t) => Some(BrokerTls {
+                    acceptor: tls::load_acceptor(&t.cert_file, &t.key_file)
+                        .map_err(BrokerError::Tls)?,
+                    handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
+                    counters: metrics.tls.clone(),
+                }),
+            },
         };
         // One filter for everything: overlapping filters would deliver a message once per match.
         let filters = [INGEST_FILTER.to_string()];

@@ -44,6 +44,19 @@ enum Command {
         #[command(subcommand)]
         action: DeviceCommand,
     },
+    /// Make a private CA and a hub certificate for MQTT over TLS (`[mqtt_tls]`), for a county
+    /// without its own PKI. Edge agents trust the CA (`mqtt.ca_file`).
+    TlsCert {
+        /// Directory for ca-cert.pem, ca-key.pem, hub-cert.pem, hub-key.pem (never overwritten).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Host name or IP address edges use to reach the hub; repeat for several.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Validity of the hub certificate in days (the CA gets four times as long).
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
     /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
@@ -154,6 +167,27 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Device { action } => device(action),
+        Command::TlsCert {
+            out_dir,
+            hosts,
+            days,
+        } => {
+            let f = cloud_hub::tls::issue_certificates(&out_dir, &hosts, days)?;
+            let mut out = std::io::stdout().lock();
+            let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+            writeln!(out, "# hub config:")?;
+            writeln!(out, "[mqtt_tls]")?;
+            writeln!(out, "cert_file = {}", q(&f.hub_cert))?;
+            writeln!(out, "key_file = {}", q(&f.hub_key))?;
+            writeln!(out, "# edge agent config, [mqtt] section:")?;
+            writeln!(out, "ca_file = {}", q(&f.ca_cert))?;
+            writeln!(
+                out,
+                "# keep {} offline: it signs new hub certificates.",
+                f.ca_key.display()
+            )?;
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::store::StoreStats;
+use crate::tls::TlsCounters;
 
 /// Why an inbound message was refused (and quarantined). Names are stable: they are metric
 /// labels, API keys and the `reason` of quarantine entries.
@@ -149,6 +152,8 @@ pub struct Metrics {
     upload_rejected: [AtomicU64; UploadReject::ALL.len()],
     /// Valid uploads answered with an error because the store failed.
     snapshot_store_failed: AtomicU64,
+    /// MQTT-over-TLS connections refused before MQTT (shared with the TLS front).
+    pub tls: Arc<TlsCounters>,
 }
 
 /// Evidence upload counters, shaped for the health JSON's `evidence` section.
@@ -186,6 +191,12 @@ pub struct IngestSnapshot {
     pub quarantine_pruned: u64,
     /// MQTT CONNECTs refused for a wrong user name or password (`auth.devices = "required"`).
     pub auth_refused: u64,
+    /// MQTT-over-TLS connections refused before MQTT (`[mqtt_tls]`): failed handshakes (plain
+    /// MQTT on the TLS port among them), handshakes not finished in time, and connections
+    /// beyond `mqtt_max_connections`.
+    pub tls_handshakes_failed: u64,
+    pub tls_handshakes_timed_out: u64,
+    pub tls_over_capacity: u64,
 }
 
 impl Metrics {
@@ -283,6 +294,9 @@ impl Metrics {
             quarantine_failed: self.quarantine_failed.load(Relaxed),
             quarantine_pruned: self.quarantine_pruned.load(Relaxed),
             auth_refused: self.auth_refused.load(Relaxed),
+            tls_handshakes_failed: self.tls.handshakes_failed.load(Relaxed),
+            tls_handshakes_timed_out: self.tls.handshakes_timed_out.load(Relaxed),
+            tls_over_capacity: self.tls.over_capacity.load(Relaxed),
         }
     }
 }
@@ -363,6 +377,22 @@ pub fn render_prometheus(
         "counter",
         "MQTT connections refused for a wrong device user name or password.",
         &[("", ingest.auth_refused)],
+    );
+    metric(
+        "csb_hub_mqtt_tls_refused_total",
+        "counter",
+        "MQTT-over-TLS connections refused before MQTT, by reason.",
+        &[
+            (
+                "{reason=\"handshake_failed\"}",
+                ingest.tls_handshakes_failed,
+            ),
+            (
+                "{reason=\"handshake_timeout\"}",
+                ingest.tls_handshakes_timed_out,
+            ),
+            ("{reason=\"over_capacity\"}", ingest.tls_over_capacity),
+        ],
     );
     metric(
         "csb_hub_ingest_batches_total",

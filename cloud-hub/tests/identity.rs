@@ -1,7 +1,8 @@
 //! Device identity end to end (`auth.devices = "required"`), real MQTT over TCP: devices A and B
 //! have credentials; A, logged in as A, can store its own signed events but cannot speak for B
 //! (B's topic, A's key), nor send unsigned payloads: both are quarantined as `spoofed`, counted,
-//! never stored or acked. A wrong password and a CONNECT without credentials are refused.
+//! never stored or acked. A wrong password and a CONNECT without credentials are refused. With
+//! `[mqtt_tls]`, plain MQTT is refused and devices connect over TLS.
 
 mod common;
 
@@ -153,7 +154,15 @@ async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
     let stored = hub.events("limit=100").await;
     assert_eq!(ids(&stored), vec![own.id.to_string()], "{stored:#}");
 
-    let q = hub.get("/api/v1/quarantine?reason=spoofed").await;
+    // Counted at validation, stored with the batch right after: wait for the entries.
+    let mut q = hub.get("/api/v1/quarantine?reason=spoofed").await;
+    for _ in 0..100 {
+        if q["quarantine"].as_array().map_or(0, |a| a.len()) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q = hub.get("/api/v1/quarantine?reason=spoofed").await;
+    }
     let entries = q["quarantine"].as_array().unwrap();
     assert_eq!(entries.len(), 4, "{q:#}");
     for e in entries {
@@ -201,5 +210,134 @@ async fn with_auth_off_anyone_connects_and_signatures_are_ignored() {
     .await;
     hub.wait_health("stored", |h| h["ingest"]["events_accepted"] == 1)
         .await;
+    hub.stop().await;
+}
+
+/// A self-signed certificate for 127.0.0.1, made for this test run.
+struct TestCert {
+    _dir: tempfile::TempDir,
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    pem: String,
+}
+
+fn test_cert() -> TestCert {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_file = dir.path().join("hub-cert.pem");
+    let key_file = dir.path().join("hub-key.pem");
+    std::fs::write(&cert_file, ck.cert.pem()).unwrap();
+    std::fs::write(&key_file, ck.signing_key.serialize_pem()).unwrap();
+    TestCert {
+        _dir: dir,
+        cert_file,
+        key_file,
+        pem: ck.cert.pem(),
+    }
+}
+
+fn over_tls(mut opts: MqttOptions, ca_pem: &str) -> MqttOptions {
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: ca_pem.as_bytes().to_vec(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_required_plain_mqtt_is_refused_and_devices_connect_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = test_cert();
+    let secret = devices::add(dir.path(), "yuexi/gw-a").unwrap();
+    let hub = TestHub::start_with(dir.path(), free_port(), |c| {
+        c.auth.devices = DeviceAuth::Required;
+        c.mqtt_tls = Some(cloud_hub::config::MqttTls {
+            cert_file: cert.cert_file.clone(),
+            key_file: cert.key_file.clone(),
+            handshake_timeout_ms: 2000,
+        });
+    })
+    .await;
+
+    // Plain MQTT with the right credentials: refused before MQTT, counted.
+    let (_c, mut el) = AsyncClient::new(
+        options(hub.mqtt, "plain", Some(("yuexi/gw-a", &secret))),
+        16,
+    );
+    let refused = connect(&mut el).await;
+    assert!(
+        refused.is_err(),
+        "plain MQTT on the TLS port must be refused"
+    );
+    hub.wait_health("tls refusal counted", |h| {
+        h["ingest"]["tls_handshakes_failed"] == 1
+    })
+    .await;
+
+    // A client that does not trust the hub's certificate gives up itself.
+    let other = test_cert();
+    let (_c, mut el) = AsyncClient::new(
+        over_tls(
+            options(hub.mqtt, "mitm-victim", Some(("yuexi/gw-a", &secret))),
+            &other.pem,
+        ),
+        16,
+    );
+    let err = connect(&mut el).await.unwrap_err();
+    assert!(
+        err.to_lowercase().contains("tls") || err.contains("certificate"),
+        "{err}"
+    );
+
+    // TLS with a wrong password: refused by the device check behind TLS.
+    let (_c, mut el) = AsyncClient::new(
+        over_tls(
+            options(hub.mqtt, "guess", Some(("yuexi/gw-a", "not-the-secret"))),
+            &cert.pem,
+        ),
+        16,
+    );
+    assert!(connect(&mut el).await.is_err(), "wrong password over TLS");
+    hub.wait_health("auth refusal counted", |h| h["ingest"]["auth_refused"] == 1)
+        .await;
+
+    // TLS with the device's credentials: connects and its signed event is stored.
+    let (client, mut el) = AsyncClient::new(
+        over_tls(
+            options(hub.mqtt, "yuexi-gw-a", Some(("yuexi/gw-a", &secret))),
+            &cert.pem,
+        ),
+        16,
+    );
+    connect(&mut el).await.expect("device connects over TLS");
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let e = event("gw-a", "cam-01", T0, &[(0, "person")]);
+    let t = topic("gw-a", "event");
+    client
+        .publish(
+            &t,
+            QoS::AtLeastOnce,
+            false,
+            sign(&t, &json(&e), &signing_key(&secret)).unwrap(),
+        )
+        .await
+        .unwrap();
+    hub.wait_health("stored over TLS", |h| h["ingest"]["events_accepted"] == 1)
+        .await;
+    assert_eq!(ids(&hub.events("limit=10").await), vec![e.id.to_string()]);
+    let metrics = reqwest::get(format!("{}/metrics", hub.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("csb_hub_mqtt_tls_refused_total{reason=\"handshake_failed\"} 2"),
+        "{metrics}"
+    );
     hub.stop().await;
 }

@@ -121,16 +121,30 @@ impl Hub {
 /// Starts `cloud-hub serve` on the given ports and data directory (a restart after a crash uses
 /// the same ones) and waits up to 30 s for its ready line.
 pub fn spawn_hub(mqtt_port: u16, http_port: u16, data_dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(bin("cloud-hub"))
-        .args([
-            "serve",
-            "--mqtt-addr",
-            &format!("127.0.0.1:{mqtt_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
+    spawn_hub_with(mqtt_port, http_port, data_dir, None)
+}
+
+/// Like [`spawn_hub`], with a config file (`--config`) for what the flags do not set.
+pub fn spawn_hub_with(
+    mqtt_port: u16,
+    http_port: u16,
+    data_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> Proc {
+    let mut cmd = Command::new(bin("cloud-hub"));
+    cmd.args([
+        "serve",
+        "--mqtt-addr",
+        &format!("127.0.0.1:{mqtt_port}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http_port}"),
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,283 @@
+//! Device identity and TLS with real processes (issue 4): a hub that requires device
+//! credentials and MQTT over TLS (certificates from `cloud-hub tls-cert`, credentials from
+//! `cloud-hub device add`), and real `edge-agent synth` processes:
+//! - device A with its own credentials over TLS: every event stored and acked;
+//! - A's credentials used to speak for device B: connected, but every payload is quarantined as
+//!   `spoofed`, counted, nothing stored for B, nothing acked (B's outbox keeps it all);
+//! - a wrong secret: refused at CONNECT and counted;
+//! - the right secret over plain TCP: refused before MQTT and counted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use csb_e2e::{bin, eventually, free_port, get_json, spawn_hub_with, Proc};
+use serde_json::Value;
+
+const SITE: &str = "yuexi";
+
+fn hub_cli(args: &[&str]) -> String {
+    let out = Command::new(bin("cloud-hub"))
+        .args(args)
+        .output()
+        .expect("run cloud-hub");
+    assert!(
+        out.status.success(),
+        "cloud-hub {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Agent<'a> {
+    /// Names its config file and outbox.
+    tag: &'a str,
+    /// The device the agent is (its topics and payloads).
+    device: &'a str,
+    /// The credentials it logs in with.
+    username: &'a str,
+    secret_file: &'a Path,
+    ca_file: Option<&'a Path>,
+}
+
+fn agent_config(dir: &Path, port: u16, a: &Agent) -> PathBuf {
+    let ca = a
+        .ca_file
+        .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+[agent]
+site = "{SITE}"
+device = "{device}"
+[mqtt]
+broker = "127.0.0.1:{port}"
+keep_alive_s = 5
+username = "{user}"
+secret_file = {secret:?}
+{ca}
+[outbox]
+dir = {outbox:?}
+ack_timeout_s = 3
+# An agent needs a source to run; its telemetry is signed like the events.
+[[sensors]]
+id = "wl-sec"
+kind = "simulated"
+interval_ms = 500
+telemetry_interval_s = 1
+[sensors.simulate.water_level_cm]
+base = 10.0
+amplitude = 5.0
+period_s = 60.0
+"#,
+        device = a.device,
+        user = a.username,
+        secret = a.secret_file.display().to_string(),
+        outbox = dir.join(format!("outbox-{}", a.tag)).display().to_string(),
+    );
+    let p = dir.join(format!("agent-{}.toml", a.tag));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn synth(config: &Path, log: &Path, count: usize) -> Proc {
+    let child = Command::new(bin("edge-agent"))
+        .args(["synth", "--count", &count.to_string(), "--rate", "200"])
+        .arg("--config")
+        .arg(config)
+        .arg("--id-log")
+        .arg(log)
+        .env("CSB_HEALTH_INTERVAL_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn edge-agent synth");
+    Proc {
+        child,
+        name: "edge-agent synth".into(),
+    }
+}
+
+async fn health(http: &str) -> Value {
+    get_json(&format!("{http}/api/v1/health"))
+        .await
+        .expect("health answers")
+}
+
+async fn wait_health(http: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    match eventually(Duration::from_secs(60), || async {
+        let h = health(http).await;
+        pred(&h).then_some(h)
+    })
+    .await
+    {
+        Some(h) => h,
+        None => panic!("{what}: not seen within 60 s: {:#}", health(http).await),
+    }
+}
+
+async fn stored(http: &str, device: &str) -> usize {
+    let page = get_json(&format!("{http}/api/v1/events?device={device}&limit=1000"))
+        .await
+        .expect("events answer");
+    page["events"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_device_itself_over_tls_gets_its_events_stored() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let certs = d.join("certs");
+    let out = hub_cli(&[
+        "tls-cert",
+        "--out-dir",
+        certs.to_str().unwrap(),
+        "--host",
+        "127.0.0.1",
+    ]);
+    assert!(out.contains("[mqtt_tls]"), "{out}");
+    let secret_a = d.join("a.secret");
+    let data_dir = data.path().to_str().unwrap();
+    let out = hub_cli(&[
+        "device",
+        "add",
+        "yuexi/gw-sec-a",
+        "--data-dir",
+        data_dir,
+        "--secret-out",
+        secret_a.to_str().unwrap(),
+    ]);
+    assert!(out.contains("username = \"yuexi/gw-sec-a\""), "{out}");
+    hub_cli(&["device", "add", "yuexi/gw-sec-b", "--data-dir", data_dir]);
+    let listed = hub_cli(&["device", "list", "--data-dir", data_dir]);
+    assert!(
+        listed.contains("yuexi/gw-sec-a") && listed.contains("yuexi/gw-sec-b"),
+        "{listed}"
+    );
+    let wrong = d.join("wrong.secret");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").unwrap();
+
+    let hub_cfg = d.join("hub.toml");
+    std::fs::write(
+        &hub_cfg,
+        format!(
+            "[auth]\ndevices = \"required\"\n[mqtt_tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            certs.join("hub-cert.pem").display().to_string(),
+            certs.join("hub-key.pem").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (mqtt_port, http_port) = (free_port(), free_port());
+    let http = format!("http://127.0.0.1:{http_port}");
+    let _hub = spawn_hub_with(mqtt_port, http_port, data.path(), Some(&hub_cfg));
+    let ca = certs.join("ca-cert.pem");
+
+    // A, itself, over TLS: all 200 stored, and the acks come back (its outbox empties).
+    let cfg_a = agent_config(
+        d,
+        mqtt_port,
+        &Agent {
+            tag: "a",
+            device: "gw-sec-a",
+            username: "yuexi/gw-sec-a",
+            secret_file: &secret_a,
+            ca_file: Some(&ca),
+        },
+    );
+    let mut a = synth(&cfg_a, &d.join("a.log"), 200);
+    wait_health(&http, "A's 200 events stored", |h| {
+        h["ingest"]["events_accepted"] == 200
+    })
+    .await;
+    assert_eq!(stored(&http, "gw-sec-a").await, 200);
+    let drained = eventually(Duration::from_secs(30), || async {
+        let devs = get_json(&format!("{http}/api/v1/devices")).await?;
+        let dev = devs["devices"]
+            .as_array()?
+            .iter()
+            .find(|x| x["device"] == "gw-sec-a")?
+            .clone();
+        (dev["outbox"]["pending"].as_u64() == Some(0)).then_some(dev)
+    })
+    .await;
+    assert!(drained.is_some(), "A's outbox never drained: acks over TLS");
+    a.terminate(Duration::from_secs(10));
+
+    // A's credentials, speaking as B: connected, but nothing of it is believed.
+    let cfg_spoof = agent_config(
+        d,
+        mqtt_port,
+        &Agent {
+            tag: "spoof",
+            device: "gw-sec-b",
+            username: "yuexi/gw-sec-a",
+            secret_file: &secret_a,
+            ca_file: Some(&ca),
+        },
+    );
+    let _spoofer = synth(&cfg_spoof, &d.join("spoof.log"), 20);
+    let h = wait_health(&http, "20 spoofed events", |h| {
+        h["ingest"]["rejected_by_reason"]["spoofed"].as_u64() >= Some(20)
+    })
+    .await;
+    assert_eq!(h["ingest"]["events_accepted"], 200, "{h:#}");
+    assert_eq!(stored(&http, "gw-sec-b").await, 0);
+    let q = get_json(&format!(
+        "{http}/api/v1/quarantine?reason=spoofed&limit=1000"
+    ))
+    .await
+    .unwrap();
+    let entries = q["quarantine"].as_array().unwrap();
+    assert!(entries.len() >= 20, "{q:#}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["device"] == "gw-sec-b" && e["acked"] == false),
+        "{q:#}"
+    );
+
+    // A wrong secret over TLS: refused at CONNECT.
+    let cfg_wrong = agent_config(
+        d,
+        mqtt_port,
+        &Agent {
+            tag: "wrong",
+            device: "gw-sec-a",
+            username: "yuexi/gw-sec-a",
+            secret_file: &wrong,
+            ca_file: Some(&ca),
+        },
+    );
+    let before = health(&http).await["ingest"]["auth_refused"]
+        .as_u64()
+        .unwrap();
+    let mut w = synth(&cfg_wrong, &d.join("wrong.log"), 5);
+    wait_health(&http, "wrong secret refused", |h| {
+        h["ingest"]["auth_refused"].as_u64() > Some(before)
+    })
+    .await;
+    w.terminate(Duration::from_secs(10));
+
+    // The right secret without TLS: refused before MQTT.
+    let cfg_plain = agent_config(
+        d,
+        mqtt_port,
+        &Agent {
+            tag: "plain",
+            device: "gw-sec-a",
+            username: "yuexi/gw-sec-a",
+            secret_file: &secret_a,
+            ca_file: None,
+        },
+    );
+    let mut p = synth(&cfg_plain, &d.join("plain.log"), 5);
+    wait_health(&http, "plain MQTT refused", |h| {
+        h["ingest"]["tls_handshakes_failed"].as_u64() >= Some(1)
+    })
+    .await;
+    p.terminate(Duration::from_secs(10));
+    // Neither got anything stored: still A's 200 only.
+    assert_eq!(health(&http).await["ingest"]["events_accepted"], 200);
+}
