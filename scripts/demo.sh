@@ -31,10 +31,29 @@ trap 'stop; exit 143' TERM
 trap 'stop; exit 129' HUP
 trap stop EXIT
 
+# Security on, as in production: the broker speaks MQTT over TLS only and admits only devices
+# with hub-issued credentials, whose payloads must carry their signature.
+# A private CA and hub certificate, made once (never overwritten).
+TLS_DIR="$LOG_DIR/tls"
+if [ ! -f "$TLS_DIR/hub-cert.pem" ]; then
+  "$BIN/cloud-hub" tls-cert --out-dir "$TLS_DIR" --host "${MQTT_ADDR%:*}" --host localhost > /dev/null
+fi
+# Fresh device credentials on every run (the old secret stops working: a rotation).
+DEVICE_ID=yuexi/gw-demo-01
+"$BIN/cloud-hub" device remove "$DEVICE_ID" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
+"$BIN/cloud-hub" device add "$DEVICE_ID" --data-dir "$DATA_DIR" --secret-out "$LOG_DIR/device.secret" > /dev/null
+cat > "$LOG_DIR/hub.toml" <<TOML
+[auth]
+devices = "required"
+[mqtt_tls]
+cert_file = "$TLS_DIR/hub-cert.pem"
+key_file = "$TLS_DIR/hub-key.pem"
+TOML
+
 # setsid: Ctrl-C reaches only this script, which then stops the agent first and the hub last,
 # so the agent's goodbye (offline status) still reaches the broker.
-setsid "$BIN/cloud-hub" serve --mqtt-addr "$MQTT_ADDR" --http-addr "$HTTP_ADDR" --data-dir "$DATA_DIR" \
-  > "$LOG_DIR/hub.out" 2> "$LOG_DIR/hub.log" &
+setsid "$BIN/cloud-hub" serve --config "$LOG_DIR/hub.toml" --mqtt-addr "$MQTT_ADDR" \
+  --http-addr "$HTTP_ADDR" --data-dir "$DATA_DIR" > "$LOG_DIR/hub.out" 2> "$LOG_DIR/hub.log" &
 hub_pid=$!
 for _ in $(seq 1 100); do
   grep -q '^cloud-hub ready' "$LOG_DIR/hub.out" 2>/dev/null && break
@@ -43,7 +62,8 @@ for _ in $(seq 1 100); do
 done
 grep -q '^cloud-hub ready' "$LOG_DIR/hub.out" || { echo "[demo] hub not ready after 10 s" >&2; exit 1; }
 
-sed "s|^broker = .*|broker = \"$MQTT_ADDR\"|" configs/demo.toml > "$LOG_DIR/agent.toml"
+sed "s|^broker = .*|broker = \"$MQTT_ADDR\"\nusername = \"$DEVICE_ID\"\nsecret_file = \"$LOG_DIR/device.secret\"\nca_file = \"$TLS_DIR/ca-cert.pem\"|" \
+  configs/demo.toml > "$LOG_DIR/agent.toml"
 sed -i -e "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vtest.avi\"|" \
        -e "s|^dir = \"../.cache/demo/outbox\"|dir = \"$LOG_DIR/outbox\"|" \
        -e "s|^url = .*|url = \"http://$HTTP_ADDR\"|" "$LOG_DIR/agent.toml"
@@ -62,7 +82,8 @@ cat <<MSG
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
   Health           http://$HTTP_ADDR/api/v1/health
   Metrics          http://$HTTP_ADDR/metrics
-  MQTT broker      mqtt://$MQTT_ADDR      try: mosquitto_sub -h ${MQTT_ADDR%:*} -p ${MQTT_ADDR##*:} -t 'csb/#' -v
+  MQTT broker      mqtts://$MQTT_ADDR   TLS only; CA $TLS_DIR/ca-cert.pem
+                   device $DEVICE_ID, secret in $LOG_DIR/device.secret (issued this run)
   Logs             $LOG_DIR/hub.log  $LOG_DIR/agent.log
 
 MSG

@@ -602,6 +602,20 @@ impl<S: Store> Ingest<S> {
                     continue;
                 }
             };
+            // Signed with the device's own key: any broker client can publish on an ack topic,
+            // and a forged ack would make the edge drop what was never stored. Devices with a
+            // key accept only signed acks.
+            let key = self.settings.devices.as_ref();
+            let payload = match key.and_then(|r| r.key(&ack.site, &ack.device)) {
+                None => payload,
+                Some(key) => match csb_wire::sign::sign(&topic, &payload, &key) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.ack_failed(&topic, &e.to_string());
+                        continue;
+                    }
+                },
+            };
             match self.link.publish(topic.clone(), payload) {
                 Ok(()) => self.metrics.add_ack_sent(n),
                 Err(e) => self.ack_failed(&topic, &e.to_string()),

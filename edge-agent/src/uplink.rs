@@ -265,6 +265,7 @@ impl Uplink {
             let (site, device, broker) = (site.to_string(), device.to_string(), cfg.broker.clone());
             let (wake, flight) = (wake.clone(), flight.clone());
             let ob = outbox.as_ref().map(|(o, _)| o.clone());
+            let ack_key = key;
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(500);
                 loop {
@@ -313,7 +314,13 @@ impl Uplink {
                         }
                         Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                             if let Some(ob) = &ob {
-                                on_hub_ack(&p.payload, &site, &device, ob, &flight, &stats);
+                                let from = AckSource {
+                                    topic: &ack_topic,
+                                    site: &site,
+                                    device: &device,
+                                    key: ack_key.as_ref(),
+                                };
+                                on_hub_ack(&p.payload, &from, ob, &flight, &stats);
                                 wake.notify_one();
                             }
                         }
@@ -622,15 +629,40 @@ pub fn outbox_status(ob: &Outbox) -> OutboxStatus {
     }
 }
 
+/// Where acks must come from: this device's ack topic, signed with its key when it has one.
+struct AckSource<'a> {
+    topic: &'a str,
+    site: &'a str,
+    device: &'a str,
+    key: Option<&'a csb_wire::sign::SigningKey>,
+}
+
 /// Applies one hub ack: forgets the named messages that are in flight.
 fn on_hub_ack(
     payload: &[u8],
-    site: &str,
-    device: &str,
+    from: &AckSource,
     ob: &Outbox,
     flight: &Mutex<Flight>,
     stats: &UplinkStats,
 ) {
+    // Any client of the broker can publish on our ack topic (rumqttd has no topic ACLs), and a
+    // forged ack would make us drop events the hub never stored. A hub that knows our key
+    // signs its acks with it; with a key of our own we accept nothing else.
+    if let Some(key) = from.key {
+        if let Err(e) = csb_wire::sign::verify(from.topic, payload, key) {
+            let n = stats.bad_acks.fetch_add(1, Ordering::Relaxed);
+            if n % 100 == 0 {
+                tracing::warn!(
+                    bad_acks = n + 1,
+                    "ack ignored: {e}; acks must be signed by the hub with this device's key \
+                     (does the hub have `[auth] devices = \"required\"` and this device's \
+                     credentials?)"
+                );
+            }
+            return;
+        }
+    }
+    let (site, device) = (from.site, from.device);
     let ack = match csb_wire::decode::<Ack>(payload) {
         Ok(a) if a.site == site && a.device == device => a,
         Ok(a) => {
@@ -834,5 +866,66 @@ impl Sender {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csb_wire::sign::{sign, signing_key};
+
+    fn ack_json(id: Ulid) -> Vec<u8> {
+        serde_json::to_vec(&Ack {
+            v: csb_wire::SCHEMA_VERSION,
+            site: "yuexi".into(),
+            device: "gw-b".into(),
+            ts_ms: 1_795_000_000_000,
+            ids: vec![id],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn only_acks_signed_with_our_key_release_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &crate::outbox::OutboxConfig::default()).unwrap();
+        let flight = Mutex::new(Flight::default());
+        let stats = UplinkStats::default();
+        let id = Ulid::new();
+        flight.lock().unwrap().insert(id, Class::Event, 7);
+        let topic = "csb/v1/yuexi/gw-b/ack";
+        let ours = signing_key("secret-of-gw-b-0123456789");
+        let from = AckSource {
+            topic,
+            site: "yuexi",
+            device: "gw-b",
+            key: Some(&ours),
+        };
+        let in_flight = || flight.lock().unwrap().by_id.contains_key(&id);
+
+        // Unsigned, signed by another device, or moved from another topic: ignored, counted.
+        on_hub_ack(&ack_json(id), &from, &ob, &flight, &stats);
+        let other = signing_key("secret-of-gw-a-0123456789");
+        let forged = sign(topic, &ack_json(id), &other).unwrap();
+        on_hub_ack(&forged, &from, &ob, &flight, &stats);
+        let moved = sign("csb/v1/yuexi/gw-a/ack", &ack_json(id), &ours).unwrap();
+        on_hub_ack(&moved, &from, &ob, &flight, &stats);
+        assert!(in_flight(), "a forged ack must not release the message");
+        assert_eq!(stats.bad_acks.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.hub_acks.load(Ordering::Relaxed), 0);
+
+        // The hub's ack, signed with our key: released.
+        let genuine = sign(topic, &ack_json(id), &ours).unwrap();
+        on_hub_ack(&genuine, &from, &ob, &flight, &stats);
+        assert!(!in_flight());
+        assert_eq!(stats.hub_acks.load(Ordering::Relaxed), 1);
+
+        // Without a key of our own (hub auth off) plain acks are taken as before.
+        let id2 = Ulid::new();
+        flight.lock().unwrap().insert(id2, Class::Event, 8);
+        let open = AckSource { key: None, ..from };
+        on_hub_ack(&ack_json(id2), &open, &ob, &flight, &stats);
+        assert!(!flight.lock().unwrap().by_id.contains_key(&id2));
+        ob.close();
     }
 }

@@ -62,14 +62,22 @@ impl TestHub {
         let task = tokio::spawn(serve(config.clone(), http, async move {
             let _ = stop_rx.await;
         }));
-        let hub = TestHub {
+        let mut hub = TestHub {
             mqtt: config.mqtt_addr,
             base,
             stop: Some(stop),
             task,
         };
-        // The listener is bound already; requests wait until the hub serves.
-        let health = hub.get("/api/v1/health").await;
+        // The listener is bound already; requests wait until the hub serves. If start-up fails
+        // the listener is dropped: report the hub's own error, not the refused request.
+        let url = format!("{}/api/v1/health", hub.base);
+        let health: Value = match reqwest::get(&url).await {
+            Ok(r) => r.json().await.unwrap(),
+            Err(e) => {
+                let ended = tokio::time::timeout(Duration::from_secs(5), &mut hub.task).await;
+                panic!("hub did not start: {ended:?} (GET {url}: {e})");
+            }
+        };
         assert_eq!(health["status"], "ok", "{health}");
         hub
     }
