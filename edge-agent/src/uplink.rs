@@ -651,7 +651,7 @@ fn on_hub_ack(
     if let Some(key) = from.key {
         if let Err(e) = csb_wire::sign::verify(from.topic, payload, key) {
             let n = stats.bad_acks.fetch_add(1, Ordering::Relaxed);
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 tracing::warn!(
                     bad_acks = n + 1,
                     "ack ignored: {e}; acks must be signed by the hub with this device's key \
