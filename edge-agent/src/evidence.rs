@@ -6,11 +6,15 @@
 //! uploads the oldest ones, deleting each only on the hub's 2xx — it survives crashes and
 //! days-long outages like the events do. Without an outbox (tools) uploads are in memory with
 //! bounded retries.
+//!
+//! With a device secret (`mqtt.secret_file`) every upload carries `X-Csb-Signature`
+//! ([`csb_wire::sign::sign_upload`]), which a hub with `[auth] http = "required"` demands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use csb_wire::sign::{sign_upload, SigningKey, UPLOAD_SIGNATURE_HEADER};
 use tokio::sync::{Notify, Semaphore};
 use ulid::Ulid;
 
@@ -34,6 +38,8 @@ pub struct EvidenceUploader {
     pub stats: Arc<EvidenceStats>,
     outbox: Option<Arc<Outbox>>,
     wake: Arc<Notify>,
+    /// Signs uploads, when the device has a secret.
+    key: Option<SigningKey>,
 }
 
 /// What one upload attempt came to.
@@ -61,7 +67,15 @@ impl EvidenceUploader {
             stats: Arc::new(EvidenceStats::default()),
             outbox: None,
             wake: Arc::new(Notify::new()),
+            key: None,
         })
+    }
+
+    /// Signs every upload with the device's key (the uplink's, from `mqtt.secret_file`). Call
+    /// before [`EvidenceUploader::with_outbox`], whose worker works on a copy.
+    pub fn with_signing_key(mut self, key: Option<SigningKey>) -> Self {
+        self.key = key;
+        self
     }
 
     /// Keeps snapshots in `outbox` until the hub has them, and starts the worker that uploads
@@ -117,17 +131,28 @@ impl EvidenceUploader {
 
     async fn put_once(&self, id: &str, event_id: &str, jpeg: Vec<u8>) -> Upload {
         let url = format!("{}/api/v1/snapshots/{id}", self.base);
-        let res = self
+        let mut req = self
             .client
             .put(&url)
             .header("content-type", "image/jpeg")
             .header("x-csb-device", &self.device)
-            .header("x-csb-event", event_id)
-            .body(jpeg)
-            .send()
-            .await;
+            .header("x-csb-event", event_id);
+        if let Some(key) = &self.key {
+            req = req.header(
+                UPLOAD_SIGNATURE_HEADER,
+                sign_upload(key, id, &self.device, event_id, &jpeg),
+            );
+        }
+        let res = req.body(jpeg).send().await;
         match res {
             Ok(r) if r.status().is_success() => Upload::Stored,
+            // Credentials missing or not yet known to the hub: an operator can fix that, so
+            // keep the evidence and retry rather than drop it.
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(%url, "hub refused the snapshot's credentials; will retry: {body}");
+                Upload::Retry
+            }
             Ok(r) if r.status().is_client_error() && r.status() != 408 && r.status() != 429 => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
