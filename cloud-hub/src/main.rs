@@ -145,7 +145,11 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
             let token = tokens::add(&data_dir, &name, role)?;
             match token_out {
                 Some(path) => {
-                    cloud_hub::devices::write_private(&path, format!("{token}\n").as_bytes())?;
+                    cloud_hub::devices::write_private(&path, format!("{token}\n").as_bytes())
+                        .with_context(|| {
+                            // Only the hash is kept: the token is lost, so say how to recover.
+                            format!("token `{name}` was issued but not saved; `cloud-hub token revoke {name}` and add it again")
+                        })?;
                     writeln!(
                         out,
                         "token `{name}` ({role}) issued; written to {} (mode 0600)",

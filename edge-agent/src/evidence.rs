@@ -222,3 +222,92 @@ impl EvidenceUploader {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csb_wire::sign::{signing_key, verify_upload};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Accepts one HTTP/1.1 request and answers `status`; returns its headers (names
+    /// lowercased) and body.
+    async fn one_request(l: TcpListener, status: &str) -> (Vec<(String, String)>, Vec<u8>) {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let headers: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap();
+        while buf.len() < head_end + len {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        s.write_all(answer.as_bytes()).await.unwrap();
+        (headers, buf[head_end..head_end + len].to_vec())
+    }
+
+    fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    #[tokio::test]
+    async fn uploads_are_signed_with_the_device_key() {
+        let key = signing_key("0123456789abcdef0123456789abcdef");
+        let (id, ev) = (Ulid::new().to_string(), Ulid::new().to_string());
+        let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
+        for signed in [true, false] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let server = tokio::spawn(one_request(l, "201 Created"));
+            let up = EvidenceUploader::new(&base, "yuexi", "gw-01")
+                .unwrap()
+                .with_signing_key(signed.then_some(key));
+            let outcome = up.put_once(&id, &ev, jpeg.clone()).await;
+            assert!(matches!(outcome, Upload::Stored));
+            let (headers, body) = server.await.unwrap();
+            assert_eq!(body, jpeg);
+            let device = header(&headers, "x-csb-device").unwrap();
+            assert_eq!(device, "yuexi/gw-01");
+            let sig = header(&headers, UPLOAD_SIGNATURE_HEADER);
+            if signed {
+                let event = header(&headers, "x-csb-event").unwrap();
+                verify_upload(&key, &id, &device, &event, &body, &sig.unwrap()).unwrap();
+            } else {
+                assert_eq!(sig, None, "no secret, no signature");
+            }
+        }
+        // 401 (credentials not known to the hub yet) is worth retrying; other 4xx are not.
+        for (status, retry) in [("401 Unauthorized", true), ("400 Bad Request", false)] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let server = tokio::spawn(one_request(l, status));
+            let up = EvidenceUploader::new(&base, "yuexi", "gw-01").unwrap();
+            let outcome = up.put_once(&id, &ev, jpeg.clone()).await;
+            server.await.unwrap();
+            assert_eq!(matches!(outcome, Upload::Retry), retry, "{status}");
+        }
+    }
+}
