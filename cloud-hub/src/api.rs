@@ -15,30 +15,40 @@
 //! - `GET /metrics` — Prometheus text
 //!
 //! Errors are JSON `{"error": "..."}` naming the parameter, header or id at fault.
+//!
+//! With `[auth] http = "required"` a middleware checks `Authorization: Bearer <token>` against
+//! the [`TokenRegistry`] and the role [`access_for`] the route needs; evidence uploads are
+//! checked by [`put_snapshot`] against the uploading device's signature instead.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use csb_wire::sign::{verify_upload, SigningKey, UPLOAD_SIGNATURE_HEADER};
 use csb_wire::EventKind;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use ulid::Ulid;
 
-use crate::metrics::{render_prometheus, Metrics, RejectReason, UploadReject};
+use crate::devices::DeviceRegistry;
+use crate::metrics::{
+    render_prometheus, HttpAuthRefusal, LogLimiter, Metrics, RejectReason, UploadReject,
+};
 use crate::quarantine::{QuarantineEntry, QuarantineQuery};
 use crate::store::{
     ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, TelemetryQuery,
     DEFAULT_LIMIT, MAX_LIMIT,
 };
 use crate::timeparse::parse_time_ms;
+use crate::tokens::{Role, TokenInfo, TokenRegistry};
 
 /// Uploader of a snapshot, `{site}/{device}` (required on upload, echoed on download).
 pub const DEVICE_HEADER: &str = "x-csb-device";
@@ -64,6 +74,8 @@ pub struct ApiState<S> {
     mqtt_addr: SocketAddr,
     store_slots: Arc<Semaphore>,
     snapshot_max_bytes: usize,
+    /// `Some` with `[auth] http = "required"`.
+    access: Option<HttpAccess>,
 }
 
 impl<S> ApiState<S> {
@@ -81,7 +93,14 @@ impl<S> ApiState<S> {
             mqtt_addr,
             store_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_CALLS)),
             snapshot_max_bytes,
+            access: None,
         }
+    }
+
+    /// Requires bearer tokens and signed uploads (`[auth] http = "required"`).
+    pub fn with_http_access(mut self, access: HttpAccess) -> Self {
+        self.access = Some(access);
+        self
     }
 }
 
@@ -95,6 +114,7 @@ impl<S> Clone for ApiState<S> {
             mqtt_addr: self.mqtt_addr,
             store_slots: self.store_slots.clone(),
             snapshot_max_bytes: self.snapshot_max_bytes,
+            access: self.access.clone(),
         }
     }
 }
@@ -119,14 +139,255 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/api/v1/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
         .fallback(not_found)
+        // Outside the routes, so unknown paths are refused alike (no probing for endpoints);
+        // a no-op with `http = "off"`.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_access::<S>,
+        ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// What `[auth] http = "required"` checks requests with.
+#[derive(Clone)]
+pub struct HttpAccess {
+    tokens: Arc<TokenRegistry>,
+    /// Evidence upload keys: the same credentials the devices use on MQTT.
+    devices: Arc<DeviceRegistry>,
+    /// Refusals are logged at most a few lines a minute (always counted).
+    limiter: Arc<Mutex<LogLimiter>>,
+}
+
+impl HttpAccess {
+    pub fn new(tokens: Arc<TokenRegistry>, devices: Arc<DeviceRegistry>) -> Self {
+        HttpAccess {
+            tokens,
+            devices,
+            limiter: Arc::new(Mutex::new(LogLimiter::new(10, Duration::from_secs(60)))),
+        }
+    }
+
+    /// Logs a refusal: method, path, reason and the token's name, never a credential.
+    fn log_refusal(&self, method: &Method, path: &str, reason: HttpAuthRefusal, who: &str) {
+        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(suppressed) = l.allow(Instant::now()) {
+            tracing::warn!(
+                %method,
+                path = %clip(path),
+                reason = reason.as_str(),
+                who,
+                suppressed_since_last = suppressed,
+                "HTTP request refused"
+            );
+        }
+    }
+}
+
+/// Who may call a route with `[auth] http = "required"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: load balancers and orchestrators probe health without credentials.
+    Open,
+    /// An edge device, proven by the request's `X-Csb-Signature` (checked by the handler, which
+    /// needs the body); bearer tokens are not taken, so evidence is always attributable to the
+    /// device that captured it.
+    Device,
+    /// A bearer token of this role or a higher one.
+    Role(Role),
+}
+
+enum PathMatch {
+    Exact(&'static str),
+    /// The prefix followed by one path segment (an id).
+    Item(&'static str),
+    /// The prefix followed by anything.
+    Under(&'static str),
+}
+
+struct Rule {
+    /// `"*"` for any method; HEAD counts as GET.
+    method: &'static str,
+    path: PathMatch,
+    access: Access,
+}
+
+/// Routes that need something other than the default; first match wins. The default: reads
+/// (GET, HEAD) need `viewer`, anything else (writes) `operator`. A new endpoint falls under the
+/// default by its method; give it a row here when it needs more (management: `admin`) or less.
+const POLICY: &[Rule] = &[
+    Rule {
+        method: "GET",
+        path: PathMatch::Exact("/api/v1/health"),
+        access: Access::Open,
+    },
+    Rule {
+        method: "PUT",
+        path: PathMatch::Item("/api/v1/snapshots/"),
+        access: Access::Device,
+    },
+    // Reserved for management endpoints (tokens, devices, config over HTTP).
+    Rule {
+        method: "*",
+        path: PathMatch::Under("/api/v1/admin/"),
+        access: Access::Role(Role::Admin),
+    },
+];
+
+/// What `method path` needs with `[auth] http = "required"` (see [`POLICY`]).
+pub fn access_for(method: &Method, path: &str) -> Access {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let path_matches = |m: &PathMatch| match *m {
+        PathMatch::Exact(p) => path == p,
+        PathMatch::Item(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+        PathMatch::Under(prefix) => path.starts_with(prefix),
+    };
+    POLICY
+        .iter()
+        .find(|r| (r.method == "*" || r.method == method) && path_matches(&r.path))
+        .map(|r| r.access)
+        .unwrap_or(if method == "GET" {
+            Access::Role(Role::Viewer)
+        } else {
+            Access::Role(Role::Operator)
+        })
+}
+
+/// `WWW-Authenticate` challenges (RFC 6750 for the bearer ones).
+const CHALLENGE_BEARER: &str = "Bearer realm=\"csb-hub\"";
+const CHALLENGE_BAD_REQUEST: &str = "Bearer realm=\"csb-hub\", error=\"invalid_request\"";
+const CHALLENGE_BAD_TOKEN: &str = "Bearer realm=\"csb-hub\", error=\"invalid_token\"";
+const CHALLENGE_SCOPE: &str = "Bearer realm=\"csb-hub\", error=\"insufficient_scope\"";
+/// Evidence uploads authenticate with a device signature, not a bearer token.
+const CHALLENGE_SIGNATURE: &str = "CSB-Signature realm=\"csb-hub\"";
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, HttpAuthRefusal> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(HttpAuthRefusal::MissingToken)?;
+    let value = value
+        .to_str()
+        .map_err(|_| HttpAuthRefusal::MalformedToken)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(HttpAuthRefusal::MalformedToken)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || token.is_empty()
+        || token.contains(char::is_whitespace)
+    {
+        return Err(HttpAuthRefusal::MalformedToken);
+    }
+    Ok(token)
+}
+
+/// Checks the request's bearer token against the role it needs.
+fn check_bearer(
+    access: &HttpAccess,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    needed: Role,
+) -> Result<TokenInfo, (HttpAuthRefusal, String, ApiError)> {
+    let refuse = |reason, who: String, status, challenge, message: String| {
+        (
+            reason,
+            who,
+            ApiError::new(status, message).with_challenge(challenge),
+        )
+    };
+    let token = bearer(headers).map_err(|reason| match reason {
+        HttpAuthRefusal::MissingToken => refuse(
+            reason,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BEARER,
+            "authentication required: send `Authorization: Bearer <token>` with a token from \
+             `cloud-hub token add`"
+                .into(),
+        ),
+        _ => refuse(
+            reason,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BAD_REQUEST,
+            "header `Authorization` must be `Bearer <token>`".into(),
+        ),
+    })?;
+    let Some(who) = access.tokens.authenticate(token) else {
+        return Err(refuse(
+            HttpAuthRefusal::UnknownToken,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BAD_TOKEN,
+            "bearer token not recognised (never issued, or revoked)".into(),
+        ));
+    };
+    if who.role < needed {
+        return Err(refuse(
+            HttpAuthRefusal::InsufficientRole,
+            who.name.clone(),
+            StatusCode::FORBIDDEN,
+            CHALLENGE_SCOPE,
+            format!(
+                "`{method} {}` needs role `{needed}` or higher; token `{}` has role `{}`",
+                clip(path),
+                who.name,
+                who.role
+            ),
+        ));
+    }
+    Ok(who)
+}
+
+/// The `[auth] http = "required"` gate in front of every route (see [`access_for`]).
+async fn require_access<S: Store>(
+    State(st): State<ApiState<S>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(access) = &st.access else {
+        return next.run(req).await;
+    };
+    let needed = match access_for(req.method(), req.uri().path()) {
+        // `Device`: put_snapshot verifies the signature once it has the body.
+        Access::Open | Access::Device => return next.run(req).await,
+        Access::Role(role) => role,
+    };
+    match check_bearer(
+        access,
+        req.headers(),
+        req.method(),
+        req.uri().path(),
+        needed,
+    ) {
+        Ok(who) => {
+            // Handlers may want to know who asked (audit of future write endpoints).
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err((reason, who, e)) => {
+            st.metrics.refuse_http(reason);
+            access.log_refusal(req.method(), req.uri().path(), reason, &who);
+            e.into_response()
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// `WWW-Authenticate` of a 401 (and of a 403 for too low a role).
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -134,7 +395,13 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            challenge: None,
         }
+    }
+
+    fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -161,16 +428,21 @@ fn parse_id(what: &str, path: Result<Path<String>, PathRejection>) -> Result<Uli
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error serving request");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("storage error: {e}"),
-        }
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storage error: {e}"),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(c) = self.challenge {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        r
     }
 }
 
@@ -182,19 +454,19 @@ async fn store_call<T>(
 ) -> Result<T, ApiError> {
     let Ok(_slot) = slots.try_acquire() else {
         tracing::warn!(what, "store busy: too many concurrent requests");
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!("too many concurrent requests; retry {what} shortly"),
-        });
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many concurrent requests; retry {what} shortly"),
+        ));
     };
     match tokio::time::timeout(STORE_TIMEOUT, f).await {
         Ok(r) => Ok(r?),
         Err(_) => {
             tracing::warn!(what, "store call timed out");
-            Err(ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: format!("{what} took longer than {STORE_TIMEOUT:?}; narrow the query"),
-            })
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} took longer than {STORE_TIMEOUT:?}; narrow the query"),
+            ))
         }
     }
 }
@@ -545,6 +817,11 @@ fn jpeg_response(metrics: &Metrics, snap: Snapshot) -> Response {
 /// after a lost answer is normal); 409 when different bytes are; 400/413/415 naming the
 /// problem otherwise. The id, headers and declared length are checked before the body is
 /// read (see `drain_refused` for what happens to it then).
+///
+/// With `[auth] http = "required"` the upload must also carry `X-Csb-Signature`
+/// ([`csb_wire::sign::sign_upload`]) made with the key of the device `X-Csb-Device` names, which
+/// must have credentials in devices.json (whatever `auth.devices` says); else 401, counted,
+/// nothing stored. The signature is checked before the body is looked at.
 pub async fn put_snapshot<S: Store>(
     State(st): State<ApiState<S>>,
     path: Result<Path<String>, PathRejection>,
@@ -570,16 +847,39 @@ pub async fn put_snapshot<S: Store>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Owned: refusals also happen after the request has been consumed for its body.
+    let (method, uri_path) = (req.method().clone(), req.uri().path().to_string());
+    let uploader = req
+        .headers()
+        .get(DEVICE_HEADER)
+        .map(|v| clip(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_default();
+    let refuse_auth = |(reason, e): (HttpAuthRefusal, ApiError)| {
+        metrics.refuse_http(reason);
+        if let Some(a) = &st.access {
+            a.log_refusal(&method, &uri_path, reason, &uploader);
+        }
+        e
+    };
     let precheck = || {
+        // As sent (the signature covers it), before parsing.
+        let raw_id = path.as_ref().map(|Path(p)| p.clone()).unwrap_or_default();
         let id = parse_id("snapshot id", path).map_err(|e| refuse(UploadReject::BadId, e))?;
         let (site, device, event) =
             upload_headers(req.headers()).map_err(|(reason, e)| refuse(reason, e))?;
+        let signed = match &st.access {
+            Some(a) => Some(
+                upload_credentials(a, req.headers(), raw_id, &site, &device)
+                    .map_err(refuse_auth)?,
+            ),
+            None => None,
+        };
         if let Some(len) = declared.filter(|len| *len > max as u64) {
             return Err(too_large(format!("of {len} bytes")));
         }
-        Ok((id, site, device, event))
+        Ok((id, site, device, event, signed))
     };
-    let (id, site, device, event) = match precheck() {
+    let (id, site, device, event, signed) = match precheck() {
         Ok(t) => t,
         Err(e) => {
             drain_refused(req.into_body(), declared, max).await;
@@ -602,6 +902,22 @@ pub async fn put_snapshot<S: Store>(
             ))
         }
     };
+    if let Some(u) = &signed {
+        verify_upload(&u.key, &u.id, &u.device, &u.event, &body, &u.signature).map_err(|_| {
+            refuse_auth((
+                HttpAuthRefusal::UploadBadSignature,
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "header `X-Csb-Signature` is not {}'s signature of this upload \
+                         (wrong secret, or the id, headers or body changed after signing)",
+                        u.device
+                    ),
+                )
+                .with_challenge(CHALLENGE_SIGNATURE),
+            ))
+        })?;
+    }
     if body.is_empty() {
         return Err(refuse(
             UploadReject::Empty,
@@ -696,6 +1012,67 @@ async fn drain_refused(mut body: axum::body::Body, declared: Option<u64>, max: u
         }
     })
     .await;
+}
+
+/// What an upload's signature is checked against once its body is read.
+struct SignedUpload {
+    key: SigningKey,
+    /// The signed strings, exactly as sent.
+    id: String,
+    device: String,
+    event: String,
+    signature: String,
+}
+
+/// The uploading device's key and the request's signature, before the body is read: an
+/// unsigned upload or an unknown device is refused without reading the body.
+fn upload_credentials(
+    access: &HttpAccess,
+    headers: &HeaderMap,
+    raw_id: String,
+    site: &str,
+    device: &str,
+) -> Result<SignedUpload, (HttpAuthRefusal, ApiError)> {
+    let unauthorized = |reason, message: String| {
+        (
+            reason,
+            ApiError::new(StatusCode::UNAUTHORIZED, message).with_challenge(CHALLENGE_SIGNATURE),
+        )
+    };
+    let signature = headers
+        .get(UPLOAD_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            unauthorized(
+                HttpAuthRefusal::UploadUnsigned,
+                "evidence uploads must be signed: header `X-Csb-Signature: <64 hex>` \
+                 (HMAC-SHA256 with the device key, see docs/wire.md)"
+                    .into(),
+            )
+        })?;
+    let Some(key) = access.devices.key(site, device) else {
+        return Err(unauthorized(
+            HttpAuthRefusal::UploadUnknownDevice,
+            format!("device {site}/{device} has no credentials (`cloud-hub device add`)"),
+        ));
+    };
+    // upload_headers has checked both: present, and ASCII.
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok(SignedUpload {
+        key,
+        id: raw_id,
+        device: text(DEVICE_HEADER),
+        event: text(EVENT_HEADER),
+        signature: signature.to_string(),
+    })
 }
 
 /// Site, device and optional event id from an upload's headers, after checking its
@@ -808,6 +1185,7 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
         "mqtt_addr": st.mqtt_addr.to_string(),
         "ingest": ingest,
         "evidence": evidence,
+        "http_auth": st.metrics.http_auth(),
         "storage": storage,
     });
     (status, Json(body)).into_response()
@@ -820,6 +1198,7 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let text = render_prometheus(
         &st.metrics.snapshot(),
         &st.metrics.evidence(),
+        &st.metrics.http_auth(),
         stats.as_ref(),
         st.started.elapsed(),
     );
@@ -834,10 +1213,7 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        message: format!("no such endpoint `{}`", uri.path()),
-    }
+    ApiError::not_found(format!("no such endpoint `{}`", uri.path()))
 }
 
 #[cfg(test)]
@@ -1065,6 +1441,81 @@ mod upload_header_tests {
             assert_eq!(r, UploadReject::BadHeader, "{pairs:?}");
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(needle), "{pairs:?}: {}", e.message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+
+    #[test]
+    fn policy_table() {
+        let a = |m: Method, p: &str| access_for(&m, p);
+        assert_eq!(a(Method::GET, "/api/v1/health"), Access::Open);
+        assert_eq!(a(Method::HEAD, "/api/v1/health"), Access::Open);
+        // Only reading health is open.
+        assert_eq!(
+            a(Method::POST, "/api/v1/health"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(a(Method::PUT, "/api/v1/snapshots/01J0"), Access::Device);
+        assert_eq!(
+            a(Method::PUT, "/api/v1/snapshots/01J0/x"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            a(Method::PUT, "/api/v1/snapshots/"),
+            Access::Role(Role::Operator)
+        );
+        for p in [
+            "/api/v1/events",
+            "/api/v1/events/01J0/snapshot",
+            "/api/v1/snapshots/01J0",
+            "/metrics",
+            "/nonesuch",
+        ] {
+            assert_eq!(a(Method::GET, p), Access::Role(Role::Viewer), "{p}");
+            assert_eq!(a(Method::DELETE, p), Access::Role(Role::Operator), "{p}");
+        }
+        assert_eq!(
+            a(Method::GET, "/api/v1/admin/tokens"),
+            Access::Role(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(
+            bearer(&HeaderMap::new()),
+            Err(HttpAuthRefusal::MissingToken)
+        );
+        assert_eq!(bearer(&h("Bearer csb_x")), Ok("csb_x"));
+        assert_eq!(bearer(&h("bearer  csb_x ")), Ok("csb_x"));
+        for bad in ["Basic abc", "Bearer", "Bearer ", "csb_x", "Bearer a b"] {
+            assert_eq!(
+                bearer(&h(bad)),
+                Err(HttpAuthRefusal::MalformedToken),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn challenges_are_valid_header_values() {
+        for c in [
+            CHALLENGE_BEARER,
+            CHALLENGE_BAD_REQUEST,
+            CHALLENGE_BAD_TOKEN,
+            CHALLENGE_SCOPE,
+            CHALLENGE_SIGNATURE,
+        ] {
+            HeaderValue::from_str(c).unwrap();
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod quarantine;
 pub mod store;
 pub mod timeparse;
 pub mod tls;
+pub mod tokens;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -42,13 +43,14 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-pub use config::{AuthConfig, ConfigError, DeviceAuth, HubConfig};
+pub use config::{AuthConfig, ConfigError, DeviceAuth, HttpAuth, HubConfig};
 pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
 use broker::{AuthHook, Broker, BrokerError, BrokerSettings, BrokerTls};
 use devices::{DeviceError, DeviceRegistry};
 use ingest::{Ingest, IngestError, IngestSettings};
+use tokens::{TokenError, TokenRegistry};
 
 /// Client id of the hub's in-process broker link.
 pub const INGEST_LINK_ID: &str = "hub-ingest";
@@ -69,6 +71,8 @@ pub enum HubError {
     Broker(#[from] BrokerError),
     #[error("device credentials: {0}")]
     Devices(#[from] DeviceError),
+    #[error("API tokens: {0}")]
+    Tokens(#[from] TokenError),
     #[error("HTTP listener: {0}")]
     HttpListener(std::io::Error),
     #[error("HTTP server on {addr} failed: {cause}")]
@@ -93,6 +97,8 @@ pub struct Hub<S: Store = SledStore> {
     store: Arc<S>,
     metrics: Arc<Metrics>,
     started: Instant,
+    /// `Some` with `[auth] http = "required"`.
+    http_access: Option<api::HttpAccess>,
 }
 
 /// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
@@ -147,6 +153,27 @@ fn auth_hook(devices: Arc<DeviceRegistry>, metrics: Arc<Metrics>) -> AuthHook {
     }))
 }
 
+/// The token registry, and the device registry for signed evidence uploads: the one MQTT auth
+/// already holds, else its own (uploads are signed even with `auth.devices = "off"`).
+fn http_access(
+    config: &HubConfig,
+    devices: Option<Arc<DeviceRegistry>>,
+) -> Result<api::HttpAccess, HubError> {
+    let tokens = TokenRegistry::open(&config.data_dir)?;
+    if tokens.is_empty() {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "auth.http = \"required\" and no API token is issued yet: every request but \
+             GET /api/v1/health is refused until `cloud-hub token add`"
+        );
+    }
+    let devices = match devices {
+        Some(d) => d,
+        None => Arc::new(DeviceRegistry::open(&config.data_dir)?),
+    };
+    Ok(api::HttpAccess::new(Arc::new(tokens), devices))
+}
+
 impl<S: Store> Hub<S> {
     /// Starts the broker on `config.mqtt_addr` and returns once it answers MQTT, with the ingest
     /// link subscribed to every topic: events, telemetry and status are ingested, anything else
@@ -173,6 +200,10 @@ impl<S: Store> Hub<S> {
                 }
                 Some(Arc::new(reg))
             }
+        };
+        let http_access = match config.auth.http {
+            HttpAuth::Off => None,
+            HttpAuth::Required => Some(http_access(&config, devices.clone())?),
         };
         let settings = BrokerSettings {
             listen: config.mqtt_addr,
@@ -219,6 +250,7 @@ impl<S: Store> Hub<S> {
             store,
             metrics,
             started,
+            http_access,
         })
     }
 
@@ -256,14 +288,18 @@ impl<S: Store> Hub<S> {
             store,
             metrics,
             started,
+            http_access,
         } = self;
-        let state = api::ApiState::new(
+        let mut state = api::ApiState::new(
             store.clone(),
             metrics,
             started,
             broker.addr(),
             config.snapshot_max_bytes,
         );
+        if let Some(a) = http_access {
+            state = state.with_http_access(a);
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.

@@ -57,6 +57,11 @@ enum Command {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// HTTP API tokens (for `[auth] http = "required"`): add, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Validate a config file and print the effective config.
     CheckConfig { file: PathBuf },
     /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
@@ -107,6 +112,87 @@ enum DeviceCommand {
         #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue an API token and print it once (only its hash is kept). A running hub accepts it
+    /// without a restart.
+    Add {
+        /// A name for who or what uses it, e.g. grafana or ops-desk (letters, digits, - _ .).
+        name: String,
+        /// viewer: read; operator: read and write; admin: everything.
+        #[arg(long)]
+        role: String,
+        /// The hub's data directory (tokens live in its tokens.json).
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// List the tokens: name, role, creation time (never the tokens).
+    List {
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token: a running hub refuses it within a second.
+    Revoke {
+        name: String,
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+    },
+}
+
+fn token(action: TokenCommand) -> anyhow::Result<()> {
+    use cloud_hub::tokens::{self, Role};
+    let mut out = std::io::stdout().lock();
+    match action {
+        TokenCommand::Add {
+            name,
+            role,
+            data_dir,
+            token_out,
+        } => {
+            let role: Role = role.parse().context("--role")?;
+            let token = tokens::add(&data_dir, &name, role)?;
+            match token_out {
+                Some(path) => {
+                    cloud_hub::devices::write_private(&path, format!("{token}\n").as_bytes())
+                        .with_context(|| {
+                            // Only the hash is kept: the token is lost, so say how to recover.
+                            format!("token `{name}` was issued but not saved; `cloud-hub token revoke {name}` and add it again")
+                        })?;
+                    writeln!(
+                        out,
+                        "token `{name}` ({role}) issued; written to {} (mode 0600)",
+                        path.display()
+                    )?;
+                }
+                None => {
+                    writeln!(
+                        out,
+                        "# token `{name}` ({role}) issued; shown only now, keep it secret:"
+                    )?;
+                    writeln!(out, "{token}")?;
+                }
+            }
+        }
+        TokenCommand::List { data_dir } => {
+            for (name, rec) in tokens::load(&data_dir)? {
+                writeln!(
+                    out,
+                    "{name}\trole={}\tcreated_ms={}",
+                    rec.role, rec.created_ms
+                )?;
+            }
+        }
+        TokenCommand::Revoke { name, data_dir } => {
+            tokens::revoke(&data_dir, &name)?;
+            writeln!(out, "revoked {name}")?;
+        }
+    }
+    Ok(())
 }
 
 fn device(action: DeviceCommand) -> anyhow::Result<()> {
@@ -188,6 +274,7 @@ fn run() -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        Command::Token { action } => token(action),
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);

@@ -122,6 +122,61 @@ impl UploadReject {
     }
 }
 
+/// Why an HTTP request was refused by `[auth] http = "required"`. Names are stable: metric
+/// labels and API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpAuthRefusal {
+    /// No `Authorization` header (401).
+    MissingToken,
+    /// An `Authorization` header that is not `Bearer <token>` (401).
+    MalformedToken,
+    /// A bearer token that was never issued or has been revoked (401).
+    UnknownToken,
+    /// A valid token whose role is below the one the request needs (403).
+    InsufficientRole,
+    /// An evidence upload without `X-Csb-Signature`, or with one that is not 64 hex (401).
+    UploadUnsigned,
+    /// An evidence upload from a device without credentials in devices.json (401).
+    UploadUnknownDevice,
+    /// An evidence upload whose signature is not its device's (401).
+    UploadBadSignature,
+}
+
+impl HttpAuthRefusal {
+    pub const ALL: [HttpAuthRefusal; 7] = [
+        HttpAuthRefusal::MissingToken,
+        HttpAuthRefusal::MalformedToken,
+        HttpAuthRefusal::UnknownToken,
+        HttpAuthRefusal::InsufficientRole,
+        HttpAuthRefusal::UploadUnsigned,
+        HttpAuthRefusal::UploadUnknownDevice,
+        HttpAuthRefusal::UploadBadSignature,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpAuthRefusal::MissingToken => "missing_token",
+            HttpAuthRefusal::MalformedToken => "malformed_token",
+            HttpAuthRefusal::UnknownToken => "unknown_token",
+            HttpAuthRefusal::InsufficientRole => "insufficient_role",
+            HttpAuthRefusal::UploadUnsigned => "upload_unsigned",
+            HttpAuthRefusal::UploadUnknownDevice => "upload_unknown_device",
+            HttpAuthRefusal::UploadBadSignature => "upload_bad_signature",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// HTTP access counters, shaped for the health JSON's `http_auth` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpAuthCounters {
+    pub refused: u64,
+    pub refused_by_reason: BTreeMap<&'static str, u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     events_accepted: AtomicU64,
@@ -154,6 +209,7 @@ pub struct Metrics {
     snapshot_store_failed: AtomicU64,
     /// MQTT-over-TLS connections refused before MQTT (shared with the TLS front).
     pub tls: Arc<TlsCounters>,
+    http_auth_refused: [AtomicU64; HttpAuthRefusal::ALL.len()],
 }
 
 /// Evidence upload counters, shaped for the health JSON's `evidence` section.
@@ -257,6 +313,21 @@ impl Metrics {
         self.upload_rejected[reason.index()].fetch_add(1, Relaxed);
     }
 
+    pub fn refuse_http(&self, reason: HttpAuthRefusal) {
+        self.http_auth_refused[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn http_auth(&self) -> HttpAuthCounters {
+        let by_reason: BTreeMap<_, _> = HttpAuthRefusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.http_auth_refused[r.index()].load(Relaxed)))
+            .collect();
+        HttpAuthCounters {
+            refused: by_reason.values().sum(),
+            refused_by_reason: by_reason,
+        }
+    }
+
     pub fn evidence(&self) -> EvidenceCounters {
         let by_reason: BTreeMap<_, _> = UploadReject::ALL
             .iter()
@@ -305,6 +376,7 @@ impl Metrics {
 pub fn render_prometheus(
     ingest: &IngestSnapshot,
     evidence: &EvidenceCounters,
+    http_auth: &HttpAuthCounters,
     store: Option<&StoreStats>,
     uptime: Duration,
 ) -> String {
@@ -462,6 +534,14 @@ pub fn render_prometheus(
         "Evidence snapshots sent to API clients.",
         &[("", evidence.served)],
     );
+    let labels = reason_labels(&http_auth.refused_by_reason);
+    let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        "csb_hub_http_auth_refused_total",
+        "counter",
+        "HTTP requests refused by auth.http = required (401/403), by reason.",
+        &samples,
+    );
     if let Some(s) = store {
         metric(
             "csb_hub_stored_events",
@@ -594,9 +674,11 @@ mod tests {
         m.reject_upload(UploadReject::NotJpeg);
         m.add_snapshot_stored(1000);
         m.add_snapshot_stored(500);
+        m.refuse_http(HttpAuthRefusal::UnknownToken);
         let text = render_prometheus(
             &m.snapshot(),
             &m.evidence(),
+            &m.http_auth(),
             Some(&StoreStats {
                 events: 7,
                 telemetry: 0,
@@ -643,6 +725,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("csb_hub_uptime_seconds 5\n"), "{text}");
+        assert!(
+            text.contains("csb_hub_http_auth_refused_total{reason=\"unknown_token\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("csb_hub_http_auth_refused_total{reason=\"upload_bad_signature\"} 0\n"),
+            "{text}"
+        );
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();

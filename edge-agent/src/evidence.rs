@@ -6,11 +6,15 @@
 //! uploads the oldest ones, deleting each only on the hub's 2xx — it survives crashes and
 //! days-long outages like the events do. Without an outbox (tools) uploads are in memory with
 //! bounded retries.
+//!
+//! With a device secret (`mqtt.secret_file`) every upload carries `X-Csb-Signature`
+//! ([`csb_wire::sign::sign_upload`]), which a hub with `[auth] http = "required"` demands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use csb_wire::sign::{sign_upload, SigningKey, UPLOAD_SIGNATURE_HEADER};
 use tokio::sync::{Notify, Semaphore};
 use ulid::Ulid;
 
@@ -34,6 +38,8 @@ pub struct EvidenceUploader {
     pub stats: Arc<EvidenceStats>,
     outbox: Option<Arc<Outbox>>,
     wake: Arc<Notify>,
+    /// Signs uploads, when the device has a secret.
+    key: Option<SigningKey>,
 }
 
 /// What one upload attempt came to.
@@ -61,7 +67,15 @@ impl EvidenceUploader {
             stats: Arc::new(EvidenceStats::default()),
             outbox: None,
             wake: Arc::new(Notify::new()),
+            key: None,
         })
+    }
+
+    /// Signs every upload with the device's key (the uplink's, from `mqtt.secret_file`). Call
+    /// before [`EvidenceUploader::with_outbox`], whose worker works on a copy.
+    pub fn with_signing_key(mut self, key: Option<SigningKey>) -> Self {
+        self.key = key;
+        self
     }
 
     /// Keeps snapshots in `outbox` until the hub has them, and starts the worker that uploads
@@ -117,17 +131,28 @@ impl EvidenceUploader {
 
     async fn put_once(&self, id: &str, event_id: &str, jpeg: Vec<u8>) -> Upload {
         let url = format!("{}/api/v1/snapshots/{id}", self.base);
-        let res = self
+        let mut req = self
             .client
             .put(&url)
             .header("content-type", "image/jpeg")
             .header("x-csb-device", &self.device)
-            .header("x-csb-event", event_id)
-            .body(jpeg)
-            .send()
-            .await;
+            .header("x-csb-event", event_id);
+        if let Some(key) = &self.key {
+            req = req.header(
+                UPLOAD_SIGNATURE_HEADER,
+                sign_upload(key, id, &self.device, event_id, &jpeg),
+            );
+        }
+        let res = req.body(jpeg).send().await;
         match res {
             Ok(r) if r.status().is_success() => Upload::Stored,
+            // Credentials missing or not yet known to the hub: an operator can fix that, so
+            // keep the evidence and retry rather than drop it.
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(%url, "hub refused the snapshot's credentials; will retry: {body}");
+                Upload::Retry
+            }
             Ok(r) if r.status().is_client_error() && r.status() != 408 && r.status() != 429 => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
@@ -195,5 +220,94 @@ impl EvidenceUploader {
             me.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(snapshot = %id, "snapshot not uploaded after retries");
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csb_wire::sign::{signing_key, verify_upload};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Accepts one HTTP/1.1 request and answers `status`; returns its headers (names
+    /// lowercased) and body.
+    async fn one_request(l: TcpListener, status: &str) -> (Vec<(String, String)>, Vec<u8>) {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let headers: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap();
+        while buf.len() < head_end + len {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client closed early");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        s.write_all(answer.as_bytes()).await.unwrap();
+        (headers, buf[head_end..head_end + len].to_vec())
+    }
+
+    fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    #[tokio::test]
+    async fn uploads_are_signed_with_the_device_key() {
+        let key = signing_key("0123456789abcdef0123456789abcdef");
+        let (id, ev) = (Ulid::new().to_string(), Ulid::new().to_string());
+        let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3];
+        for signed in [true, false] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let server = tokio::spawn(one_request(l, "201 Created"));
+            let up = EvidenceUploader::new(&base, "yuexi", "gw-01")
+                .unwrap()
+                .with_signing_key(signed.then_some(key));
+            let outcome = up.put_once(&id, &ev, jpeg.clone()).await;
+            assert!(matches!(outcome, Upload::Stored));
+            let (headers, body) = server.await.unwrap();
+            assert_eq!(body, jpeg);
+            let device = header(&headers, "x-csb-device").unwrap();
+            assert_eq!(device, "yuexi/gw-01");
+            let sig = header(&headers, UPLOAD_SIGNATURE_HEADER);
+            if signed {
+                let event = header(&headers, "x-csb-event").unwrap();
+                verify_upload(&key, &id, &device, &event, &body, &sig.unwrap()).unwrap();
+            } else {
+                assert_eq!(sig, None, "no secret, no signature");
+            }
+        }
+        // 401 (credentials not known to the hub yet) is worth retrying; other 4xx are not.
+        for (status, retry) in [("401 Unauthorized", true), ("400 Bad Request", false)] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let server = tokio::spawn(one_request(l, status));
+            let up = EvidenceUploader::new(&base, "yuexi", "gw-01").unwrap();
+            let outcome = up.put_once(&id, &ev, jpeg.clone()).await;
+            server.await.unwrap();
+            assert_eq!(matches!(outcome, Upload::Retry), retry, "{status}");
+        }
     }
 }

@@ -300,13 +300,12 @@ pub fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let evidence = match &cfg.hub.url {
         Some(url) => {
-            let up =
-                EvidenceUploader::new(url, &cfg.agent.site, &cfg.agent.device).map_err(|e| {
-                    PipelineError::Camera {
-                        camera: "*".into(),
-                        message: format!("hub.url: cannot build HTTP client: {e}"),
-                    }
-                })?;
+            let up = EvidenceUploader::new(url, &cfg.agent.site, &cfg.agent.device)
+                .map_err(|e| PipelineError::Camera {
+                    camera: "*".into(),
+                    message: format!("hub.url: cannot build HTTP client: {e}"),
+                })?
+                .with_signing_key(uplink.signing_key());
             // Snapshots wait in the outbox like events, until the hub has stored them.
             Some(match uplink.outbox() {
                 Some(ob) => up.with_outbox(ob.clone(), &rt),

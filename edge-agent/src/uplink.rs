@@ -390,6 +390,11 @@ impl Uplink {
         self.outbox.as_ref()
     }
 
+    /// The device's signing key (from `mqtt.secret_file`), for other uploads to the hub.
+    pub fn signing_key(&self) -> Option<SigningKey> {
+        self.key
+    }
+
     pub fn stats(&self) -> &UplinkStats {
         &self.stats
     }
