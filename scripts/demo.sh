@@ -42,9 +42,15 @@ fi
 DEVICE_ID=yuexi/gw-demo-01
 "$BIN/cloud-hub" device remove "$DEVICE_ID" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
 "$BIN/cloud-hub" device add "$DEVICE_ID" --data-dir "$DATA_DIR" --secret-out "$LOG_DIR/device.secret" > /dev/null
+# A fresh viewer token for the REST API on every run.
+"$BIN/cloud-hub" token revoke demo-viewer --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
+rm -f "$LOG_DIR/viewer.token"
+"$BIN/cloud-hub" token add demo-viewer --role viewer --data-dir "$DATA_DIR" --token-out "$LOG_DIR/viewer.token" > /dev/null
+TOKEN=$(cat "$LOG_DIR/viewer.token")
 cat > "$LOG_DIR/hub.toml" <<TOML
 [auth]
 devices = "required"
+http = "required"
 [mqtt_tls]
 cert_file = "$TLS_DIR/hub-cert.pem"
 key_file = "$TLS_DIR/hub-key.pem"
@@ -70,9 +76,14 @@ sed -i -e "s|^uri = \"../.cache/media/vtest.avi\"|uri = \"$ROOT/.cache/media/vte
 setsid "$BIN/edge-agent" run --config "$LOG_DIR/agent.toml" 2> "$LOG_DIR/agent.log" &
 agent_pid=$!
 
+API="curl -s -H 'Authorization: Bearer $TOKEN'"
 cat <<MSG
 
   城市超脑 City Super Brain — demo running (Ctrl-C to stop)
+
+  REST API token   $TOKEN   (role viewer; also in $LOG_DIR/viewer.token)
+  Every request but /api/v1/health needs it, e.g.:
+    $API http://$HTTP_ADDR/api/v1/events?limit=5
 
   Events (REST)    http://$HTTP_ADDR/api/v1/events
   Persons only     http://$HTTP_ADDR/api/v1/events?class=person&limit=5
@@ -80,7 +91,7 @@ cat <<MSG
   Waterlogging     http://$HTTP_ADDR/api/v1/events?event_type=waterlogging   (simulated sensor, starts ~1 min in)
   Water level      http://$HTTP_ADDR/api/v1/telemetry?source=wl-underpass-01&limit=5
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
-  Health           http://$HTTP_ADDR/api/v1/health
+  Health           http://$HTTP_ADDR/api/v1/health   (open: no token)
   Metrics          http://$HTTP_ADDR/metrics
   MQTT broker      mqtts://$MQTT_ADDR   TLS only; CA $TLS_DIR/ca-cert.pem
                    device $DEVICE_ID, secret in $LOG_DIR/device.secret (issued this run)

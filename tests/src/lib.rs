@@ -116,6 +116,119 @@ impl Hub {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.http, path)
     }
+
+    /// A hub with every safeguard on, as in production: MQTT over TLS only (a CA and certificate
+    /// from `cloud-hub tls-cert`), device credentials and signatures required (`cloud-hub
+    /// device add` for each of `devices`, given as `SITE/DEVICE`), HTTP bearer tokens required
+    /// (a viewer token from `cloud-hub token add`).
+    pub fn start_secured(devices: &[&str]) -> Secured {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let data = data_dir.path().to_str().expect("utf-8 temp path");
+        let out = hub_cli(&[
+            "tls-cert",
+            "--out-dir",
+            certs.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+        ]);
+        assert!(out.contains("[mqtt_tls]"), "{out}");
+        for d in devices {
+            let secret = dir.path().join(format!("{}.secret", d.replace('/', "-")));
+            let args = ["device", "add", d, "--data-dir", data, "--secret-out"];
+            let out = hub_cli(&[&args[..], &[secret.to_str().unwrap()]].concat());
+            assert!(out.contains(&format!("username = \"{d}\"")), "{out}");
+        }
+        let token_file = dir.path().join("viewer.token");
+        hub_cli(&[
+            "token",
+            "add",
+            "e2e-viewer",
+            "--role",
+            "viewer",
+            "--data-dir",
+            data,
+            "--token-out",
+            token_file.to_str().unwrap(),
+        ]);
+        let token = std::fs::read_to_string(&token_file)
+            .expect("token file written")
+            .trim()
+            .to_string();
+        let config = dir.path().join("hub.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\ndevices = \"required\"\nhttp = \"required\"\n\
+                 [mqtt_tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+                certs.join("hub-cert.pem").display().to_string(),
+                certs.join("hub-key.pem").display().to_string(),
+            ),
+        )
+        .expect("write hub config");
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        let proc = spawn_hub_with(mqtt_port, http_port, data_dir.path(), Some(&config));
+        Secured {
+            hub: Hub {
+                proc,
+                mqtt_port,
+                http: format!("http://127.0.0.1:{http_port}"),
+                data_dir,
+            },
+            ca_file: certs.join("ca-cert.pem"),
+            token,
+            dir,
+        }
+    }
+}
+
+/// A hub from [`Hub::start_secured`] and what its clients need.
+pub struct Secured {
+    pub hub: Hub,
+    /// The CA agents trust (`mqtt.ca_file`).
+    pub ca_file: PathBuf,
+    /// A viewer token for the HTTP API.
+    pub token: String,
+    /// Holds the certificates, device secrets and the hub config.
+    pub dir: tempfile::TempDir,
+}
+
+impl Secured {
+    /// The secret file issued for `SITE/DEVICE`.
+    pub fn secret_file(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.secret", id.replace('/', "-")))
+    }
+
+    /// The `[mqtt]` lines (after `broker`) an agent needs to log in as `SITE/DEVICE` over TLS.
+    pub fn mqtt_login(&self, id: &str) -> String {
+        format!(
+            "username = \"{id}\"\nsecret_file = {:?}\nca_file = {:?}\n",
+            self.secret_file(id).display().to_string(),
+            self.ca_file.display().to_string()
+        )
+    }
+
+    /// GET `url` with the viewer token; `None` unless 2xx JSON.
+    pub async fn get_json(&self, url: &str) -> Option<serde_json::Value> {
+        get_json_with(url, Some(&self.token)).await
+    }
+}
+
+/// Runs `cloud-hub ARGS` to completion and returns its stdout; panics with its stderr on failure.
+pub fn hub_cli(args: &[&str]) -> String {
+    let out = Command::new(bin("cloud-hub"))
+        .args(args)
+        .output()
+        .expect("run cloud-hub");
+    assert!(
+        out.status.success(),
+        "cloud-hub {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Starts `cloud-hub serve` on the given ports and data directory (a restart after a crash uses
@@ -191,7 +304,16 @@ where
 }
 
 pub async fn get_json(url: &str) -> Option<serde_json::Value> {
-    let resp = reqwest::get(url).await.ok()?;
+    get_json_with(url, None).await
+}
+
+/// GET `url` with an optional bearer token; `None` unless 2xx JSON.
+pub async fn get_json_with(url: &str, token: Option<&str>) -> Option<serde_json::Value> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.ok()?;
     if !resp.status().is_success() {
         return None;
     }

@@ -223,7 +223,10 @@ fn agent_refuses_a_bad_config_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parking_case_reaches_the_hub_with_its_evidence_snapshot() {
-    let hub = Hub::start();
+    // With every safeguard on, as in production: MQTT over TLS, device credentials and
+    // signatures (events and the evidence upload), HTTP tokens.
+    let sec = Hub::start_secured(&["yuexi/gw-e2e-rules"]);
+    let hub = &sec.hub;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
         r#"
@@ -232,6 +235,7 @@ site = "yuexi"
 device = "gw-e2e-rules"
 [mqtt]
 broker = "127.0.0.1:{port}"
+{login}
 # Relative to this file: the test\'s temporary directory.
 [outbox]
 dir = "outbox"
@@ -255,6 +259,7 @@ min_dwell_s = 3
 "#,
         port = hub.mqtt_port,
         http = hub.http,
+        login = sec.mqtt_login("yuexi/gw-e2e-rules"),
         uri = media("vtest.avi").display()
     );
     let p = dir.path().join("agent.toml");
@@ -263,7 +268,7 @@ min_dwell_s = 3
 
     let url = hub.url("/api/v1/events?kind=rule&event_type=illegal_parking");
     let start = eventually(Duration::from_secs(90), || async {
-        let v = get_json(&url).await?;
+        let v = sec.get_json(&url).await?;
         v["events"]
             .as_array()?
             .iter()
@@ -283,7 +288,12 @@ min_dwell_s = 3
         start["id"].as_str().unwrap()
     ));
     let jpeg = eventually(Duration::from_secs(30), || async {
-        let r = reqwest::get(&snap_url).await.ok()?;
+        let r = reqwest::Client::new()
+            .get(&snap_url)
+            .bearer_auth(&sec.token)
+            .send()
+            .await
+            .ok()?;
         let ok = r.status().is_success()
             && r.headers()
                 .get("content-type")
@@ -301,4 +311,19 @@ min_dwell_s = 3
         "full-resolution evidence, got {} bytes",
         jpeg.len()
     );
+    // Evidence only with a token; the agent's signed uploads were all taken.
+    assert_eq!(reqwest::get(&snap_url).await.unwrap().status(), 401);
+    let health = get_json(&hub.url("/api/v1/health")).await.unwrap();
+    assert!(
+        health["evidence"]["uploads_stored"].as_u64() >= Some(1),
+        "{health:#}"
+    );
+    let refused = &health["http_auth"];
+    for reason in [
+        "upload_unsigned",
+        "upload_unknown_device",
+        "upload_bad_signature",
+    ] {
+        assert_eq!(refused["refused_by_reason"][reason], 0, "{health:#}");
+    }
 }

@@ -1,33 +1,22 @@
 //! Device identity and TLS with real processes (issue 4): a hub that requires device
-//! credentials and MQTT over TLS (certificates from `cloud-hub tls-cert`, credentials from
-//! `cloud-hub device add`), and real `edge-agent synth` processes:
+//! credentials, MQTT over TLS and HTTP tokens (certificates from `cloud-hub tls-cert`,
+//! credentials from `cloud-hub device add`, a token from `cloud-hub token add`), and real
+//! `edge-agent synth` processes:
 //! - device A with its own credentials over TLS: every event stored and acked;
 //! - A's credentials used to speak for device B: connected, but every payload is quarantined as
 //!   `spoofed`, counted, nothing stored for B, nothing acked (B's outbox keeps it all);
 //! - a wrong secret: refused at CONNECT and counted;
-//! - the right secret over plain TCP: refused before MQTT and counted.
+//! - the right secret over plain TCP: refused before MQTT and counted;
+//! - the HTTP API answers only with a token.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use csb_e2e::{bin, eventually, free_port, get_json, spawn_hub_with, Proc};
+use csb_e2e::{bin, eventually, get_json_with, Hub, Proc};
 use serde_json::Value;
 
 const SITE: &str = "yuexi";
-
-fn hub_cli(args: &[&str]) -> String {
-    let out = Command::new(bin("cloud-hub"))
-        .args(args)
-        .output()
-        .expect("run cloud-hub");
-    assert!(
-        out.status.success(),
-        "cloud-hub {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Agent<'a> {
     /// Names its config file and outbox.
@@ -100,7 +89,8 @@ fn synth(config: &Path, log: &Path, count: usize) -> Proc {
 }
 
 async fn health(http: &str) -> Value {
-    get_json(&format!("{http}/api/v1/health"))
+    // Open without a token: load balancers probe it.
+    get_json_with(&format!("{http}/api/v1/health"), None)
         .await
         .expect("health answers")
 }
@@ -117,8 +107,9 @@ async fn wait_health(http: &str, what: &str, pred: impl Fn(&Value) -> bool) -> V
     }
 }
 
-async fn stored(http: &str, device: &str) -> usize {
-    let page = get_json(&format!("{http}/api/v1/events?device={device}&limit=1000"))
+async fn stored(http: &str, token: &str, device: &str) -> usize {
+    let url = format!("{http}/api/v1/events?device={device}&limit=1000");
+    let page = get_json_with(&url, Some(token))
         .await
         .expect("events answer");
     page["events"].as_array().map_or(0, Vec::len)
@@ -126,53 +117,38 @@ async fn stored(http: &str, device: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_device_itself_over_tls_gets_its_events_stored() {
-    let data = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let certs = d.join("certs");
-    let out = hub_cli(&[
-        "tls-cert",
-        "--out-dir",
-        certs.to_str().unwrap(),
-        "--host",
-        "127.0.0.1",
-    ]);
-    assert!(out.contains("[mqtt_tls]"), "{out}");
-    let secret_a = d.join("a.secret");
-    let data_dir = data.path().to_str().unwrap();
-    let out = hub_cli(&[
+    let sec = Hub::start_secured(&["yuexi/gw-sec-a", "yuexi/gw-sec-b"]);
+    let listed = csb_e2e::hub_cli(&[
         "device",
-        "add",
-        "yuexi/gw-sec-a",
+        "list",
         "--data-dir",
-        data_dir,
-        "--secret-out",
-        secret_a.to_str().unwrap(),
+        sec.hub.data_dir.path().to_str().unwrap(),
     ]);
-    assert!(out.contains("username = \"yuexi/gw-sec-a\""), "{out}");
-    hub_cli(&["device", "add", "yuexi/gw-sec-b", "--data-dir", data_dir]);
-    let listed = hub_cli(&["device", "list", "--data-dir", data_dir]);
     assert!(
         listed.contains("yuexi/gw-sec-a") && listed.contains("yuexi/gw-sec-b"),
         "{listed}"
     );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret_a = sec.secret_file("yuexi/gw-sec-a");
     let wrong = d.join("wrong.secret");
     std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let (http, token, mqtt_port) = (sec.hub.http.clone(), sec.token.clone(), sec.hub.mqtt_port);
+    let ca = sec.ca_file.clone();
 
-    let hub_cfg = d.join("hub.toml");
-    std::fs::write(
-        &hub_cfg,
-        format!(
-            "[auth]\ndevices = \"required\"\n[mqtt_tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-            certs.join("hub-cert.pem").display().to_string(),
-            certs.join("hub-key.pem").display().to_string(),
-        ),
-    )
-    .unwrap();
-    let (mqtt_port, http_port) = (free_port(), free_port());
-    let http = format!("http://127.0.0.1:{http_port}");
-    let _hub = spawn_hub_with(mqtt_port, http_port, data.path(), Some(&hub_cfg));
-    let ca = certs.join("ca-cert.pem");
+    // The HTTP API: nothing without a token, a viewer token reads.
+    let events_url = format!("{http}/api/v1/events");
+    let r = reqwest::get(&events_url).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = reqwest::Client::new()
+        .get(&events_url)
+        .bearer_auth("csb_0000000000000000000000000000000000000000000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(stored(&http, &token, "gw-sec-a").await, 0);
 
     // A, itself, over TLS: all 200 stored, and the acks come back (its outbox empties).
     let cfg_a = agent_config(
@@ -191,9 +167,9 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
         h["ingest"]["events_accepted"] == 200
     })
     .await;
-    assert_eq!(stored(&http, "gw-sec-a").await, 200);
+    assert_eq!(stored(&http, &token, "gw-sec-a").await, 200);
     let drained = eventually(Duration::from_secs(30), || async {
-        let devs = get_json(&format!("{http}/api/v1/devices")).await?;
+        let devs = get_json_with(&format!("{http}/api/v1/devices"), Some(&token)).await?;
         let dev = devs["devices"]
             .as_array()?
             .iter()
@@ -223,12 +199,9 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
     })
     .await;
     assert_eq!(h["ingest"]["events_accepted"], 200, "{h:#}");
-    assert_eq!(stored(&http, "gw-sec-b").await, 0);
-    let q = get_json(&format!(
-        "{http}/api/v1/quarantine?reason=spoofed&limit=1000"
-    ))
-    .await
-    .unwrap();
+    assert_eq!(stored(&http, &token, "gw-sec-b").await, 0);
+    let q_url = format!("{http}/api/v1/quarantine?reason=spoofed&limit=1000");
+    let q = get_json_with(&q_url, Some(&token)).await.unwrap();
     let entries = q["quarantine"].as_array().unwrap();
     assert!(entries.len() >= 20, "{q:#}");
     assert!(
