@@ -12,7 +12,7 @@
 //! Flow control: the router pushes at most ~200 notifications into the link's buffer, then
 //! parks the link until it is woken. [`BrokerLink::release`] does that wake. The ingest loop
 //! calls it once it has taken a batch, but holds at most one batch in the store and one being
-//! validated (see `ingest`), so a slow disk slows the broker's delivery instead of growing
+//! gathered (see `ingest`), so a slow disk slows the broker's delivery instead of growing
 //! memory: rumqttd's commit log is bounded (see `SEGMENT_*`). What overflows it is dropped by
 //! rumqttd before the hub saw it, hence never acked, and edges resend it.
 //!

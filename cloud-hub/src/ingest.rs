@@ -314,6 +314,37 @@ struct Prepared {
     received_ms: i64,
 }
 
+impl Prepared {
+    /// Messages in the batch (what bounds its memory together with the payload limit).
+    fn len(&self) -> usize {
+        let b = &self.batch;
+        b.events.len() + b.telemetry.len() + b.statuses.len() + b.quarantine.len()
+    }
+
+    /// Appends `later` (validated after `self`): arrival order is kept, so a device's last
+    /// status still wins and a resend within the batch is found as a duplicate.
+    fn merge(&mut self, later: Prepared) {
+        let (b, l) = (&mut self.batch, later.batch);
+        b.events.extend(l.events);
+        b.event_payloads.extend(l.event_payloads);
+        b.telemetry.extend(l.telemetry);
+        b.telemetry_payloads.extend(l.telemetry_payloads);
+        b.statuses.extend(l.statuses);
+        b.quarantine.extend(l.quarantine);
+        for (into, from) in [
+            (&mut self.acks, later.acks),
+            (&mut self.quarantine_acks, later.quarantine_acks),
+        ] {
+            for d in from.devices {
+                for id in d.ids {
+                    into.add(&d.site, &d.device, id);
+                }
+            }
+        }
+        self.received_ms = self.received_ms.max(later.received_ms);
+    }
+}
+
 /// A batch being written by its own task.
 struct Pending {
     task: tokio::task::JoinHandle<Option<WriteOutcome>>,
@@ -357,14 +388,18 @@ impl<S: Store> Ingest<S> {
     /// Runs until `shutdown` resolves, then drains what the link already holds and flushes.
     /// Stop the MQTT server before resolving `shutdown` so the drain sees everything.
     ///
-    /// Pipelined: while one batch is being written, the next is received and validated, so
-    /// decoding and the store use different cores. Writes stay strictly one after another (a
-    /// resend in batch n+1 finds batch n stored), a batch is acked as soon as its write returns,
-    /// and memory holds at most one batch in the store, one being validated and one round of
-    /// the router.
+    /// Pipelined with group commit: while one batch is being written (and flushed), the rounds
+    /// the router delivers meanwhile are received, validated and gathered into the next batch,
+    /// which is written as soon as the store is free. So one flush covers everything that
+    /// arrived during the previous one: under load batches grow (up to [`MAX_BATCH`]) and the
+    /// flush cost per message falls; when idle a message is written at once. Writes stay
+    /// strictly one after another (a resend in batch n+1 finds batch n stored), a batch is acked
+    /// as soon as its write returns, and memory holds at most one batch in the store, one being
+    /// gathered (at most `MAX_BATCH` messages) and one round of the router.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
         let mut pending: Option<Pending> = None;
+        let mut gathered: Option<Prepared> = None;
         let stopped = loop {
             let written = async {
                 match pending.as_mut() {
@@ -372,31 +407,44 @@ impl<S: Store> Ingest<S> {
                     None => std::future::pending().await,
                 }
             };
+            let room = MAX_BATCH.saturating_sub(gathered.as_ref().map_or(0, Prepared::len));
             let messages = tokio::select! {
                 biased;
                 _ = &mut shutdown => break Ok(()),
-                // Ack as soon as the write is durable, not when the next batch comes.
+                // Ack as soon as the write is durable, then write what gathered meanwhile.
                 r = written => {
                     if let Some(p) = pending.take() {
                         self.complete(p, r);
                     }
+                    pending = gathered.take().map(|g| self.start_write(g));
                     continue;
                 }
-                r = self.link.recv_batch(MAX_BATCH) => match r {
+                // A full gathered batch waits for the store; the router holds the rest.
+                r = self.link.recv_batch(room), if room > 0 => match r {
                     Ok(m) => m,
                     Err(e) => break Err(e),
                 },
             };
-            // Let the router fill the next round while this batch is validated and written.
+            // Let the router fill the next round while this one is validated.
             if let Err(e) = self.link.release().await {
                 break Err(e);
             }
-            let next = self.prepare(messages);
+            if let Some(next) = self.prepare(messages) {
+                match gathered.as_mut() {
+                    Some(g) => g.merge(next),
+                    None => gathered = Some(next),
+                }
+            }
+            if pending.is_none() {
+                pending = gathered.take().map(|g| self.start_write(g));
+            }
+        };
+        if let Some(g) = gathered.take() {
             if let Some(p) = pending.take() {
                 self.finish(p).await;
             }
-            pending = next.map(|n| self.start_write(n));
-        };
+            pending = Some(self.start_write(g));
+        }
         // What was handed to the store is finished (and acked) whatever happens next.
         if let Some(p) = pending.take() {
             self.finish(p).await;
