@@ -572,9 +572,26 @@ impl Outbox {
     }
 
     /// One record, if still stored.
-    pub fn get(&self, class: Class, seq: u64) -> Option<Record> {
-        let v = self.tree(class).get(seq.to_be_bytes()).ok()??;
-        decode(seq, &v).ok()
+    /// `Ok(None)` when it is gone (acked, dropped, or unreadable and therefore removed, as in
+    /// [`Outbox::range`]); `Err` when the disk could not be read (try again later).
+    pub fn get(&self, class: Class, seq: u64) -> Result<Option<Record>, OutboxError> {
+        let key = seq.to_be_bytes();
+        let v = self
+            .tree(class)
+            .get(key)
+            .map_err(|source| OutboxError::Db {
+                dir: self.dir.clone(),
+                source,
+            })?;
+        let Some(v) = v else { return Ok(None) };
+        match decode(seq, &v) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                tracing::error!("{e}; removing it");
+                let _ = self.remove_key(class, &key);
+                Ok(None)
+            }
+        }
     }
 
     /// The next sequence number sled will hand out is above every stored one.

@@ -533,6 +533,16 @@ fn publish_health(
         ] {
             metrics.insert(k.into(), v as f64);
         }
+        let st = uplink.stats();
+        metrics.insert(
+            "outbox.read_errors_total".into(),
+            st.outbox_read_errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+        // Acks refused (unreadable, another device's, or not signed with our key).
+        metrics.insert(
+            "uplink.bad_acks_total".into(),
+            st.bad_acks.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
     }
     let t = Telemetry {
         v: SCHEMA_VERSION,

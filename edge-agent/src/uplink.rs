@@ -99,6 +99,8 @@ pub struct UplinkStats {
     pub hub_acked_ids: AtomicU64,
     /// Acks that could not be read or were for another device.
     pub bad_acks: AtomicU64,
+    /// Failed reads of the outbox (a failing disk): nothing is skipped, the read is retried.
+    pub outbox_read_errors: AtomicU64,
 }
 
 pub struct Uplink {
@@ -727,6 +729,26 @@ struct Sender {
 const STEP: usize = 256;
 
 impl Sender {
+    /// Reads records `[from, to)` from the outbox; on error logs (at most every 10 s), counts
+    /// and returns `None`, and the caller tries again on its next round without moving on.
+    fn read(&self, from: u64, to: u64, n: usize) -> Option<Vec<crate::outbox::Record>> {
+        match self.ob.range(from, to, n) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.read_failed(&e);
+                None
+            }
+        }
+    }
+
+    fn read_failed(&self, e: &crate::outbox::OutboxError) {
+        let count = self.stats.outbox_read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        // The sender retries every 50 ms: one line per ~200 failures.
+        if count == 1 || count.is_multiple_of(200) {
+            tracing::error!(read_errors = count, "cannot read the outbox: {e}; retrying");
+        }
+    }
+
     async fn run(self, mut conn: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
         let mut generation = 0u64;
         // Records from `live_from` on were enqueued during this connection.
@@ -766,8 +788,7 @@ impl Sender {
             let n = room(&self).min(STEP);
             if n > 0 {
                 let recs = self
-                    .ob
-                    .range(live_next, self.ob.durable_next(), n)
+                    .read(live_next, self.ob.durable_next(), n)
                     .unwrap_or_default();
                 for r in recs {
                     live_next = r.seq + 1;
@@ -792,14 +813,19 @@ impl Sender {
                 .unwrap_or_default();
             for (seq, c) in overdue {
                 match self.ob.get(c, seq) {
-                    Some(r) => {
+                    // Stays in flight, overdue: tried again next round.
+                    Err(e) => {
+                        self.read_failed(&e);
+                        break;
+                    }
+                    Ok(Some(r)) => {
                         self.ob.stats().resent.fetch_add(1, Ordering::Relaxed);
                         if !self.publish(&r, true).await {
                             break;
                         }
                         progressed = true;
                     }
-                    None => {
+                    Ok(None) => {
                         if let Ok(mut f) = self.flight.lock() {
                             if let Some((id, _, _)) = f.by_seq.remove(&seq) {
                                 f.by_id.remove(&id);
@@ -813,11 +839,13 @@ impl Sender {
                 .min(self.replay_per_s.max(1.0));
             refilled = Instant::now();
             let n = room(&self).min(STEP).min(tokens as usize);
-            if n > 0 && backlog_next < live_from {
-                let recs = self
-                    .ob
-                    .range(backlog_next, live_from, n)
-                    .unwrap_or_default();
+            // A failed read (None) must not count as "backlog done": it would skip the backlog
+            // until the next reconnect.
+            let backlog = match n > 0 && backlog_next < live_from {
+                true => self.read(backlog_next, live_from, n),
+                false => None,
+            };
+            if let Some(recs) = backlog {
                 if recs.is_empty() {
                     backlog_next = live_from;
                 }
