@@ -12,21 +12,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use csb_wire::sign::{signing_key, SigningKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::watched::Watched;
+
 /// The credentials file in the hub's data directory.
 pub const DEVICES_FILE: &str = "devices.json";
-/// How often a running hub looks at the file's modification time.
-pub const REFRESH: Duration = Duration::from_secs(1);
-/// After a lookup miss, the file is looked at again if the last look is older than this: a
-/// freshly added device can connect at once, and a flood of unknown users costs one `stat`
-/// per this interval, not one per attempt.
-const MISS_REFRESH: Duration = Duration::from_millis(50);
+pub use crate::watched::REFRESH;
 /// Random bytes per secret.
 const SECRET_BYTES: usize = 32;
 
@@ -193,98 +189,40 @@ struct Known {
     key: SigningKey,
 }
 
-/// What identifies a version of the file: a rename replaces it with a new one.
-type Stamp = Option<(SystemTime, u64)>;
-
-struct State {
-    stamp: Stamp,
-    checked: Instant,
-    devices: HashMap<String, Known>,
-}
-
 /// The running hub's view of `devices.json`, re-read when it changes.
-pub struct DeviceRegistry {
-    data_dir: PathBuf,
-    state: RwLock<State>,
-}
+pub struct DeviceRegistry(Watched<String, Known>);
 
 impl DeviceRegistry {
     /// Reads the file now; a broken file is an error (a missing one is an empty registry).
     pub fn open(data_dir: &Path) -> Result<DeviceRegistry, DeviceError> {
-        let stamp = stamp(&file_path(data_dir));
-        let devices = known(load(data_dir)?);
-        Ok(DeviceRegistry {
-            data_dir: data_dir.to_path_buf(),
-            state: RwLock::new(State {
-                stamp,
-                checked: Instant::now(),
-                devices,
-            }),
+        let dir = data_dir.to_path_buf();
+        Watched::open(&file_path(data_dir), "device credentials", move || {
+            load(&dir).map(known)
         })
+        .map(DeviceRegistry)
     }
 
     pub fn len(&self) -> usize {
-        self.read(|s| s.devices.len())
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// True when `username` is a device id with credentials and `password` its secret.
     pub fn authenticate(&self, username: &str, password: &str) -> bool {
-        self.lookup(username, |k| {
-            ct_eq(k.secret.as_bytes(), password.as_bytes())
-        })
-        .unwrap_or(false)
+        self.0
+            .lookup(&username.to_string(), |k| {
+                ct_eq(k.secret.as_bytes(), password.as_bytes())
+            })
+            .unwrap_or(false)
     }
 
     /// The signing key of `site/device`, when it has credentials.
     pub fn key(&self, site: &str, device: &str) -> Option<SigningKey> {
-        self.lookup(&format!("{site}/{device}"), |k| k.key)
+        self.0.lookup(&format!("{site}/{device}"), |k| k.key)
     }
-
-    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        // A panic elsewhere while holding the lock leaves consistent data: keep serving.
-        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
-        f(&g)
-    }
-
-    fn lookup<T>(&self, id: &str, f: impl Fn(&Known) -> T) -> Option<T> {
-        let (found, age) = self.read(|s| (s.devices.get(id).map(&f), s.checked.elapsed()));
-        if age >= REFRESH || (found.is_none() && age >= MISS_REFRESH) {
-            self.refresh();
-            return self.read(|s| s.devices.get(id).map(&f));
-        }
-        found
-    }
-
-    /// Re-reads the file if its stamp changed. A file that cannot be read or parsed keeps the
-    /// previous credentials (logged once per change).
-    fn refresh(&self) {
-        let path = file_path(&self.data_dir);
-        let now_stamp = stamp(&path);
-        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-        s.checked = Instant::now();
-        if now_stamp == s.stamp {
-            return;
-        }
-        s.stamp = now_stamp;
-        match load(&self.data_dir) {
-            Ok(d) => {
-                s.devices = known(d);
-                tracing::info!(devices = s.devices.len(), "device credentials reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "device credentials not reloaded; keeping the previous ones")
-            }
-        }
-    }
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 fn known(devices: BTreeMap<String, DeviceRecord>) -> HashMap<String, Known> {
@@ -334,7 +272,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // A miss re-reads the changed file.
-        std::thread::sleep(MISS_REFRESH);
+        std::thread::sleep(crate::watched::MISS_REFRESH);
         assert!(reg.authenticate("yuexi/gw-01", &secret));
         assert!(!reg.authenticate("yuexi/gw-01", "wrong"));
         assert!(!reg.authenticate("yuexi/gw-02", &secret));

@@ -33,6 +33,7 @@ pub mod store;
 pub mod timeparse;
 pub mod tls;
 pub mod tokens;
+pub mod watched;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;

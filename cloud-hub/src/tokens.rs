@@ -15,25 +15,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::RwLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::devices::{self, DeviceError};
+use crate::watched::Watched;
 
 /// The token file in the hub's data directory.
 pub const TOKENS_FILE: &str = "tokens.json";
 /// Every token starts with this, so a leaked one is recognisable (secret scanners, logs).
 pub const TOKEN_PREFIX: &str = "csb_";
-/// How often a running hub looks at the file's modification time; a revoked token stops
-/// working within this.
-pub const REFRESH: Duration = Duration::from_secs(1);
-/// After a lookup miss the file is looked at again if the last look is older than this: a
-/// fresh token works at once, and a flood of bad tokens costs one `stat` per interval.
-const MISS_REFRESH: Duration = Duration::from_millis(50);
+/// A revoked token stops working within this.
+pub use crate::watched::REFRESH;
 /// Longest token name.
 const MAX_NAME: usize = 64;
 
@@ -262,42 +258,25 @@ pub struct TokenInfo {
     pub role: Role,
 }
 
-/// What identifies a version of the file: a rename replaces it with a new one.
-type Stamp = Option<(SystemTime, u64)>;
-
-struct State {
-    stamp: Stamp,
-    checked: Instant,
-    by_hash: HashMap<[u8; 32], TokenInfo>,
-}
-
 /// The running hub's view of `tokens.json`, re-read when it changes.
-pub struct TokenRegistry {
-    data_dir: PathBuf,
-    state: RwLock<State>,
-}
+pub struct TokenRegistry(Watched<[u8; 32], TokenInfo>);
 
 impl TokenRegistry {
     /// Reads the file now; a broken file is an error (a missing one is an empty registry).
     pub fn open(data_dir: &Path) -> Result<TokenRegistry, TokenError> {
-        let stamp = stamp(&file_path(data_dir));
-        let by_hash = index(load(data_dir)?);
-        Ok(TokenRegistry {
-            data_dir: data_dir.to_path_buf(),
-            state: RwLock::new(State {
-                stamp,
-                checked: Instant::now(),
-                by_hash,
-            }),
+        let dir = data_dir.to_path_buf();
+        Watched::open(&file_path(data_dir), "API tokens", move || {
+            load(&dir).map(index)
         })
+        .map(TokenRegistry)
     }
 
     pub fn len(&self) -> usize {
-        self.read(|s| s.by_hash.len())
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     /// The name and role of `token`, when it is a token issued and not revoked.
@@ -306,48 +285,8 @@ impl TokenRegistry {
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
             return None;
         }
-        let h = hash_token(token);
-        let (found, age) = self.read(|s| (s.by_hash.get(&h).cloned(), s.checked.elapsed()));
-        if age >= REFRESH || (found.is_none() && age >= MISS_REFRESH) {
-            self.refresh();
-            return self.read(|s| s.by_hash.get(&h).cloned());
-        }
-        found
+        self.0.lookup(&hash_token(token), TokenInfo::clone)
     }
-
-    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        // A panic elsewhere while holding the lock leaves consistent data: keep serving.
-        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
-        f(&g)
-    }
-
-    /// Re-reads the file if its stamp changed. A file that cannot be read or parsed keeps the
-    /// previous tokens (logged once per change): a typo must not lock everyone out, and a
-    /// revocation is only lost until the file is fixed.
-    fn refresh(&self) {
-        let path = file_path(&self.data_dir);
-        let now_stamp = stamp(&path);
-        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-        s.checked = Instant::now();
-        if now_stamp == s.stamp {
-            return;
-        }
-        s.stamp = now_stamp;
-        match load(&self.data_dir) {
-            Ok(t) => {
-                s.by_hash = index(t);
-                tracing::info!(tokens = s.by_hash.len(), "API tokens reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "API tokens not reloaded; keeping the previous ones")
-            }
-        }
-    }
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 fn index(tokens: BTreeMap<String, TokenRecord>) -> HashMap<[u8; 32], TokenInfo> {
@@ -418,7 +357,7 @@ mod tests {
         }
 
         // Hot reload: a miss re-reads the changed file.
-        std::thread::sleep(MISS_REFRESH);
+        std::thread::sleep(crate::watched::MISS_REFRESH);
         let who = reg.authenticate(&viewer).unwrap();
         assert_eq!((who.name.as_str(), who.role), ("grafana", Role::Viewer));
         assert_eq!(reg.authenticate(&ops).unwrap().role, Role::Operator);

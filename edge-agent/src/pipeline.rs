@@ -536,7 +536,8 @@ fn publish_health(
         let st = uplink.stats();
         metrics.insert(
             "outbox.read_errors_total".into(),
-            st.outbox_read_errors.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            st.outbox_read_errors
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
         // Acks refused (unreadable, another device's, or not signed with our key).
         metrics.insert(

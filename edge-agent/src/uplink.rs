@@ -742,7 +742,11 @@ impl Sender {
     }
 
     fn read_failed(&self, e: &crate::outbox::OutboxError) {
-        let count = self.stats.outbox_read_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let count = self
+            .stats
+            .outbox_read_errors
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         // The sender retries every 50 ms: one line per ~200 failures.
         if count == 1 || count.is_multiple_of(200) {
             tracing::error!(read_errors = count, "cannot read the outbox: {e}; retrying");
