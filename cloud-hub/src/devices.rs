@@ -117,11 +117,19 @@ fn save(data_dir: &Path, devices: BTreeMap<String, DeviceRecord>) -> Result<(), 
             cause,
         }
     })?;
-    write_private(&tmp, &json)?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    replace_private(&path, &tmp, &json)
+}
+
+/// Replaces `path` atomically with `bytes` (mode 0600): written and synced to `tmp` first, then
+/// renamed over it, and the rename synced too. Readers see the old file or the new, never half.
+pub fn replace_private(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), DeviceError> {
+    write_private(tmp, bytes)?;
+    std::fs::rename(tmp, path).map_err(io(path))?;
     // The rename itself must survive a power cut.
-    if let Ok(d) = std::fs::File::open(data_dir) {
-        let _ = d.sync_all();
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

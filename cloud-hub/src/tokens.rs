@@ -203,13 +203,7 @@ fn save(data_dir: &Path, tokens: BTreeMap<String, TokenRecord>) -> Result<(), To
             path: path.clone(),
             cause,
         })?;
-    devices::write_private(&tmp, &json)?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    // The rename itself must survive a power cut.
-    if let Ok(d) = std::fs::File::open(data_dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(devices::replace_private(&path, &tmp, &json)?)
 }
 
 /// Issues a token named `name` with `role` and returns it; only its hash is kept, so this is
