@@ -91,6 +91,7 @@ cat <<MSG
   Waterlogging     http://$HTTP_ADDR/api/v1/events?event_type=waterlogging   (simulated sensor, starts ~1 min in)
   Water level      http://$HTTP_ADDR/api/v1/telemetry?source=wl-underpass-01&limit=5
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
+  County (sample)  http://$HTTP_ADDR/api/v1/county   (towns, roads, zones, devices)
   Health           http://$HTTP_ADDR/api/v1/health   (open: no token)
   Metrics          http://$HTTP_ADDR/metrics
   MQTT broker      mqtts://$MQTT_ADDR   TLS only; CA $TLS_DIR/ca-cert.pem

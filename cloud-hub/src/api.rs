@@ -76,6 +76,8 @@ pub struct ApiState<S> {
     snapshot_max_bytes: usize,
     /// `Some` with `[auth] http = "required"`.
     access: Option<HttpAccess>,
+    /// The county model (`county_dir`), when one is loaded.
+    county: Option<Arc<crate::county::County>>,
 }
 
 impl<S> ApiState<S> {
@@ -94,7 +96,14 @@ impl<S> ApiState<S> {
             store_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_CALLS)),
             snapshot_max_bytes,
             access: None,
+            county: None,
         }
+    }
+
+    /// Serves the county model at `GET /api/v1/county`.
+    pub fn with_county(mut self, county: Arc<crate::county::County>) -> Self {
+        self.county = Some(county);
+        self
     }
 
     /// Requires bearer tokens and signed uploads (`[auth] http = "required"`).
@@ -115,6 +124,7 @@ impl<S> Clone for ApiState<S> {
             store_slots: self.store_slots.clone(),
             snapshot_max_bytes: self.snapshot_max_bytes,
             access: self.access.clone(),
+            county: self.county.clone(),
         }
     }
 }
@@ -136,6 +146,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
                 .layer(upload_limit),
         )
         .route("/api/v1/devices", get(devices::<S>))
+        .route("/api/v1/county", get(county::<S>))
         .route("/api/v1/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
         .fallback(not_found)
@@ -1165,6 +1176,18 @@ async fn devices<S: Store>(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let devices = store_call(&st.store_slots, "device list", st.store.devices()).await?;
     Ok(Json(json!({ "count": devices.len(), "devices": devices })))
+}
+
+/// The county model as loaded: the county, departments, towns, roads, zones (GeoJSON geometry
+/// inline) and the device inventory. 404 when the hub runs without one.
+async fn county<S: Store>(State(st): State<ApiState<S>>) -> Result<Response, ApiError> {
+    match &st.county {
+        Some(c) => Ok(Json(c.as_ref()).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no county model loaded (cloud-hub serve --county DIR, or county_dir in the config)",
+        )),
+    }
 }
 
 async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {

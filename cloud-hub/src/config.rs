@@ -50,6 +50,10 @@ pub struct HubConfig {
     /// Largest evidence snapshot (JPEG) accepted by `PUT /api/v1/snapshots/{id}`; bigger
     /// uploads get 413 without being read in full.
     pub snapshot_max_bytes: usize,
+    /// The county model folder (`county.toml`, towns, roads, zones, devices; see
+    /// `configs/county/README.md`). Relative paths are relative to the working directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub county_dir: Option<PathBuf>,
     /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
     /// `[mqtt_tls]`: when present, `mqtt_addr` speaks MQTT over TLS only; plain TCP there is
@@ -122,6 +126,7 @@ impl Default for HubConfig {
             ingest_max_payload_bytes: 256 * 1024,
             quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
+            county_dir: None,
             auth: AuthConfig::default(),
             mqtt_tls: None,
         }

@@ -25,7 +25,9 @@ pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod county;
 pub mod devices;
+pub mod geo;
 pub mod ingest;
 pub mod metrics;
 pub mod quarantine;
@@ -72,6 +74,8 @@ pub enum HubError {
     Broker(#[from] BrokerError),
     #[error("device credentials: {0}")]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    County(#[from] county::CountyError),
     #[error("API tokens: {0}")]
     Tokens(#[from] TokenError),
     #[error("HTTP listener: {0}")]
@@ -100,6 +104,8 @@ pub struct Hub<S: Store = SledStore> {
     started: Instant,
     /// `Some` with `[auth] http = "required"`.
     http_access: Option<api::HttpAccess>,
+    /// The county model, when `config.county_dir` names one.
+    county: Option<Arc<county::County>>,
 }
 
 /// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
@@ -206,6 +212,17 @@ impl<S: Store> Hub<S> {
             HttpAuth::Off => None,
             HttpAuth::Required => Some(http_access(&config, devices.clone())?),
         };
+        let county = match &config.county_dir {
+            None => None,
+            Some(dir) => {
+                let c = county::County::load(dir)?;
+                tracing::info!(dir = %dir.display(), "county model: {}", c.summary());
+                for w in &c.warnings {
+                    tracing::warn!(dir = %dir.display(), "county model: {w}");
+                }
+                Some(Arc::new(c))
+            }
+        };
         let settings = BrokerSettings {
             listen: config.mqtt_addr,
             max_payload_bytes: config.mqtt_max_payload_bytes,
@@ -252,6 +269,7 @@ impl<S: Store> Hub<S> {
             metrics,
             started,
             http_access,
+            county,
         })
     }
 
@@ -290,6 +308,7 @@ impl<S: Store> Hub<S> {
             metrics,
             started,
             http_access,
+            county,
         } = self;
         let mut state = api::ApiState::new(
             store.clone(),
@@ -300,6 +319,9 @@ impl<S: Store> Hub<S> {
         );
         if let Some(a) = http_access {
             state = state.with_http_access(a);
+        }
+        if let Some(c) = county {
+            state = state.with_county(c);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -38,7 +38,13 @@ enum Command {
         /// Data directory for the event store.
         #[arg(long, env = "CSB_HUB_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// County model folder (towns, roads, zones, device inventory). Default: `county_dir`
+        /// of the config, else `configs/county` when started from the repository.
+        #[arg(long, env = "CSB_HUB_COUNTY")]
+        county: Option<PathBuf>,
     },
+    /// Check a county model folder and print what it holds (default: configs/county).
+    County { dir: Option<PathBuf> },
     /// Device credentials (for `[auth] devices = "required"`): add, list, remove.
     Device {
         #[command(subcommand)]
@@ -275,6 +281,16 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { action } => token(action),
+        Command::County { dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(cloud_hub::county::DEFAULT_DIR));
+            let c = cloud_hub::county::County::load(&dir)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", c.summary())?;
+            for w in &c.warnings {
+                writeln!(out, "warning: {w}")?;
+            }
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);
@@ -313,6 +329,7 @@ fn run() -> anyhow::Result<()> {
             mqtt_addr,
             http_addr,
             data_dir,
+            county,
         } => {
             let mut cfg = match &config {
                 Some(path) => HubConfig::load(path)?,
@@ -326,6 +343,15 @@ fn run() -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
+            }
+            if let Some(c) = county {
+                cfg.county_dir = Some(c);
+            } else if cfg.county_dir.is_none() {
+                // Started from the repository: the sample county, so the demo's map has one.
+                let sample = PathBuf::from(cloud_hub::county::DEFAULT_DIR);
+                if sample.join("county.toml").is_file() {
+                    cfg.county_dir = Some(sample);
+                }
             }
             cfg.validate()?;
             init_logging();
