@@ -382,18 +382,19 @@ impl County {
             let what = format!("{} `{}`", r.props.kind, r.props.id);
             check_id(&rd, &r.props.kind, &r.props.id, &mut seen)?;
             town_ref(&rd, what.clone(), &r.props.town)?;
-            let ok =
-                match r.props.kind.as_str() {
-                    "road_segment" => matches!(r.geometry, Geometry::LineString(_)),
-                    "intersection" => matches!(r.geometry, Geometry::Point(_)),
-                    other => return Err(invalid(
+            let ok = match r.props.kind.as_str() {
+                "road_segment" => matches!(r.geometry, Geometry::LineString(_)),
+                "intersection" => matches!(r.geometry, Geometry::Point(_)),
+                other => {
+                    return Err(invalid(
                         &rd,
                         what,
                         format!(
                             "field `kind`: `{other}` is neither `road_segment` nor `intersection`"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             if !ok {
                 return Err(invalid(
                     &rd,
