@@ -249,7 +249,7 @@ async fn serve_conn(
     counters: &TlsCounters,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             counters.handshakes_failed.fetch_add(1, Relaxed);
@@ -278,10 +278,20 @@ async fn serve_conn(
         };
     let _ = plain.set_nodelay(true);
     tracing::debug!(%peer, "MQTT over TLS connection open");
-    // rumqttd's own keep-alive and connect timeouts bound how long an idle session stays.
-    match tokio::io::copy_bidirectional(&mut tls, &mut plain).await {
-        Ok((up, down)) => tracing::debug!(%peer, up, down, "MQTT over TLS connection closed"),
-        Err(e) => tracing::debug!(%peer, error = %e, "MQTT over TLS connection ended"),
+    // Whichever side ends first ends both. MQTT has no use for half-closed connections, and
+    // waiting for the client's side after rumqttd has closed its own (keep-alive or CONNECT
+    // timeout) would let a silent client hold a connection slot forever.
+    let (mut tls_rd, mut tls_wr) = tokio::io::split(tls);
+    let (mut plain_rd, mut plain_wr) = plain.split();
+    let ended = tokio::select! {
+        r = tokio::io::copy(&mut tls_rd, &mut plain_wr) => ("client", r),
+        r = tokio::io::copy(&mut plain_rd, &mut tls_wr) => ("server", r),
+    };
+    match ended {
+        (side, Ok(bytes)) => tracing::debug!(%peer, side, bytes, "MQTT over TLS connection closed"),
+        (side, Err(e)) => {
+            tracing::debug!(%peer, side, error = %e, "MQTT over TLS connection ended")
+        }
     }
 }
 
@@ -583,6 +593,47 @@ mod tests {
         let tcp = TcpStream::connect(front.addr()).await.unwrap();
         let server = ServerName::try_from("hub.example.org").unwrap();
         assert!(client(&ca).connect(server, tcp).await.is_err());
+        front.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_backend_close_closes_the_client_and_frees_its_slot() {
+        // A backend that closes every connection at once, as rumqttd does after its CONNECT
+        // timeout: the silent TLS client must be cut off too, not hold its slot.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        });
+        let c = certs();
+        let mut front = TlsFront::start(
+            "127.0.0.1:0".parse().unwrap(),
+            backend,
+            c.acceptor(),
+            Duration::from_secs(5),
+            1,
+            Arc::new(TlsCounters::default()),
+        )
+        .await
+        .unwrap();
+        // Each client stays open (silent) after it was cut off; with one slot, the second and
+        // third get through only if the earlier ones' slots were freed.
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let tcp = TcpStream::connect(front.addr()).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut tls = client(&c.ca_der).connect(name, tcp).await.unwrap();
+            let mut buf = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("closed when the backend closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+            kept.push(tls);
+        }
         front.stop().await;
     }
 
