@@ -1243,7 +1243,7 @@ async fn not_found(uri: Uri) -> ApiError {
 mod tests {
     use super::*;
 
-    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub(super) fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
         q.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
@@ -1353,13 +1353,8 @@ mod tests {
 
 #[cfg(test)]
 mod quarantine_query_tests {
+    use super::tests::pairs;
     use super::*;
-
-    fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
-        q.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     fn err(q: &[(&str, &str)]) -> String {
         parse_quarantine_query(&pairs(q)).unwrap_err().message

@@ -442,6 +442,19 @@ mod tests {
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 
+    async fn front(
+        backend: SocketAddr,
+        acceptor: TlsAcceptor,
+        handshake: Duration,
+        slots: usize,
+        counters: Arc<TlsCounters>,
+    ) -> TlsFront {
+        let any = "127.0.0.1:0".parse().unwrap();
+        TlsFront::start(any, backend, acceptor, handshake, slots, counters)
+            .await
+            .unwrap()
+    }
+
     /// An echo server standing in for rumqttd's loopback listener.
     async fn echo_backend() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -502,16 +515,14 @@ mod tests {
     async fn splices_after_handshake_and_a_silent_client_blocks_no_one() {
         let c = certs();
         let counters = Arc::new(TlsCounters::default());
-        let mut front = TlsFront::start(
-            "127.0.0.1:0".parse().unwrap(),
+        let mut front = front(
             echo_backend().await,
             c.acceptor(),
             Duration::from_millis(500),
             8,
             counters.clone(),
         )
-        .await
-        .unwrap();
+        .await;
         let addr = front.addr();
 
         // A client that connects and says nothing: it must not hold up the next one.
@@ -571,16 +582,14 @@ mod tests {
         // A client trusting only the CA accepts the hub certificate, for a name and an address.
         let ca_pem = std::fs::read(&files.ca_cert).unwrap();
         let ca = CertificateDer::from_pem_slice(&ca_pem).unwrap();
-        let mut front = TlsFront::start(
-            "127.0.0.1:0".parse().unwrap(),
+        let mut front = front(
             echo_backend().await,
             load_acceptor(&files.hub_cert, &files.hub_key).unwrap(),
             Duration::from_secs(5),
             8,
             Arc::new(TlsCounters::default()),
         )
-        .await
-        .unwrap();
+        .await;
         for name in ["localhost", "127.0.0.1"] {
             let tcp = TcpStream::connect(front.addr()).await.unwrap();
             let server = ServerName::try_from(name).unwrap().to_owned();
@@ -608,16 +617,14 @@ mod tests {
             }
         });
         let c = certs();
-        let mut front = TlsFront::start(
-            "127.0.0.1:0".parse().unwrap(),
+        let mut front = front(
             backend,
             c.acceptor(),
             Duration::from_secs(5),
             1,
             Arc::new(TlsCounters::default()),
         )
-        .await
-        .unwrap();
+        .await;
         // Each client stays open (silent) after it was cut off; with one slot, the second and
         // third get through only if the earlier ones' slots were freed.
         let mut kept = Vec::new();
@@ -641,16 +648,14 @@ mod tests {
     async fn connection_limit_turns_away_the_excess() {
         let c = certs();
         let counters = Arc::new(TlsCounters::default());
-        let mut front = TlsFront::start(
-            "127.0.0.1:0".parse().unwrap(),
+        let mut front = front(
             echo_backend().await,
             c.acceptor(),
             Duration::from_secs(5),
             1,
             counters.clone(),
         )
-        .await
-        .unwrap();
+        .await;
         let _first = TcpStream::connect(front.addr()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut second = TcpStream::connect(front.addr()).await.unwrap();

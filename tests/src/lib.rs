@@ -217,6 +217,33 @@ impl Secured {
     }
 }
 
+/// Starts `edge-agent synth`: `count` synthetic events at `rate`/s through the agent's real
+/// outbox and uplink, each id logged to `id_log` once durable (see `edge-agent synth --help`).
+pub fn spawn_synth(config: &Path, id_log: &Path, count: usize, rate: u32) -> Proc {
+    let child = Command::new(bin("edge-agent"))
+        .args([
+            "synth",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .arg("--config")
+        .arg(config)
+        .arg("--id-log")
+        .arg(id_log)
+        .env("CSB_HEALTH_INTERVAL_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn edge-agent synth");
+    Proc {
+        child,
+        name: "edge-agent synth".into(),
+    }
+}
+
 /// Runs `cloud-hub ARGS` to completion and returns its stdout; panics with its stderr on failure.
 pub fn hub_cli(args: &[&str]) -> String {
     let out = Command::new(bin("cloud-hub"))

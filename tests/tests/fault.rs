@@ -6,10 +6,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use csb_e2e::{bin, free_port, get_json, spawn_hub, Proc};
+use csb_e2e::{free_port, get_json, spawn_hub, spawn_synth};
 use serde_json::Value;
 
 const COUNT: usize = 20_000;
@@ -45,31 +44,6 @@ period_s = 60.0
     let p = dir.join("agent.toml");
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn synth(config: &Path, log: &Path) -> Proc {
-    let child = Command::new(bin("edge-agent"))
-        .args([
-            "synth",
-            "--count",
-            &COUNT.to_string(),
-            "--rate",
-            &RATE.to_string(),
-        ])
-        .arg("--config")
-        .arg(config)
-        .arg("--id-log")
-        .arg(log)
-        .env("CSB_HEALTH_INTERVAL_MS", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn edge-agent synth");
-    Proc {
-        child,
-        name: "edge-agent synth".into(),
-    }
 }
 
 fn logged(log: &Path) -> Vec<String> {
@@ -119,7 +93,7 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
     let started = Instant::now();
 
     let mut hub = spawn_hub(mqtt_port, http_port, data.path());
-    let mut agent = synth(&cfg, &log);
+    let mut agent = spawn_synth(&cfg, &log, COUNT, RATE);
 
     // Five hub crashes, each while events stream in.
     for i in 0..5 {
@@ -142,7 +116,7 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
     );
     agent.kill9();
     sleep(0.5).await;
-    agent = synth(&cfg, &log);
+    agent = spawn_synth(&cfg, &log, COUNT, RATE);
     // The uplink is gone for over a minute: the broker is unreachable.
     sleep(3.0).await;
     eprintln!(

@@ -10,10 +10,9 @@
 //! - the HTTP API answers only with a token.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use csb_e2e::{bin, eventually, get_json_with, Hub, Proc};
+use csb_e2e::{eventually, get_json_with, spawn_synth, Hub};
 use serde_json::Value;
 
 const SITE: &str = "yuexi";
@@ -67,25 +66,6 @@ period_s = 60.0
     let p = dir.join(format!("agent-{}.toml", a.tag));
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn synth(config: &Path, log: &Path, count: usize) -> Proc {
-    let child = Command::new(bin("edge-agent"))
-        .args(["synth", "--count", &count.to_string(), "--rate", "200"])
-        .arg("--config")
-        .arg(config)
-        .arg("--id-log")
-        .arg(log)
-        .env("CSB_HEALTH_INTERVAL_MS", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn edge-agent synth");
-    Proc {
-        child,
-        name: "edge-agent synth".into(),
-    }
 }
 
 async fn health(http: &str) -> Value {
@@ -162,7 +142,7 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
             ca_file: Some(&ca),
         },
     );
-    let mut a = synth(&cfg_a, &d.join("a.log"), 200);
+    let mut a = spawn_synth(&cfg_a, &d.join("a.log"), 200, 200);
     wait_health(&http, "A's 200 events stored", |h| {
         h["ingest"]["events_accepted"] == 200
     })
@@ -193,7 +173,7 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
             ca_file: Some(&ca),
         },
     );
-    let _spoofer = synth(&cfg_spoof, &d.join("spoof.log"), 20);
+    let _spoofer = spawn_synth(&cfg_spoof, &d.join("spoof.log"), 20, 200);
     let h = wait_health(&http, "20 spoofed events", |h| {
         h["ingest"]["rejected_by_reason"]["spoofed"].as_u64() >= Some(20)
     })
@@ -226,7 +206,7 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
     let before = health(&http).await["ingest"]["auth_refused"]
         .as_u64()
         .unwrap();
-    let mut w = synth(&cfg_wrong, &d.join("wrong.log"), 5);
+    let mut w = spawn_synth(&cfg_wrong, &d.join("wrong.log"), 5, 200);
     wait_health(&http, "wrong secret refused", |h| {
         h["ingest"]["auth_refused"].as_u64() > Some(before)
     })
@@ -245,7 +225,7 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
             ca_file: None,
         },
     );
-    let mut p = synth(&cfg_plain, &d.join("plain.log"), 5);
+    let mut p = spawn_synth(&cfg_plain, &d.join("plain.log"), 5, 200);
     wait_health(&http, "plain MQTT refused", |h| {
         h["ingest"]["tls_handshakes_failed"].as_u64() >= Some(1)
     })
