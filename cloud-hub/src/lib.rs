@@ -31,6 +31,7 @@ pub mod geo;
 pub mod ingest;
 pub mod metrics;
 pub mod quarantine;
+pub mod reclog;
 pub mod store;
 pub mod timeparse;
 pub mod tls;

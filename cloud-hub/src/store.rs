@@ -4,17 +4,16 @@
 //! the trait. Writes come in batches ([`WriteBatch`]) and are durable when `write` returns: that
 //! is the point at which ingest acks the batch to the devices.
 //!
-//! sled layout (one database, several trees):
-//! - `events`: key = [`time_key`] (sign-flipped big-endian `ts_ms` ++ 16-byte ULID), value = the
-//!   event as JSON (the validated payload as received). Byte order is time order, so a reverse
-//!   range scan is "newest first".
-//! - `ids`: ULID → `events` key, for deduplication (edge agents resend until acked), plus the
-//!   event count under `#count`. Persistent and never expired: a resend days later is still
-//!   recognised. Written without a cross-tree transaction, see `write_indexed`.
-//! - `telemetry`: same key layout as `events`, value = telemetry JSON; queried the same way
-//!   (reverse range scan, newest first).
-//! - `telemetry_ids`: ULID → `telemetry` key, deduplication as for events (built from the
-//!   `telemetry` keys when a store written before it existed is opened), count under `#count`.
+//! Events and raw telemetry are in append-only record logs ([`crate::reclog`]), one
+//! directory each: `{dir}/events/` and `{dir}/telemetry/`. A record is the message's JSON as
+//! received (validated), framed with its id and `ts_ms`; the logs' in-memory indexes give
+//! deduplication by id (persistent: rebuilt from the log on open, so a resend days later is
+//! still recognised), lookups by id, and time-range scans, newest first. A batch costs one
+//! append and one `fdatasync` per log. Stores written before the logs existed kept these as
+//! sled rows (trees `events`/`ids`, `telemetry`/`telemetry_ids`); they are moved into the logs
+//! on open, once.
+//!
+//! sled holds the rest (one database, several trees):
 //! - `quarantine`: hub-generated ULID → [`QuarantineEntry`] JSON of a refused message (see
 //!   [`crate::quarantine`]); at most `quarantine_max_entries`, the oldest pruned.
 //! - `devices`: `site/device` → latest [`DeviceRecord`] JSON.
@@ -48,6 +47,7 @@ use thiserror::Error;
 use ulid::Ulid;
 
 use crate::quarantine::{key_at_ms, prune_plan, QuarantineEntry, QuarantinePage, QuarantineQuery};
+use crate::reclog::{LogError, NewRecord, RecordLog};
 
 /// Most rows one query may examine, so a filter that matches nothing cannot scan the whole store.
 pub const MAX_SCAN: usize = 200_000;
@@ -82,6 +82,8 @@ pub enum StoreError {
     },
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: String, detail: String },
+    #[error("store {what} log: {cause}")]
+    Log { what: &'static str, cause: LogError },
 }
 
 /// Validated messages to persist together.
@@ -352,26 +354,23 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Key whose byte order is (ts_ms, id) order, negative times included.
-pub fn time_key(ts_ms: i64, id: Ulid) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&ts_prefix(ts_ms));
-    k[8..].copy_from_slice(&id.0.to_be_bytes());
-    k
+/// Key of the sled rows that held events and telemetry before the record logs: sign-flipped
+/// big-endian `ts_ms` ++ 16-byte ULID (read when migrating, see [`SledStore::migrate_rows`]).
+fn legacy_key_time(key: &[u8]) -> Option<(i64, u128)> {
+    let ts: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    let id: [u8; 16] = key.get(8..24)?.try_into().ok()?;
+    Some((
+        (u64::from_be_bytes(ts) ^ (1 << 63)) as i64,
+        u128::from_be_bytes(id),
+    ))
 }
 
-fn ts_prefix(ts_ms: i64) -> [u8; 8] {
-    // Flipping the sign bit maps i64 order onto unsigned big-endian byte order.
-    ((ts_ms as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-/// Record counts of stores written before the counts moved into the id index trees.
-const META_EVENTS: &[u8] = b"count/events";
-const META_TELEMETRY: &[u8] = b"count/telemetry";
-/// Set once telemetry written before `telemetry_ids` existed has been indexed.
-const META_TELEMETRY_INDEXED: &[u8] = b"done/telemetry_ids";
 const META_SNAPSHOTS: &[u8] = b"count/snapshots";
 const META_SNAPSHOT_BYTES: &[u8] = b"bytes/snapshots";
+
+/// Directories of the record logs, inside the store directory.
+pub const EVENT_LOG_DIR: &str = "events";
+pub const TELEMETRY_LOG_DIR: &str = "telemetry";
 
 /// Directory of evidence files, inside the store directory. (sled's own files there are `conf`,
 /// `db`, `blobs/` and `snap.*`.)
@@ -386,10 +385,8 @@ pub const DEFAULT_QUARANTINE_MAX: u64 = 100_000;
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    events: sled::Tree,
-    ids: sled::Tree,
-    telemetry: sled::Tree,
-    telemetry_ids: sled::Tree,
+    events: Arc<RecordLog>,
+    telemetry: Arc<RecordLog>,
     devices: sled::Tree,
     meta: sled::Tree,
     snapshots: sled::Tree,
@@ -497,12 +494,22 @@ impl SledStore {
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let log = |what: &'static str, sub: &str| {
+            let (log, rec) =
+                RecordLog::open(&dir.join(sub)).map_err(|cause| StoreError::Log { what, cause })?;
+            tracing::info!(
+                what,
+                records = rec.records,
+                segments = rec.segments,
+                damaged_segments = rec.damaged.len(),
+                "record log opened"
+            );
+            Ok::<_, StoreError>(Arc::new(log))
+        };
         let quarantine = tree("quarantine")?;
         let store = SledStore {
-            events: tree("events")?,
-            ids: tree("ids")?,
-            telemetry: tree("telemetry")?,
-            telemetry_ids: tree("telemetry_ids")?,
+            events: log("event", EVENT_LOG_DIR)?,
+            telemetry: log("telemetry", TELEMETRY_LOG_DIR)?,
             devices: tree("devices")?,
             meta: tree("meta")?,
             snapshots: tree("snapshots")?,
@@ -512,75 +519,77 @@ impl SledStore {
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
             db,
         };
-        store.migrate_counts()?;
-        store.index_old_telemetry()?;
+        store.migrate_rows("event", &store.events, "events", "ids")?;
+        store.migrate_rows("telemetry", &store.telemetry, "telemetry", "telemetry_ids")?;
         Ok(store)
+    }
+
+    /// Moves the rows of a store written before the record logs (tree `rows`, dedup index
+    /// `index`) into `log`, then drops both trees. Appends are deduplicated, so a crash midway
+    /// just means it runs again; the trees go only after every row is in the log.
+    fn migrate_rows(
+        &self,
+        what: &'static str,
+        log: &RecordLog,
+        rows: &str,
+        index: &str,
+    ) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        if !names.iter().any(|n| n.as_ref() == rows.as_bytes()) {
+            return Ok(());
+        }
+        let err = sled_err("migration to the record log");
+        let tree = self
+            .db
+            .open_tree(rows)
+            .map_err(sled_err("migration to the record log"))?;
+        let (mut moved, mut chunk) = (0u64, Vec::new());
+        let flush = |chunk: &mut Vec<(u128, i64, sled::IVec)>| {
+            let recs: Vec<NewRecord<'_>> = chunk
+                .iter()
+                .map(|(id, ts_ms, v)| NewRecord {
+                    id: *id,
+                    ts_ms: *ts_ms,
+                    payload: v,
+                })
+                .collect();
+            let r = log
+                .append(&recs)
+                .map_err(|cause| StoreError::Log { what, cause });
+            chunk.clear();
+            r.map(|a| a.stored)
+        };
+        for item in tree.iter() {
+            let (key, value) = item.map_err(sled_err("migration to the record log"))?;
+            match legacy_key_time(&key) {
+                Some((ts_ms, id)) => chunk.push((id, ts_ms, value)),
+                // Not a row (e.g. a stray counter): nothing to carry over.
+                None => continue,
+            }
+            if chunk.len() >= 4096 {
+                moved += flush(&mut chunk)?;
+            }
+        }
+        moved += flush(&mut chunk)?;
+        self.db
+            .drop_tree(rows)
+            .map_err(sled_err("migration to the record log"))?;
+        if names.iter().any(|n| n.as_ref() == index.as_bytes()) {
+            self.db.drop_tree(index).map_err(err)?;
+        }
+        self.db.flush().map_err(sled_err("flush"))?;
+        tracing::info!(
+            what,
+            moved,
+            "moved stored records from sled into the record log"
+        );
+        Ok(())
     }
 
     /// Keeps at most `max` (≥ 1) quarantine entries from the next write on.
     pub fn with_quarantine_max(mut self, max: u64) -> SledStore {
         self.quarantine_max = max.max(1);
         self
-    }
-
-    /// Stores written before the counts moved into the id index trees kept them in `meta`
-    /// (updated in the same transaction as the index, so exact): carry them over once.
-    fn migrate_counts(&self) -> Result<(), StoreError> {
-        for (index, legacy) in [
-            (&self.ids, META_EVENTS),
-            (&self.telemetry_ids, META_TELEMETRY),
-        ] {
-            let counted = index
-                .contains_key(INDEX_COUNT_KEY)
-                .map_err(sled_err("count migration"))?;
-            if counted || index.is_empty() {
-                continue;
-            }
-            let n = read_counter(&self.meta, legacy)?;
-            index
-                .insert(INDEX_COUNT_KEY, &n.to_be_bytes()[..])
-                .map_err(sled_err("count migration"))?;
-        }
-        Ok(())
-    }
-
-    /// Stores written before `telemetry_ids` existed: index their telemetry once, so resends of
-    /// it are recognised too. The id is the key's last 16 bytes ([`time_key`]).
-    /// Idempotent, and marked done in `meta` only after its flush, so a crash midway just
-    /// means it runs again.
-    fn index_old_telemetry(&self) -> Result<(), StoreError> {
-        if self
-            .meta
-            .contains_key(META_TELEMETRY_INDEXED)
-            .map_err(sled_err("telemetry index"))?
-        {
-            return Ok(());
-        }
-        if !self.telemetry.is_empty() && self.telemetry_ids.len() <= 1 {
-            let mut n = 0u64;
-            for item in self.telemetry.iter().keys() {
-                let key = item.map_err(sled_err("telemetry index"))?;
-                if key.len() == 24 {
-                    self.telemetry_ids
-                        .insert(&key[8..], &key[..])
-                        .map_err(sled_err("telemetry index"))?;
-                    n += 1;
-                }
-            }
-            self.telemetry_ids
-                .insert(INDEX_COUNT_KEY, &n.to_be_bytes()[..])
-                .map_err(sled_err("telemetry index"))?;
-            self.db.flush().map_err(sled_err("flush"))?;
-            tracing::info!(
-                records = n,
-                "indexed stored telemetry ids for deduplication"
-            );
-        }
-        self.meta
-            .insert(META_TELEMETRY_INDEXED, &[1u8][..])
-            .map_err(sled_err("telemetry index"))?;
-        self.db.flush().map_err(sled_err("flush"))?;
-        Ok(())
     }
 
     /// Runs blocking sled work off the async runtime's worker threads.
@@ -600,22 +609,20 @@ impl SledStore {
             r.map_err(|cause| StoreError::Encode { what, cause })
         };
         let raw_events = batch.event_payloads.len() == batch.events.len();
-        let mut events = Vec::with_capacity(batch.events.len());
+        let mut event_bytes = Vec::with_capacity(batch.events.len());
         for (i, e) in batch.events.iter().enumerate() {
-            let v = match raw_events {
+            event_bytes.push(match raw_events {
                 true => Cow::Borrowed(batch.event_payloads[i].as_slice()),
                 false => Cow::Owned(encode("event", serde_json::to_vec(e))?),
-            };
-            events.push((e.id, time_key(e.ts_ms, e.id), v));
+            });
         }
         let raw_telemetry = batch.telemetry_payloads.len() == batch.telemetry.len();
-        let mut telemetry = Vec::with_capacity(batch.telemetry.len());
+        let mut telemetry_bytes = Vec::with_capacity(batch.telemetry.len());
         for (i, t) in batch.telemetry.iter().enumerate() {
-            let v = match raw_telemetry {
+            telemetry_bytes.push(match raw_telemetry {
                 true => Cow::Borrowed(batch.telemetry_payloads[i].as_slice()),
                 false => Cow::Owned(encode("telemetry", serde_json::to_vec(t))?),
-            };
-            telemetry.push((t.id, time_key(t.ts_ms, t.id), v));
+            });
         }
         let mut statuses = Vec::with_capacity(batch.statuses.len());
         for (s, received_ms) in &batch.statuses {
@@ -630,10 +637,19 @@ impl SledStore {
         }
 
         let mut out = WriteOutcome::default();
-        (out.events_inserted, out.events_duplicate) =
-            write_indexed(&self.events, &self.ids, &events)?;
+        let append = |what, log: &RecordLog, recs: &[NewRecord<'_>]| {
+            log.append(recs)
+                .map(|a| (a.stored, a.duplicates.into_iter().map(Ulid).collect()))
+                .map_err(|cause| StoreError::Log { what, cause })
+        };
+        let evs = log_records(batch.events.iter().map(|e| (e.id, e.ts_ms)), &event_bytes);
+        (out.events_inserted, out.events_duplicate) = append("event", &self.events, &evs)?;
+        let tel = log_records(
+            batch.telemetry.iter().map(|t| (t.id, t.ts_ms)),
+            &telemetry_bytes,
+        );
         (out.telemetry_inserted, out.telemetry_duplicate) =
-            write_indexed(&self.telemetry, &self.telemetry_ids, &telemetry)?;
+            append("telemetry", &self.telemetry, &tel)?;
         if !statuses.is_empty() {
             // A map: of one device's statuses in this batch the last one wins.
             let mut b = sled::Batch::default();
@@ -652,8 +668,11 @@ impl SledStore {
                 Err(e) => out.quarantine_error = Some(e.to_string()),
             }
         }
-        // One flush for everything above: only now may any of it be acknowledged.
-        self.db.flush().map_err(sled_err("flush"))?;
+        // The logs are synced by their appends; one flush for the sled part. Only now may any
+        // of it be acknowledged.
+        if !batch.statuses.is_empty() || !batch.quarantine.is_empty() {
+            self.db.flush().map_err(sled_err("flush"))?;
+        }
         Ok(out)
     }
 
@@ -724,14 +743,14 @@ impl SledStore {
 
     fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
         let (events, truncated) =
-            scan_newest_first(&self.events, "event", (q.from_ms, q.to_ms), q.limit, |e| {
+            scan_log_newest_first(&self.events, "event", (q.from_ms, q.to_ms), q.limit, |e| {
                 q.matches(e)
             })?;
         Ok(EventPage { events, truncated })
     }
 
     fn telemetry_sync(&self, q: &TelemetryQuery) -> Result<TelemetryPage, StoreError> {
-        let (telemetry, truncated) = scan_newest_first(
+        let (telemetry, truncated) = scan_log_newest_first(
             &self.telemetry,
             "telemetry",
             (q.from_ms, q.to_ms),
@@ -760,8 +779,8 @@ impl SledStore {
 
     fn stats_sync(&self) -> Result<StoreStats, StoreError> {
         Ok(StoreStats {
-            events: read_counter(&self.ids, INDEX_COUNT_KEY)?,
-            telemetry: read_counter(&self.telemetry_ids, INDEX_COUNT_KEY)?,
+            events: self.events.len(),
+            telemetry: self.telemetry.len(),
             // Small: one entry per device.
             devices: self.devices.len() as u64,
             quarantine: *self
@@ -774,21 +793,14 @@ impl SledStore {
     }
 
     fn event_sync(&self, id: Ulid) -> Result<Option<Event>, StoreError> {
-        let Some(key) = self
-            .ids
-            .get(id.0.to_be_bytes())
-            .map_err(sled_err("event"))?
+        let Some(rec) = self.events.get(id.0).map_err(|cause| StoreError::Log {
+            what: "event",
+            cause,
+        })?
         else {
             return Ok(None);
         };
-        let Some(value) = self.events.get(&key).map_err(sled_err("event"))? else {
-            // Both are written in one transaction, so this means damage.
-            return Err(StoreError::Corrupt {
-                what: format!("id index entry of event {id}"),
-                detail: "it points at no stored event".into(),
-            });
-        };
-        serde_json::from_slice(&value)
+        serde_json::from_slice(&rec.payload)
             .map(Some)
             .map_err(|e| StoreError::Corrupt {
                 what: format!("event {id}"),
@@ -883,25 +895,52 @@ impl SledStore {
     }
 }
 
-/// Reverse range scan of a [`time_key`]-keyed tree over `[from_ms, to_ms)` (unbounded where
-/// `None`): up to `limit` values (clamped to 1..=[`MAX_LIMIT`]) that `keep` accepts, newest
-/// first, examining at most [`MAX_SCAN`] rows (then `true` = truncated). Undecodable rows are skipped and logged once per query, so one
-/// damaged record cannot make a whole history unreadable.
-fn scan_newest_first<T: DeserializeOwned>(
-    tree: &sled::Tree,
+/// Records of `log` with `from_ms <= ts_ms < to_ms` (unbounded where `None`): up to `limit`
+/// (clamped to 1..=[`MAX_LIMIT`]) that `keep` accepts, newest first, examining at most
+/// [`MAX_SCAN`] records (then `true` = truncated). Undecodable or damaged records are skipped
+/// and logged once per query, so one bad record cannot make a whole history unreadable.
+fn scan_log_newest_first<T: DeserializeOwned>(
+    log: &RecordLog,
     what: &'static str,
     (from_ms, to_ms): (Option<i64>, Option<i64>),
     limit: usize,
     keep: impl Fn(&T) -> bool,
 ) -> Result<(Vec<T>, bool), StoreError> {
-    let from = from_ms.unwrap_or(i64::MIN);
-    if to_ms.is_some_and(|to| to <= from) {
-        return Ok((Vec::new(), false));
+    let limit = limit.clamp(1, MAX_LIMIT);
+    let (mut out, mut scanned, mut bad, mut truncated) = (Vec::new(), 0usize, 0usize, false);
+    log.scan_newest_first(from_ms, to_ms, |r| {
+        if scanned >= MAX_SCAN {
+            truncated = true;
+            return false;
+        }
+        scanned += 1;
+        let decoded = r
+            .map_err(|e| e.to_string())
+            .and_then(|r| serde_json::from_slice::<T>(&r.payload).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(record) if keep(&record) => {
+                out.push(record);
+                out.len() < limit
+            }
+            Ok(_) => true,
+            Err(error) => {
+                bad += 1;
+                if bad == 1 {
+                    tracing::error!(what, %error, "skipping unreadable stored record");
+                }
+                true
+            }
+        }
+    })
+    .map_err(|cause| StoreError::Log { what, cause })?;
+    if bad > 1 {
+        tracing::error!(
+            what,
+            count = bad,
+            "skipped unreadable stored records in one query"
+        );
     }
-    let lo = time_key(from, Ulid(0)).to_vec();
-    // `to` is exclusive: the 8-byte prefix sorts before every full key of that millisecond.
-    let hi = to_ms.map(|to| ts_prefix(to).to_vec());
-    scan_keys_newest_first(tree, what, lo, hi, limit, keep)
+    Ok((out, truncated))
 }
 
 /// Reverse scan of keys `[lo, hi)` (`hi` unbounded when `None`); see [`scan_newest_first`].
@@ -954,70 +993,19 @@ fn scan_keys_newest_first<T: DeserializeOwned>(
     Ok((out, truncated))
 }
 
-/// A record to store: its id, [`time_key`] and JSON.
-type Record<'a> = (Ulid, [u8; 24], Cow<'a, [u8]>);
-
-/// Key of the record count inside an id index tree; ids are 16 bytes, so it cannot clash.
-const INDEX_COUNT_KEY: &[u8] = b"#count";
-
-/// Stores the records of one kind (`(id, time key, JSON)`) that are not stored yet: their rows,
-/// then their id index entries together with the index's record count, each tree in one
-/// atomic sled batch (no cross-tree transaction: it cost ~15 µs per event). Returns (records
-/// stored, ids that were already stored or repeated in `items`).
-///
-/// Crash safety without a transaction, given that nothing is acked before the caller's flush
-/// and the edge resends exactly the same bytes until acked: a crash before the flush may keep
-/// any subset of these writes. A kept row without its index entry is rewritten in place (same
-/// key) by the resend; a kept index entry without its row is caught by the duplicate check
-/// below, which also looks for the row, and the row is written again. The count lives in the
-/// index tree's own batch, so it always equals the number of indexed ids.
-fn write_indexed(
-    rows: &sled::Tree,
-    index: &sled::Tree,
-    items: &[Record<'_>],
-) -> Result<(u64, Vec<Ulid>), StoreError> {
-    let mut duplicates = Vec::new();
-    if items.is_empty() {
-        return Ok((0, duplicates));
-    }
-    let err = sled_err("write");
-    let mut row_batch = sled::Batch::default();
-    let mut index_batch = sled::Batch::default();
-    let mut in_batch = std::collections::HashSet::with_capacity(items.len());
-    let (mut stored, mut new_ids) = (0u64, 0u64);
-    for (id, key, value) in items {
-        if !in_batch.insert(*id) {
-            duplicates.push(*id);
-            continue;
-        }
-        let id_bytes = id.0.to_be_bytes();
-        match index.get(id_bytes).map_err(sled_err("write"))? {
-            Some(at) => {
-                if rows.contains_key(&at).map_err(sled_err("write"))? {
-                    duplicates.push(*id);
-                    continue;
-                }
-                // Indexed (and counted) but the row was lost: write it again, below.
-            }
-            None => new_ids += 1,
-        }
-        row_batch.insert(&key[..], value.as_ref());
-        index_batch.insert(&id_bytes[..], &key[..]);
-        stored += 1;
-    }
-    if stored == 0 {
-        return Ok((0, duplicates));
-    }
-    if new_ids > 0 {
-        let count = decode_counter(index.get(INDEX_COUNT_KEY).map_err(sled_err("write"))?);
-        index_batch.insert(
-            INDEX_COUNT_KEY,
-            &count.saturating_add(new_ids).to_be_bytes()[..],
-        );
-    }
-    rows.apply_batch(row_batch).map_err(sled_err("write"))?;
-    index.apply_batch(index_batch).map_err(err)?;
-    Ok((stored, duplicates))
+/// Log records of a batch's messages: (id, ts_ms) of each with its JSON.
+fn log_records<'a>(
+    ids_ts: impl Iterator<Item = (Ulid, i64)>,
+    bytes: &'a [Cow<'a, [u8]>],
+) -> Vec<NewRecord<'a>> {
+    ids_ts
+        .zip(bytes)
+        .map(|((id, ts_ms), b)| NewRecord {
+            id: id.0,
+            ts_ms,
+            payload: b.as_ref(),
+        })
+        .collect()
 }
 
 fn device_key(site: &str, device: &str) -> String {
@@ -1209,30 +1197,63 @@ pub(crate) mod tests {
 
     const T0: i64 = 1_790_000_000_000;
 
-    #[test]
-    fn time_keys_sort_by_time_then_id() {
-        let a = Ulid::from_parts(5, 1);
-        let b = Ulid::from_parts(5, 2);
-        let mut keys = [
-            time_key(10, a),
-            time_key(-5, b),
-            time_key(10, b),
-            time_key(-6, a),
-            time_key(0, a),
-            time_key(i64::MAX, a),
-            time_key(i64::MIN, b),
-        ];
-        keys.sort();
-        let order: Vec<[u8; 24]> = vec![
-            time_key(i64::MIN, b),
-            time_key(-6, a),
-            time_key(-5, b),
-            time_key(0, a),
-            time_key(10, a),
-            time_key(10, b),
-            time_key(i64::MAX, a),
-        ];
-        assert_eq!(keys.to_vec(), order);
+    /// Key of the sled rows of stores written before the record logs.
+    fn legacy_key(ts_ms: i64, id: Ulid) -> Vec<u8> {
+        let mut k = ((ts_ms as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+        k.extend_from_slice(&id.0.to_be_bytes());
+        k
+    }
+
+    #[tokio::test]
+    async fn rows_of_an_older_store_move_into_the_logs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let early = event("gw-01", "cam-01", -5, &[(0, "person")]);
+        let late = event("gw-01", "cam-01", T0, &[(2, "car")]);
+        let t = telemetry("gw-01", "agent", T0, &[("cpu_load", 0.4)]);
+        {
+            // As a hub before the record logs left it: rows and id index trees in sled.
+            let db = sled::open(&path).unwrap();
+            let (events, ids) = (
+                db.open_tree("events").unwrap(),
+                db.open_tree("ids").unwrap(),
+            );
+            for e in [&late, &early] {
+                let key = legacy_key(e.ts_ms, e.id);
+                events.insert(&key, serde_json::to_vec(e).unwrap()).unwrap();
+                ids.insert(e.id.0.to_be_bytes(), key).unwrap();
+            }
+            ids.insert(b"#count", &2u64.to_be_bytes()[..]).unwrap();
+            let tel = db.open_tree("telemetry").unwrap();
+            tel.insert(legacy_key(t.ts_ms, t.id), serde_json::to_vec(&t).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        for round in 0..2 {
+            let s = reopen(&path);
+            let stats = s.stats().await.unwrap();
+            assert_eq!((stats.events, stats.telemetry), (2, 1), "round {round}");
+            let page = s.query_events(EventQuery::default()).await.unwrap();
+            assert_eq!(page.events, vec![late.clone(), early.clone()]);
+            assert_eq!(s.event(early.id).await.unwrap(), Some(early.clone()));
+            let names = s.db.tree_names();
+            for gone in ["events", "ids", "telemetry", "telemetry_ids"] {
+                assert!(
+                    !names.iter().any(|n| n.as_ref() == gone.as_bytes()),
+                    "{gone}"
+                );
+            }
+            let out = s
+                .write(WriteBatch {
+                    events: vec![late.clone()],
+                    telemetry: vec![t.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(out.events_duplicate, vec![late.id]);
+            assert_eq!(out.telemetry_duplicate, vec![t.id]);
+        }
     }
 
     #[tokio::test]
@@ -1723,7 +1744,11 @@ pub(crate) mod tests {
         .await
         .unwrap();
         s.telemetry
-            .insert(time_key(T0 + 1, Ulid::new()), &b"{not json"[..])
+            .append(&[NewRecord {
+                id: Ulid::new().0,
+                ts_ms: T0 + 1,
+                payload: b"{not json",
+            }])
             .unwrap();
         let page = s.query_telemetry(TelemetryQuery::default()).await.unwrap();
         assert_eq!(page.telemetry, vec![good]);
@@ -1847,33 +1872,33 @@ pub(crate) mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(
-            s.events.get(time_key(e.ts_ms, e.id)).unwrap().unwrap(),
-            raw.as_slice()
-        );
+        assert_eq!(s.events.get(e.id.0).unwrap().unwrap().payload, raw);
         assert_eq!(s.event(e.id).await.unwrap(), Some(e));
         let page = s.query_telemetry(TelemetryQuery::default()).await.unwrap();
         assert_eq!(page.telemetry, vec![t]);
     }
 
     #[tokio::test]
-    async fn a_resend_repairs_a_write_torn_by_a_crash() {
-        let (_d, s) = open();
+    async fn a_write_torn_by_a_crash_is_resent_and_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
         let a = event("gw-01", "cam-01", T0, &[(0, "person")]);
         let b = event("gw-01", "cam-01", T0 + 1, &[(0, "person")]);
-        s.write(WriteBatch {
-            events: vec![a.clone(), b.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        // A crash before the flush kept a's index entry but not its row, and b's row but not
-        // its index entry (nothing of that batch was acked, so the edge resends both).
-        s.events.remove(time_key(a.ts_ms, a.id)).unwrap();
-        s.ids.remove(b.id.0.to_be_bytes()).unwrap();
-        s.ids
-            .insert(INDEX_COUNT_KEY, &1u64.to_be_bytes()[..])
+        {
+            let s = SledStore::open(&path, 8).unwrap();
+            s.write(WriteBatch {
+                events: vec![a.clone()],
+                ..Default::default()
+            })
+            .await
             .unwrap();
+        }
+        // The crash: part of b's frame reached the disk, the ack never left.
+        let seg = path.join(EVENT_LOG_DIR).join("0000000001.log");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0x40, 1, 0, 0, 7, 7, 7]).unwrap();
+        drop(f);
+        let s = reopen(&path);
         let out = s
             .write(WriteBatch {
                 events: vec![a.clone(), b.clone()],
@@ -1881,39 +1906,12 @@ pub(crate) mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(out.events_inserted, 2);
-        assert!(out.events_duplicate.is_empty());
+        assert_eq!((out.events_inserted, out.events_duplicate), (1, vec![a.id]));
+        drop(s);
+        let s = reopen(&path);
         let page = s.query_events(EventQuery::default()).await.unwrap();
         assert_eq!(page.events, vec![b.clone(), a.clone()]);
         assert_eq!(s.stats().await.unwrap().events, 2);
-        assert_eq!(s.event(a.id).await.unwrap(), Some(a));
-    }
-
-    #[tokio::test]
-    async fn telemetry_of_an_older_store_is_indexed_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let t = telemetry("gw-01", "agent", T0, &[("cpu_load", 0.4)]);
-        {
-            // As written before `telemetry_ids` existed: the row only.
-            let s = SledStore::open(&path, 8).unwrap();
-            s.telemetry
-                .insert(time_key(t.ts_ms, t.id), serde_json::to_vec(&t).unwrap())
-                .unwrap();
-            s.telemetry_ids.clear().unwrap();
-            s.meta.remove(META_TELEMETRY_INDEXED).unwrap();
-            s.db.flush().unwrap();
-        }
-        let s = reopen(&path);
-        assert_eq!(s.stats().await.unwrap().telemetry, 1);
-        let out = s
-            .write(WriteBatch {
-                telemetry: vec![t.clone()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(out.telemetry_duplicate, vec![t.id]);
     }
 
     fn quarantined(n: usize, device: &str, reason: RejectReason, ms: i64) -> Vec<QuarantineEntry> {
