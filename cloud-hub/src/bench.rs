@@ -55,6 +55,9 @@ pub struct BenchOptions {
     /// Where the durable phase's store goes (a fresh directory inside, removed afterwards);
     /// the system temp dir when `None`. The disk decides the flush cost.
     pub data_dir: Option<PathBuf>,
+    /// Raw and durable phases run alternately this many times; the median round is reported,
+    /// so one burst of noise from elsewhere on the machine does not decide the result.
+    pub rounds: usize,
 }
 
 impl Default for BenchOptions {
@@ -64,6 +67,7 @@ impl Default for BenchOptions {
             publishers: 4,
             window: 2000,
             data_dir: None,
+            rounds: 3,
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct PhaseReport {
     pub events: u64,
     pub seconds: f64,
     pub events_per_s: f64,
+    /// CPU time of the whole process (publishers, broker, hub) per event over the phase: what
+    /// each event costs whether or not the run was held up waiting.
+    pub cpu_us_per_event: f64,
 }
 
 /// Durable-phase extras.
@@ -116,6 +123,18 @@ pub struct DurableReport {
     pub resent: u64,
 }
 
+/// One raw phase and the durable phase right after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    pub raw: PhaseReport,
+    pub durable: DurableReport,
+    /// durable events/s ÷ raw events/s.
+    pub ratio: f64,
+    /// raw CPU µs per event ÷ durable CPU µs per event: the same ratio in CPU time, which
+    /// waiting (on another process, say) does not move.
+    pub cpu_ratio: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub events: usize,
@@ -123,49 +142,65 @@ pub struct BenchReport {
     pub window: usize,
     pub payload_bytes: usize,
     pub cpus: usize,
-    pub raw: PhaseReport,
-    pub durable: DurableReport,
-    /// durable events/s ÷ raw events/s.
-    pub ratio: f64,
+    /// Every round, in the order run.
+    pub rounds: Vec<RoundReport>,
+    /// The round with the median ratio.
+    pub median: RoundReport,
 }
 
 impl BenchReport {
     /// Plain-text summary.
     pub fn text(&self) -> String {
-        let d = &self.durable;
-        format!(
-            "hub ingest: {} events of {} B, {} MQTT publishers (QoS 1, durable window {}), {} CPUs\n\
-             raw broker pass-through : {:>8} events in {:>6.2} s = {:>8.0} events/s\n\
-             durable ingest + acks   : {:>8} events in {:>6.2} s = {:>8.0} events/s \
-             (stored {}, {} batches of {:.0} on average, {} acks, {} resent)\n\
-             ratio durable / raw     : {:.2}\n",
+        let mut out = format!(
+            "hub ingest: {} events of {} B, {} MQTT publishers (QoS 1, durable window {}), {} CPUs, \
+             {} rounds of raw then durable\n",
             self.events,
             self.payload_bytes,
             self.publishers,
             self.window,
             self.cpus,
-            self.raw.events,
-            self.raw.seconds,
-            self.raw.events_per_s,
-            d.phase.events,
-            d.phase.seconds,
-            d.phase.events_per_s,
-            d.stored,
-            d.batches,
-            d.mean_batch,
-            d.acks,
-            d.resent,
-            self.ratio
-        )
+            self.rounds.len(),
+        );
+        for (i, r) in self.rounds.iter().enumerate() {
+            out += &format!(
+                "round {}: raw {:>8.0} events/s ({:>4.1} µs CPU each), durable {:>8.0} events/s \
+                 ({:>4.1} µs CPU each; {} batches of {:.0}, {} acks, {} resent): ratio {:.2}, CPU ratio {:.2}\n",
+                i + 1,
+                r.raw.events_per_s,
+                r.raw.cpu_us_per_event,
+                r.durable.phase.events_per_s,
+                r.durable.phase.cpu_us_per_event,
+                r.durable.batches,
+                r.durable.mean_batch,
+                r.durable.acks,
+                r.durable.resent,
+                r.ratio,
+                r.cpu_ratio,
+            );
+        }
+        let m = &self.median;
+        out += &format!(
+            "median round:\n\
+             raw broker pass-through : {:>8.0} events/s\n\
+             durable ingest + acks   : {:>8.0} events/s (every event stored: {})\n\
+             ratio durable / raw     : {:.2} (CPU per event, raw / durable: {:.2})\n",
+            m.raw.events_per_s,
+            m.durable.phase.events_per_s,
+            m.durable.stored,
+            m.ratio,
+            m.cpu_ratio,
+        );
+        out
     }
 }
 
-/// Runs both phases, raw first.
+/// Runs `rounds` rounds of both phases, raw first in each.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     for (name, v) in [
         ("events", opts.events),
         ("publishers", opts.publishers),
         ("window", opts.window),
+        ("rounds", opts.rounds),
     ] {
         if v == 0 {
             return Err(BenchError::Option(name));
@@ -178,17 +213,28 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .map(|(_, b)| b.len())
         .max()
         .unwrap_or(0);
-    let raw = raw_phase(opts, &payloads).await?;
-    let durable = durable_phase(opts, &payloads).await?;
+    let mut rounds = Vec::with_capacity(opts.rounds);
+    for _ in 0..opts.rounds {
+        let raw = raw_phase(opts, &payloads).await?;
+        let durable = durable_phase(opts, &payloads).await?;
+        rounds.push(RoundReport {
+            ratio: durable.phase.events_per_s / raw.events_per_s,
+            cpu_ratio: raw.cpu_us_per_event / durable.phase.cpu_us_per_event.max(1e-9),
+            raw,
+            durable,
+        });
+    }
+    let mut by_ratio: Vec<&RoundReport> = rounds.iter().collect();
+    by_ratio.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+    let median = by_ratio[by_ratio.len() / 2].clone();
     Ok(BenchReport {
         events: opts.events,
         publishers: opts.publishers,
         window: opts.window,
         payload_bytes,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ratio: durable.phase.events_per_s / raw.events_per_s,
-        raw,
-        durable,
+        rounds,
+        median,
     })
 }
 
@@ -297,7 +343,7 @@ async fn raw_phase(
         let _ = done_tx.send(Instant::now());
         seen
     });
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), process_cpu());
     let mut pubs = Vec::new();
     for k in 0..opts.publishers {
         pubs.push(tokio::spawn(publish_raw(
@@ -306,8 +352,8 @@ async fn raw_phase(
             payloads.clone(),
         )));
     }
-    let end = match tokio::time::timeout(PHASE_TIMEOUT, done_rx).await {
-        Ok(Ok(t)) => t,
+    let (end, cpu) = match tokio::time::timeout(PHASE_TIMEOUT, done_rx).await {
+        Ok(Ok(t)) => (t, process_cpu() - cpu0),
         _ => {
             counter.abort();
             broker.stop().await;
@@ -326,16 +372,28 @@ async fn raw_phase(
     }
     let _ = counter.await;
     broker.stop().await;
-    Ok(phase_report(n, end - start))
+    Ok(phase_report(n, end - start, cpu))
 }
 
-fn phase_report(n: usize, elapsed: Duration) -> PhaseReport {
+fn phase_report(n: usize, elapsed: Duration, cpu: Duration) -> PhaseReport {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     PhaseReport {
         events: n as u64,
         seconds,
         events_per_s: n as f64 / seconds,
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
     }
+}
+
+/// User + system CPU time of this process so far (all threads).
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn mqtt_options(addr: SocketAddr, id: String) -> MqttOptions {
@@ -433,7 +491,7 @@ async fn durable_in(
     for k in 0..opts.publishers {
         ready.push(DurablePublisher::connect(config.mqtt_addr, k, opts.window).await?);
     }
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), process_cpu());
     let mut tasks = Vec::new();
     for p in ready {
         tasks.push(tokio::spawn(p.run(payloads.clone())));
@@ -451,6 +509,7 @@ async fn durable_in(
             Err(_) => return Err(phase_err(PHASE, "publishers were not all acked in time")),
         }
     }
+    let cpu = process_cpu() - cpu0;
     let stored = store.stats().await?.events;
     let _ = stop_tx.send(());
     match hub_task.await {
@@ -465,7 +524,7 @@ async fn durable_in(
     }
     let m = metrics.snapshot();
     Ok(DurableReport {
-        phase: phase_report(opts.events, end - start),
+        phase: phase_report(opts.events, end - start, cpu),
         stored,
         batches: m.batches,
         mean_batch: opts.events as f64 / m.batches.max(1) as f64,

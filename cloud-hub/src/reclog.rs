@@ -93,9 +93,12 @@ struct Slot {
     len: u32,
 }
 
+/// Keyed per process (ahash's random state), so ids chosen to collide cannot degrade it.
+type IdMap<V> = HashMap<u128, V, ahash::RandomState>;
+
 #[derive(Default)]
 struct Index {
-    by_id: HashMap<u128, Slot>,
+    by_id: IdMap<Slot>,
     /// (ts_ms, position) → payload length. Ties in time are in log order.
     by_time: BTreeMap<(i64, Pos), u32>,
     /// Open segment files by sequence number, for reads.
@@ -116,7 +119,13 @@ struct Writer {
     /// Set when a failed append could not be rolled back: the next append starts a new segment
     /// rather than writing after unknown bytes.
     roll: bool,
+    /// Frames of the batch being appended. Kept between appends: a fresh buffer per batch
+    /// means fresh pages, and zeroing those cost more than encoding the frames.
+    buf: Vec<u8>,
 }
+
+/// Largest append buffer kept between appends.
+const KEEP_BUF: usize = 4 * 1024 * 1024;
 
 pub struct RecordLog {
     dir: PathBuf,
@@ -296,6 +305,7 @@ impl RecordLog {
                 file,
                 len,
                 roll: damaged,
+                buf: Vec::new(),
             },
             None => {
                 let (file, _) = Self::create_segment(dir, 1)?;
@@ -305,6 +315,7 @@ impl RecordLog {
                     file,
                     len: 0,
                     roll: false,
+                    buf: Vec::new(),
                 }
             }
         };
@@ -361,7 +372,8 @@ impl RecordLog {
         let mut fresh = Vec::with_capacity(records.len());
         {
             let index = self.read_index();
-            let mut seen = HashSet::with_capacity(records.len());
+            let mut seen =
+                HashSet::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
             for r in records {
                 if index.by_id.contains_key(&r.id) || !seen.insert(r.id) {
                     out.duplicates.push(r.id);
@@ -383,14 +395,11 @@ impl RecordLog {
             let seq = w.seq + 1;
             let (file, _) = Self::create_segment(&self.dir, seq)?;
             self.write_index().files.insert(seq, file.clone());
-            *w = Writer {
-                seq,
-                file,
-                len: 0,
-                roll: false,
-            };
+            (w.seq, w.file, w.len, w.roll) = (seq, file, 0, false);
         }
-        let mut buf = Vec::with_capacity(bytes);
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        buf.reserve(bytes);
         let mut slots = Vec::with_capacity(fresh.len());
         for r in &fresh {
             let off = w.len + buf.len() as u64;
@@ -409,6 +418,9 @@ impl RecordLog {
             .write_all_at(&buf, w.len)
             .map_err(io("append to", &path))
             .and_then(|()| w.file.sync_data().map_err(io("fsync", &path)));
+        if buf.capacity() <= KEEP_BUF {
+            w.buf = buf;
+        }
         if let Err(e) = written {
             // Leave no partial frame for the next append to write after.
             if w.file.set_len(w.len).is_err() {
@@ -416,7 +428,7 @@ impl RecordLog {
             }
             return Err(e);
         }
-        w.len += buf.len() as u64;
+        w.len += bytes as u64;
         let mut index = self.write_index();
         for (r, slot) in fresh.iter().zip(slots) {
             index.insert(r.id, r.ts_ms, slot);
