@@ -788,17 +788,26 @@ pub fn change_json(c: &Change) -> Value {
     Value::Object(m)
 }
 
+/// What a change stream delivers next.
+#[derive(Debug)]
+enum Item {
+    Change(Arc<Change>),
+    /// Changes were missed: how many, when known (a client that fell behind); unknown for a
+    /// `Last-Event-ID` older than what is kept.
+    Lagged(Option<u64>),
+}
+
 struct StreamState {
     rx: broadcast::Receiver<Arc<Change>>,
     backlog: VecDeque<Arc<Change>>,
-    /// Missed changes to report before anything else.
-    missed: Option<u64>,
+    /// Report missed changes before anything else.
+    missed: bool,
     last: u64,
     types: Option<HashSet<String>>,
     ids: Option<HashSet<String>>,
     closing: watch::Receiver<bool>,
     twin: Arc<Twin>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl StreamState {
@@ -809,21 +818,15 @@ impl StreamState {
             && self.ids.as_ref().is_none_or(|i| i.contains(&c.entity))
     }
 
-    fn event(&mut self, c: &Change) -> SseEvent {
-        self.last = c.seq;
-        SseEvent::default()
-            .event("change")
-            .id(c.seq.to_string())
-            .data(change_json(c).to_string())
-    }
-
-    async fn next(&mut self) -> Option<SseEvent> {
-        if let Some(n) = self.missed.take() {
-            return Some(lagged(n));
+    /// The next item, or `None` once the hub shuts down.
+    async fn next(&mut self) -> Option<Item> {
+        if std::mem::take(&mut self.missed) {
+            return Some(Item::Lagged(None));
         }
         while let Some(c) = self.backlog.pop_front() {
             if c.seq > self.last && self.wanted(&c) {
-                return Some(self.event(&c));
+                self.last = c.seq;
+                return Some(Item::Change(c));
             }
         }
         loop {
@@ -838,14 +841,17 @@ impl StreamState {
                     if c.seq <= self.last || !self.wanted(&c) {
                         continue;
                     }
-                    return Some(self.event(&c));
+                    self.last = c.seq;
+                    return Some(Item::Change(c));
                 }
+                // The broadcast channel overwrote what this client had not read: it never
+                // holds anyone up.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.twin
                         .counters
                         .stream_lagged
                         .fetch_add(n, Ordering::Relaxed);
-                    return Some(lagged(n));
+                    return Some(Item::Lagged(Some(n)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -853,14 +859,21 @@ impl StreamState {
     }
 }
 
-/// Told to a client that missed changes (fell behind, or resumed too late): re-read the
-/// entities, then carry on.
-fn lagged(missed: u64) -> SseEvent {
-    SseEvent::default().event("lagged").data(
-        json!({"missed": missed,
-               "detail": "changes were missed; re-read GET /ngsi-ld/v1/entities"})
-        .to_string(),
-    )
+/// `change` events carry the stream position as `id` (for `Last-Event-ID`); a client that
+/// missed changes (fell behind, or resumed too late) gets `lagged`: re-read the entities, then
+/// carry on.
+fn sse_event(item: Item) -> SseEvent {
+    match item {
+        Item::Change(c) => SseEvent::default()
+            .event("change")
+            .id(c.seq.to_string())
+            .data(change_json(&c).to_string()),
+        Item::Lagged(missed) => SseEvent::default().event("lagged").data(
+            json!({"missed": missed,
+                   "detail": "changes were missed; re-read GET /ngsi-ld/v1/entities"})
+            .to_string(),
+        ),
+    }
 }
 
 async fn stream(
@@ -885,10 +898,10 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let (backlog, missed, last) = match resume {
-        None => (VecDeque::new(), None, 0),
+        None => (VecDeque::new(), false, 0),
         Some(seq) => {
             let (recent, missed) = st.twin.recent_after(seq);
-            (recent.into(), missed.then_some(0), seq)
+            (recent.into(), missed, seq)
         }
     };
     let state = StreamState {
@@ -900,11 +913,11 @@ async fn stream(
         ids,
         closing: st.twin.closing(),
         twin: st.twin.clone(),
-        _permit: permit,
+        _permit: Some(permit),
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {
-        let ev = s.next().await?;
-        Some((Ok::<_, Infallible>(ev), s))
+        let item = s.next().await?;
+        Some((Ok::<_, Infallible>(sse_event(item)), s))
     });
     Ok(Sse::new(events)
         .keep_alive(
@@ -950,6 +963,102 @@ mod tests {
             props,
             rels,
             live,
+        }
+    }
+
+    fn stream_state(twin: &Arc<Twin>, last: u64) -> StreamState {
+        StreamState {
+            rx: twin.subscribe(),
+            backlog: VecDeque::new(),
+            missed: false,
+            last,
+            types: Some(["Sensor".to_string()].into()),
+            ids: None,
+            closing: twin.closing(),
+            twin: twin.clone(),
+            _permit: None,
+        }
+    }
+
+    /// Readings of the demo water-level sensor, one change each.
+    fn readings(twin: &Twin, n: usize) {
+        let mut b = crate::store::WriteBatch::default();
+        for i in 0..n {
+            b.telemetry.push(csb_wire::Telemetry {
+                v: 1,
+                id: ulid::Ulid::new(),
+                site: "yuexi".into(),
+                device: "gw-demo-01".into(),
+                source: "wl-underpass-01".into(),
+                ts_ms: 1_790_000_000_000 + i as i64,
+                metrics: [("water_level_cm".to_string(), i as f64)].into(),
+            });
+        }
+        twin.apply(&crate::twin::Input {
+            batch: Arc::new(b),
+            duplicates: Default::default(),
+        });
+    }
+
+    fn sample_twin() -> Arc<Twin> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(crate::county::DEFAULT_DIR);
+        let c = crate::county::County::load(&dir).unwrap();
+        Arc::new(Twin::new(Some(&c), None, 86_400_000))
+    }
+
+    #[tokio::test]
+    async fn a_lagging_stream_gets_lagged_and_carries_on_and_ends_on_close() {
+        let twin = sample_twin();
+        let mut s = stream_state(&twin, 0);
+        // More than the channel holds, while the client reads nothing: nobody waits on it.
+        readings(&twin, crate::twin::STREAM_CAPACITY + 10);
+        match s.next().await {
+            Some(Item::Lagged(Some(n))) => assert_eq!(n, 10),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(twin.counters.stream_lagged.load(Ordering::Relaxed), 10);
+        // Then the oldest change still held.
+        match s.next().await {
+            Some(Item::Change(c)) => {
+                assert_eq!(c.attrs[0].1.value, json!(10.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Resuming from a position older than the recent buffer says so first.
+        let (recent, missed) = twin.recent_after(0);
+        assert!(missed);
+        assert_eq!(
+            recent.len(),
+            crate::twin::RECENT_CAPACITY.min(crate::twin::STREAM_CAPACITY + 10)
+        );
+        let last = recent[recent.len() - 2].seq;
+        let (recent, missed) = twin.recent_after(last);
+        assert!(!missed);
+        assert_eq!(recent.len(), 1);
+        twin.close_streams();
+        let mut s = stream_state(&twin, 0);
+        assert!(s.next().await.is_none(), "a closed twin ends streams");
+    }
+
+    #[test]
+    fn twin_reads_need_the_viewer_role() {
+        use crate::api::{access_for, Access};
+        use crate::tokens::Role;
+        use axum::http::Method;
+        for p in [
+            "/ngsi-ld/v1/entities",
+            "/ngsi-ld/v1/entities/urn:ngsi-ld:Camera:yuexi:gw:cam",
+            "/ngsi-ld/v1/temporal/entities/urn:x:y",
+            "/ngsi-ld/v1/types",
+            "/api/v1/twin/stream",
+        ] {
+            assert_eq!(
+                access_for(&Method::GET, p),
+                Access::Role(Role::Viewer),
+                "{p}"
+            );
         }
     }
 
