@@ -91,8 +91,6 @@ pub enum HubError {
     },
     #[error("ingest stopped: {0}")]
     Ingest(IngestError),
-    #[error(transparent)]
-    Twin(#[from] twin::TwinError),
     #[error("{task} task panicked: {reason}")]
     Panicked { task: &'static str, reason: String },
 }
@@ -145,20 +143,32 @@ impl Hub<SledStore> {
     }
 }
 
-/// Opens the twin's history database (`{data_dir}/twin`) and builds the twin of `county`.
+/// Opens the twin's history database (`{data_dir}/twin`) and builds the twin of `county`. A
+/// history that cannot be opened does not stop the hub: the twin then runs without one (live
+/// state only; the temporal API answers 503), and says so.
 async fn start_twin(
     config: &HubConfig,
     county: Arc<county::County>,
 ) -> Result<Arc<twin::Twin>, HubError> {
     let dir = config.data_dir.join("twin");
     let retention_ms = i64::from(config.twin_history_days) * 86_400_000;
-    let t =
-        tokio::task::spawn_blocking(move || twin::Twin::open(Some(&county), &dir, retention_ms))
-            .await
-            .map_err(|e| HubError::Panicked {
-                task: "twin open",
-                reason: e.to_string(),
-            })??;
+    let t = tokio::task::spawn_blocking(move || {
+        match twin::Twin::open(Some(&county), &dir, retention_ms) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "digital twin runs without history (no temporal API, no restore on restart)"
+                );
+                twin::Twin::new(Some(&county), None, retention_ms)
+            }
+        }
+    })
+    .await
+    .map_err(|e| HubError::Panicked {
+        task: "twin open",
+        reason: e.to_string(),
+    })?;
     Ok(Arc::new(t))
 }
 

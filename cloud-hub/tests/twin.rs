@@ -597,14 +597,21 @@ fn iso(ms: i64) -> String {
 struct SseReader {
     resp: reqwest::Response,
     buf: String,
+    /// Events read and passed over, in stream order: a later call may want them (changes of
+    /// different entities in one ingest batch come in the order the twin applies them).
+    seen: Vec<(String, String, Value)>,
 }
 
 impl SseReader {
+    /// The first event (already read or still to come) that `pred` accepts.
     async fn next_matching(
         &mut self,
         secs: u64,
         pred: impl Fn(&str, &str, &Value) -> bool,
     ) -> (String, String, Value) {
+        if let Some(i) = self.seen.iter().position(|(e, id, v)| pred(e, id, v)) {
+            return self.seen.remove(i);
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             while let Some(end) = self.buf.find("\n\n") {
@@ -627,10 +634,16 @@ impl SseReader {
                 if pred(&ev, &id, &v) {
                     return (ev, id, v);
                 }
+                self.seen.push((ev, id, v));
             }
             let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
                 .await
-                .expect("SSE event within the deadline")
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "SSE event within the deadline; passed over: {:?}",
+                        self.seen
+                    )
+                })
                 .unwrap()
                 .expect("stream open");
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -659,6 +672,7 @@ async fn live_attributes_history_stream_and_last_will() {
     let mut sse = SseReader {
         resp,
         buf: String::new(),
+        seen: Vec::new(),
     };
 
     // The agent comes online with its camera running.
@@ -787,6 +801,10 @@ async fn live_attributes_history_stream_and_last_will() {
     assert_eq!(z["activeProblems"]["value"], 1);
     // Filtered by type: no gateway or camera change came through.
     assert!(!sse.buf.contains(GW));
+    assert!(sse
+        .seen
+        .iter()
+        .all(|(_, _, v)| v["type"] == "Sensor" || v["type"] == "Zone"));
 
     // Resuming after the first reading replays what followed.
     let resp = client()
@@ -799,6 +817,7 @@ async fn live_attributes_history_stream_and_last_will() {
     let mut resumed = SseReader {
         resp,
         buf: String::new(),
+        seen: Vec::new(),
     };
     let (_, rid, v) = resumed.next_matching(10, |_, _, _| true).await;
     assert_eq!(rid, id2);

@@ -35,6 +35,8 @@ pub struct Record {
     pub entity: String,
     pub attr: String,
     pub obs: Observed,
+    /// It is the attribute's current value (not an older observation filled in).
+    pub current: bool,
 }
 
 /// An instance read back.
@@ -101,7 +103,7 @@ impl History {
             current: db.open_tree("current")?,
             db,
             // Above anything an earlier run used (sled persists generated ids).
-            seq: Arc::new(AtomicU64::new(seq << 20)),
+            seq: Arc::new(AtomicU64::new(seq << 40)),
         })
     }
 
@@ -122,8 +124,10 @@ impl History {
             tk.extend_from_slice(&time_key(recorded_ms));
             tk.extend_from_slice(&seq.to_be_bytes());
             t.insert(tk, key);
-            let c = serde_json::json!({"v": r.obs.value, "t": r.obs.observed_ms});
-            cur.insert(current_key(&r.entity, &r.attr), c.to_string().into_bytes());
+            if r.current {
+                let c = serde_json::json!({"v": r.obs.value, "t": r.obs.observed_ms});
+                cur.insert(current_key(&r.entity, &r.attr), c.to_string().into_bytes());
+            }
         }
         // History first: an index entry never points at nothing for long.
         self.history.apply_batch(h)?;
@@ -264,6 +268,7 @@ mod tests {
                 value: json!(v),
                 observed_ms: t,
             },
+            current: true,
         }
     }
 

@@ -12,7 +12,8 @@
 //!
 //! Open cases (governance) are not entities yet: when the case workflow exists, a `Case` type
 //! slots in as another [`EntityType`] built from the case store, with a `refZone`/`refCamera`
-//! relationship, fed through the same [`Twin::apply_changes`] path.
+//! relationship, its changes going through the same stream and history path as
+//! [`Twin::apply`]'s.
 
 mod build;
 pub mod history;
@@ -483,14 +484,31 @@ impl Twin {
 
     /// Applies one durable ingest batch; returns the changes (already published on the stream).
     pub fn apply(&self, input: &Input) -> Vec<Arc<Change>> {
-        let changes = {
+        self.apply_all(input).0
+    }
+
+    /// [`Twin::apply`], and the history records of the batch: every change, plus observations
+    /// older than the current value (a replayed backlog), which only go to the history.
+    pub fn apply_all(&self, input: &Input) -> (Vec<Arc<Change>>, Vec<history::Record>) {
+        let (changes, mut records) = {
             let mut st = self.write_state();
             update::apply(&mut st, input)
         };
         self.counters
             .batches_applied
             .fetch_add(1, Ordering::Relaxed);
-        self.publish(changes)
+        let changes = self.publish(changes);
+        for c in &changes {
+            for (attr, obs) in &c.attrs {
+                records.push(history::Record {
+                    entity: c.entity.clone(),
+                    attr: attr.clone(),
+                    obs: obs.clone(),
+                    current: true,
+                });
+            }
+        }
+        (changes, records)
     }
 
     /// Hands changes to the stream and the recent buffer; assigns nothing (seq is set).
@@ -590,15 +608,7 @@ pub async fn run(twin: Arc<Twin>, mut rx: mpsc::Receiver<Input>) {
         tokio::select! {
             m = rx.recv() => match m {
                 Some(input) => {
-                    for c in twin.apply(&input) {
-                        for (attr, obs) in &c.attrs {
-                            pending.push(history::Record {
-                                entity: c.entity.clone(),
-                                attr: attr.clone(),
-                                obs: obs.clone(),
-                            });
-                        }
-                    }
+                    pending.extend(twin.apply_all(&input).1);
                     if pending.len() >= HISTORY_BATCH {
                         write_history(&twin, &mut pending).await;
                     }

@@ -323,3 +323,51 @@ fn iso_times() {
     assert_eq!(iso_ms(T0 + 123), "2026-09-21T14:13:20.123Z");
     assert_eq!(iso_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
 }
+
+#[test]
+fn a_full_feed_drops_and_counts_without_waiting() {
+    let t = Arc::new(twin());
+    let (feed, mut rx) = channel(t.clone());
+    let batch = Arc::new({
+        let mut b = WriteBatch::default();
+        b.telemetry
+            .push(tel("wl-underpass-01", T0, &[("water_level_cm", 1.0)]));
+        b
+    });
+    let out = WriteOutcome::default();
+    // Nobody consumes: the channel fills, then offers are dropped and counted, never blocking.
+    for _ in 0..FEED_CAPACITY + 3 {
+        feed.offer(&batch, &out);
+    }
+    assert_eq!(t.counters.feed_dropped.load(Ordering::Relaxed), 3);
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, FEED_CAPACITY);
+    // A batch with nothing for the twin is not even offered.
+    feed.offer(&Arc::new(WriteBatch::default()), &out);
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn older_observations_go_to_history_only() {
+    let t = twin();
+    let at = |ts, v| {
+        input(|b| {
+            b.telemetry
+                .push(tel("wl-underpass-01", ts, &[("water_level_cm", v)]))
+        })
+    };
+    let (changes, records) = t.apply_all(&at(T0 + 2000, 5.0));
+    assert_eq!(changes.len(), 1);
+    assert_eq!(records.len(), 1);
+    assert!(records[0].current);
+    // A replayed older reading: history, but neither the current value nor the stream.
+    let (changes, records) = t.apply_all(&at(T0 + 1000, 4.0));
+    assert!(changes.is_empty());
+    assert_eq!(records.len(), 1);
+    assert!(!records[0].current);
+    assert_eq!(records[0].obs.value, json!(4.0));
+    assert_eq!(live(&t, WL, "water_level_cm").unwrap().value, json!(5.0));
+}

@@ -30,6 +30,7 @@ use csb_wire::{
 };
 use serde_json::{json, Value};
 
+use super::history::Record;
 use super::{Change, Input, Live, Observed, Policy, State, MAX_LIVE_ATTRS};
 
 /// fps and outbox depth jitter: at most one history instance a minute.
@@ -46,6 +47,8 @@ struct Changes<'a> {
     st: &'a mut State,
     out: Vec<(usize, Vec<(String, Observed)>)>,
     at: HashMap<usize, usize>,
+    /// Observations older than the current value: history only.
+    backfill: Vec<Record>,
 }
 
 impl Changes<'_> {
@@ -71,7 +74,17 @@ impl Changes<'_> {
                 );
                 true
             }
-            Some(l) if observed_ms < l.current.observed_ms => policy == Policy::Always,
+            Some(l) if observed_ms < l.current.observed_ms => {
+                if policy == Policy::Always {
+                    self.backfill.push(Record {
+                        entity: e.id.clone(),
+                        attr: name.to_string(),
+                        obs,
+                        current: false,
+                    });
+                }
+                return;
+            }
             Some(l) => {
                 let changed = l.current.value != obs.value;
                 let record = match policy {
@@ -101,9 +114,10 @@ impl Changes<'_> {
         }
     }
 
-    fn finish(self) -> Vec<Change> {
+    fn finish(self) -> (Vec<Change>, Vec<Record>) {
         let st = self.st;
-        self.out
+        let changes = self
+            .out
             .into_iter()
             .map(|(i, attrs)| {
                 let seq = st.next_seq;
@@ -115,15 +129,18 @@ impl Changes<'_> {
                     attrs,
                 }
             })
-            .collect()
+            .collect();
+        (changes, self.backfill)
     }
 }
 
-pub(crate) fn apply(st: &mut State, input: &Input) -> Vec<Change> {
+/// The changes of a batch (for the stream and history), and older observations (history only).
+pub(crate) fn apply(st: &mut State, input: &Input) -> (Vec<Change>, Vec<Record>) {
     let mut c = Changes {
         st,
         out: Vec::new(),
         at: HashMap::new(),
+        backfill: Vec::new(),
     };
     let b = &input.batch;
     for (s, received_ms) in &b.statuses {
