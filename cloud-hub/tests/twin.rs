@@ -132,6 +132,32 @@ fn line_distance(p: [f64; 2], line: &[[f64; 2]]) -> f64 {
     best
 }
 
+/// Even-odd ray casting over every ring (holes included), written here independently.
+fn inside(p: [f64; 2], rings: &[Vec<[f64; 2]>]) -> bool {
+    let mut c = false;
+    for r in rings {
+        for w in r.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if (a[1] > p[1]) != (b[1] > p[1])
+                && p[0] < a[0] + (p[1] - a[1]) / (b[1] - a[1]) * (b[0] - a[0])
+            {
+                c = !c;
+            }
+        }
+    }
+    c
+}
+
+/// The rings of a Polygon's coordinates.
+fn rings(g: &Value) -> Vec<Vec<[f64; 2]>> {
+    g["coordinates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(pos).collect())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_type_q_and_geo_queries_on_the_sample_county() {
     let dir = tempfile::tempdir().unwrap();
@@ -405,6 +431,44 @@ async fn entity_type_q_and_geo_queries_on_the_sample_county() {
             for (id, line) in &lines {
                 let d = line_distance(c, line);
                 if (d - r).abs() < 1.0 {
+                    continue;
+                }
+                assert_eq!(
+                    got.contains(id),
+                    d <= r,
+                    "{id}: {d} m from {c:?}, radius {r}"
+                );
+            }
+        }
+    }
+
+    // Towns and zones (polygons): 0 inside, else the nearest point of the boundary.
+    let areas: Vec<(String, Vec<Vec<[f64; 2]>>)> = all
+        .iter()
+        .filter(|e| e["location"]["type"] == "Polygon")
+        .map(|e| (e["id"].as_str().unwrap().to_string(), rings(&e["location"])))
+        .collect();
+    assert_eq!(
+        areas.len(),
+        24 + 5,
+        "every town and zone is a Polygon in the sample"
+    );
+    for c in centres {
+        for r in [0.0, 100.0, 1000.0, 3000.0, 8000.0] {
+            let got = ids(&ngsi(
+                &hub,
+                &near(c, format!("near;maxDistance=={r}"), "Town,Zone"),
+            )
+            .await);
+            for (id, rs) in &areas {
+                let d = if inside(c, rs) {
+                    0.0
+                } else {
+                    rs.iter()
+                        .map(|ring| line_distance(c, ring))
+                        .fold(f64::INFINITY, f64::min)
+                };
+                if d > 0.0 && (d - r).abs() < 1.0 {
                     continue;
                 }
                 assert_eq!(
