@@ -40,6 +40,10 @@ pub use history::{History, HistoryError, Instance};
 /// Batches waiting for the twin task. Each holds one ingest batch (≤ 2048 messages); the task
 /// only updates memory, so it keeps up unless starved: a full channel means it is far behind.
 pub const FEED_CAPACITY: usize = 16;
+/// Payload bytes of the batches waiting for the twin at most: what bounds the feed's memory
+/// (batches hold their payloads); beyond it batches are dropped for the twin like on a full
+/// channel. One batch alone always fits.
+pub const FEED_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Changes kept for SSE clients that fall behind or resume with `Last-Event-ID`.
 pub const STREAM_CAPACITY: usize = 1024;
 /// Recent changes a resuming SSE client can be replayed from.
@@ -348,6 +352,8 @@ pub struct Twin {
     feed_log: Mutex<LogLimiter>,
     /// The first stream position of this boot.
     boot_seq: u64,
+    /// Payload bytes of the batches in the feed channel.
+    queued_bytes: AtomicU64,
 }
 
 pub fn now_ms() -> i64 {
@@ -390,6 +396,7 @@ impl Twin {
             closing,
             feed_log: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
             boot_seq: boot_us,
+            queued_bytes: AtomicU64::new(0),
         };
         twin.restore();
         twin
@@ -581,13 +588,41 @@ impl Feed {
             batch: batch.clone(),
             duplicates,
         };
+        let bytes = batch_bytes(batch);
+        let queued = &self.twin.queued_bytes;
+        let before = queued.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before + bytes > FEED_MAX_BYTES {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.twin.feed_full();
+            return;
+        }
         match self.tx.try_send(input) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.twin.feed_full(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                queued.fetch_sub(bytes, Ordering::Relaxed);
+                self.twin.feed_full();
+            }
             // The twin task is gone (shutdown): nothing to update.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                queued.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
     }
+}
+
+/// What a batch holds in memory, roughly: its payloads (1 KiB per message when the store
+/// was given none), and 512 bytes per status.
+fn batch_bytes(b: &WriteBatch) -> u64 {
+    let payloads = |p: &[Vec<u8>], n: usize| -> u64 {
+        if p.len() == n {
+            p.iter().map(|x| x.len() as u64).sum()
+        } else {
+            n as u64 * 1024
+        }
+    };
+    payloads(&b.event_payloads, b.events.len())
+        + payloads(&b.telemetry_payloads, b.telemetry.len())
+        + b.statuses.len() as u64 * 512
 }
 
 /// The feed for ingest and the receiver for [`run`].
@@ -609,6 +644,7 @@ pub async fn run(twin: Arc<Twin>, mut rx: mpsc::Receiver<Input>) {
             m = rx.recv() => match m {
                 Some(input) => {
                     pending.extend(twin.apply_all(&input).1);
+                    twin.queued_bytes.fetch_sub(batch_bytes(&input.batch), Ordering::Relaxed);
                     if pending.len() >= HISTORY_BATCH {
                         write_history(&twin, &mut pending).await;
                     }

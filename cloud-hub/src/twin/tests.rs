@@ -351,6 +351,27 @@ fn a_full_feed_drops_and_counts_without_waiting() {
 }
 
 #[test]
+fn the_feed_is_bounded_by_bytes_too() {
+    let t = Arc::new(twin());
+    let (feed, mut rx) = channel(t.clone());
+    // Three batches of 30 MiB of payload: the first fits alone, the second within 64 MiB, the
+    // third not.
+    let big = Arc::new({
+        let mut b = WriteBatch::default();
+        b.telemetry
+            .push(tel("wl-underpass-01", T0, &[("water_level_cm", 1.0)]));
+        b.telemetry_payloads.push(vec![b' '; 30 * 1024 * 1024]);
+        b
+    });
+    let out = WriteOutcome::default();
+    for _ in 0..3 {
+        feed.offer(&big, &out);
+    }
+    assert_eq!(t.counters.feed_dropped.load(Ordering::Relaxed), 1);
+    assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+}
+
+#[test]
 fn older_observations_go_to_history_only() {
     let t = twin();
     let at = |ts, v| {
