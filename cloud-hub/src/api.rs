@@ -78,6 +78,8 @@ pub struct ApiState<S> {
     access: Option<HttpAccess>,
     /// The county model (`county_dir`), when one is loaded.
     county: Option<Arc<crate::county::County>>,
+    /// The digital twin (with a county model): NGSI-LD routes, health and metrics.
+    twin: Option<Arc<crate::twin::Twin>>,
 }
 
 impl<S> ApiState<S> {
@@ -97,7 +99,14 @@ impl<S> ApiState<S> {
             snapshot_max_bytes,
             access: None,
             county: None,
+            twin: None,
         }
+    }
+
+    /// Serves the twin: the NGSI-LD API and the change stream ([`crate::ngsi`]).
+    pub fn with_twin(mut self, twin: Arc<crate::twin::Twin>) -> Self {
+        self.twin = Some(twin);
+        self
     }
 
     /// Serves the county model at `GET /api/v1/county`.
@@ -125,6 +134,7 @@ impl<S> Clone for ApiState<S> {
             snapshot_max_bytes: self.snapshot_max_bytes,
             access: self.access.clone(),
             county: self.county.clone(),
+            twin: self.twin.clone(),
         }
     }
 }
@@ -133,6 +143,10 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
     // Bounds what the body extractor reads, so an oversized upload without a Content-Length
     // (chunked) is cut off at the limit instead of being buffered whole.
     let upload_limit = DefaultBodyLimit::max(state.snapshot_max_bytes);
+    let twin_routes = match &state.twin {
+        Some(t) => crate::ngsi::router(t.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/api/v1/events", get(events::<S>))
         .route("/api/v1/events/{id}", get(event_by_id::<S>))
@@ -149,6 +163,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/api/v1/county", get(county::<S>))
         .route("/api/v1/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
+        .merge(twin_routes)
         .fallback(not_found)
         // Outside the routes, so unknown paths are refused alike (no probing for endpoints);
         // a no-op with `http = "off"`.
@@ -236,6 +251,17 @@ const POLICY: &[Rule] = &[
         method: "PUT",
         path: PathMatch::Item("/api/v1/snapshots/"),
         access: Access::Device,
+    },
+    // The digital twin (NGSI-LD reads and the change stream): viewers, like the other reads.
+    Rule {
+        method: "GET",
+        path: PathMatch::Under("/ngsi-ld/v1/"),
+        access: Access::Role(Role::Viewer),
+    },
+    Rule {
+        method: "GET",
+        path: PathMatch::Exact("/api/v1/twin/stream"),
+        access: Access::Role(Role::Viewer),
     },
     // Reserved for management endpoints (tokens, devices, config over HTTP).
     Rule {
@@ -1210,6 +1236,7 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
         "evidence": evidence,
         "http_auth": st.metrics.http_auth(),
         "storage": storage,
+        "twin": st.twin.as_ref().map(|t| t.counters.to_json()),
     });
     (status, Json(body)).into_response()
 }
@@ -1218,13 +1245,16 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let stats = store_call(&st.store_slots, "store stats", st.store.stats())
         .await
         .ok();
-    let text = render_prometheus(
+    let mut text = render_prometheus(
         &st.metrics.snapshot(),
         &st.metrics.evidence(),
         &st.metrics.http_auth(),
         stats.as_ref(),
         st.started.elapsed(),
     );
+    if let Some(t) = &st.twin {
+        text.push_str(&t.counters.render_prometheus());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -54,6 +54,9 @@ pub struct HubConfig {
     /// `configs/county/README.md`). Relative paths are relative to the working directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub county_dir: Option<PathBuf>,
+    /// Days of digital-twin attribute history kept (`{data_dir}/twin`, the NGSI-LD temporal
+    /// API); older instances are pruned.
+    pub twin_history_days: u32,
     /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
     /// `[mqtt_tls]`: when present, `mqtt_addr` speaks MQTT over TLS only; plain TCP there is
@@ -127,6 +130,7 @@ impl Default for HubConfig {
             quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
             county_dir: None,
+            twin_history_days: 7,
             auth: AuthConfig::default(),
             mqtt_tls: None,
         }
@@ -249,6 +253,12 @@ impl HubConfig {
                     "{} is outside 1..={MAX_QUARANTINE_ENTRIES}",
                     self.quarantine_max_entries
                 ),
+            ));
+        }
+        if !(1..=3650).contains(&self.twin_history_days) {
+            return Err(invalid(
+                "twin_history_days",
+                format!("{} is outside 1..=3650", self.twin_history_days),
             ));
         }
         if !(MIN_SNAPSHOT_BYTES..=MAX_SNAPSHOT_BYTES).contains(&self.snapshot_max_bytes) {

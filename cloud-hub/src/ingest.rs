@@ -342,6 +342,8 @@ pub struct Ingest<S: Store> {
     ack_limiter: LogLimiter,
     /// Quarantine entry ids: monotonic, so entries of one millisecond keep arrival order.
     ids: ulid::Generator,
+    /// Gets every durable batch (the digital twin); `try_send`, never waits.
+    twin: Option<crate::twin::Feed>,
 }
 
 impl<S: Store> Ingest<S> {
@@ -359,7 +361,14 @@ impl<S: Store> Ingest<S> {
             limiter: LogLimiter::new(REJECT_LOGS_PER_WINDOW, REJECT_LOG_WINDOW),
             ack_limiter: LogLimiter::new(ACK_LOGS_PER_WINDOW, REJECT_LOG_WINDOW),
             ids: ulid::Generator::new(),
+            twin: None,
         }
+    }
+
+    /// Offers each batch to the twin once it is durable.
+    pub fn with_twin(mut self, feed: crate::twin::Feed) -> Self {
+        self.twin = Some(feed);
+        self
     }
 
     /// Runs until `shutdown` resolves, then drains what the link already holds and flushes.
@@ -528,10 +537,16 @@ impl<S: Store> Ingest<S> {
         let total = p.batch.events.len() as u64 + p.batch.telemetry.len() as u64 + n_status;
         let batch = Arc::new(p.batch);
         let store = self.store.clone();
+        let twin = self.twin.clone();
         let task = tokio::spawn(async move {
             for attempt in 1..=STORE_ATTEMPTS {
                 match store.write(batch.clone()).await {
-                    Ok(out) => return Some(out),
+                    Ok(out) => {
+                        if let Some(t) = &twin {
+                            t.offer(&batch, &out);
+                        }
+                        return Some(out);
+                    }
                     Err(e) => {
                         tracing::error!(attempt, of = STORE_ATTEMPTS, error = %e, "store write failed");
                         if attempt < STORE_ATTEMPTS {

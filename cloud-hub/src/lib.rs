@@ -30,12 +30,14 @@ pub mod devices;
 pub mod geo;
 pub mod ingest;
 pub mod metrics;
+pub mod ngsi;
 pub mod quarantine;
 pub mod reclog;
 pub mod store;
 pub mod timeparse;
 pub mod tls;
 pub mod tokens;
+pub mod twin;
 pub mod watched;
 
 use std::future::{Future, IntoFuture};
@@ -64,6 +66,8 @@ pub const INGEST_FILTER: &str = "#";
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for ingest to drain and flush.
 const INGEST_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the twin to write its pending history.
+const TWIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum HubError {
@@ -107,6 +111,8 @@ pub struct Hub<S: Store = SledStore> {
     http_access: Option<api::HttpAccess>,
     /// The county model, when `config.county_dir` names one.
     county: Option<Arc<county::County>>,
+    /// The digital twin of the county (with a county model), and its update channel.
+    twin: Option<(Arc<twin::Twin>, tokio::sync::mpsc::Receiver<twin::Input>)>,
 }
 
 /// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
@@ -136,6 +142,35 @@ impl Hub<SledStore> {
         })??;
         Hub::start_with_store(config, http, store).await
     }
+}
+
+/// Opens the twin's history database (`{data_dir}/twin`) and builds the twin of `county`. A
+/// history that cannot be opened does not stop the hub: the twin then runs without one (live
+/// state only; the temporal API answers 503), and says so.
+async fn start_twin(
+    config: &HubConfig,
+    county: Arc<county::County>,
+) -> Result<Arc<twin::Twin>, HubError> {
+    let dir = config.data_dir.join("twin");
+    let retention_ms = i64::from(config.twin_history_days) * 86_400_000;
+    let t = tokio::task::spawn_blocking(move || {
+        match twin::Twin::open(Some(&county), &dir, retention_ms) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "digital twin runs without history (no temporal API, no restore on restart)"
+                );
+                twin::Twin::new(Some(&county), None, retention_ms)
+            }
+        }
+    })
+    .await
+    .map_err(|e| HubError::Panicked {
+        task: "twin open",
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(t))
 }
 
 /// The broker's CONNECT check: user name `SITE/DEVICE`, password its secret. Refusals are
@@ -245,6 +280,10 @@ impl<S: Store> Hub<S> {
         let filters = [INGEST_FILTER.to_string()];
         let (broker, link) = Broker::start(&settings, INGEST_LINK_ID, &filters).await?;
         let store = Arc::new(store);
+        let twin = match &county {
+            None => None,
+            Some(c) => Some(start_twin(&config, c.clone()).await?),
+        };
         let ingest = Ingest::new(
             link,
             store.clone(),
@@ -254,6 +293,14 @@ impl<S: Store> Hub<S> {
                 devices,
             },
         );
+        // Ingest hands each durable batch to the twin (never waiting on it).
+        let (ingest, twin) = match twin {
+            None => (ingest, None),
+            Some(t) => {
+                let (feed, rx) = twin::channel(t.clone());
+                (ingest.with_twin(feed), Some((t, rx)))
+            }
+        };
         tracing::info!(
             mqtt = %broker.addr(),
             http = %http_addr,
@@ -271,6 +318,7 @@ impl<S: Store> Hub<S> {
             started,
             http_access,
             county,
+            twin,
         })
     }
 
@@ -310,6 +358,7 @@ impl<S: Store> Hub<S> {
             started,
             http_access,
             county,
+            twin,
         } = self;
         let mut state = api::ApiState::new(
             store.clone(),
@@ -324,6 +373,18 @@ impl<S: Store> Hub<S> {
         if let Some(c) = county {
             state = state.with_county(c);
         }
+        let (twin, twin_rx) = match twin {
+            Some((t, rx)) => (Some(t), Some(rx)),
+            None => (None, None),
+        };
+        if let Some(t) = &twin {
+            state = state.with_twin(t.clone());
+        }
+        // Ends when ingest (the only feeder) has stopped, after writing pending history.
+        let twin_task = match (&twin, twin_rx) {
+            (Some(t), Some(rx)) => Some(tokio::spawn(twin::run(t.clone(), rx))),
+            _ => None,
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -348,6 +409,10 @@ impl<S: Store> Hub<S> {
             r = &mut ingest_task => ingest_done = Some(r),
         }
         let _ = stop_tx.send(true);
+        // Open change streams would hold the HTTP drain: end them.
+        if let Some(t) = &twin {
+            t.close_streams();
+        }
 
         // Stop HTTP first (no new reads), then MQTT (no new data), then let ingest drain.
         let http_result = match http_done {
@@ -380,6 +445,14 @@ impl<S: Store> Hub<S> {
                 }
             }
         };
+        if let Some(task) = twin_task {
+            if tokio::time::timeout(TWIN_DRAIN_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                tracing::error!("twin did not write its pending history in {TWIN_DRAIN_TIMEOUT:?}");
+            }
+        }
         // Ingest flushes on its way out; flush again in case it failed early.
         store.flush().await?;
         tracing::info!("hub stopped");
