@@ -161,6 +161,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         )
         .route("/api/v1/devices", get(devices::<S>))
         .route("/api/v1/county", get(county::<S>))
+        .route("/api/v1/inventory", get(inventory::<S>))
         .route("/api/v1/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
         .merge(twin_routes)
@@ -1214,6 +1215,83 @@ async fn county<S: Store>(State(st): State<ApiState<S>>) -> Result<Response, Api
             "no county model loaded (cloud-hub serve --county DIR, or county_dir in the config)",
         )),
     }
+}
+
+/// The 家底 inventory report ([`crate::inventory`]): `format=json` (default) or `csv`,
+/// `table=devices` (default) or `sources` for CSV, `stale_after_s` (default 300).
+async fn inventory<S: Store>(
+    State(st): State<ApiState<S>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) =
+        query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let (mut csv, mut sources, mut stale_after_ms) =
+        (false, false, crate::inventory::DEFAULT_STALE_AFTER_MS);
+    for (k, v) in &pairs {
+        match (k.as_str(), v.as_str()) {
+            ("format", "json") => csv = false,
+            ("format", "csv") => csv = true,
+            ("format", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "format: `{other}` is not one of json, csv"
+                )))
+            }
+            ("table", "devices") => sources = false,
+            ("table", "sources") => sources = true,
+            ("table", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "table: `{other}` is not one of devices, sources"
+                )))
+            }
+            ("stale_after_s", v) => {
+                stale_after_ms = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .map(|s| i64::from(s) * 1000)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "stale_after_s: `{v}` is not a whole number of seconds ≥ 1"
+                        ))
+                    })?
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}` (known: format, table, stale_after_s)"
+                )))
+            }
+        }
+    }
+    let statuses = store_call(&st.store_slots, "device list", st.store.devices()).await?;
+    let data = store_call(&st.store_slots, "source list", st.store.sources()).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let inv = crate::inventory::build(
+        st.county.as_deref(),
+        &statuses,
+        &data,
+        now_ms,
+        stale_after_ms,
+    );
+    if !csv {
+        return Ok(Json(inv).into_response());
+    }
+    let (body, name) = match sources {
+        true => (inv.sources_csv(), "inventory-sources.csv"),
+        false => (inv.devices_csv(), "inventory-devices.csv"),
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {

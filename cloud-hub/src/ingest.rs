@@ -476,10 +476,14 @@ impl<S: Store> Ingest<S> {
             received_ms,
         });
         p.received_ms = p.received_ms.max(received_ms);
+        p.batch.received_ms = p.received_ms;
         let (batch, acks, quarantine_acks) = (&mut p.batch, &mut p.acks, &mut p.quarantine_acks);
         // Room for the round's events at once: growing a vector of decoded events step by
         // step costs more (copies, fresh pages) than it seems.
-        let events = messages.iter().filter(|m| m.topic.ends_with(b"/event")).count();
+        let events = messages
+            .iter()
+            .filter(|m| m.topic.ends_with(b"/event"))
+            .count();
         batch.events.reserve(events);
         batch.event_payloads.reserve(events);
         for m in messages {

@@ -29,6 +29,7 @@ pub mod county;
 pub mod devices;
 pub mod geo;
 pub mod ingest;
+pub mod inventory;
 pub mod metrics;
 pub mod ngsi;
 pub mod quarantine;

@@ -50,6 +50,25 @@ enum Command {
     },
     /// Check a county model folder and print what it holds (default: configs/county).
     County { dir: Option<PathBuf> },
+    /// The 家底 inventory of a running hub: devices by kind, town, department and status
+    /// (unregistered ones included), and what each data source delivered. A table by default.
+    Inventory {
+        /// The hub's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "CSB_HUB_URL")]
+        url: String,
+        /// API token (viewer or above) when the hub has `[auth] http = "required"`.
+        #[arg(long, env = "CSB_HUB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print CSV of `devices` or `sources` instead of the table.
+        #[arg(long, value_parser = ["devices", "sources"])]
+        csv: Option<String>,
+        /// Print the JSON report instead of the table.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// A source or gateway silent this long counts as stale.
+        #[arg(long, default_value_t = 300)]
+        stale_after_s: u32,
+    },
     /// Device credentials (for `[auth] devices = "required"`): add, list, remove.
     Device {
         #[command(subcommand)]
@@ -296,6 +315,52 @@ fn run() -> anyhow::Result<()> {
             writeln!(out, "{}", c.summary())?;
             for w in &c.warnings {
                 writeln!(out, "warning: {w}")?;
+            }
+            Ok(())
+        }
+        Command::Inventory {
+            url,
+            token,
+            csv,
+            json,
+            stale_after_s,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let format = if csv.is_some() { "csv" } else { "json" };
+            let table = csv.as_deref().unwrap_or("devices");
+            let endpoint = format!(
+                "{}/api/v1/inventory?format={format}&table={table}&stale_after_s={stale_after_s}",
+                url.trim_end_matches('/')
+            );
+            let body = runtime.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(30))
+                    .build()?;
+                let mut req = client.get(&endpoint);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the hub at {url}"))?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                if !status.is_success() {
+                    anyhow::bail!("{endpoint}: {status}: {}", text.trim());
+                }
+                Ok::<_, anyhow::Error>(text)
+            })?;
+            let mut out = std::io::stdout().lock();
+            if csv.is_some() || json {
+                write!(out, "{body}")?;
+            } else {
+                let inv: cloud_hub::inventory::Inventory = serde_json::from_str(&body)
+                    .with_context(|| format!("{endpoint}: not an inventory report"))?;
+                write!(out, "{}", inv.text())?;
             }
             Ok(())
         }

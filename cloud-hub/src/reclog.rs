@@ -6,13 +6,16 @@
 //! `fdatasync` however many records it holds.
 //!
 //! On disk, a directory of segment files `{seq:010}.log`, appended in order; a new segment is
-//! started when the active one passes [`SEGMENT_BYTES`]. Each record is a frame:
+//! started when the active one passes [`SEGMENT_BYTES`]. A segment starts with the 8 bytes
+//! [`MAGIC`]; then each record is a frame (integers little-endian, the id big-endian):
 //!
 //! ```text
-//! len u32 LE | crc32 u32 LE | id u128 BE | ts_ms i64 LE | payload (len bytes)
+//! len u32 | crc32 u32 | id u128 | ts_ms i64 | received_ms i64 | key_len u16 | key | payload
 //! ```
 //!
-//! `crc32` covers `id`, `ts_ms` and the payload. Guarantees:
+//! `len` is the payload's length; `crc32` covers everything after itself. `key` names the
+//! record's source (`site/device/camera` for events, `site/device/source` for telemetry), so
+//! per-source statistics and source filters need no payload decoding. Guarantees:
 //! - [`RecordLog::append`] returns only after the frames are written and `fdatasync`ed, so what
 //!   it reports as stored survives a crash (the caller acks only then).
 //! - Each id is stored once: ids already in the log, or repeated within a batch, are reported
@@ -24,8 +27,8 @@
 //!   records behind it. New records then go to a new segment.
 //!
 //! The indexes are in memory, rebuilt by reading the log's frame headers on open (payloads
-//! are only checksummed): id → position for deduplication and lookups, and (ts_ms, position)
-//! for time-range scans, newest first. About 80 bytes of memory per record.
+//! are only checksummed): id → position for deduplication and lookups, (ts_ms, position) for
+//! time-range scans, newest first, and per-source counts. About 90 bytes of memory per record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -34,13 +37,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::Serialize;
 use thiserror::Error;
 
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest payload a frame may hold; a longer length field means a damaged frame.
 pub const MAX_RECORD: usize = 16 * 1024 * 1024;
-const HEADER: usize = 32;
+/// First bytes of every segment file: the format, so another file is never read as records.
+pub const MAGIC: &[u8; 8] = b"csblog1\n";
+/// Frame bytes before the key.
+const HEADER: usize = 42;
+/// Longest source key (topic levels are short; this is far above them).
+pub const MAX_KEY: usize = 1024;
 /// Positions copied out of the time index per lock hold while scanning, so a long scan never
 /// keeps a writer waiting for long.
 const SCAN_CHUNK: usize = 512;
@@ -62,6 +71,13 @@ pub enum LogError {
     },
     #[error("record {id:032x} is {len} bytes, over the {MAX_RECORD} byte limit")]
     TooLarge { id: u128, len: usize },
+    #[error("record {id:032x} has a source key of {len} bytes, over the {MAX_KEY} byte limit")]
+    KeyTooLong { id: u128, len: usize },
+    #[error(
+        "{path} is not a record log segment of this hub (it does not start with the format \
+         marker): move it out of the log directory"
+    )]
+    Format { path: PathBuf },
 }
 
 /// A record to append.
@@ -69,6 +85,10 @@ pub enum LogError {
 pub struct NewRecord<'a> {
     pub id: u128,
     pub ts_ms: i64,
+    /// When the hub received it (Unix ms): freshness in statistics.
+    pub received_ms: i64,
+    /// Its source, e.g. `site/device/camera`.
+    pub key: &'a str,
     pub payload: &'a [u8],
 }
 
@@ -80,6 +100,42 @@ pub struct Appended {
     pub duplicates: Vec<u128>,
 }
 
+/// Records of one source key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SourceStats {
+    pub records: u64,
+    /// Payload bytes (as received).
+    pub bytes: u64,
+    /// Oldest and newest record time (`ts_ms`).
+    pub first_ts_ms: i64,
+    pub last_ts_ms: i64,
+    /// First and last receipt by the hub.
+    pub first_received_ms: i64,
+    pub last_received_ms: i64,
+}
+
+impl SourceStats {
+    fn new(ts_ms: i64, received_ms: i64) -> SourceStats {
+        SourceStats {
+            records: 0,
+            bytes: 0,
+            first_ts_ms: ts_ms,
+            last_ts_ms: ts_ms,
+            first_received_ms: received_ms,
+            last_received_ms: received_ms,
+        }
+    }
+
+    fn add(&mut self, ts_ms: i64, received_ms: i64, bytes: u64) {
+        self.records += 1;
+        self.bytes += bytes;
+        self.first_ts_ms = self.first_ts_ms.min(ts_ms);
+        self.last_ts_ms = self.last_ts_ms.max(ts_ms);
+        self.first_received_ms = self.first_received_ms.min(received_ms);
+        self.last_received_ms = self.last_received_ms.max(received_ms);
+    }
+}
+
 /// Where a record is: segment sequence number and offset of its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Pos {
@@ -87,10 +143,11 @@ struct Pos {
     off: u32,
 }
 
+/// A frame's place and whole length.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     pos: Pos,
-    len: u32,
+    frame: u32,
 }
 
 /// Keyed per process (ahash's random state), so ids chosen to collide cannot degrade it.
@@ -99,16 +156,34 @@ type IdMap<V> = HashMap<u128, V, ahash::RandomState>;
 #[derive(Default)]
 struct Index {
     by_id: IdMap<Slot>,
-    /// (ts_ms, position) → payload length. Ties in time are in log order.
-    by_time: BTreeMap<(i64, Pos), u32>,
+    /// (ts_ms, position) → (frame length, key number). Ties in time are in log order.
+    by_time: BTreeMap<(i64, Pos), (u32, u32)>,
+    /// Source keys by number, their numbers, and their statistics (same numbering).
+    keys: Vec<Arc<str>>,
+    key_ids: HashMap<Arc<str>, u32>,
+    sources: Vec<SourceStats>,
     /// Open segment files by sequence number, for reads.
     files: HashMap<u32, Arc<File>>,
 }
 
 impl Index {
-    fn insert(&mut self, id: u128, ts_ms: i64, slot: Slot) {
-        self.by_id.insert(id, slot);
-        self.by_time.insert((ts_ms, slot.pos), slot.len);
+    fn key_id(&mut self, key: &str, ts_ms: i64, received_ms: i64) -> u32 {
+        if let Some(&k) = self.key_ids.get(key) {
+            return k;
+        }
+        let k = self.keys.len() as u32;
+        let key: Arc<str> = Arc::from(key);
+        self.keys.push(key.clone());
+        self.key_ids.insert(key, k);
+        self.sources.push(SourceStats::new(ts_ms, received_ms));
+        k
+    }
+
+    fn insert(&mut self, h: &FrameHeader, key: &str, slot: Slot) {
+        let k = self.key_id(key, h.ts_ms, h.received_ms);
+        self.sources[k as usize].add(h.ts_ms, h.received_ms, h.len as u64);
+        self.by_id.insert(h.id, slot);
+        self.by_time.insert((h.ts_ms, slot.pos), (slot.frame, k));
     }
 }
 
@@ -138,6 +213,8 @@ pub struct RecordLog {
 pub struct Record {
     pub id: u128,
     pub ts_ms: i64,
+    pub received_ms: i64,
+    pub key: String,
     pub payload: Vec<u8>,
 }
 
@@ -165,20 +242,18 @@ fn segment_path(dir: &Path, seq: u32) -> PathBuf {
     dir.join(format!("{seq:010}.log"))
 }
 
-fn checksum(id: u128, ts_ms: i64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&id.to_be_bytes());
-    h.update(&ts_ms.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
 fn encode_frame(out: &mut Vec<u8>, r: &NewRecord<'_>) {
+    let start = out.len();
     out.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(r.id, r.ts_ms, r.payload).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&r.id.to_be_bytes());
     out.extend_from_slice(&r.ts_ms.to_le_bytes());
+    out.extend_from_slice(&r.received_ms.to_le_bytes());
+    out.extend_from_slice(&(r.key.len() as u16).to_le_bytes());
+    out.extend_from_slice(r.key.as_bytes());
     out.extend_from_slice(r.payload);
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 struct FrameHeader {
@@ -186,20 +261,56 @@ struct FrameHeader {
     crc: u32,
     id: u128,
     ts_ms: i64,
+    received_ms: i64,
+    key_len: usize,
+}
+
+impl FrameHeader {
+    fn frame_len(&self) -> usize {
+        HEADER + self.key_len + self.len
+    }
 }
 
 fn decode_header(h: &[u8; HEADER]) -> FrameHeader {
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let i64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        i64::from_le_bytes(b)
+    };
     let mut id = [0u8; 16];
     id.copy_from_slice(&h[8..24]);
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&h[24..32]);
     FrameHeader {
         len: u32_at(0) as usize,
         crc: u32_at(4),
         id: u128::from_be_bytes(id),
-        ts_ms: i64::from_le_bytes(ts),
+        ts_ms: i64_at(24),
+        received_ms: i64_at(32),
+        key_len: u16::from_le_bytes([h[40], h[41]]) as usize,
     }
+}
+
+/// A frame read whole: checks its checksum and splits off key and payload.
+fn decode_frame(frame: &[u8]) -> Result<(FrameHeader, &str, &[u8]), String> {
+    let header: &[u8; HEADER] = frame
+        .get(..HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("shorter than a frame header")?;
+    let h = decode_header(header);
+    if h.frame_len() != frame.len() {
+        return Err(format!(
+            "frame header says {} bytes, {} were expected",
+            h.frame_len(),
+            frame.len()
+        ));
+    }
+    if crc32fast::hash(&frame[8..]) != h.crc {
+        return Err("checksum mismatch".into());
+    }
+    let key = std::str::from_utf8(&frame[HEADER..HEADER + h.key_len])
+        .map_err(|_| "source key is not UTF-8".to_string())?;
+    let payload = &frame[HEADER + h.key_len..];
+    Ok((h, key, payload))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
@@ -209,36 +320,52 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 }
 
 /// Reads frames from the start of a segment until its end or the first bad frame. Returns the
-/// valid length; `found` gets (id, ts, slot) of each frame.
+/// valid length; `found` gets each frame's header, key and slot.
 fn scan_segment(
     path: &Path,
     seq: u32,
     file: &File,
-    mut found: impl FnMut(u128, i64, Slot),
+    mut found: impl FnMut(&FrameHeader, &str, Slot),
 ) -> Result<u64, LogError> {
     let size = file.metadata().map_err(io("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let (mut off, mut header, mut payload) = (0u64, [0u8; HEADER], Vec::new());
+    let mut magic = [0u8; 8];
+    if size < MAGIC.len() as u64 {
+        // Created, then a crash before the marker was synced: nothing in it.
+        return Ok(0);
+    }
+    r.read_exact(&mut magic).map_err(io("read", path))?;
+    if &magic != MAGIC {
+        return Err(LogError::Format {
+            path: path.to_path_buf(),
+        });
+    }
+    let (mut off, mut frame) = (MAGIC.len() as u64, Vec::new());
     while off + HEADER as u64 <= size {
-        r.read_exact(&mut header).map_err(io("read", path))?;
+        frame.resize(HEADER, 0);
+        r.read_exact(&mut frame[..HEADER])
+            .map_err(io("read", path))?;
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&frame[..HEADER]);
         let h = decode_header(&header);
-        let end = off + (HEADER + h.len) as u64;
-        if h.len > MAX_RECORD || end > size || end > u32::MAX as u64 {
+        let end = off + h.frame_len() as u64;
+        if h.len > MAX_RECORD || h.key_len > MAX_KEY || end > size || end > u32::MAX as u64 {
             break;
         }
-        payload.resize(h.len, 0);
-        r.read_exact(&mut payload).map_err(io("read", path))?;
-        if checksum(h.id, h.ts_ms, &payload) != h.crc {
+        frame.resize(h.frame_len(), 0);
+        r.read_exact(&mut frame[HEADER..])
+            .map_err(io("read", path))?;
+        let Ok((h, key, _)) = decode_frame(&frame) else {
             break;
-        }
+        };
         let slot = Slot {
             pos: Pos {
                 seg: seq,
                 off: off as u32,
             },
-            len: h.len as u32,
+            frame: h.frame_len() as u32,
         };
-        found(h.id, h.ts_ms, slot);
+        found(&h, key, slot);
         off = end;
     }
     Ok(off)
@@ -271,11 +398,11 @@ impl RecordLog {
                 .open(&path)
                 .map_err(io("open", &path))?;
             let size = file.metadata().map_err(io("stat", &path))?.len();
-            let valid = scan_segment(&path, seq, &file, |id, ts, slot| {
-                if index.by_id.contains_key(&id) {
+            let valid = scan_segment(&path, seq, &file, |h, key, slot| {
+                if index.by_id.contains_key(&h.id) {
                     rec.duplicate_frames += 1;
                 } else {
-                    index.insert(id, ts, slot);
+                    index.insert(h, key, slot);
                     rec.records += 1;
                 }
             })?;
@@ -296,7 +423,8 @@ impl RecordLog {
             }
             let file = Arc::new(file);
             index.files.insert(seq, file.clone());
-            last = Some((seq, file, valid, valid < size));
+            // A segment cut short before its marker is not appended to either.
+            last = Some((seq, file, valid, valid < size || size < MAGIC.len() as u64));
             rec.segments += 1;
         }
         let writer = match last {
@@ -308,12 +436,12 @@ impl RecordLog {
                 buf: Vec::new(),
             },
             None => {
-                let (file, _) = Self::create_segment(dir, 1)?;
+                let file = Self::create_segment(dir, 1)?;
                 index.files.insert(1, file.clone());
                 Writer {
                     seq: 1,
                     file,
-                    len: 0,
+                    len: MAGIC.len() as u64,
                     roll: false,
                     buf: Vec::new(),
                 }
@@ -327,7 +455,8 @@ impl RecordLog {
         Ok((log, rec))
     }
 
-    fn create_segment(dir: &Path, seq: u32) -> Result<(Arc<File>, PathBuf), LogError> {
+    /// A new segment holding just the format marker, durably.
+    fn create_segment(dir: &Path, seq: u32) -> Result<Arc<File>, LogError> {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new()
             .read(true)
@@ -335,8 +464,11 @@ impl RecordLog {
             .create_new(true)
             .open(&path)
             .map_err(io("create segment", &path))?;
+        file.write_all_at(MAGIC, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(io("write format marker to", &path))?;
         sync_dir(dir)?;
-        Ok((Arc::new(file), path))
+        Ok(Arc::new(file))
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -361,6 +493,17 @@ impl RecordLog {
         self.read_index().by_id.contains_key(&id)
     }
 
+    /// Statistics of every source key, in no particular order.
+    pub fn sources(&self) -> Vec<(String, SourceStats)> {
+        let index = self.read_index();
+        index
+            .keys
+            .iter()
+            .zip(&index.sources)
+            .map(|(k, s)| (k.to_string(), *s))
+            .collect()
+    }
+
     /// Appends the records whose ids are new, durably (see the module docs). Blocking.
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended, LogError> {
         let mut out = Appended::default();
@@ -382,6 +525,11 @@ impl RecordLog {
                         id: r.id,
                         len: r.payload.len(),
                     });
+                } else if r.key.len() > MAX_KEY {
+                    return Err(LogError::KeyTooLong {
+                        id: r.id,
+                        len: r.key.len(),
+                    });
                 } else {
                     fresh.push(*r);
                 }
@@ -390,12 +538,15 @@ impl RecordLog {
         if fresh.is_empty() {
             return Ok(out);
         }
-        let bytes: usize = fresh.iter().map(|r| HEADER + r.payload.len()).sum();
-        if w.roll || (w.len > 0 && w.len + bytes as u64 > SEGMENT_BYTES) {
+        let bytes: usize = fresh
+            .iter()
+            .map(|r| HEADER + r.key.len() + r.payload.len())
+            .sum();
+        if w.roll || (w.len > MAGIC.len() as u64 && w.len + bytes as u64 > SEGMENT_BYTES) {
             let seq = w.seq + 1;
-            let (file, _) = Self::create_segment(&self.dir, seq)?;
+            let file = Self::create_segment(&self.dir, seq)?;
             self.write_index().files.insert(seq, file.clone());
-            (w.seq, w.file, w.len, w.roll) = (seq, file, 0, false);
+            (w.seq, w.file, w.len, w.roll) = (seq, file, MAGIC.len() as u64, false);
         }
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
@@ -403,14 +554,15 @@ impl RecordLog {
         let mut slots = Vec::with_capacity(fresh.len());
         for r in &fresh {
             let off = w.len + buf.len() as u64;
+            let before = buf.len();
+            encode_frame(&mut buf, r);
             slots.push(Slot {
                 pos: Pos {
                     seg: w.seq,
                     off: off as u32,
                 },
-                len: r.payload.len() as u32,
+                frame: (buf.len() - before) as u32,
             });
-            encode_frame(&mut buf, r);
         }
         let path = segment_path(&self.dir, w.seq);
         let written = w
@@ -431,44 +583,46 @@ impl RecordLog {
         w.len += bytes as u64;
         let mut index = self.write_index();
         for (r, slot) in fresh.iter().zip(slots) {
-            index.insert(r.id, r.ts_ms, slot);
+            let h = FrameHeader {
+                len: r.payload.len(),
+                crc: 0,
+                id: r.id,
+                ts_ms: r.ts_ms,
+                received_ms: r.received_ms,
+                key_len: r.key.len(),
+            };
+            index.insert(&h, r.key, slot);
         }
         out.stored = fresh.len() as u64;
         Ok(out)
     }
 
-    fn read_slot(&self, file: &File, id: u128, slot: Slot) -> Result<Record, LogError> {
+    /// Reads and checks the frame at `slot`; `id`, when given, must be the frame's.
+    fn read_slot(&self, file: &File, id: Option<u128>, slot: Slot) -> Result<Record, LogError> {
         let path = || segment_path(&self.dir, slot.pos.seg);
-        let mut buf = vec![0u8; HEADER + slot.len as usize];
+        let mut buf = vec![0u8; slot.frame as usize];
         file.read_exact_at(&mut buf, slot.pos.off as u64)
             .map_err(|cause| LogError::Io {
                 op: "read",
                 path: path(),
                 cause,
             })?;
-        let mut header = [0u8; HEADER];
-        header.copy_from_slice(&buf[..HEADER]);
-        let h = decode_header(&header);
-        let payload = buf.split_off(HEADER);
         let corrupt = |detail: String| LogError::Corrupt {
-            id,
+            id: id.unwrap_or(0),
             path: path(),
             offset: slot.pos.off as u64,
             detail,
         };
-        if h.len != slot.len as usize || (id != 0 && h.id != id) {
-            return Err(corrupt(format!(
-                "frame header says id {:032x} of {} bytes",
-                h.id, h.len
-            )));
-        }
-        if checksum(h.id, h.ts_ms, &payload) != h.crc {
-            return Err(corrupt("checksum mismatch".into()));
+        let (h, key, payload) = decode_frame(&buf).map_err(corrupt)?;
+        if id.is_some_and(|id| id != h.id) {
+            return Err(corrupt(format!("the frame there is record {:032x}", h.id)));
         }
         Ok(Record {
             id: h.id,
             ts_ms: h.ts_ms,
-            payload,
+            received_ms: h.received_ms,
+            key: key.to_string(),
+            payload: payload.to_vec(),
         })
     }
 
@@ -482,58 +636,65 @@ impl RecordLog {
                 .and_then(|slot| index.files.get(&slot.pos.seg).map(|f| (f.clone(), *slot)))
         };
         match found {
-            Some((file, slot)) => self.read_slot(&file, id, slot).map(Some),
+            Some((file, slot)) => self.read_slot(&file, Some(id), slot).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Visits records with `from_ms <= ts_ms < to_ms` (unbounded where `None`), newest first,
-    /// until `visit` returns `false`. Blocking; reads in chunks so writers are not held up.
-    /// A damaged record is passed as `Err` (the visitor decides whether to go on).
+    /// Visits records with `from_ms <= ts_ms < to_ms` (unbounded where `None`) whose source key
+    /// `want_key` accepts, newest first, until `visit` returns `false`. Records of other keys
+    /// are not read at all. Blocking; reads in chunks so writers are not held up. A damaged
+    /// record is passed as `Err` (the visitor decides whether to go on).
     pub fn scan_newest_first(
         &self,
         from_ms: Option<i64>,
         to_ms: Option<i64>,
+        want_key: impl Fn(&str) -> bool,
         mut visit: impl FnMut(Result<Record, LogError>) -> bool,
     ) -> Result<(), LogError> {
         let lo = (from_ms.unwrap_or(i64::MIN), Pos { seg: 0, off: 0 });
         // Exclusive upper key; `None` = unbounded.
-        let mut hi: Option<(i64, Pos)> = match to_ms {
-            Some(to) => Some((to, Pos { seg: 0, off: 0 })),
-            None => None,
-        };
+        let mut hi: Option<(i64, Pos)> = to_ms.map(|to| (to, Pos { seg: 0, off: 0 }));
         if hi.is_some_and(|h| h <= lo) {
             return Ok(());
         }
+        let mut wanted: HashMap<u32, bool> = HashMap::new();
         loop {
-            let chunk: Vec<((i64, Pos), u32, Arc<File>)> = {
+            let (chunk, last, full) = {
                 let index = self.read_index();
                 let range = match hi {
                     Some(h) => index.by_time.range(lo..h),
                     None => index.by_time.range(lo..),
                 };
-                range
-                    .rev()
-                    .take(SCAN_CHUNK)
-                    .filter_map(|(k, len)| index.files.get(&k.1.seg).map(|f| (*k, *len, f.clone())))
-                    .collect()
+                let (mut chunk, mut last, mut seen) = (Vec::new(), None, 0);
+                for (k, (frame, key)) in range.rev().take(SCAN_CHUNK) {
+                    seen += 1;
+                    last = Some(*k);
+                    let want = *wanted
+                        .entry(*key)
+                        .or_insert_with(|| want_key(&index.keys[*key as usize]));
+                    if let (true, Some(f)) = (want, index.files.get(&k.1.seg)) {
+                        chunk.push((k.1, *frame, f.clone()));
+                    }
+                }
+                (chunk, last, seen == SCAN_CHUNK)
             };
-            let Some(last) = chunk.last().map(|c| c.0) else {
-                return Ok(());
-            };
-            for (key, len, file) in &chunk {
-                let slot = Slot {
-                    pos: key.1,
-                    len: *len,
-                };
-                if !visit(self.read_slot(file, 0, slot)) {
+            for (pos, frame, file) in &chunk {
+                if !visit(self.read_slot(
+                    file,
+                    None,
+                    Slot {
+                        pos: *pos,
+                        frame: *frame,
+                    },
+                )) {
                     return Ok(());
                 }
             }
-            if chunk.len() < SCAN_CHUNK {
-                return Ok(());
+            match (last, full) {
+                (Some(l), true) => hi = Some(l),
+                _ => return Ok(()),
             }
-            hi = Some(last);
         }
     }
 
@@ -554,15 +715,26 @@ mod tests {
     use super::*;
 
     fn rec(id: u128, ts_ms: i64, payload: &[u8]) -> NewRecord<'_> {
-        NewRecord { id, ts_ms, payload }
+        NewRecord {
+            id,
+            ts_ms,
+            received_ms: ts_ms + 5,
+            key: "yuexi/gw-01/cam-01",
+            payload,
+        }
     }
 
     fn newest_first(log: &RecordLog, from: Option<i64>, to: Option<i64>) -> Vec<u128> {
         let mut ids = Vec::new();
-        log.scan_newest_first(from, to, |r| {
-            ids.push(r.expect("record reads back").id);
-            true
-        })
+        log.scan_newest_first(
+            from,
+            to,
+            |_| true,
+            |r| {
+                ids.push(r.expect("record reads back").id);
+                true
+            },
+        )
         .expect("scan");
         ids
     }
@@ -652,7 +824,8 @@ mod tests {
         // Damage the first record's payload; a new segment follows so it is not the tail.
         let path = segment_path(dir.path(), 1);
         let f = OpenOptions::new().write(true).open(&path).expect("open");
-        f.write_all_at(b"F", HEADER as u64).expect("write");
+        f.write_all_at(b"F", (MAGIC.len() + HEADER) as u64)
+            .expect("write");
         drop(f);
         let err = log.get(1).expect_err("checksum must fail");
         assert!(
@@ -667,7 +840,7 @@ mod tests {
         let (log, got) = RecordLog::open(dir.path()).expect("reopen");
         assert_eq!(got.segments, 2);
         let size = std::fs::metadata(&path).expect("stat").len();
-        assert_eq!(got.damaged, vec![(path.clone(), 0, size)]);
+        assert_eq!(got.damaged, vec![(path.clone(), 8, size - 8)]);
         assert_eq!(newest_first(&log, None, None), vec![3]);
     }
 
@@ -707,10 +880,15 @@ mod tests {
         assert_eq!(ids.len(), n);
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), n);
         let mut stop_after = 5;
-        log.scan_newest_first(None, None, |_| {
-            stop_after -= 1;
-            stop_after > 0
-        })
+        log.scan_newest_first(
+            None,
+            None,
+            |_| true,
+            |_| {
+                stop_after -= 1;
+                stop_after > 0
+            },
+        )
         .expect("scan");
         assert_eq!(stop_after, 0);
     }
@@ -723,5 +901,76 @@ mod tests {
         let err = log.append(&[rec(42, 1, &huge)]).expect_err("too large");
         assert!(err.to_string().contains("0000002a"), "{err}");
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn sources_are_counted_and_filter_scans_without_reading_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = RecordLog::open(dir.path()).expect("open");
+        let a = |id, ts, p| NewRecord {
+            key: "yuexi/gw-01/cam-01",
+            ..rec(id, ts, p)
+        };
+        let b = |id, ts, p| NewRecord {
+            key: "yuexi/gw-02/wl-01",
+            received_ms: 99,
+            ..rec(id, ts, p)
+        };
+        log.append(&[
+            a(1, 10, b"aa"),
+            b(2, 20, b"bbb"),
+            a(3, 5, b"a"),
+            a(1, 10, b"aa"),
+        ])
+        .expect("append");
+        let check = |log: &RecordLog| {
+            let mut got = log.sources();
+            got.sort_by(|x, y| x.0.cmp(&y.0));
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[0].0, "yuexi/gw-01/cam-01");
+            let s = got[0].1;
+            assert_eq!((s.records, s.bytes), (2, 3));
+            assert_eq!((s.first_ts_ms, s.last_ts_ms), (5, 10));
+            assert_eq!((s.first_received_ms, s.last_received_ms), (10, 15));
+            assert_eq!((got[1].1.records, got[1].1.last_received_ms), (1, 99));
+        };
+        check(&log);
+        let mut ids = Vec::new();
+        log.scan_newest_first(
+            None,
+            None,
+            |k| k.contains("gw-02"),
+            |r| {
+                let r = r.expect("read");
+                assert_eq!(r.key, "yuexi/gw-02/wl-01");
+                ids.push(r.id);
+                true
+            },
+        )
+        .expect("scan");
+        assert_eq!(ids, vec![2]);
+        drop(log);
+        let (log, _) = RecordLog::open(dir.path()).expect("reopen");
+        check(&log);
+        let r = log.get(2).expect("get").expect("found");
+        assert_eq!((r.received_ms, r.key.as_str()), (99, "yuexi/gw-02/wl-01"));
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_by_name_and_an_empty_segment_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(segment_path(dir.path(), 1), b"hello, not a log at all").expect("write");
+        let err = RecordLog::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("0000000001.log"), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A crash right after creating a segment: no marker yet.
+        std::fs::write(segment_path(dir.path(), 1), b"").expect("write");
+        let (log, _) = RecordLog::open(dir.path()).expect("open");
+        log.append(&[rec(1, 1, b"x")]).expect("append");
+        drop(log);
+        let (log, got) = RecordLog::open(dir.path()).expect("reopen");
+        assert_eq!((got.segments, got.records), (2, 1));
+        assert!(log.contains(1));
     }
 }

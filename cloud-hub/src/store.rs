@@ -47,7 +47,7 @@ use thiserror::Error;
 use ulid::Ulid;
 
 use crate::quarantine::{key_at_ms, prune_plan, QuarantineEntry, QuarantinePage, QuarantineQuery};
-use crate::reclog::{LogError, NewRecord, RecordLog};
+use crate::reclog::{LogError, NewRecord, RecordLog, SourceStats};
 
 /// Most rows one query may examine, so a filter that matches nothing cannot scan the whole store.
 pub const MAX_SCAN: usize = 200_000;
@@ -101,6 +101,8 @@ pub struct WriteBatch {
     /// Refused messages. Stored with the rest and flushed with it, but a failure here does not
     /// fail the batch (see [`WriteOutcome::quarantine_error`]).
     pub quarantine: Vec<QuarantineEntry>,
+    /// When the hub received the batch's messages (Unix ms; the latest of them); 0 = now.
+    pub received_ms: i64,
 }
 
 impl WriteBatch {
@@ -253,6 +255,26 @@ pub struct TelemetryPage {
     pub truncated: bool,
 }
 
+/// Which kind of data a source produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    Events,
+    Telemetry,
+}
+
+/// What the store holds from one source: volume and time span (exact: kept by the record log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceRecord {
+    pub kind: DataKind,
+    pub site: String,
+    pub device: String,
+    /// The camera (events) or telemetry source (a sensor id, a camera id, `agent`).
+    pub source: String,
+    #[serde(flatten)]
+    pub stats: SourceStats,
+}
+
 /// The latest status of a device and when the hub received it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceRecord {
@@ -338,6 +360,8 @@ pub trait Store: Send + Sync + 'static {
         query: QuarantineQuery,
     ) -> impl Future<Output = Result<QuarantinePage, StoreError>> + Send;
     fn devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+    /// What is stored from each source (a camera's events, a telemetry source's messages).
+    fn sources(&self) -> impl Future<Output = Result<Vec<SourceRecord>, StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
     /// One event by id.
     fn event(&self, id: Ulid) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
@@ -544,12 +568,15 @@ impl SledStore {
             .open_tree(rows)
             .map_err(sled_err("migration to the record log"))?;
         let (mut moved, mut chunk) = (0u64, Vec::new());
-        let flush = |chunk: &mut Vec<(u128, i64, sled::IVec)>| {
+        let flush = |chunk: &mut Vec<(u128, i64, String, sled::IVec)>| {
             let recs: Vec<NewRecord<'_>> = chunk
                 .iter()
-                .map(|(id, ts_ms, v)| NewRecord {
+                .map(|(id, ts_ms, key, v)| NewRecord {
                     id: *id,
                     ts_ms: *ts_ms,
+                    // When it arrived was not kept; its own time is the best guess.
+                    received_ms: *ts_ms,
+                    key,
                     payload: v,
                 })
                 .collect();
@@ -562,7 +589,14 @@ impl SledStore {
         for item in tree.iter() {
             let (key, value) = item.map_err(sled_err("migration to the record log"))?;
             match legacy_key_time(&key) {
-                Some((ts_ms, id)) => chunk.push((id, ts_ms, value)),
+                Some((ts_ms, id)) => {
+                    // Rows were validated on the way in; one that no longer decodes keeps an
+                    // empty source rather than being left behind.
+                    let key = serde_json::from_slice::<SourceFields>(&value)
+                        .map(|f| f.key())
+                        .unwrap_or_default();
+                    chunk.push((id, ts_ms, key, value))
+                }
                 // Not a row (e.g. a stray counter): nothing to carry over.
                 None => continue,
             }
@@ -642,11 +676,32 @@ impl SledStore {
                 .map(|a| (a.stored, a.duplicates.into_iter().map(Ulid).collect()))
                 .map_err(|cause| StoreError::Log { what, cause })
         };
-        let evs = log_records(batch.events.iter().map(|e| (e.id, e.ts_ms)), &event_bytes);
+        let received_ms = match batch.received_ms {
+            0 => now_ms(),
+            t => t,
+        };
+        let event_keys: Vec<String> = batch
+            .events
+            .iter()
+            .map(|e| source_key(&e.site, &e.device, &e.camera))
+            .collect();
+        let evs = log_records(
+            batch.events.iter().map(|e| (e.id, e.ts_ms)),
+            &event_keys,
+            &event_bytes,
+            received_ms,
+        );
         (out.events_inserted, out.events_duplicate) = append("event", &self.events, &evs)?;
+        let telemetry_keys: Vec<String> = batch
+            .telemetry
+            .iter()
+            .map(|t| source_key(&t.site, &t.device, &t.source))
+            .collect();
         let tel = log_records(
             batch.telemetry.iter().map(|t| (t.id, t.ts_ms)),
+            &telemetry_keys,
             &telemetry_bytes,
+            received_ms,
         );
         (out.telemetry_inserted, out.telemetry_duplicate) =
             append("telemetry", &self.telemetry, &tel)?;
@@ -742,18 +797,39 @@ impl SledStore {
     }
 
     fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
-        let (events, truncated) =
-            scan_log_newest_first(&self.events, "event", (q.from_ms, q.to_ms), q.limit, |e| {
-                q.matches(e)
-            })?;
+        let want = |k: &str| {
+            key_matches(
+                k,
+                q.site.as_deref(),
+                q.device.as_deref(),
+                q.camera.as_deref(),
+            )
+        };
+        let (events, truncated) = scan_log_newest_first(
+            &self.events,
+            "event",
+            (q.from_ms, q.to_ms),
+            want,
+            q.limit,
+            |e| q.matches(e),
+        )?;
         Ok(EventPage { events, truncated })
     }
 
     fn telemetry_sync(&self, q: &TelemetryQuery) -> Result<TelemetryPage, StoreError> {
+        let want = |k: &str| {
+            key_matches(
+                k,
+                q.site.as_deref(),
+                q.device.as_deref(),
+                q.source.as_deref(),
+            )
+        };
         let (telemetry, truncated) = scan_log_newest_first(
             &self.telemetry,
             "telemetry",
             (q.from_ms, q.to_ms),
+            want,
             q.limit,
             |t| q.matches(t),
         )?;
@@ -903,12 +979,13 @@ fn scan_log_newest_first<T: DeserializeOwned>(
     log: &RecordLog,
     what: &'static str,
     (from_ms, to_ms): (Option<i64>, Option<i64>),
+    want_key: impl Fn(&str) -> bool,
     limit: usize,
     keep: impl Fn(&T) -> bool,
 ) -> Result<(Vec<T>, bool), StoreError> {
     let limit = limit.clamp(1, MAX_LIMIT);
     let (mut out, mut scanned, mut bad, mut truncated) = (Vec::new(), 0usize, 0usize, false);
-    log.scan_newest_first(from_ms, to_ms, |r| {
+    log.scan_newest_first(from_ms, to_ms, want_key, |r| {
         if scanned >= MAX_SCAN {
             truncated = true;
             return false;
@@ -993,19 +1070,68 @@ fn scan_keys_newest_first<T: DeserializeOwned>(
     Ok((out, truncated))
 }
 
-/// Log records of a batch's messages: (id, ts_ms) of each with its JSON.
+/// Log records of a batch's messages: (id, ts_ms) of each with its source key and JSON.
 fn log_records<'a>(
     ids_ts: impl Iterator<Item = (Ulid, i64)>,
+    keys: &'a [String],
     bytes: &'a [Cow<'a, [u8]>],
+    received_ms: i64,
 ) -> Vec<NewRecord<'a>> {
     ids_ts
+        .zip(keys)
         .zip(bytes)
-        .map(|((id, ts_ms), b)| NewRecord {
+        .map(|(((id, ts_ms), key), b)| NewRecord {
             id: id.0,
             ts_ms,
+            received_ms,
+            key,
             payload: b.as_ref(),
         })
         .collect()
+}
+
+/// The record log's source key: `site/device/camera` of an event, `site/device/source` of
+/// telemetry. All three are validated topic-level-like ids, so `/` cannot occur in them.
+fn source_key(site: &str, device: &str, source: &str) -> String {
+    format!("{site}/{device}/{source}")
+}
+
+/// Whether a source key matches optional site, device and source filters.
+fn key_matches(key: &str, site: Option<&str>, device: Option<&str>, source: Option<&str>) -> bool {
+    let mut parts = key.splitn(3, '/');
+    let mut part_is = |want: Option<&str>| {
+        let got = parts.next();
+        want.is_none_or(|w| got == Some(w))
+    };
+    part_is(site) && part_is(device) && part_is(source)
+}
+
+/// The fields a stored event or telemetry message's source key is made of.
+#[derive(Deserialize)]
+struct SourceFields {
+    site: String,
+    device: String,
+    #[serde(default)]
+    camera: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+impl SourceFields {
+    fn key(&self) -> String {
+        let source = self
+            .camera
+            .as_deref()
+            .or(self.source.as_deref())
+            .unwrap_or("");
+        source_key(&self.site, &self.device, source)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn device_key(site: &str, device: &str) -> String {
@@ -1061,6 +1187,31 @@ impl Store for SledStore {
 
     async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.blocking(|s| s.devices_sync()).await
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for (kind, log) in [
+            (DataKind::Events, &self.events),
+            (DataKind::Telemetry, &self.telemetry),
+        ] {
+            for (key, stats) in log.sources() {
+                let mut parts = key.splitn(3, '/').map(str::to_string);
+                let mut next = || parts.next().unwrap_or_default();
+                let (site, device, source) = (next(), next(), next());
+                out.push(SourceRecord {
+                    kind,
+                    site,
+                    device,
+                    source,
+                    stats,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.kind, &a.site, &a.device, &a.source).cmp(&(b.kind, &b.site, &b.device, &b.source))
+        });
+        Ok(out)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -1254,6 +1405,68 @@ pub(crate) mod tests {
             assert_eq!(out.events_duplicate, vec![late.id]);
             assert_eq!(out.telemetry_duplicate, vec![t.id]);
         }
+    }
+
+    #[tokio::test]
+    async fn sources_count_what_each_camera_and_sensor_sent_and_filters_use_them() {
+        let (_d, s) = open();
+        let a = event("gw-01", "cam-01", T0, &[(0, "person")]);
+        let b = event("gw-01", "cam-02", T0 + 10, &[(0, "person")]);
+        let c = event("gw-01", "cam-01", T0 + 20, &[(2, "car")]);
+        let t = telemetry("gw-02", "wl-01", T0, &[("water_level_cm", 12.0)]);
+        s.write(WriteBatch {
+            events: vec![a.clone(), b.clone(), c.clone(), a.clone()],
+            telemetry: vec![t.clone()],
+            received_ms: T0 + 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let src = s.sources().await.unwrap();
+        let brief: Vec<_> = src
+            .iter()
+            .map(|r| {
+                (
+                    r.kind,
+                    r.device.as_str(),
+                    r.source.as_str(),
+                    r.stats.records,
+                )
+            })
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                (DataKind::Events, "gw-01", "cam-01", 2),
+                (DataKind::Events, "gw-01", "cam-02", 1),
+                (DataKind::Telemetry, "gw-02", "wl-01", 1),
+            ]
+        );
+        assert_eq!(
+            (src[0].stats.first_ts_ms, src[0].stats.last_ts_ms),
+            (T0, T0 + 20)
+        );
+        assert_eq!(src[0].stats.last_received_ms, T0 + 500);
+        let q = EventQuery {
+            camera: Some("cam-01".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&s.query_events(q).await.unwrap()), vec![c.id, a.id]);
+        let q = EventQuery {
+            device: Some("gw-09".into()),
+            ..Default::default()
+        };
+        assert!(s.query_events(q).await.unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn source_keys_match_their_parts_only() {
+        let k = "yuexi/gw-01/cam-01";
+        assert!(key_matches(k, None, None, None));
+        assert!(key_matches(k, Some("yuexi"), Some("gw-01"), Some("cam-01")));
+        assert!(!key_matches(k, None, Some("gw-0"), None));
+        assert!(!key_matches(k, None, None, Some("cam-01/x")));
+        assert!(!key_matches(k, Some("yuex"), None, None));
     }
 
     #[tokio::test]
@@ -1747,6 +1960,8 @@ pub(crate) mod tests {
             .append(&[NewRecord {
                 id: Ulid::new().0,
                 ts_ms: T0 + 1,
+                received_ms: T0 + 1,
+                key: "yuexi/gw-01/agent",
                 payload: b"{not json",
             }])
             .unwrap();
