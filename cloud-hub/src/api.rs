@@ -44,8 +44,9 @@ use crate::metrics::{
 };
 use crate::quarantine::{QuarantineEntry, QuarantineQuery};
 use crate::store::{
-    ClassFilter, EventQuery, NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, TelemetryQuery,
-    DEFAULT_LIMIT, MAX_LIMIT,
+    AggregateGroup, ClassFilter, EventAggregate, EventAggregateQuery, EventDim, EventQuery,
+    NewSnapshot, PutSnapshot, Snapshot, Store, StoreError, TelemetryQuery, DEFAULT_LIMIT,
+    MAX_BUCKETS, MAX_LIMIT,
 };
 use crate::timeparse::parse_time_ms;
 use crate::tokens::{Role, TokenInfo, TokenRegistry};
@@ -149,6 +150,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
     };
     Router::new()
         .route("/api/v1/events", get(events::<S>))
+        .route("/api/v1/events/aggregate", get(events_aggregate::<S>))
         .route("/api/v1/events/{id}", get(event_by_id::<S>))
         .route("/api/v1/events/{id}/snapshot", get(event_snapshot::<S>))
         .route("/api/v1/telemetry", get(telemetry::<S>))
@@ -509,16 +511,37 @@ async fn store_call<T>(
     }
 }
 
-const EVENT_PARAMS: [&str; 9] = [
+const EVENT_PARAMS: [&str; 13] = [
     "site",
     "device",
     "camera",
     "class",
     "kind",
     "event_type",
+    "zone",
+    "category",
+    "phase",
+    "town",
     "from",
     "to",
     "limit",
+];
+
+/// `/api/v1/events/aggregate`: the event filters (but `class` and `limit`) and its own.
+const AGGREGATE_PARAMS: [&str; 13] = [
+    "site",
+    "device",
+    "camera",
+    "kind",
+    "event_type",
+    "zone",
+    "category",
+    "phase",
+    "town",
+    "from",
+    "to",
+    "bucket",
+    "by",
 ];
 
 const TELEMETRY_PARAMS: [&str; 7] = ["site", "device", "source", "metric", "from", "to", "limit"];
@@ -608,33 +631,88 @@ fn check_time_range(from_ms: Option<i64>, to_ms: Option<i64>) -> Result<(), ApiE
 
 /// Turns query pairs into an [`EventQuery`]; every error names its parameter.
 pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiError> {
+    parse_event_query_in(pairs, None)
+}
+
+/// Sets one event filter parameter shared by event queries and aggregates; `false` when
+/// `name` is not one of them. `town` needs the county model (its cameras are the filter).
+fn event_filter_param(
+    q: &mut EventQuery,
+    county: Option<&crate::county::County>,
+    name: &str,
+    v: &str,
+) -> Result<bool, ParamError> {
+    let short = |what: &str| -> Result<Option<String>, ParamError> {
+        if v.is_empty() || v.len() > 64 {
+            return Err(format!("must be {what} of 1..=64 bytes").into());
+        }
+        Ok(Some(v.to_string()))
+    };
+    match name {
+        "site" => q.site = level_param("site", v)?,
+        "device" => q.device = level_param("device", v)?,
+        "camera" => q.camera = level_param("camera", v)?,
+        "kind" => {
+            q.kind = Some(match v {
+                "detection" => EventKind::Detection,
+                "rule" => EventKind::Rule,
+                _ => return Err(format!("`{}` is not `detection` or `rule`", clip(v)).into()),
+            });
+        }
+        "event_type" => q.event_type = short("a rule event type")?,
+        "zone" => q.zone = short("a zone id")?,
+        "category" => q.category = short("a category code")?,
+        "phase" => {
+            q.phase = Some(match v {
+                "start" => csb_wire::Phase::Start,
+                "update" => csb_wire::Phase::Update,
+                "end" => csb_wire::Phase::End,
+                "instant" => csb_wire::Phase::Instant,
+                _ => {
+                    return Err(
+                        format!("`{}` is not one of start, update, end, instant", clip(v)).into(),
+                    )
+                }
+            });
+        }
+        "town" => {
+            let Some(c) = county else {
+                return Err("needs the county model (the hub runs without one)".into());
+            };
+            if !c.towns.iter().any(|t| t.props.id == v) {
+                return Err(format!("`{}` is not a town of the county model", clip(v)).into());
+            }
+            q.cameras = Some(
+                c.cameras
+                    .iter()
+                    .filter(|cam| cam.placed.town.as_deref() == Some(v))
+                    .map(|cam| cam.id.clone())
+                    .collect(),
+            );
+        }
+        "from" => q.from_ms = time_param(v)?,
+        "to" => q.to_ms = time_param(v)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn parse_event_query_in(
+    pairs: &[(String, String)],
+    county: Option<&crate::county::County>,
+) -> Result<EventQuery, ApiError> {
     let mut q = EventQuery::default();
     parse_params(pairs, &EVENT_PARAMS, |name, v| {
+        if event_filter_param(&mut q, county, name, v)? {
+            return Ok(());
+        }
         match name {
-            "site" => q.site = level_param("site", v)?,
-            "device" => q.device = level_param("device", v)?,
-            "camera" => q.camera = level_param("camera", v)?,
             "class" => {
                 if v.is_empty() || v.len() > 64 {
                     return Err("must be a label or class id of 1..=64 bytes".into());
                 }
                 q.class = Some(ClassFilter::parse(v));
             }
-            "kind" => {
-                q.kind = Some(match v {
-                    "detection" => EventKind::Detection,
-                    "rule" => EventKind::Rule,
-                    _ => return Err(format!("`{}` is not `detection` or `rule`", clip(v)).into()),
-                });
-            }
-            "event_type" => {
-                if v.is_empty() || v.len() > 64 {
-                    return Err("must be a rule event type of 1..=64 bytes".into());
-                }
-                q.event_type = Some(v.to_string());
-            }
-            "from" => q.from_ms = time_param(v)?,
-            "to" => q.to_ms = time_param(v)?,
             "limit" => q.limit = limit_param(v)?,
             _ => return Err(ParamError::Unknown),
         }
@@ -642,6 +720,209 @@ pub fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ApiEr
     })?;
     check_time_range(q.from_ms, q.to_ms)?;
     Ok(q)
+}
+
+/// A grouping of `/api/v1/events/aggregate`: a stored dimension, or the camera's town.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupBy {
+    Dim(EventDim),
+    Town,
+}
+
+/// `bucket`: `1m`, `15m`, `1h`, `1d` style (s, m, h, d), at least a minute.
+fn bucket_param(v: &str) -> Result<i64, ParamError> {
+    let (n, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let unit_ms = match unit {
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err("must be a number and a unit s, m, h or d, e.g. 1h".into()),
+    };
+    let ms = n
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .filter(|ms| *ms >= 60_000)
+        .ok_or("must be at least 1m (a number and a unit s, m, h or d)")?;
+    Ok(ms)
+}
+
+fn parse_aggregate_query(
+    pairs: &[(String, String)],
+    county: Option<&crate::county::County>,
+    now_ms: i64,
+) -> Result<(EventAggregateQuery, Vec<GroupBy>), ApiError> {
+    let mut filter = EventQuery::default();
+    let (mut bucket_ms, mut by) = (None, Vec::new());
+    parse_params(pairs, &AGGREGATE_PARAMS, |name, v| {
+        if event_filter_param(&mut filter, county, name, v)? {
+            return Ok(());
+        }
+        match name {
+            "bucket" => bucket_ms = Some(bucket_param(v)?),
+            "by" => {
+                for d in v.split(',').filter(|d| !d.is_empty()) {
+                    let g = match d {
+                        "town" if county.is_none() => {
+                            return Err("`town` needs the county model".into())
+                        }
+                        "town" => GroupBy::Town,
+                        _ => GroupBy::Dim(
+                            EventDim::ALL
+                                .into_iter()
+                                .find(|x| x.name() == d)
+                                .ok_or_else(|| {
+                                    format!(
+                                        "`{}` is not one of town, site, device, camera, kind, \
+                                         event_type, zone, category, phase",
+                                        clip(d)
+                                    )
+                                })?,
+                        ),
+                    };
+                    if !by.contains(&g) {
+                        by.push(g);
+                    }
+                }
+                if by.len() > 3 {
+                    return Err("at most 3 dimensions".into());
+                }
+            }
+            _ => return Err(ParamError::Unknown),
+        }
+        Ok(())
+    })?;
+    let to_ms = filter.to_ms.unwrap_or(now_ms);
+    let from_ms = filter.from_ms.unwrap_or(to_ms - 86_400_000);
+    check_time_range(Some(from_ms), Some(to_ms))?;
+    if let Some(b) = bucket_ms {
+        if (to_ms - from_ms) / b > MAX_BUCKETS {
+            return Err(ApiError::bad_request(format!(
+                "bucket: {} buckets between from and to, at most {} (a larger bucket or a \
+                 shorter range)",
+                (to_ms - from_ms) / b,
+                MAX_BUCKETS
+            )));
+        }
+    }
+    // The store groups by stored dimensions; a town comes from the camera.
+    let mut dims: Vec<EventDim> = by
+        .iter()
+        .filter_map(|g| match g {
+            GroupBy::Dim(d) => Some(*d),
+            GroupBy::Town => None,
+        })
+        .collect();
+    if by.contains(&GroupBy::Town) {
+        dims.extend([EventDim::Site, EventDim::Device, EventDim::Camera]);
+    }
+    Ok((
+        EventAggregateQuery {
+            filter,
+            from_ms,
+            to_ms,
+            bucket_ms,
+            by: dims,
+        },
+        by,
+    ))
+}
+
+/// Regroups a store aggregate grouped by stored dimensions (+ site, device, camera when
+/// `by` has `town`) into `by`'s order, the town from the county model's cameras.
+fn regroup(
+    agg: EventAggregate,
+    by: &[GroupBy],
+    county: Option<&crate::county::County>,
+) -> EventAggregate {
+    if !by.contains(&GroupBy::Town) {
+        return agg;
+    }
+    let n_dims = by.len() - 1;
+    let town_of = |site: &str, device: &str, camera: &str| -> String {
+        let id = format!("{site}/{device}/{camera}");
+        county
+            .and_then(|c| c.cameras.iter().find(|cam| cam.id == id))
+            .and_then(|cam| cam.placed.town.clone())
+            .unwrap_or_default()
+    };
+    let mut merged: std::collections::BTreeMap<
+        Vec<String>,
+        (u64, std::collections::BTreeMap<i64, u64>),
+    > = Default::default();
+    for g in agg.groups {
+        let (dims, src) = g.key.split_at(n_dims.min(g.key.len()));
+        let town = match src {
+            [site, device, camera] => town_of(site, device, camera),
+            _ => String::new(),
+        };
+        let mut dims = dims.iter();
+        let key: Vec<String> = by
+            .iter()
+            .map(|b| match b {
+                GroupBy::Town => town.clone(),
+                GroupBy::Dim(_) => dims.next().cloned().unwrap_or_default(),
+            })
+            .collect();
+        let e = merged.entry(key).or_default();
+        e.0 += g.total;
+        for (t, c) in g.buckets {
+            *e.1.entry(t).or_default() += c;
+        }
+    }
+    let mut groups: Vec<AggregateGroup> = merged
+        .into_iter()
+        .map(|(key, (total, b))| AggregateGroup {
+            key,
+            total,
+            buckets: b.into_iter().collect(),
+        })
+        .collect();
+    groups.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+    EventAggregate {
+        total: agg.total,
+        groups,
+    }
+}
+
+/// Event counts grouped by dimensions and time bucket: what the cockpit's charts are made of.
+/// `from` defaults to `to` − 24 h, `to` to now; `by` a comma list (≤ 3) of town, site,
+/// device, camera, kind, event_type, zone, category, phase; `bucket` e.g. `1h`.
+async fn events_aggregate<S: Store>(
+    State(st): State<ApiState<S>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(pairs) =
+        query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let county = st.county.as_deref();
+    let (q, by) = parse_aggregate_query(&pairs, county, now_ms)?;
+    let (from_ms, to_ms, bucket_ms) = (q.from_ms, q.to_ms, q.bucket_ms);
+    let agg = store_call(
+        &st.store_slots,
+        "event aggregate",
+        st.store.aggregate_events(q),
+    )
+    .await?;
+    let agg = regroup(agg, &by, county);
+    let names: Vec<&str> = by
+        .iter()
+        .map(|b| match b {
+            GroupBy::Town => "town",
+            GroupBy::Dim(d) => d.name(),
+        })
+        .collect();
+    Ok(Json(json!({
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "bucket_ms": bucket_ms,
+        "by": names,
+        "total": agg.total,
+        "groups": agg.groups,
+    })))
 }
 
 /// Turns query pairs into a [`TelemetryQuery`]; every error names its parameter.
@@ -701,7 +982,7 @@ async fn events<S: Store>(
 ) -> Result<Json<EventsBody>, ApiError> {
     let Query(pairs) =
         query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    let q = parse_event_query(&pairs)?;
+    let q = parse_event_query_in(&pairs, st.county.as_deref())?;
     let page = store_call(&st.store_slots, "event query", st.store.query_events(q)).await?;
     Ok(Json(EventsBody {
         count: page.events.len(),

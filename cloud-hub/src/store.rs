@@ -39,7 +39,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use csb_wire::{civil_from_days, DeviceStatus, Event, EventKind, Telemetry};
+use csb_wire::{civil_from_days, DeviceStatus, Event, EventKind, Phase, Telemetry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -164,6 +164,12 @@ pub struct EventQuery {
     pub kind: Option<EventKind>,
     /// Matches `rule.event_type`, so only rule events can match.
     pub event_type: Option<String>,
+    /// Match `rule.zone`, `rule.category`, `rule.phase` (rule events only).
+    pub zone: Option<String>,
+    pub category: Option<String>,
+    pub phase: Option<Phase>,
+    /// Only these cameras (`site/device/camera`), e.g. those of a town; `None` = any.
+    pub cameras: Option<std::collections::BTreeSet<String>>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
     pub limit: usize,
@@ -178,6 +184,10 @@ impl Default for EventQuery {
             class: None,
             kind: None,
             event_type: None,
+            zone: None,
+            category: None,
+            phase: None,
+            cameras: None,
             from_ms: None,
             to_ms: None,
             limit: DEFAULT_LIMIT,
@@ -187,16 +197,117 @@ impl Default for EventQuery {
 
 impl EventQuery {
     fn matches(&self, e: &Event) -> bool {
+        let rule = e.rule.as_ref();
+        let rule_has = |want: &Option<String>, got: fn(&csb_wire::RuleInfo) -> Option<&str>| {
+            want.as_ref()
+                .is_none_or(|w| rule.and_then(got).is_some_and(|g| g == w))
+        };
         self.site.as_ref().is_none_or(|s| *s == e.site)
             && self.device.as_ref().is_none_or(|d| *d == e.device)
             && self.camera.as_ref().is_none_or(|c| *c == e.camera)
             && self.class.as_ref().is_none_or(|c| c.matches(e))
             && self.kind.is_none_or(|k| k == e.kind)
+            && rule_has(&self.event_type, |r| Some(r.event_type.as_str()))
+            && rule_has(&self.zone, |r| r.zone.as_deref())
+            && rule_has(&self.category, |r| r.category.as_deref())
             && self
-                .event_type
-                .as_ref()
-                .is_none_or(|t| e.rule.as_ref().is_some_and(|r| r.event_type == *t))
+                .phase
+                .is_none_or(|p| rule.is_some_and(|r| r.phase == p))
     }
+
+    /// Whether events of this log key can match (checked once per key, before any read).
+    fn key_may_match(&self, key: &str) -> bool {
+        let t = EventTags::parse(key);
+        let is = |want: &Option<String>, got: &str| want.as_ref().is_none_or(|w| w == got);
+        let camera = || format!("{}/{}/{}", t.site, t.device, t.camera);
+        is(&self.site, t.site)
+            && is(&self.device, t.device)
+            && is(&self.camera, t.camera)
+            && is(&self.event_type, t.event_type)
+            && is(&self.zone, t.zone)
+            && is(&self.category, t.category)
+            && self.phase.is_none_or(|p| phase_str(p) == t.phase)
+            && self.kind.is_none_or(|k| {
+                t.kind
+                    == match k {
+                        EventKind::Detection => "detection",
+                        EventKind::Rule => "rule",
+                    }
+            })
+            && self.cameras.as_ref().is_none_or(|c| c.contains(&camera()))
+    }
+}
+
+/// What event aggregates group by: the event's source levels and rule fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventDim {
+    Site,
+    Device,
+    Camera,
+    Kind,
+    EventType,
+    Zone,
+    Category,
+    Phase,
+}
+
+impl EventDim {
+    pub const ALL: [EventDim; 8] = [
+        EventDim::Site,
+        EventDim::Device,
+        EventDim::Camera,
+        EventDim::Kind,
+        EventDim::EventType,
+        EventDim::Zone,
+        EventDim::Category,
+        EventDim::Phase,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventDim::Site => "site",
+            EventDim::Device => "device",
+            EventDim::Camera => "camera",
+            EventDim::Kind => "kind",
+            EventDim::EventType => "event_type",
+            EventDim::Zone => "zone",
+            EventDim::Category => "category",
+            EventDim::Phase => "phase",
+        }
+    }
+}
+
+/// Most buckets one aggregate may have (per group).
+pub const MAX_BUCKETS: i64 = 10_000;
+
+/// Counts of events in `[from_ms, to_ms)` matching `filter` (its `limit` unused), grouped by
+/// `by` (values in that order; none = one group) and, with `bucket_ms`, by time bucket
+/// (aligned to the Unix epoch, so UTC days for 86 400 000).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventAggregateQuery {
+    pub filter: EventQuery,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub bucket_ms: Option<i64>,
+    pub by: Vec<EventDim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregateGroup {
+    /// Values of the `by` dimensions, in order (empty string: the event has none, e.g. a
+    /// detection's zone).
+    pub key: Vec<String>,
+    pub total: u64,
+    /// `[bucket start ms, count]`, only buckets with events, in time order.
+    pub buckets: Vec<(i64, u64)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAggregate {
+    pub total: u64,
+    /// Groups by descending total.
+    pub groups: Vec<AggregateGroup>,
 }
 
 /// Events newest first. `truncated` means the scan limit was hit before `limit` matches were
@@ -349,6 +460,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: EventQuery,
     ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+    /// Event counts by group and time bucket (see [`EventAggregateQuery`]).
+    fn aggregate_events(
+        &self,
+        query: EventAggregateQuery,
+    ) -> impl Future<Output = Result<EventAggregate, StoreError>> + Send;
     /// Raw telemetry, newest first, filtered like [`Store::query_events`].
     fn query_telemetry(
         &self,
@@ -543,8 +659,22 @@ impl SledStore {
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
             db,
         };
-        store.migrate_rows("event", &store.events, "events", "ids")?;
-        store.migrate_rows("telemetry", &store.telemetry, "telemetry", "telemetry_ids")?;
+        store.migrate_rows("event", &store.events, "events", "ids", |v| {
+            serde_json::from_slice::<Event>(v)
+                .map(|e| event_key(&e))
+                .ok()
+        })?;
+        store.migrate_rows(
+            "telemetry",
+            &store.telemetry,
+            "telemetry",
+            "telemetry_ids",
+            |v| {
+                serde_json::from_slice::<SourceFields>(v)
+                    .map(|f| f.key())
+                    .ok()
+            },
+        )?;
         Ok(store)
     }
 
@@ -557,6 +687,7 @@ impl SledStore {
         log: &RecordLog,
         rows: &str,
         index: &str,
+        key_of: impl Fn(&[u8]) -> Option<String>,
     ) -> Result<(), StoreError> {
         let names = self.db.tree_names();
         if !names.iter().any(|n| n.as_ref() == rows.as_bytes()) {
@@ -592,9 +723,7 @@ impl SledStore {
                 Some((ts_ms, id)) => {
                     // Rows were validated on the way in; one that no longer decodes keeps an
                     // empty source rather than being left behind.
-                    let key = serde_json::from_slice::<SourceFields>(&value)
-                        .map(|f| f.key())
-                        .unwrap_or_default();
+                    let key = key_of(&value).unwrap_or_default();
                     chunk.push((id, ts_ms, key, value))
                 }
                 // Not a row (e.g. a stray counter): nothing to carry over.
@@ -680,11 +809,7 @@ impl SledStore {
             0 => now_ms(),
             t => t,
         };
-        let event_keys: Vec<String> = batch
-            .events
-            .iter()
-            .map(|e| source_key(&e.site, &e.device, &e.camera))
-            .collect();
+        let event_keys: Vec<String> = batch.events.iter().map(event_key).collect();
         let evs = log_records(
             batch.events.iter().map(|e| (e.id, e.ts_ms)),
             &event_keys,
@@ -797,14 +922,7 @@ impl SledStore {
     }
 
     fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
-        let want = |k: &str| {
-            key_matches(
-                k,
-                q.site.as_deref(),
-                q.device.as_deref(),
-                q.camera.as_deref(),
-            )
-        };
+        let want = |k: &str| q.key_may_match(k);
         let (events, truncated) = scan_log_newest_first(
             &self.events,
             "event",
@@ -1070,6 +1188,56 @@ fn scan_keys_newest_first<T: DeserializeOwned>(
     Ok((out, truncated))
 }
 
+/// [`Store::aggregate_events`] over a log's in-memory index: each key is classified once
+/// (matches? which group?), then every record in range costs a lookup and an add.
+fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
+    use std::collections::HashMap;
+    // Per key number: the group it counts in, or None when the filter excludes it.
+    let mut class: Vec<Option<Option<usize>>> = Vec::new();
+    let mut groups: Vec<(Vec<String>, u64, std::collections::BTreeMap<i64, u64>)> = Vec::new();
+    let mut group_of: HashMap<Vec<String>, usize> = HashMap::new();
+    let mut total = 0u64;
+    log.for_each_in_range(q.from_ms, q.to_ms, |ts, k, key| {
+        let k = k as usize;
+        if class.len() <= k {
+            class.resize(k + 1, None);
+        }
+        let g = match class[k] {
+            Some(g) => g,
+            None => {
+                let g = q.filter.key_may_match(key).then(|| {
+                    let t = EventTags::parse(key);
+                    let values: Vec<String> = q.by.iter().map(|d| t.get(*d).to_string()).collect();
+                    *group_of.entry(values.clone()).or_insert_with(|| {
+                        groups.push((values, 0, Default::default()));
+                        groups.len() - 1
+                    })
+                });
+                class[k] = Some(g);
+                g
+            }
+        };
+        if let Some(g) = g {
+            total += 1;
+            let grp = &mut groups[g];
+            grp.1 += 1;
+            if let Some(b) = q.bucket_ms {
+                *grp.2.entry(ts.div_euclid(b) * b).or_default() += 1;
+            }
+        }
+    });
+    let mut groups: Vec<AggregateGroup> = groups
+        .into_iter()
+        .map(|(key, total, buckets)| AggregateGroup {
+            key,
+            total,
+            buckets: buckets.into_iter().collect(),
+        })
+        .collect();
+    groups.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+    EventAggregate { total, groups }
+}
+
 /// Log records of a batch's messages: (id, ts_ms) of each with its source key and JSON.
 fn log_records<'a>(
     ids_ts: impl Iterator<Item = (Ulid, i64)>,
@@ -1096,8 +1264,90 @@ fn source_key(site: &str, device: &str, source: &str) -> String {
     format!("{site}/{device}/{source}")
 }
 
-/// Whether a source key matches optional site, device and source filters.
+/// An event's record log key: its source key, then the dimensions aggregates group by
+/// ([`EventTags`]), `|`-separated: per key the log keeps counts and an in-memory time index,
+/// so aggregates never read the events themselves.
+pub fn event_key(e: &Event) -> String {
+    let clean = |v: &str| v.replace('|', "_");
+    let rule = e.rule.as_ref();
+    format!(
+        "{}|{}|{}|{}|{}|{}",
+        source_key(&e.site, &e.device, &e.camera),
+        match e.kind {
+            EventKind::Detection => "detection",
+            EventKind::Rule => "rule",
+        },
+        rule.map(|r| clean(&r.event_type)).unwrap_or_default(),
+        rule.and_then(|r| r.zone.as_deref())
+            .map(clean)
+            .unwrap_or_default(),
+        rule.and_then(|r| r.category.as_deref())
+            .map(clean)
+            .unwrap_or_default(),
+        rule.map(|r| phase_str(r.phase)).unwrap_or_default(),
+    )
+}
+
+fn phase_str(p: Phase) -> &'static str {
+    match p {
+        Phase::Start => "start",
+        Phase::Update => "update",
+        Phase::End => "end",
+        Phase::Instant => "instant",
+    }
+}
+
+/// The dimensions of an event's log key (see [`event_key`]); empty strings where absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventTags<'a> {
+    pub site: &'a str,
+    pub device: &'a str,
+    pub camera: &'a str,
+    pub kind: &'a str,
+    pub event_type: &'a str,
+    pub zone: &'a str,
+    pub category: &'a str,
+    pub phase: &'a str,
+}
+
+impl<'a> EventTags<'a> {
+    pub fn parse(key: &'a str) -> EventTags<'a> {
+        let mut parts = key.split('|');
+        let mut next = || parts.next().unwrap_or("");
+        let source = next();
+        let mut src = source.splitn(3, '/');
+        let mut level = || src.next().unwrap_or("");
+        let (site, device, camera) = (level(), level(), level());
+        EventTags {
+            site,
+            device,
+            camera,
+            kind: next(),
+            event_type: next(),
+            zone: next(),
+            category: next(),
+            phase: next(),
+        }
+    }
+
+    pub fn get(&self, dim: EventDim) -> &'a str {
+        match dim {
+            EventDim::Site => self.site,
+            EventDim::Device => self.device,
+            EventDim::Camera => self.camera,
+            EventDim::Kind => self.kind,
+            EventDim::EventType => self.event_type,
+            EventDim::Zone => self.zone,
+            EventDim::Category => self.category,
+            EventDim::Phase => self.phase,
+        }
+    }
+}
+
+/// Whether a source key matches optional site, device and source filters (dimensions after
+/// a `|` are not part of the source).
 fn key_matches(key: &str, site: Option<&str>, device: Option<&str>, source: Option<&str>) -> bool {
+    let key = key.split('|').next().unwrap_or("");
     let mut parts = key.splitn(3, '/');
     let mut part_is = |want: Option<&str>| {
         let got = parts.next();
@@ -1177,6 +1427,14 @@ impl Store for SledStore {
         self.blocking(move |s| s.query_sync(&query)).await
     }
 
+    async fn aggregate_events(
+        &self,
+        query: EventAggregateQuery,
+    ) -> Result<EventAggregate, StoreError> {
+        self.blocking(move |s| Ok(aggregate(&s.events, &query)))
+            .await
+    }
+
     async fn query_telemetry(&self, query: TelemetryQuery) -> Result<TelemetryPage, StoreError> {
         self.blocking(move |s| s.telemetry_sync(&query)).await
     }
@@ -1195,7 +1453,16 @@ impl Store for SledStore {
             (DataKind::Events, &self.events),
             (DataKind::Telemetry, &self.telemetry),
         ] {
+            // Event keys carry dimensions after the source: one entry per source.
+            let mut merged: std::collections::BTreeMap<String, SourceStats> = Default::default();
             for (key, stats) in log.sources() {
+                let source = key.split('|').next().unwrap_or("").to_string();
+                merged
+                    .entry(source)
+                    .and_modify(|m| m.merge(&stats))
+                    .or_insert(stats);
+            }
+            for (key, stats) in merged {
                 let mut parts = key.splitn(3, '/').map(str::to_string);
                 let mut next = || parts.next().unwrap_or_default();
                 let (site, device, source) = (next(), next(), next());
@@ -1467,6 +1734,65 @@ pub(crate) mod tests {
         assert!(!key_matches(k, None, Some("gw-0"), None));
         assert!(!key_matches(k, None, None, Some("cam-01/x")));
         assert!(!key_matches(k, Some("yuex"), None, None));
+    }
+
+    #[test]
+    fn rule_filters_match_the_event_and_its_log_key_alike() {
+        let e = rule_event(T0, "illegal_parking", "car", Ulid::new());
+        let key = event_key(&e);
+        let cases = [
+            (
+                EventQuery {
+                    zone: Some("gate".into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                EventQuery {
+                    zone: Some("junction".into()),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                EventQuery {
+                    category: Some("0101".into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                EventQuery {
+                    phase: Some(Phase::End),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                EventQuery {
+                    event_type: Some("illegal_parking".into()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                EventQuery {
+                    kind: Some(EventKind::Detection),
+                    ..Default::default()
+                },
+                false,
+            ),
+        ];
+        for (q, want) in cases {
+            assert_eq!(q.matches(&e), want, "{q:?}");
+            assert_eq!(q.key_may_match(&key), want, "{q:?} on {key}");
+        }
+        let tags = EventTags::parse(&key);
+        assert_eq!(
+            (tags.camera, tags.zone, tags.phase),
+            ("cam-01", "gate", "start")
+        );
     }
 
     #[tokio::test]

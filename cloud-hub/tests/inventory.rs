@@ -278,3 +278,246 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
     .await;
     hub.stop().await;
 }
+
+/// A rule event of `event_type` in `zone` at `ts_ms`.
+fn rule_event(
+    device: &str,
+    camera: &str,
+    ts_ms: i64,
+    event_type: &str,
+    zone: &str,
+    phase: csb_wire::Phase,
+) -> csb_wire::Event {
+    let mut e = event(device, camera, ts_ms, &[(2, "car")]);
+    e.kind = csb_wire::EventKind::Rule;
+    e.rule = Some(csb_wire::RuleInfo {
+        rule: format!("{event_type}-rule"),
+        rule_type: csb_wire::RuleType::Dwell,
+        event_type: event_type.into(),
+        category: Some(
+            if event_type == "illegal_parking" {
+                "0201"
+            } else {
+                "0305"
+            }
+            .into(),
+        ),
+        phase,
+        problem_id: ulid::Ulid::new(),
+        zone: Some(zone.into()),
+        track_ids: vec![],
+        started_ms: ts_ms,
+        duration_ms: 0,
+        count: None,
+        direction: None,
+        value: None,
+        metric: None,
+        snapshot: None,
+    });
+    e
+}
+
+/// Event history by zone, category, phase and town, and aggregates by time bucket and
+/// dimension, checked against counts the test works out itself from what it published.
+#[tokio::test]
+async fn event_history_filters_and_aggregates_by_bucket_type_and_town() {
+    use csb_wire::Phase;
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let county = county_dir();
+    let hub = TestHub::start_with(dir.path(), port, |c| c.county_dir = Some(county)).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    const H: i64 = 3_600_000;
+    let base = (T0 / H) * H; // an hour boundary
+                             // (device, camera, town, event type, zone, phase, hour, minute)
+    let plan: Vec<(&str, &str, &str, &str, &str, Phase, i64, i64)> = vec![
+        (
+            "gw-demo-01",
+            "cam-tiantang-01",
+            "tiantang",
+            "illegal_parking",
+            "no-parking-north",
+            Phase::Start,
+            0,
+            5,
+        ),
+        (
+            "gw-demo-01",
+            "cam-tiantang-01",
+            "tiantang",
+            "illegal_parking",
+            "no-parking-north",
+            Phase::End,
+            0,
+            20,
+        ),
+        (
+            "gw-demo-01",
+            "cam-tiantang-01",
+            "tiantang",
+            "illegal_parking",
+            "no-parking-north",
+            Phase::Start,
+            1,
+            1,
+        ),
+        (
+            "gw-demo-01",
+            "cam-tiantang-02",
+            "tiantang",
+            "street_vending",
+            "sidewalk-east",
+            Phase::Start,
+            1,
+            30,
+        ),
+        (
+            "gw-laibang-01",
+            "cam-junction-01",
+            "laibang",
+            "illegal_parking",
+            "junction",
+            Phase::Start,
+            2,
+            59,
+        ),
+        (
+            "gw-laibang-01",
+            "cam-junction-01",
+            "laibang",
+            "street_vending",
+            "junction",
+            Phase::Start,
+            2,
+            0,
+        ),
+        (
+            "gw-wenquan-01",
+            "cam-parking-01",
+            "wenquan",
+            "illegal_parking",
+            "lot",
+            Phase::Start,
+            3,
+            10,
+        ),
+    ];
+    let mut p = Publisher::connect(addr, "hist-data").await;
+    let mut burst = Vec::new();
+    for (dev, cam, _, ty, zone, phase, h, m) in &plan {
+        let e = rule_event(dev, cam, base + h * H + m * 60_000, ty, zone, *phase);
+        burst.push((topic(dev, "event"), json(&e)));
+    }
+    // Detections (no rule) in hour 0: counted only without rule filters.
+    for i in 0..3 {
+        let e = event("gw-demo-01", "cam-tiantang-01", base + i, &[(0, "person")]);
+        burst.push((topic("gw-demo-01", "event"), json(&e)));
+    }
+    p.publish_burst(burst).await;
+    let range = format!("from={}&to={}", base, base + 4 * H);
+    let all = loop {
+        let v = hub.get(&format!("/api/v1/events/aggregate?{range}")).await;
+        if v["total"] == 10 {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(all["groups"][0]["total"], 10);
+
+    // Per event type and hour, starts only.
+    let v = hub
+        .get(&format!(
+            "/api/v1/events/aggregate?{range}&by=event_type&bucket=1h&phase=start"
+        ))
+        .await;
+    let starts: Vec<_> = plan.iter().filter(|x| x.5 == Phase::Start).collect();
+    assert_eq!(v["total"].as_u64(), Some(starts.len() as u64));
+    for ty in ["illegal_parking", "street_vending"] {
+        let g = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["key"][0] == ty)
+            .unwrap_or_else(|| panic!("{ty} group: {v}"));
+        for h in 0..4 {
+            let want = starts.iter().filter(|x| x.3 == ty && x.6 == h).count() as u64;
+            let got = g["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b[0] == base + h * H)
+                .map_or(0, |b| b[1].as_u64().unwrap());
+            assert_eq!(got, want, "{ty} hour {h}");
+        }
+    }
+    // By town, from the county model's cameras.
+    let v = hub
+        .get(&format!(
+            "/api/v1/events/aggregate?{range}&by=town&kind=rule"
+        ))
+        .await;
+    for town in ["tiantang", "laibang", "wenquan"] {
+        let want = plan.iter().filter(|x| x.2 == town).count() as u64;
+        let g = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["key"][0] == town);
+        assert_eq!(
+            g.map(|g| g["total"].as_u64().unwrap()),
+            Some(want),
+            "{town}: {v}"
+        );
+    }
+    // Two dimensions and a town filter.
+    let v = hub
+        .get(&format!(
+            "/api/v1/events/aggregate?{range}&by=zone,phase&town=tiantang&kind=rule"
+        ))
+        .await;
+    let g = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == serde_json::json!(["no-parking-north", "start"]))
+        .expect("zone/start group");
+    assert_eq!(g["total"], 2);
+    assert_eq!(v["total"], 4);
+
+    // History: the same filters on the events themselves.
+    let range_ref = &range;
+    let hub_ref = &hub;
+    let count = |q: &'static str| async move {
+        hub_ref
+            .get(&format!("/api/v1/events?{range_ref}&{q}"))
+            .await["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(count("zone=junction").await, 2);
+    assert_eq!(count("category=0305").await, 2);
+    assert_eq!(count("town=laibang").await, 2);
+    assert_eq!(count("town=tiantang&phase=end").await, 1);
+    assert_eq!(count("camera=cam-tiantang-01").await, 6);
+
+    // Bad parameters are named.
+    for (q, name) in [
+        ("by=colour", "by"),
+        ("bucket=5x", "bucket"),
+        ("bucket=1s", "bucket"),
+        ("town=atlantis", "town"),
+        ("phase=later", "phase"),
+    ] {
+        let (code, body) = hub
+            .get_status(&format!("/api/v1/events/aggregate?{range}&{q}"))
+            .await;
+        assert_eq!(code, 400, "{q}");
+        assert!(body.to_string().contains(name), "{q}: {body}");
+    }
+    let (code, _) = hub
+        .get_status("/api/v1/events/aggregate?from=0&to=9000000000000&bucket=1m")
+        .await;
+    assert_eq!(code, 400, "too many buckets");
+    hub.stop().await;
+}
