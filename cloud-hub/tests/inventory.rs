@@ -317,6 +317,18 @@ fn rule_event(
     e
 }
 
+/// (device, camera, town, event type, zone, phase, hour, minute) of a published rule event.
+type Planned = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    csb_wire::Phase,
+    i64,
+    i64,
+);
+
 /// Event history by zone, category, phase and town, and aggregates by time bucket and
 /// dimension, checked against counts the test works out itself from what it published.
 #[tokio::test]
@@ -331,7 +343,7 @@ async fn event_history_filters_and_aggregates_by_bucket_type_and_town() {
     const H: i64 = 3_600_000;
     let base = (T0 / H) * H; // an hour boundary
                              // (device, camera, town, event type, zone, phase, hour, minute)
-    let plan: Vec<(&str, &str, &str, &str, &str, Phase, i64, i64)> = vec![
+    let plan: Vec<Planned> = vec![
         (
             "gw-demo-01",
             "cam-tiantang-01",
