@@ -1268,24 +1268,35 @@ fn source_key(site: &str, device: &str, source: &str) -> String {
 /// ([`EventTags`]), `|`-separated: per key the log keeps counts and an in-memory time index,
 /// so aggregates never read the events themselves.
 pub fn event_key(e: &Event) -> String {
-    let clean = |v: &str| v.replace('|', "_");
+    // One buffer, no intermediate strings: this runs for every stored event.
+    fn push_clean(k: &mut String, v: &str) {
+        for c in v.chars() {
+            k.push(if c == '|' { '_' } else { c });
+        }
+    }
+    let mut k = String::with_capacity(96);
     let rule = e.rule.as_ref();
-    format!(
-        "{}|{}|{}|{}|{}|{}",
-        source_key(&e.site, &e.device, &e.camera),
-        match e.kind {
-            EventKind::Detection => "detection",
-            EventKind::Rule => "rule",
-        },
-        rule.map(|r| clean(&r.event_type)).unwrap_or_default(),
-        rule.and_then(|r| r.zone.as_deref())
-            .map(clean)
-            .unwrap_or_default(),
-        rule.and_then(|r| r.category.as_deref())
-            .map(clean)
-            .unwrap_or_default(),
-        rule.map(|r| phase_str(r.phase)).unwrap_or_default(),
-    )
+    push_clean(&mut k, &e.site);
+    k.push('/');
+    push_clean(&mut k, &e.device);
+    k.push('/');
+    push_clean(&mut k, &e.camera);
+    k.push('|');
+    k.push_str(match e.kind {
+        EventKind::Detection => "detection",
+        EventKind::Rule => "rule",
+    });
+    let fields = [
+        rule.map(|r| r.event_type.as_str()),
+        rule.and_then(|r| r.zone.as_deref()),
+        rule.and_then(|r| r.category.as_deref()),
+        rule.map(|r| phase_str(r.phase)),
+    ];
+    for f in fields {
+        k.push('|');
+        push_clean(&mut k, f.unwrap_or(""));
+    }
+    k
 }
 
 fn phase_str(p: Phase) -> &'static str {
