@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_history;
 pub mod broker;
 pub mod config;
 pub mod county;

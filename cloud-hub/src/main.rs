@@ -116,6 +116,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark: event history at volume — load events through the store (no MQTT), reopen,
+    /// then p50/p99 of 24 h and 7 day aggregates, a filtered history page and an id lookup,
+    /// and disk bytes per event.
+    BenchHistory {
+        /// Events to load.
+        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().events)]
+        events: usize,
+        /// Days they are spread over.
+        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().days)]
+        days: u32,
+        /// Timed runs of each query.
+        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().queries)]
+        queries: usize,
+        /// Directory for the throw-away store (default: the system temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +387,33 @@ fn run() -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::BenchHistory {
+            events,
+            days,
+            queries,
+            data_dir,
+            json,
+        } => {
+            init_logging_at("warn");
+            let opts = cloud_hub::bench_history::HistoryOptions {
+                events,
+                days,
+                queries,
+                data_dir,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(cloud_hub::bench_history::run(&opts))?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.text())?;
+            }
             Ok(())
         }
         Command::BenchIngest {
