@@ -479,7 +479,10 @@ impl<S: Store> Ingest<S> {
         let (batch, acks, quarantine_acks) = (&mut p.batch, &mut p.acks, &mut p.quarantine_acks);
         // Room for the round's events at once: growing a vector of decoded events step by
         // step costs more (copies, fresh pages) than it seems.
-        let events = messages.iter().filter(|m| m.topic.ends_with(b"/event")).count();
+        let events = messages
+            .iter()
+            .filter(|m| m.topic.ends_with(b"/event"))
+            .count();
         batch.events.reserve(events);
         batch.event_payloads.reserve(events);
         for m in messages {

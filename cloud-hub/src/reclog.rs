@@ -80,6 +80,15 @@ pub struct Appended {
     pub duplicates: Vec<u128>,
 }
 
+/// A place in the log's append order: segment sequence number and byte offset. Used as the
+/// end of what a consumer (the telemetry series store) has applied, so it can replay what
+/// came after ([`RecordLog::replay_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPos {
+    pub seg: u32,
+    pub off: u64,
+}
+
 /// Where a record is: segment sequence number and offset of its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Pos {
@@ -214,11 +223,14 @@ fn scan_segment(
     path: &Path,
     seq: u32,
     file: &File,
-    mut found: impl FnMut(u128, i64, Slot),
+    start: u64,
+    mut found: impl FnMut(u128, i64, Slot, &[u8]),
 ) -> Result<u64, LogError> {
+    use std::io::{Seek, SeekFrom};
     let size = file.metadata().map_err(io("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let (mut off, mut header, mut payload) = (0u64, [0u8; HEADER], Vec::new());
+    r.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
+    let (mut off, mut header, mut payload) = (start, [0u8; HEADER], Vec::new());
     while off + HEADER as u64 <= size {
         r.read_exact(&mut header).map_err(io("read", path))?;
         let h = decode_header(&header);
@@ -238,7 +250,7 @@ fn scan_segment(
             },
             len: h.len as u32,
         };
-        found(h.id, h.ts_ms, slot);
+        found(h.id, h.ts_ms, slot, &payload);
         off = end;
     }
     Ok(off)
@@ -271,7 +283,7 @@ impl RecordLog {
                 .open(&path)
                 .map_err(io("open", &path))?;
             let size = file.metadata().map_err(io("stat", &path))?.len();
-            let valid = scan_segment(&path, seq, &file, |id, ts, slot| {
+            let valid = scan_segment(&path, seq, &file, 0, |id, ts, slot, _| {
                 if index.by_id.contains_key(&id) {
                     rec.duplicate_frames += 1;
                 } else {
@@ -363,6 +375,18 @@ impl RecordLog {
 
     /// Appends the records whose ids are new, durably (see the module docs). Blocking.
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended, LogError> {
+        self.append_then(records, |_, _| {})
+    }
+
+    /// [`RecordLog::append`], then `stored(indexes into records of those stored now, end of
+    /// the log after them)` while still holding the writer lock, when any was stored. So a
+    /// consumer applying them sees appends in log order, and the end position it records
+    /// covers exactly what it applied (the series store's replay watermark).
+    pub fn append_then(
+        &self,
+        records: &[NewRecord<'_>],
+        stored: impl FnOnce(&[usize], LogPos),
+    ) -> Result<Appended, LogError> {
         let mut out = Appended::default();
         if records.is_empty() {
             return Ok(out);
@@ -370,11 +394,12 @@ impl RecordLog {
         // One writer at a time: the duplicate check and the write must not interleave.
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = Vec::with_capacity(records.len());
+        let mut fresh_at = Vec::with_capacity(records.len());
         {
             let index = self.read_index();
             let mut seen =
                 HashSet::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
                 if index.by_id.contains_key(&r.id) || !seen.insert(r.id) {
                     out.duplicates.push(r.id);
                 } else if r.payload.len() > MAX_RECORD {
@@ -384,6 +409,7 @@ impl RecordLog {
                     });
                 } else {
                     fresh.push(*r);
+                    fresh_at.push(i);
                 }
             }
         }
@@ -429,11 +455,20 @@ impl RecordLog {
             return Err(e);
         }
         w.len += bytes as u64;
-        let mut index = self.write_index();
-        for (r, slot) in fresh.iter().zip(slots) {
-            index.insert(r.id, r.ts_ms, slot);
+        {
+            let mut index = self.write_index();
+            for (r, slot) in fresh.iter().zip(slots) {
+                index.insert(r.id, r.ts_ms, slot);
+            }
         }
         out.stored = fresh.len() as u64;
+        stored(
+            &fresh_at,
+            LogPos {
+                seg: w.seq,
+                off: w.len,
+            },
+        );
         Ok(out)
     }
 
@@ -535,6 +570,58 @@ impl RecordLog {
             }
             hi = Some(last);
         }
+    }
+
+    /// Visits, in append order, every indexed record after `after` (from the start when `None`)
+    /// with the log position just past it. Frames that are not the indexed copy of their id
+    /// (duplicates found on open) and damaged tails are skipped, as on open. Blocking; meant
+    /// for start-up, before appends (a concurrent append may or may not be seen).
+    pub fn replay_after<E: From<LogError>>(
+        &self,
+        after: Option<LogPos>,
+        mut visit: impl FnMut(Record, LogPos) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let after = after.unwrap_or_default();
+        let mut segs: Vec<(u32, Arc<File>)> = {
+            let index = self.read_index();
+            index
+                .files
+                .iter()
+                .filter(|(seq, _)| **seq >= after.seg)
+                .map(|(seq, f)| (*seq, f.clone()))
+                .collect()
+        };
+        segs.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, file) in segs {
+            let start = if seq == after.seg { after.off } else { 0 };
+            let path = segment_path(&self.dir, seq);
+            let mut result = Ok(());
+            scan_segment(&path, seq, &file, start, |id, ts_ms, slot, payload| {
+                if result.is_err() {
+                    return;
+                }
+                let indexed = self
+                    .read_index()
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|s| s.pos == slot.pos);
+                if !indexed {
+                    return;
+                }
+                let end = LogPos {
+                    seg: seq,
+                    off: slot.pos.off as u64 + (HEADER + payload.len()) as u64,
+                };
+                let rec = Record {
+                    id,
+                    ts_ms,
+                    payload: payload.to_vec(),
+                };
+                result = visit(rec, end);
+            })?;
+            result?;
+        }
+        Ok(())
     }
 
     /// Bytes on disk in segment files.
@@ -713,6 +800,48 @@ mod tests {
         })
         .expect("scan");
         assert_eq!(stop_after, 0);
+    }
+
+    #[test]
+    fn replay_after_a_position_sees_later_records_once_in_append_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = RecordLog::open(dir.path()).expect("open");
+        let mut ends = Vec::new();
+        log.append_then(&[rec(1, 50, b"a"), rec(2, 10, b"b")], |at, end| {
+            assert_eq!(at, [0, 1]);
+            ends.push(end);
+        })
+        .expect("append");
+        log.append_then(&[rec(2, 10, b"b"), rec(3, 5, b"c")], |at, end| {
+            assert_eq!(at, [1], "only the new record is reported");
+            ends.push(end);
+        })
+        .expect("append");
+        log.append_then(&[rec(3, 5, b"c")], |_, _| panic!("nothing new"))
+            .expect("append");
+        // A torn tail then a new segment, as after a crash.
+        log.writer.lock().expect("lock").roll = true;
+        log.append_then(&[rec(4, 1, b"d")], |_, end| ends.push(end))
+            .expect("append");
+        let replay = |after| {
+            let mut seen = Vec::new();
+            log.replay_after(after, |r, end| {
+                seen.push((r.id, end));
+                Ok::<_, LogError>(())
+            })
+            .expect("replay");
+            seen
+        };
+        let all = replay(None);
+        assert_eq!(
+            all.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!((all[1].1, all[2].1, all[3].1), (ends[0], ends[1], ends[2]));
+        assert_eq!(ends[2].seg, ends[1].seg + 1);
+        let after_first: Vec<u128> = replay(Some(ends[0])).iter().map(|x| x.0).collect();
+        assert_eq!(after_first, vec![3, 4]);
+        assert!(replay(Some(ends[2])).is_empty());
     }
 
     #[test]

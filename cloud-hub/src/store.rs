@@ -84,6 +84,8 @@ pub enum StoreError {
     Corrupt { what: String, detail: String },
     #[error("store {what} log: {cause}")]
     Log { what: &'static str, cause: LogError },
+    #[error("{0}")]
+    Series(String),
 }
 
 /// Validated messages to persist together.
@@ -316,7 +318,7 @@ pub enum PutSnapshot {
 }
 
 /// Storage used by the hub. Futures are `Send` so axum handlers and spawned tasks can await them.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::series::SeriesStore + Send + Sync + 'static {
     /// Persists a batch; when this returns `Ok` the batch survives a crash. (An `Arc` so a
     /// retry does not copy the batch.)
     fn write(
@@ -386,7 +388,7 @@ pub const DEFAULT_QUARANTINE_MAX: u64 = 100_000;
 pub struct SledStore {
     db: sled::Db,
     events: Arc<RecordLog>,
-    telemetry: Arc<RecordLog>,
+    pub(crate) telemetry: Arc<RecordLog>,
     devices: sled::Tree,
     meta: sled::Tree,
     snapshots: sled::Tree,
@@ -396,6 +398,8 @@ pub struct SledStore {
     quarantine_len: Arc<Mutex<u64>>,
     quarantine_max: u64,
     files: Arc<SnapshotFiles>,
+    /// Telemetry series and rollups, fed from the telemetry log (see [`crate::series`]).
+    pub(crate) series: Arc<crate::series::Series>,
 }
 
 /// The evidence file area. `put_lock` serialises uploads, so "is the id taken?" and "store it"
@@ -507,6 +511,7 @@ impl SledStore {
             Ok::<_, StoreError>(Arc::new(log))
         };
         let quarantine = tree("quarantine")?;
+        let series = crate::series::Series::open(&dir.join(crate::series::SERIES_DIR), cache_mb)?;
         let store = SledStore {
             events: log("event", EVENT_LOG_DIR)?,
             telemetry: log("telemetry", TELEMETRY_LOG_DIR)?,
@@ -517,10 +522,12 @@ impl SledStore {
             quarantine,
             quarantine_max: DEFAULT_QUARANTINE_MAX,
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
+            series,
             db,
         };
         store.migrate_rows("event", &store.events, "events", "ids")?;
         store.migrate_rows("telemetry", &store.telemetry, "telemetry", "telemetry_ids")?;
+        store.series.catch_up(&store.telemetry)?;
         Ok(store)
     }
 
@@ -649,7 +656,7 @@ impl SledStore {
             &telemetry_bytes,
         );
         (out.telemetry_inserted, out.telemetry_duplicate) =
-            append("telemetry", &self.telemetry, &tel)?;
+            crate::series::append_telemetry(&self.telemetry, &self.series, &batch.telemetry, &tel)?;
         if !statuses.is_empty() {
             // A map: of one device's statuses in this batch the last one wins.
             let mut b = sled::Batch::default();
@@ -1080,8 +1087,11 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.db.flush().map(|_| ()).map_err(sled_err("flush")))
-            .await
+        self.blocking(|s| {
+            s.series.persist()?;
+            s.db.flush().map(|_| ()).map_err(sled_err("flush"))
+        })
+        .await
     }
 }
 
