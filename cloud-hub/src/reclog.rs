@@ -533,10 +533,7 @@ impl RecordLog {
     ) -> Result<(), LogError> {
         let lo = (from_ms.unwrap_or(i64::MIN), Pos { seg: 0, off: 0 });
         // Exclusive upper key; `None` = unbounded.
-        let mut hi: Option<(i64, Pos)> = match to_ms {
-            Some(to) => Some((to, Pos { seg: 0, off: 0 })),
-            None => None,
-        };
+        let mut hi: Option<(i64, Pos)> = to_ms.map(|to| (to, Pos { seg: 0, off: 0 }));
         if hi.is_some_and(|h| h <= lo) {
             return Ok(());
         }

@@ -107,7 +107,6 @@ async fn telemetry_series_range_and_rollups_over_mqtt() {
     points.sort_by_key(|p| p.0);
 
     let check = |hub: &TestHub| {
-        let base = base;
         let points = points.clone();
         let hub_base = hub.base.clone();
         async move {

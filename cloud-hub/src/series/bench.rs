@@ -57,6 +57,8 @@ pub struct BenchReport {
     pub final_persist_s: f64,
     pub series_disk_bytes: u64,
     pub series_bytes_per_point: f64,
+    /// Encoded keys + values per point, without sled's overhead: raw, 1m, 1h.
+    pub encoded_bytes_per_point: [f64; 3],
     /// The raw telemetry record log, for comparison (JSON as received).
     pub log_bytes_per_point: f64,
     pub queries: Vec<Latency>,
@@ -74,6 +76,11 @@ impl std::fmt::Display for BenchReport {
             f,
             "  series store: {} bytes on disk, {:.2} bytes/point (raw + 1m + 1h); record log: {:.1} bytes/point",
             self.series_disk_bytes, self.series_bytes_per_point, self.log_bytes_per_point
+        )?;
+        let [r, m, h] = self.encoded_bytes_per_point;
+        writeln!(
+            f,
+            "  encoded keys+values per point (without sled's overhead): raw {r:.2}, 1m {m:.2}, 1h {h:.2}"
         )?;
         for q in &self.queries {
             writeln!(
@@ -176,6 +183,10 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
     let points = per_series * series;
     let series_disk_bytes = dir_bytes(&dir.join(SERIES_DIR));
     let log_bytes = dir_bytes(&dir.join(TELEMETRY_LOG_DIR));
+    let logical = {
+        let s = store.series().clone();
+        tokio::task::spawn_blocking(move || s.logical_bytes()).await?
+    };
 
     let mut queries = Vec::new();
     let kinds: [(&str, i64, Resolution); 3] = [
@@ -235,6 +246,7 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
         final_persist_s,
         series_disk_bytes,
         series_bytes_per_point: series_disk_bytes as f64 / points as f64,
+        encoded_bytes_per_point: logical.map(|b| b as f64 / points as f64),
         log_bytes_per_point: log_bytes as f64 / points as f64,
         queries,
     })
