@@ -5,6 +5,8 @@
 //! - `GET /api/v1/events/{id}` — one event
 //! - `GET /api/v1/telemetry?site=&device=&source=&metric=&from=&to=&limit=` — raw telemetry,
 //!   newest first
+//! - `GET /api/v1/telemetry/series…`, `GET /api/v1/telemetry/series/query…` — telemetry time
+//!   series and rollups (see [`series`])
 //! - `GET /api/v1/quarantine?reason=&site=&device=&from=&to=&limit=` — refused messages,
 //!   newest first
 //! - `GET /api/v1/events/{id}/snapshot` — the evidence JPEG its `rule.snapshot` names
@@ -37,6 +39,8 @@ use csb_wire::EventKind;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use ulid::Ulid;
+
+mod series;
 
 use crate::devices::DeviceRegistry;
 use crate::metrics::{
@@ -154,6 +158,8 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/api/v1/events/{id}", get(event_by_id::<S>))
         .route("/api/v1/events/{id}/snapshot", get(event_snapshot::<S>))
         .route("/api/v1/telemetry", get(telemetry::<S>))
+        .route("/api/v1/telemetry/series", get(series::list::<S>))
+        .route("/api/v1/telemetry/series/query", get(series::query::<S>))
         .route("/api/v1/quarantine", get(quarantine::<S>))
         .route(
             "/api/v1/snapshots/{id}",

@@ -94,12 +94,16 @@ const TYPES: [&str; 4] = [
 fn event(i: usize, n: usize, span_ms: i64) -> Event {
     let ts = T0 + (i as i128 * span_ms as i128 / n.max(1) as i128) as i64;
     let (gw, cam) = (i % 8, (i / 8) % 4);
-    let rule = (i % 3 == 0).then(|| RuleInfo {
+    let rule = i.is_multiple_of(3).then(|| RuleInfo {
         rule: "r".into(),
         rule_type: RuleType::Dwell,
         event_type: TYPES[(i / 3) % TYPES.len()].into(),
         category: Some(format!("0{}01", 1 + (i / 3) % 4)),
-        phase: if i % 2 == 0 { Phase::Start } else { Phase::End },
+        phase: if i.is_multiple_of(2) {
+            Phase::Start
+        } else {
+            Phase::End
+        },
         problem_id: Ulid::new(),
         zone: Some(format!("zone-{}", (i / 3) % 6)),
         track_ids: vec![],

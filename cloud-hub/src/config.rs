@@ -59,6 +59,8 @@ pub struct HubConfig {
     pub twin_history_days: u32,
     /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
+    /// `[telemetry_retention]`: days of telemetry series kept per resolution (raw, 1m, 1h).
+    pub telemetry_retention: crate::series::Retention,
     /// `[mqtt_tls]`: when present, `mqtt_addr` speaks MQTT over TLS only; plain TCP there is
     /// refused.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +134,7 @@ impl Default for HubConfig {
             county_dir: None,
             twin_history_days: 7,
             auth: AuthConfig::default(),
+            telemetry_retention: crate::series::Retention::default(),
             mqtt_tls: None,
         }
     }
@@ -260,6 +263,9 @@ impl HubConfig {
                 "twin_history_days",
                 format!("{} is outside 1..=3650", self.twin_history_days),
             ));
+        }
+        if let Err((field, reason)) = self.telemetry_retention.validate() {
+            return Err(invalid(field, reason));
         }
         if !(MIN_SNAPSHOT_BYTES..=MAX_SNAPSHOT_BYTES).contains(&self.snapshot_max_bytes) {
             return Err(invalid(

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod ngsi;
 pub mod quarantine;
 pub mod reclog;
+pub mod series;
 pub mod store;
 pub mod timeparse;
 pub mod tls;
@@ -134,8 +135,12 @@ impl Hub<SledStore> {
         config.validate()?;
         let (dir, cache_mb) = (config.data_dir.clone(), config.store_cache_mb);
         let quarantine_max = config.quarantine_max_entries;
+        let retention = config.telemetry_retention;
         let store = tokio::task::spawn_blocking(move || {
-            SledStore::open(&dir, cache_mb).map(|s| s.with_quarantine_max(quarantine_max))
+            SledStore::open(&dir, cache_mb).map(|s| {
+                s.with_quarantine_max(quarantine_max)
+                    .with_telemetry_retention(retention)
+            })
         })
         .await
         .map_err(|e| HubError::Panicked {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cloud_hub::bench::BenchOptions;
+use cloud_hub::series::bench::BenchOptions as TelemetryBench;
 use cloud_hub::{Hub, HubConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -112,6 +113,28 @@ enum Command {
         /// Rounds of raw then durable; the median round is the result.
         #[arg(long, default_value_t = BenchOptions::default().rounds)]
         rounds: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark: telemetry series load through the store write path (not MQTT), then query
+    /// latency (7-day 1h, 24-hour 1m, 1-hour raw) and disk bytes per point.
+    BenchTelemetry {
+        /// Points in all (spread evenly over the series and days).
+        #[arg(long, default_value_t = TelemetryBench::default().points)]
+        points: u64,
+        /// Series (devices × 10 metrics).
+        #[arg(long, default_value_t = TelemetryBench::default().series)]
+        series: u32,
+        /// Days the points cover, ending now.
+        #[arg(long, default_value_t = TelemetryBench::default().days)]
+        days: u32,
+        /// Queries timed per kind.
+        #[arg(long, default_value_t = TelemetryBench::default().queries)]
+        queries: usize,
+        /// Directory for the throw-away store (default: the system temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -387,6 +410,34 @@ fn run() -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             let config = HubConfig::load(&file)?;
             print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::BenchTelemetry {
+            points,
+            series,
+            days,
+            queries,
+            data_dir,
+            json,
+        } => {
+            init_logging_at("warn");
+            let opts = TelemetryBench {
+                points,
+                series,
+                days,
+                queries: queries.max(1),
+                data_dir,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = runtime.block_on(cloud_hub::series::bench::run(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         Command::BenchHistory {

@@ -146,6 +146,15 @@ impl SourceStats {
     }
 }
 
+/// A place in the log's append order: segment sequence number and byte offset. Used as the
+/// end of what a consumer (the telemetry series store) has applied, so it can replay what
+/// came after ([`RecordLog::replay_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LogPos {
+    pub seg: u32,
+    pub off: u64,
+}
+
 /// Where a record is: segment sequence number and offset of its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Pos {
@@ -335,8 +344,10 @@ fn scan_segment(
     path: &Path,
     seq: u32,
     file: &File,
-    mut found: impl FnMut(&FrameHeader, &str, Slot),
+    start: u64,
+    mut found: impl FnMut(&FrameHeader, &str, Slot, &[u8]),
 ) -> Result<u64, LogError> {
+    use std::io::{Seek, SeekFrom};
     let size = file.metadata().map_err(io("stat", path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
@@ -344,13 +355,17 @@ fn scan_segment(
         // Created, then a crash before the marker was synced: nothing in it.
         return Ok(0);
     }
+    // The handle may be shared (replays reuse the open segment's), so its cursor is anywhere.
+    r.seek(SeekFrom::Start(0)).map_err(io("seek", path))?;
     r.read_exact(&mut magic).map_err(io("read", path))?;
     if &magic != MAGIC {
         return Err(LogError::Format {
             path: path.to_path_buf(),
         });
     }
-    let (mut off, mut frame) = (MAGIC.len() as u64, Vec::new());
+    let start = start.max(MAGIC.len() as u64);
+    r.seek(SeekFrom::Start(start)).map_err(io("seek", path))?;
+    let (mut off, mut frame) = (start, Vec::new());
     while off + HEADER as u64 <= size {
         frame.resize(HEADER, 0);
         r.read_exact(&mut frame[..HEADER])
@@ -365,7 +380,7 @@ fn scan_segment(
         frame.resize(h.frame_len(), 0);
         r.read_exact(&mut frame[HEADER..])
             .map_err(io("read", path))?;
-        let Ok((h, key, _)) = decode_frame(&frame) else {
+        let Ok((h, key, payload)) = decode_frame(&frame) else {
             break;
         };
         let slot = Slot {
@@ -375,7 +390,7 @@ fn scan_segment(
             },
             frame: h.frame_len() as u32,
         };
-        found(&h, key, slot);
+        found(&h, key, slot, payload);
         off = end;
     }
     Ok(off)
@@ -408,7 +423,7 @@ impl RecordLog {
                 .open(&path)
                 .map_err(io("open", &path))?;
             let size = file.metadata().map_err(io("stat", &path))?.len();
-            let valid = scan_segment(&path, seq, &file, |h, key, slot| {
+            let valid = scan_segment(&path, seq, &file, 0, |h, key, slot, _| {
                 if index.by_id.contains_key(&h.id) {
                     rec.duplicate_frames += 1;
                 } else {
@@ -516,6 +531,18 @@ impl RecordLog {
 
     /// Appends the records whose ids are new, durably (see the module docs). Blocking.
     pub fn append(&self, records: &[NewRecord<'_>]) -> Result<Appended, LogError> {
+        self.append_then(records, |_, _| {})
+    }
+
+    /// [`RecordLog::append`], then `stored(indexes into records of those stored now, end of
+    /// the log after them)` while still holding the writer lock, when any was stored. So a
+    /// consumer applying them sees appends in log order, and the end position it records
+    /// covers exactly what it applied (the series store's replay watermark).
+    pub fn append_then(
+        &self,
+        records: &[NewRecord<'_>],
+        stored: impl FnOnce(&[usize], LogPos),
+    ) -> Result<Appended, LogError> {
         let mut out = Appended::default();
         if records.is_empty() {
             return Ok(out);
@@ -523,11 +550,12 @@ impl RecordLog {
         // One writer at a time: the duplicate check and the write must not interleave.
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut fresh = Vec::with_capacity(records.len());
+        let mut fresh_at = Vec::with_capacity(records.len());
         {
             let index = self.read_index();
             let mut seen =
                 HashSet::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
                 if index.by_id.contains_key(&r.id) || !seen.insert(r.id) {
                     out.duplicates.push(r.id);
                 } else if r.payload.len() > MAX_RECORD {
@@ -542,6 +570,7 @@ impl RecordLog {
                     });
                 } else {
                     fresh.push(*r);
+                    fresh_at.push(i);
                 }
             }
         }
@@ -591,19 +620,28 @@ impl RecordLog {
             return Err(e);
         }
         w.len += bytes as u64;
-        let mut index = self.write_index();
-        for (r, slot) in fresh.iter().zip(slots) {
-            let h = FrameHeader {
-                len: r.payload.len(),
-                crc: 0,
-                id: r.id,
-                ts_ms: r.ts_ms,
-                received_ms: r.received_ms,
-                key_len: r.key.len(),
-            };
-            index.insert(&h, r.key, slot);
+        {
+            let mut index = self.write_index();
+            for (r, slot) in fresh.iter().zip(slots) {
+                let h = FrameHeader {
+                    len: r.payload.len(),
+                    crc: 0,
+                    id: r.id,
+                    ts_ms: r.ts_ms,
+                    received_ms: r.received_ms,
+                    key_len: r.key.len(),
+                };
+                index.insert(&h, r.key, slot);
+            }
         }
         out.stored = fresh.len() as u64;
+        stored(
+            &fresh_at,
+            LogPos {
+                seg: w.seq,
+                off: w.len,
+            },
+        );
         Ok(out)
     }
 
@@ -722,6 +760,60 @@ impl RecordLog {
         for ((ts, _), (_, key)) in index.by_time.range(lo..hi) {
             f(*ts, *key, &index.keys[*key as usize]);
         }
+    }
+
+    /// Visits, in append order, every indexed record after `after` (from the start when `None`)
+    /// with the log position just past it. Frames that are not the indexed copy of their id
+    /// (duplicates found on open) and damaged tails are skipped, as on open. Blocking; meant
+    /// for start-up, before appends (a concurrent append may or may not be seen).
+    pub fn replay_after<E: From<LogError>>(
+        &self,
+        after: Option<LogPos>,
+        mut visit: impl FnMut(Record, LogPos) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let after = after.unwrap_or_default();
+        let mut segs: Vec<(u32, Arc<File>)> = {
+            let index = self.read_index();
+            index
+                .files
+                .iter()
+                .filter(|(seq, _)| **seq >= after.seg)
+                .map(|(seq, f)| (*seq, f.clone()))
+                .collect()
+        };
+        segs.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, file) in segs {
+            let start = if seq == after.seg { after.off } else { 0 };
+            let path = segment_path(&self.dir, seq);
+            let mut result = Ok(());
+            scan_segment(&path, seq, &file, start, |h, key, slot, payload| {
+                if result.is_err() {
+                    return;
+                }
+                let indexed = self
+                    .read_index()
+                    .by_id
+                    .get(&h.id)
+                    .is_some_and(|s| s.pos == slot.pos);
+                if !indexed {
+                    return;
+                }
+                let end = LogPos {
+                    seg: seq,
+                    off: slot.pos.off as u64 + slot.frame as u64,
+                };
+                let rec = Record {
+                    id: h.id,
+                    ts_ms: h.ts_ms,
+                    received_ms: h.received_ms,
+                    key: key.to_string(),
+                    payload: payload.to_vec(),
+                };
+                result = visit(rec, end);
+            })?;
+            result?;
+        }
+        Ok(())
     }
 
     /// Bytes on disk in segment files.
@@ -917,6 +1009,48 @@ mod tests {
         )
         .expect("scan");
         assert_eq!(stop_after, 0);
+    }
+
+    #[test]
+    fn replay_after_a_position_sees_later_records_once_in_append_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = RecordLog::open(dir.path()).expect("open");
+        let mut ends = Vec::new();
+        log.append_then(&[rec(1, 50, b"a"), rec(2, 10, b"b")], |at, end| {
+            assert_eq!(at, [0, 1]);
+            ends.push(end);
+        })
+        .expect("append");
+        log.append_then(&[rec(2, 10, b"b"), rec(3, 5, b"c")], |at, end| {
+            assert_eq!(at, [1], "only the new record is reported");
+            ends.push(end);
+        })
+        .expect("append");
+        log.append_then(&[rec(3, 5, b"c")], |_, _| panic!("nothing new"))
+            .expect("append");
+        // A torn tail then a new segment, as after a crash.
+        log.writer.lock().expect("lock").roll = true;
+        log.append_then(&[rec(4, 1, b"d")], |_, end| ends.push(end))
+            .expect("append");
+        let replay = |after| {
+            let mut seen = Vec::new();
+            log.replay_after(after, |r, end| {
+                seen.push((r.id, end));
+                Ok::<_, LogError>(())
+            })
+            .expect("replay");
+            seen
+        };
+        let all = replay(None);
+        assert_eq!(
+            all.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!((all[1].1, all[2].1, all[3].1), (ends[0], ends[1], ends[2]));
+        assert_eq!(ends[2].seg, ends[1].seg + 1);
+        let after_first: Vec<u128> = replay(Some(ends[0])).iter().map(|x| x.0).collect();
+        assert_eq!(after_first, vec![3, 4]);
+        assert!(replay(Some(ends[2])).is_empty());
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub enum StoreError {
     Corrupt { what: String, detail: String },
     #[error("store {what} log: {cause}")]
     Log { what: &'static str, cause: LogError },
+    #[error("{0}")]
+    Series(String),
 }
 
 /// Validated messages to persist together.
@@ -449,7 +451,7 @@ pub enum PutSnapshot {
 }
 
 /// Storage used by the hub. Futures are `Send` so axum handlers and spawned tasks can await them.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::series::SeriesStore + Send + Sync + 'static {
     /// Persists a batch; when this returns `Ok` the batch survives a crash. (An `Arc` so a
     /// retry does not copy the batch.)
     fn write(
@@ -526,7 +528,7 @@ pub const DEFAULT_QUARANTINE_MAX: u64 = 100_000;
 pub struct SledStore {
     db: sled::Db,
     events: Arc<RecordLog>,
-    telemetry: Arc<RecordLog>,
+    pub(crate) telemetry: Arc<RecordLog>,
     devices: sled::Tree,
     meta: sled::Tree,
     snapshots: sled::Tree,
@@ -536,6 +538,8 @@ pub struct SledStore {
     quarantine_len: Arc<Mutex<u64>>,
     quarantine_max: u64,
     files: Arc<SnapshotFiles>,
+    /// Telemetry series and rollups, fed from the telemetry log (see [`crate::series`]).
+    pub(crate) series: Arc<crate::series::Series>,
 }
 
 /// The evidence file area. `put_lock` serialises uploads, so "is the id taken?" and "store it"
@@ -647,6 +651,7 @@ impl SledStore {
             Ok::<_, StoreError>(Arc::new(log))
         };
         let quarantine = tree("quarantine")?;
+        let series = crate::series::Series::open(&dir.join(crate::series::SERIES_DIR), cache_mb)?;
         let store = SledStore {
             events: log("event", EVENT_LOG_DIR)?,
             telemetry: log("telemetry", TELEMETRY_LOG_DIR)?,
@@ -657,6 +662,7 @@ impl SledStore {
             quarantine,
             quarantine_max: DEFAULT_QUARANTINE_MAX,
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
+            series,
             db,
         };
         store.migrate_rows("event", &store.events, "events", "ids", |v| {
@@ -675,6 +681,7 @@ impl SledStore {
                     .ok()
             },
         )?;
+        store.series.catch_up(&store.telemetry)?;
         Ok(store)
     }
 
@@ -829,7 +836,7 @@ impl SledStore {
             received_ms,
         );
         (out.telemetry_inserted, out.telemetry_duplicate) =
-            append("telemetry", &self.telemetry, &tel)?;
+            crate::series::append_telemetry(&self.telemetry, &self.series, &batch.telemetry, &tel)?;
         if !statuses.is_empty() {
             // A map: of one device's statuses in this batch the last one wins.
             let mut b = sled::Batch::default();
@@ -1509,8 +1516,11 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.db.flush().map(|_| ()).map_err(sled_err("flush")))
-            .await
+        self.blocking(|s| {
+            s.series.persist()?;
+            s.db.flush().map(|_| ()).map_err(sled_err("flush"))
+        })
+        .await
     }
 }
 
