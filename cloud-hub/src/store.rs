@@ -1228,7 +1228,8 @@ fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
             total += 1;
             let grp = &mut groups[g];
             grp.1 += 1;
-            if let Some(b) = q.bucket_ms {
+            // A bucket under 1 ms (the API allows ≥ 1 min) counts without buckets.
+            if let Some(b) = q.bucket_ms.filter(|b| *b > 0) {
                 *grp.2.entry(ts.div_euclid(b) * b).or_default() += 1;
             }
         }
