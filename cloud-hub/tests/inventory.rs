@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use csb_wire::{CameraState, CameraStatus, DeviceState, DeviceStatus};
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
 
 const T0: i64 = 1_790_000_000_000;
@@ -41,38 +41,10 @@ fn status(device: &str, state: DeviceState, cameras: &[(&str, CameraState)]) -> 
     }
 }
 
-/// A gateway's connection with the agent's last will; its event loop runs in a task whose
-/// abort drops the TCP connection without a DISCONNECT, as a power cut would.
+/// The demo gateway's connection with the agent's last will (see [`client_with_will`]).
 async fn gateway_link(addr: std::net::SocketAddr) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let mut opts = MqttOptions::new("inv-gw-demo", addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_last_will(LastWill::new(
-        topic("gw-demo-01", "status"),
-        json(&status("gw-demo-01", DeviceState::Offline, &[])),
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
-    let task = tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("CONNACK within 10 s")
-        .unwrap();
-    (client, task)
+    let will = json(&status("gw-demo-01", DeviceState::Offline, &[]));
+    client_with_will(addr, "inv-gw-demo", topic("gw-demo-01", "status"), will).await
 }
 
 fn device<'a>(inv: &'a Value, id: &str) -> &'a Value {

@@ -13,7 +13,7 @@ use csb_wire::{
     CameraState, CameraStatus, DeviceState, DeviceStatus, Event, EventKind, Phase, RuleInfo,
     RuleType,
 };
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
 use ulid::Ulid;
 
@@ -569,35 +569,8 @@ async fn agent_with_will(
     addr: std::net::SocketAddr,
     id: &str,
 ) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_last_will(LastWill::new(
-        topic("gw-demo-01", "status"),
-        json(&dev_status(DeviceState::Offline, CameraState::Stopped)),
-        QoS::AtLeastOnce,
-        false,
-    ));
-    let (client, mut el) = AsyncClient::new(opts, 16);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
-    let task = tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("CONNACK within 10 s")
-        .unwrap();
-    (client, task)
+    let will = json(&dev_status(DeviceState::Offline, CameraState::Stopped));
+    client_with_will(addr, id, topic("gw-demo-01", "status"), will).await
 }
 
 /// Polls an entity until `pred` holds (bounded by `secs`).

@@ -280,3 +280,38 @@ impl TestHub {
         self.get(&format!("/api/v1/telemetry?{query}")).await
     }
 }
+
+/// A client with a gateway's last will (`will` on `topic`, as the edge agent sets it) and a 5 s
+/// keepalive, connected; returns it and its event loop task. Aborting the task drops the TCP
+/// connection without a DISCONNECT, as a power cut would, so the broker publishes the will.
+pub async fn client_with_will(
+    addr: SocketAddr,
+    id: &str,
+    topic: String,
+    will: Vec<u8>,
+) -> (AsyncClient, JoinHandle<()>) {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_last_will(rumqttc::LastWill::new(topic, will, QoS::AtLeastOnce, false));
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    let (tx, rx) = oneshot::channel();
+    let mut tx = Some(tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("CONNACK within 10 s")
+        .unwrap();
+    (client, task)
+}
