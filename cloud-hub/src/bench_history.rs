@@ -14,6 +14,7 @@ use serde::Serialize;
 use ulid::Ulid;
 
 use crate::bench::BenchError;
+use crate::benchkit::{dir_bytes, time_runs, Latency};
 use crate::store::{
     EventAggregateQuery, EventDim, EventQuery, SledStore, Store, WriteBatch, EVENT_LOG_DIR,
 };
@@ -36,16 +37,6 @@ impl Default for HistoryOptions {
             data_dir: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub name: String,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// What one run returned (events counted or rows), as a sanity check.
-    pub result: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,10 +63,8 @@ impl HistoryReport {
             self.disk_bytes_per_event
         );
         for q in &self.queries {
-            out += &format!(
-                "{:<44} p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  ({} per run)\n",
-                q.name, q.p50_ms, q.p99_ms, q.max_ms, q.result
-            );
+            out += &q.line("events/rows");
+            out.push('\n');
         }
         out
     }
@@ -145,48 +134,6 @@ fn event(i: usize, n: usize, span_ms: i64) -> Event {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-async fn time_runs<F, Fut>(name: &str, runs: usize, mut f: F) -> Result<Latency, BenchError>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<u64, BenchError>>,
-{
-    let mut ms = Vec::with_capacity(runs);
-    let mut result = 0;
-    for r in 0..runs {
-        let t = Instant::now();
-        result = f(r).await?;
-        ms.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    ms.sort_by(f64::total_cmp);
-    Ok(Latency {
-        name: name.into(),
-        p50_ms: percentile(&ms, 0.5),
-        p99_ms: percentile(&ms, 0.99),
-        max_ms: ms.last().copied().unwrap_or(0.0),
-        result,
-    })
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 pub async fn run(opts: &HistoryOptions) -> Result<HistoryReport, BenchError> {
     for (name, v) in [
         ("events", opts.events),
@@ -224,10 +171,14 @@ async fn open(dir: &Path) -> Result<SledStore, BenchError> {
         .map_err(BenchError::from)
 }
 
-async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, BenchError> {
-    let span_ms = i64::from(opts.days) * 86_400_000;
-    let n = opts.events;
-    let store = open(dir).await?;
+/// Writes `n` events spread over `days` through the store's write path in ingest-sized
+/// batches; returns the seconds it took.
+pub(crate) async fn load_events<S: Store + ?Sized>(
+    store: &S,
+    n: usize,
+    days: u32,
+) -> Result<f64, BenchError> {
+    let span_ms = i64::from(days) * 86_400_000;
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -248,7 +199,13 @@ async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, Benc
         }
         i = end;
     }
-    let load_s = t.elapsed().as_secs_f64();
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, BenchError> {
+    let n = opts.events;
+    let store = open(dir).await?;
+    let load_s = load_events(&store, n, opts.days).await?;
     drop(store);
     let t = Instant::now();
     let store = Arc::new(open(dir).await?);
@@ -259,7 +216,31 @@ async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, Benc
             reason: "not every event is back after reopening".into(),
         });
     }
-    let runs = opts.queries;
+    let queries = event_queries(&store, n, opts.days, opts.queries).await?;
+    let disk = dir_bytes(&dir.join(EVENT_LOG_DIR));
+    // Leave the store closed before the directory goes.
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(HistoryReport {
+        events: n,
+        days: opts.days,
+        load_events_per_s: n as f64 / load_s.max(1e-9),
+        reopen_s,
+        disk_bytes: disk,
+        disk_bytes_per_event: disk as f64 / n as f64,
+        queries,
+    })
+}
+
+/// Times the history queries over what [`load_events`] wrote (`n` events over `days`):
+/// the 24-hour aggregate first, then a 7-day aggregate, a filtered page and a lookup by id.
+pub(crate) async fn event_queries<S: Store + ?Sized + 'static>(
+    store: &Arc<S>,
+    n: usize,
+    days: u32,
+    runs: usize,
+) -> Result<Vec<Latency>, BenchError> {
+    let span_ms = i64::from(days) * 86_400_000;
     // Query windows end at pseudo-random points of the span (deterministic).
     let end_at = |r: usize, len: i64| {
         let room = (span_ms - len).max(1);
@@ -342,19 +323,7 @@ async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, Benc
         })
         .await?,
     );
-    let disk = dir_bytes(&dir.join(EVENT_LOG_DIR));
-    // Leave the store closed before the directory goes.
-    drop(store);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    Ok(HistoryReport {
-        events: n,
-        days: opts.days,
-        load_events_per_s: n as f64 / load_s.max(1e-9),
-        reopen_s,
-        disk_bytes: disk,
-        disk_bytes_per_event: disk as f64 / n as f64,
-        queries,
-    })
+    Ok(queries)
 }
 
 #[cfg(test)]
@@ -374,9 +343,9 @@ mod tests {
         assert_eq!(r.events, 3000);
         assert_eq!(r.queries.len(), 4);
         // A 24 h window over 2 days holds about half the events.
-        let day = r.queries[0].result;
-        assert!((1000..=2000).contains(&day), "{day}");
-        assert_eq!(r.queries[3].result, 1, "the looked-up event exists");
+        let day = r.queries[0].mean_result;
+        assert!((1000.0..=2000.0).contains(&day), "{day}");
+        assert_eq!(r.queries[3].mean_result, 1.0, "the looked-up event exists");
         assert!(r.disk_bytes_per_event > 100.0, "{}", r.disk_bytes_per_event);
         assert!(r.text().contains("p99"));
     }

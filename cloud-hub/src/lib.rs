@@ -24,6 +24,8 @@
 pub mod api;
 pub mod bench;
 pub mod bench_history;
+pub mod bench_platform;
+pub mod benchkit;
 pub mod broker;
 pub mod config;
 pub mod county;

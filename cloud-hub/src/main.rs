@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cloud_hub::bench::BenchOptions;
+use cloud_hub::bench_platform::PlatformOptions as PlatformBench;
 use cloud_hub::series::bench::BenchOptions as TelemetryBench;
 use cloud_hub::{Hub, HubConfig};
 use tracing_subscriber::EnvFilter;
@@ -152,6 +153,40 @@ enum Command {
         /// Timed runs of each query.
         #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().queries)]
         queries: usize,
+        /// Directory for the throw-away store (default: the system temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark: the data platform at county volume in one store — events and telemetry
+    /// loaded through the store (no MQTT), the twin with synthetic sensors over the county —
+    /// then p50/p99 of a 24-hour event aggregate, a 7-day telemetry rollup and geo queries
+    /// (over HTTP), and disk bytes per event and per point.
+    BenchPlatform {
+        /// Events to load (spread over --event-days).
+        #[arg(long, default_value_t = PlatformBench::default().events)]
+        events: usize,
+        #[arg(long, default_value_t = PlatformBench::default().event_days)]
+        event_days: u32,
+        /// Telemetry points to load (spread over --telemetry-days, ending now).
+        #[arg(long, default_value_t = PlatformBench::default().points)]
+        points: u64,
+        /// Telemetry series (devices × 10 metrics).
+        #[arg(long, default_value_t = PlatformBench::default().series)]
+        series: u32,
+        #[arg(long, default_value_t = PlatformBench::default().telemetry_days)]
+        telemetry_days: u32,
+        /// Synthetic sensors added to the county model's entities for the geo queries.
+        #[arg(long, default_value_t = PlatformBench::default().entities)]
+        entities: usize,
+        /// Timed runs of each query.
+        #[arg(long, default_value_t = PlatformBench::default().queries)]
+        queries: usize,
+        /// County model folder.
+        #[arg(long, default_value = cloud_hub::county::DEFAULT_DIR)]
+        county: PathBuf,
         /// Directory for the throw-away store (default: the system temp dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -420,7 +455,6 @@ fn run() -> anyhow::Result<()> {
             data_dir,
             json,
         } => {
-            init_logging_at("warn");
             let opts = TelemetryBench {
                 points,
                 series,
@@ -428,17 +462,8 @@ fn run() -> anyhow::Result<()> {
                 queries: queries.max(1),
                 data_dir,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(cloud_hub::series::bench::run(&opts))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(())
+            let report = bench_runtime()?.block_on(cloud_hub::series::bench::run(&opts))?;
+            print_report(json, &report, || report.to_string())
         }
         Command::BenchHistory {
             events,
@@ -447,25 +472,40 @@ fn run() -> anyhow::Result<()> {
             data_dir,
             json,
         } => {
-            init_logging_at("warn");
             let opts = cloud_hub::bench_history::HistoryOptions {
                 events,
                 days,
                 queries,
                 data_dir,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(cloud_hub::bench_history::run(&opts))?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                write!(out, "{}", report.text())?;
-            }
-            Ok(())
+            let report = bench_runtime()?.block_on(cloud_hub::bench_history::run(&opts))?;
+            print_report(json, &report, || report.text())
+        }
+        Command::BenchPlatform {
+            events,
+            event_days,
+            points,
+            series,
+            telemetry_days,
+            entities,
+            queries,
+            county,
+            data_dir,
+            json,
+        } => {
+            let opts = PlatformBench {
+                events,
+                event_days,
+                points,
+                series,
+                telemetry_days,
+                entities,
+                queries,
+                county,
+                data_dir,
+            };
+            let report = bench_runtime()?.block_on(cloud_hub::bench_platform::run(&opts))?;
+            print_report(json, &report, || report.text())
         }
         Command::BenchIngest {
             events,
@@ -595,4 +635,28 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
             }
         })
     }
+}
+
+/// The runtime of the storage benchmarks, with warnings-only logging (the report is the output).
+fn bench_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    init_logging_at("warn");
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A benchmark report as JSON or as its text.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+    } else {
+        write!(out, "{}", text())?;
+    }
+    Ok(())
 }

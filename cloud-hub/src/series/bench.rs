@@ -3,12 +3,15 @@
 //! MQTT), then times series queries and reports disk bytes per stored point.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use csb_wire::Telemetry;
 use serde::Serialize;
 
-use super::{Resolution, SeriesQuery, SERIES_DIR};
+use super::{Resolution, Series, SeriesQuery, SERIES_DIR};
+use crate::bench::BenchError;
+use crate::benchkit::{dir_bytes, Latency, XorShift};
 use crate::store::{SledStore, Store, WriteBatch, TELEMETRY_LOG_DIR};
 
 #[derive(Debug, Clone)]
@@ -34,14 +37,6 @@ impl Default for BenchOptions {
             data_dir: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub what: String,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub mean_points: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,32 +78,19 @@ impl std::fmt::Display for BenchReport {
             "  encoded keys+values per point (without sled's overhead): raw {r:.2}, 1m {m:.2}, 1h {h:.2}"
         )?;
         for q in &self.queries {
-            writeln!(
-                f,
-                "  {:<34} p50 {:>8.3} ms  p99 {:>8.3} ms  ({:.0} points/buckets each)",
-                q.what, q.p50_ms, q.p99_ms, q.mean_points
-            )?;
+            writeln!(f, "  {}", q.line("points/buckets"))?;
         }
         Ok(())
     }
 }
 
-fn dir_bytes(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 const METRICS: usize = 10;
 
-pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
+fn phase(phase: &'static str) -> impl Fn(String) -> BenchError {
+    move |reason| BenchError::Phase { phase, reason }
+}
+
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let base = opts.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!(
         "csb-bench-telemetry-{}-{}",
@@ -122,12 +104,32 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     result
 }
 
-async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<BenchReport> {
-    let dir = dir.to_path_buf();
-    let store = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || SledStore::open(&dir, 64)).await??
-    };
+/// What [`load_telemetry`] wrote, for the queries that follow.
+pub(crate) struct Loaded {
+    pub points: u64,
+    pub series: u64,
+    pub interval_ms: i64,
+    /// The newest point's time (the load ends "now").
+    pub end_ms: i64,
+    pub load_s: f64,
+    pub final_persist_s: f64,
+}
+
+fn metric_name(m: usize) -> String {
+    format!("m{m}")
+}
+
+fn device_name(d: usize) -> String {
+    format!("gw-{d:05}")
+}
+
+/// Writes `opts.points` telemetry points (devices × 10 metrics, a random walk at 0.1
+/// resolution as sensors report, spread over `opts.days` ending now) through the store's write
+/// path in 2048-message batches, then persists what is pending.
+pub(crate) async fn load_telemetry(
+    store: &SledStore,
+    opts: &BenchOptions,
+) -> Result<Loaded, BenchError> {
     let devices = (opts.series as usize).div_ceil(METRICS).max(1);
     let series = (devices * METRICS) as u64;
     let per_series = (opts.points / series).max(1);
@@ -135,15 +137,9 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
     let interval = (span / per_series as i64).max(1);
     let end = csb_wire::now_ms();
     let start = end - span;
-    let names: Vec<String> = (0..METRICS).map(|m| format!("m{m}")).collect();
+    let names: Vec<String> = (0..METRICS).map(metric_name).collect();
     let mut walk = vec![200i64; devices * METRICS];
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let t0 = Instant::now();
     let mut batch = WriteBatch::default();
     for k in 0..per_series as i64 {
@@ -151,21 +147,22 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
             let ts = start + k * interval + (d as i64 * 997) % interval;
             let mut metrics = std::collections::BTreeMap::new();
             for (m, name) in names.iter().enumerate() {
-                // Random walk at 0.1 resolution, as sensors report.
                 let w = &mut walk[d * METRICS + m];
-                *w += (next() % 5) as i64 - 2;
+                *w += (rng.next_u64() % 5) as i64 - 2;
                 metrics.insert(name.clone(), *w as f64 / 10.0);
             }
             let t = Telemetry {
                 v: 1,
-                id: ulid::Ulid::from_parts(ts as u64, u128::from(next())),
+                id: ulid::Ulid::from_parts(ts as u64, u128::from(rng.next_u64())),
                 site: "bench".into(),
-                device: format!("gw-{d:05}"),
+                device: device_name(d),
                 source: "sensor".into(),
                 ts_ms: ts,
                 metrics,
             };
-            batch.telemetry_payloads.push(serde_json::to_vec(&t)?);
+            batch
+                .telemetry_payloads
+                .push(serde_json::to_vec(&t).map_err(|e| phase("load")(e.to_string()))?);
             batch.telemetry.push(t);
             if batch.telemetry.len() >= 2048 {
                 store.write(std::mem::take(&mut batch)).await?;
@@ -175,20 +172,41 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
     store.write(batch).await?;
     let load_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    {
-        let s = store.series().clone();
-        tokio::task::spawn_blocking(move || s.persist()).await??;
-    }
-    let final_persist_s = t1.elapsed().as_secs_f64();
-    let points = per_series * series;
-    let series_disk_bytes = dir_bytes(&dir.join(SERIES_DIR));
-    let log_bytes = dir_bytes(&dir.join(TELEMETRY_LOG_DIR));
-    let logical = {
-        let s = store.series().clone();
-        tokio::task::spawn_blocking(move || s.logical_bytes()).await?
-    };
+    blocking(store.series(), "persist", |s| {
+        s.persist().map_err(|e| e.to_string())
+    })
+    .await?
+    .map_err(phase("persist"))?;
+    Ok(Loaded {
+        points: per_series * series,
+        series,
+        interval_ms: interval,
+        end_ms: end,
+        load_s,
+        final_persist_s: t1.elapsed().as_secs_f64(),
+    })
+}
 
-    let mut queries = Vec::new();
+/// Runs `f` on the series store off the async threads.
+async fn blocking<T: Send + 'static>(
+    series: &Arc<Series>,
+    what: &'static str,
+    f: impl FnOnce(&Series) -> T + Send + 'static,
+) -> Result<T, BenchError> {
+    let s = series.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| phase(what)(e.to_string()))
+}
+
+/// Times the series queries over what [`load_telemetry`] wrote: the 7-day 1-hour rollup
+/// first, then a 24-hour 1-minute rollup and a 1-hour raw range, each of a random series.
+pub(crate) async fn telemetry_queries(
+    store: &SledStore,
+    loaded: &Loaded,
+    runs: usize,
+) -> Result<Vec<Latency>, BenchError> {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let kinds: [(&str, i64, Resolution); 3] = [
         (
             "7-day 1h rollup of one series",
@@ -202,48 +220,60 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Bench
         ),
         ("1-hour raw range of one series", 3_600_000, Resolution::Raw),
     ];
+    let mut out = Vec::new();
     for (what, len, res) in kinds {
-        let mut lat = Vec::with_capacity(opts.queries);
-        let mut n_points = 0usize;
-        for _ in 0..opts.queries {
-            let sid = next() as usize % series as usize;
-            let to = end - (next() % 86_400_000) as i64;
+        let lat = crate::benchkit::time_runs(what, runs, |_| {
+            let sid = rng.next_u64() as usize % loaded.series as usize;
+            let to = loaded.end_ms - (rng.next_u64() % 86_400_000) as i64;
             let q = SeriesQuery {
                 site: "bench".into(),
-                device: format!("gw-{:05}", sid / METRICS),
+                device: device_name(sid / METRICS),
                 source: "sensor".into(),
-                metric: names[sid % METRICS].clone(),
+                metric: metric_name(sid % METRICS),
                 from_ms: to - len,
                 to_ms: to,
                 resolution: Some(res),
                 limit: super::MAX_QUERY_POINTS,
             };
             let s = store.series().clone();
-            let t = Instant::now();
-            let d = tokio::task::spawn_blocking(move || s.query(&q)).await??;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            n_points += d
-                .map(|d| d.points.map_or(0, |p| p.len()) + d.buckets.map_or(0, |b| b.len()))
-                .unwrap_or(0);
-        }
-        lat.sort_by(f64::total_cmp);
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-        queries.push(Latency {
-            what: what.into(),
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            mean_points: n_points as f64 / opts.queries.max(1) as f64,
-        });
+            async move {
+                let d = blocking(&s, "query", move |s| s.query(&q).map_err(|e| e.to_string()))
+                    .await?
+                    .map_err(phase("query"))?;
+                Ok(
+                    d.map(|d| d.points.map_or(0, |p| p.len()) + d.buckets.map_or(0, |b| b.len()))
+                        .unwrap_or(0) as u64,
+                )
+            }
+        })
+        .await?;
+        out.push(lat);
     }
+    Ok(out)
+}
+
+async fn load_and_query(opts: &BenchOptions, dir: &Path) -> Result<BenchReport, BenchError> {
+    let store = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || SledStore::open(&dir, 64))
+            .await
+            .map_err(|e| phase("open")(e.to_string()))??
+    };
+    let loaded = load_telemetry(&store, opts).await?;
+    let points = loaded.points;
+    let series_disk_bytes = dir_bytes(&dir.join(SERIES_DIR));
+    let log_bytes = dir_bytes(&dir.join(TELEMETRY_LOG_DIR));
+    let logical = blocking(store.series(), "size", |s| s.logical_bytes()).await?;
+    let queries = telemetry_queries(&store, &loaded, opts.queries).await?;
     Ok(BenchReport {
         path: "store write path (SledStore::write, 2048-message batches), not MQTT",
         points,
-        series: series as u32,
+        series: loaded.series as u32,
         days: opts.days,
-        interval_ms: interval,
-        load_s,
-        points_per_s: points as f64 / load_s,
-        final_persist_s,
+        interval_ms: loaded.interval_ms,
+        load_s: loaded.load_s,
+        points_per_s: points as f64 / loaded.load_s,
+        final_persist_s: loaded.final_persist_s,
         series_disk_bytes,
         series_bytes_per_point: series_disk_bytes as f64 / points as f64,
         encoded_bytes_per_point: logical.map(|b| b as f64 / points as f64),
