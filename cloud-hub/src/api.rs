@@ -901,9 +901,7 @@ async fn events_aggregate<S: Store>(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(pairs) =
         query.map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = csb_wire::now_ms();
     let county = st.county.as_deref();
     let (q, by) = parse_aggregate_query(&pairs, county, now_ms)?;
     let (from_ms, to_ms, bucket_ms) = (q.from_ms, q.to_ms, q.bucket_ms);
@@ -1551,9 +1549,7 @@ async fn inventory<S: Store>(
     }
     let statuses = store_call(&st.store_slots, "device list", st.store.devices()).await?;
     let data = store_call(&st.store_slots, "source list", st.store.sources()).await?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = csb_wire::now_ms();
     let inv = crate::inventory::build(
         st.county.as_deref(),
         &statuses,

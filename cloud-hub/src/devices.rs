@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use csb_wire::sign::{signing_key, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -163,9 +162,7 @@ pub fn add(data_dir: &Path, id: &str) -> Result<String, DeviceError> {
         return Err(DeviceError::Exists(id.to_string()));
     }
     let secret = new_secret()?;
-    let added_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let added_ms = csb_wire::now_ms();
     devices.insert(
         id.to_string(),
         DeviceRecord {

@@ -39,7 +39,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use csb_wire::{civil_from_days, DeviceStatus, Event, EventKind, Phase, Telemetry};
+use csb_wire::{civil_from_days, now_ms, DeviceStatus, Event, EventKind, Phase, Telemetry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -1395,12 +1395,6 @@ impl SourceFields {
             .unwrap_or("");
         source_key(&self.site, &self.device, source)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn device_key(site: &str, device: &str) -> String {

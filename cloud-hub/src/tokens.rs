@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -218,9 +217,7 @@ pub fn add(data_dir: &Path, name: &str, role: Role) -> Result<String, TokenError
         });
     }
     let token = format!("{TOKEN_PREFIX}{}", devices::new_secret()?);
-    let created_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let created_ms = csb_wire::now_ms();
     tokens.insert(
         name.to_string(),
         TokenRecord {

@@ -356,11 +356,7 @@ pub struct Twin {
     queued_bytes: AtomicU64,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use csb_wire::now_ms;
 
 impl Twin {
     /// Builds the entities of `county` (none without one). `history` persists changes; without
