@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use csb_wire::Channel;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
@@ -141,11 +142,11 @@ pub enum PublishError {
 }
 
 /// One publish as the hub received it. Topic bytes are kept raw: MQTT requires UTF-8, but the
-/// check is ours to make and count.
+/// check is ours to make and count. Both share the broker's buffers (no copy per message).
 #[derive(Debug, Clone)]
 pub struct InboundMessage {
-    pub topic: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub topic: Bytes,
+    pub payload: Bytes,
 }
 
 /// A running broker. Dropping it without [`Broker::stop`] leaves the MQTT server running.
@@ -412,8 +413,8 @@ impl BrokerLink {
     ) -> Result<(), BrokerError> {
         match n {
             Notification::Forward(f) => batch.push(InboundMessage {
-                topic: f.publish.topic.to_vec(),
-                payload: f.publish.payload.to_vec(),
+                topic: f.publish.topic,
+                payload: f.publish.payload,
             }),
             Notification::Unschedule => self.needs_wake = true,
             Notification::Disconnect(..) => {

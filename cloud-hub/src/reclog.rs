@@ -216,12 +216,19 @@ struct Writer {
     /// rather than writing after unknown bytes.
     roll: bool,
     /// Frames of the batch being appended. Kept between appends: a fresh buffer per batch
-    /// means fresh pages, and zeroing those cost more than encoding the frames.
+    /// means fresh pages, and zeroing those cost more than encoding the frames. The same goes
+    /// for the per-append lists below (kept empty, with their capacity).
     buf: Vec<u8>,
+    /// Indexes (into the append's records) of those not stored before.
+    fresh: Vec<usize>,
+    slots: Vec<Slot>,
+    seen: HashSet<u128, ahash::RandomState>,
 }
 
 /// Largest append buffer kept between appends.
 const KEEP_BUF: usize = 4 * 1024 * 1024;
+/// Most records whose per-append lists are kept between appends.
+const KEEP_LIST: usize = 16 * 1024;
 
 pub struct RecordLog {
     dir: PathBuf,
@@ -461,6 +468,9 @@ impl RecordLog {
                 len,
                 roll: damaged,
                 buf: Vec::new(),
+                fresh: Vec::new(),
+                slots: Vec::new(),
+                seen: HashSet::default(),
             },
             None => {
                 let file = Self::create_segment(dir, 1)?;
@@ -471,6 +481,9 @@ impl RecordLog {
                     len: MAGIC.len() as u64,
                     roll: false,
                     buf: Vec::new(),
+                    fresh: Vec::new(),
+                    slots: Vec::new(),
+                    seen: HashSet::default(),
                 }
             }
         };
@@ -545,18 +558,38 @@ impl RecordLog {
         records: &[NewRecord<'_>],
         stored: impl FnOnce(&[usize], LogPos),
     ) -> Result<Appended, LogError> {
-        let mut out = Appended::default();
         if records.is_empty() {
-            return Ok(out);
+            return Ok(Appended::default());
         }
         // One writer at a time: the duplicate check and the write must not interleave.
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut fresh = Vec::with_capacity(records.len());
-        let mut fresh_at = Vec::with_capacity(records.len());
+        let (mut fresh, mut slots, mut seen) = (
+            std::mem::take(&mut w.fresh),
+            std::mem::take(&mut w.slots),
+            std::mem::take(&mut w.seen),
+        );
+        let result = self.append_locked(&mut w, records, &mut fresh, &mut slots, &mut seen, stored);
+        if fresh.capacity().max(seen.capacity()) <= KEEP_LIST {
+            fresh.clear();
+            slots.clear();
+            seen.clear();
+            (w.fresh, w.slots, w.seen) = (fresh, slots, seen);
+        }
+        result
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        records: &[NewRecord<'_>],
+        fresh: &mut Vec<usize>,
+        slots: &mut Vec<Slot>,
+        seen: &mut HashSet<u128, ahash::RandomState>,
+        stored: impl FnOnce(&[usize], LogPos),
+    ) -> Result<Appended, LogError> {
+        let mut out = Appended::default();
         {
             let index = self.read_index();
-            let mut seen =
-                HashSet::with_capacity_and_hasher(records.len(), ahash::RandomState::new());
             for (i, r) in records.iter().enumerate() {
                 if index.by_id.contains_key(&r.id) || !seen.insert(r.id) {
                     out.duplicates.push(r.id);
@@ -571,8 +604,7 @@ impl RecordLog {
                         len: r.key.len(),
                     });
                 } else {
-                    fresh.push(*r);
-                    fresh_at.push(i);
+                    fresh.push(i);
                 }
             }
         }
@@ -581,7 +613,7 @@ impl RecordLog {
         }
         let bytes: usize = fresh
             .iter()
-            .map(|r| HEADER + r.key.len() + r.payload.len())
+            .map(|&i| HEADER + records[i].key.len() + records[i].payload.len())
             .sum();
         if w.roll || (w.len > MAGIC.len() as u64 && w.len + bytes as u64 > SEGMENT_BYTES) {
             let seq = w.seq + 1;
@@ -592,8 +624,8 @@ impl RecordLog {
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
         buf.reserve(bytes);
-        let mut slots = Vec::with_capacity(fresh.len());
-        for r in &fresh {
+        for &i in fresh.iter() {
+            let r = &records[i];
             let off = w.len + buf.len() as u64;
             let before = buf.len();
             encode_frame(&mut buf, r);
@@ -624,7 +656,8 @@ impl RecordLog {
         w.len += bytes as u64;
         {
             let mut index = self.write_index();
-            for (r, slot) in fresh.iter().zip(slots) {
+            for (&i, &slot) in fresh.iter().zip(slots.iter()) {
+                let r = &records[i];
                 let h = FrameHeader {
                     len: r.payload.len(),
                     crc: 0,
@@ -638,7 +671,7 @@ impl RecordLog {
         }
         out.stored = fresh.len() as u64;
         stored(
-            &fresh_at,
+            fresh,
             LogPos {
                 seg: w.seq,
                 off: w.len,

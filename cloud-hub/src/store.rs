@@ -39,6 +39,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use csb_wire::{civil_from_days, now_ms, DeviceStatus, Event, EventKind, Phase, Telemetry};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -96,8 +97,8 @@ pub struct WriteBatch {
     /// The JSON payloads `events` and `telemetry` were decoded (and validated) from, in the same
     /// order, when the caller has them: stored as received, which saves encoding them again on
     /// the write path. When a list's length differs from its values', the store encodes.
-    pub event_payloads: Vec<Vec<u8>>,
-    pub telemetry_payloads: Vec<Vec<u8>>,
+    pub event_payloads: Vec<Bytes>,
+    pub telemetry_payloads: Vec<Bytes>,
     /// In arrival order; the last one per device wins.
     pub statuses: Vec<(DeviceStatus, i64)>,
     /// Refused messages. Stored with the rest and flushed with it, but a failure here does not
@@ -108,6 +109,26 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// Empties it, keeping the vectors' capacity.
+    pub fn clear(&mut self) {
+        let WriteBatch {
+            events,
+            telemetry,
+            event_payloads,
+            telemetry_payloads,
+            statuses,
+            quarantine,
+            received_ms,
+        } = self;
+        events.clear();
+        telemetry.clear();
+        event_payloads.clear();
+        telemetry_payloads.clear();
+        statuses.clear();
+        quarantine.clear();
+        *received_ms = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
             && self.telemetry.is_empty()
@@ -782,7 +803,7 @@ impl SledStore {
         let mut event_bytes = Vec::with_capacity(batch.events.len());
         for (i, e) in batch.events.iter().enumerate() {
             event_bytes.push(match raw_events {
-                true => Cow::Borrowed(batch.event_payloads[i].as_slice()),
+                true => Cow::Borrowed(&batch.event_payloads[i][..]),
                 false => Cow::Owned(encode("event", serde_json::to_vec(e))?),
             });
         }
@@ -790,7 +811,7 @@ impl SledStore {
         let mut telemetry_bytes = Vec::with_capacity(batch.telemetry.len());
         for (i, t) in batch.telemetry.iter().enumerate() {
             telemetry_bytes.push(match raw_telemetry {
-                true => Cow::Borrowed(batch.telemetry_payloads[i].as_slice()),
+                true => Cow::Borrowed(&batch.telemetry_payloads[i][..]),
                 false => Cow::Owned(encode("telemetry", serde_json::to_vec(t))?),
             });
         }
@@ -1278,8 +1299,10 @@ fn source_key(site: &str, device: &str, source: &str) -> String {
 pub fn event_key(e: &Event) -> String {
     // One buffer, no intermediate strings: this runs for every stored event.
     fn push_clean(k: &mut String, v: &str) {
-        for c in v.chars() {
-            k.push(if c == '|' { '_' } else { c });
+        // `|` is ASCII, so it is never part of another character's UTF-8 bytes.
+        match v.as_bytes().contains(&b'|') {
+            false => k.push_str(v),
+            true => k.push_str(&v.replace('|', "_")),
         }
     }
     let mut k = String::with_capacity(96);
@@ -2421,7 +2444,7 @@ pub(crate) mod tests {
         let raw = serde_json::to_vec_pretty(&v).unwrap();
         s.write(WriteBatch {
             events: vec![e.clone()],
-            event_payloads: vec![raw.clone()],
+            event_payloads: vec![raw.clone().into()],
             telemetry: vec![t.clone()],
             // Not parallel to `telemetry`: the store encodes it itself.
             telemetry_payloads: vec![],

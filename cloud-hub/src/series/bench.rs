@@ -160,9 +160,11 @@ pub(crate) async fn load_telemetry(
                 ts_ms: ts,
                 metrics,
             };
-            batch
-                .telemetry_payloads
-                .push(serde_json::to_vec(&t).map_err(|e| phase("load")(e.to_string()))?);
+            batch.telemetry_payloads.push(
+                serde_json::to_vec(&t)
+                    .map_err(|e| phase("load")(e.to_string()))?
+                    .into(),
+            );
             batch.telemetry.push(t);
             if batch.telemetry.len() >= 2048 {
                 store.write(std::mem::take(&mut batch)).await?;

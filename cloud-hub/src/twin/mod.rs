@@ -609,7 +609,7 @@ impl Feed {
 /// What a batch holds in memory, roughly: its payloads (1 KiB per message when the store
 /// was given none), and 512 bytes per status.
 fn batch_bytes(b: &WriteBatch) -> u64 {
-    let payloads = |p: &[Vec<u8>], n: usize| -> u64 {
+    let payloads = |p: &[bytes::Bytes], n: usize| -> u64 {
         if p.len() == n {
             p.iter().map(|x| x.len() as u64).sum()
         } else {

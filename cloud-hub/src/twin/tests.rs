@@ -360,7 +360,8 @@ fn the_feed_is_bounded_by_bytes_too() {
         let mut b = WriteBatch::default();
         b.telemetry
             .push(tel("wl-underpass-01", T0, &[("water_level_cm", 1.0)]));
-        b.telemetry_payloads.push(vec![b' '; 30 * 1024 * 1024]);
+        b.telemetry_payloads
+            .push(vec![b' '; 30 * 1024 * 1024].into());
         b
     });
     let out = WriteOutcome::default();
