@@ -44,20 +44,27 @@ const SITE: &str = "bench";
 /// 2026-09-21, a plausible event time.
 const T0: i64 = 1_790_000_000_000;
 
-#[derive(Debug, Clone)]
+/// Also the `cloud-hub bench-ingest` options (field docs are its help).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// Events in each phase (N).
+    /// Events published in each phase (N).
+    #[arg(long, default_value_t = BenchOptions::default().events)]
     pub events: usize,
     /// MQTT publisher connections (K), each its own device.
+    #[arg(long, default_value_t = BenchOptions::default().publishers)]
     pub publishers: usize,
-    /// Unacked events per publisher in the durable phase.
+    /// Unacked events per publisher in the durable phase (like an edge outbox's window).
+    #[arg(long, default_value_t = BenchOptions::default().window)]
     pub window: usize,
-    /// Where the durable phase's store goes (a fresh directory inside, removed afterwards);
-    /// the system temp dir when `None`. The disk decides the flush cost.
+    /// Directory for the durable phase's throw-away store (a fresh directory inside, removed
+    /// afterwards; default: the system temp dir). Put it on the disk the hub will use: the
+    /// disk decides the flush cost.
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Raw and durable phases run alternately this many times; the median round is reported,
-    /// so one burst of noise from elsewhere on the machine does not decide the result (single
-    /// rounds here spread by ±0.06 around their median ratio).
+    /// Rounds of raw then durable; the median round is the result, so one burst of noise from
+    /// elsewhere on the machine does not decide it (single rounds spread by ±0.06 around
+    /// their median ratio on a 2-CPU VM).
+    #[arg(long, default_value_t = BenchOptions::default().rounds)]
     pub rounds: usize,
 }
 

@@ -19,12 +19,20 @@ use crate::store::{
     EventAggregateQuery, EventDim, EventQuery, SledStore, Store, WriteBatch, EVENT_LOG_DIR,
 };
 
-#[derive(Debug, Clone)]
+/// Also the `cloud-hub bench-history` options (field docs are its help).
+#[derive(Debug, Clone, clap::Args)]
 pub struct HistoryOptions {
+    /// Events to load.
+    #[arg(long, default_value_t = HistoryOptions::default().events)]
     pub events: usize,
+    /// Days they are spread over.
+    #[arg(long, default_value_t = HistoryOptions::default().days)]
     pub days: u32,
     /// Timed runs of each query.
+    #[arg(long, default_value_t = HistoryOptions::default().queries)]
     pub queries: usize,
+    /// Directory for the throw-away store (default: the system temp dir).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 

@@ -24,20 +24,34 @@ use crate::series::SERIES_DIR;
 use crate::store::{SledStore, EVENT_LOG_DIR, TELEMETRY_LOG_DIR};
 use crate::twin::Twin;
 
-#[derive(Debug, Clone)]
+/// Also the `cloud-hub bench-platform` options (field docs are its help).
+#[derive(Debug, Clone, clap::Args)]
 pub struct PlatformOptions {
+    /// Events to load (spread over --event-days).
+    #[arg(long, default_value_t = PlatformOptions::default().events)]
     pub events: usize,
+    #[arg(long, default_value_t = PlatformOptions::default().event_days)]
     pub event_days: u32,
+    /// Telemetry points to load (spread over --telemetry-days, ending now).
+    #[arg(long, default_value_t = PlatformOptions::default().points)]
     pub points: u64,
     /// Telemetry series (devices × 10 metrics).
+    #[arg(long, default_value_t = PlatformOptions::default().series)]
     pub series: u32,
+    #[arg(long, default_value_t = PlatformOptions::default().telemetry_days)]
     pub telemetry_days: u32,
-    /// Synthetic sensors added to the county model's entities, spread over its extent.
+    /// Synthetic sensors added to the county model's entities (spread over its extent) for
+    /// the geo queries.
+    #[arg(long, default_value_t = PlatformOptions::default().entities)]
     pub entities: usize,
     /// Timed runs of each query.
+    #[arg(long, default_value_t = PlatformOptions::default().queries)]
     pub queries: usize,
-    /// The county model (default `configs/county`).
+    /// County model folder.
+    #[arg(long, default_value = crate::county::DEFAULT_DIR)]
     pub county: PathBuf,
+    /// Directory for the throw-away store (default: the system temp dir).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cloud_hub::bench::BenchOptions;
+use cloud_hub::bench_history::HistoryOptions as HistoryBench;
 use cloud_hub::bench_platform::PlatformOptions as PlatformBench;
 use cloud_hub::series::bench::BenchOptions as TelemetryBench;
 use cloud_hub::{Hub, HubConfig};
@@ -98,22 +99,8 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
     BenchIngest {
-        /// Events published in each phase.
-        #[arg(long, default_value_t = BenchOptions::default().events)]
-        events: usize,
-        /// MQTT publisher connections (one device each).
-        #[arg(long, default_value_t = BenchOptions::default().publishers)]
-        publishers: usize,
-        /// Unacked events per publisher in the durable phase (like an edge outbox's window).
-        #[arg(long, default_value_t = BenchOptions::default().window)]
-        window: usize,
-        /// Directory for the durable phase's throw-away store (default: the system temp dir);
-        /// put it on the disk the hub will use.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Rounds of raw then durable; the median round is the result.
-        #[arg(long, default_value_t = BenchOptions::default().rounds)]
-        rounds: usize,
+        #[command(flatten)]
+        opts: BenchOptions,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -121,21 +108,8 @@ enum Command {
     /// Benchmark: telemetry series load through the store write path (not MQTT), then query
     /// latency (7-day 1h, 24-hour 1m, 1-hour raw) and disk bytes per point.
     BenchTelemetry {
-        /// Points in all (spread evenly over the series and days).
-        #[arg(long, default_value_t = TelemetryBench::default().points)]
-        points: u64,
-        /// Series (devices × 10 metrics).
-        #[arg(long, default_value_t = TelemetryBench::default().series)]
-        series: u32,
-        /// Days the points cover, ending now.
-        #[arg(long, default_value_t = TelemetryBench::default().days)]
-        days: u32,
-        /// Queries timed per kind.
-        #[arg(long, default_value_t = TelemetryBench::default().queries)]
-        queries: usize,
-        /// Directory for the throw-away store (default: the system temp dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        opts: TelemetryBench,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -144,18 +118,8 @@ enum Command {
     /// then p50/p99 of 24 h and 7 day aggregates, a filtered history page and an id lookup,
     /// and disk bytes per event.
     BenchHistory {
-        /// Events to load.
-        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().events)]
-        events: usize,
-        /// Days they are spread over.
-        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().days)]
-        days: u32,
-        /// Timed runs of each query.
-        #[arg(long, default_value_t = cloud_hub::bench_history::HistoryOptions::default().queries)]
-        queries: usize,
-        /// Directory for the throw-away store (default: the system temp dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        opts: HistoryBench,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -165,31 +129,8 @@ enum Command {
     /// then p50/p99 of a 24-hour event aggregate, a 7-day telemetry rollup and geo queries
     /// (over HTTP), and disk bytes per event and per point.
     BenchPlatform {
-        /// Events to load (spread over --event-days).
-        #[arg(long, default_value_t = PlatformBench::default().events)]
-        events: usize,
-        #[arg(long, default_value_t = PlatformBench::default().event_days)]
-        event_days: u32,
-        /// Telemetry points to load (spread over --telemetry-days, ending now).
-        #[arg(long, default_value_t = PlatformBench::default().points)]
-        points: u64,
-        /// Telemetry series (devices × 10 metrics).
-        #[arg(long, default_value_t = PlatformBench::default().series)]
-        series: u32,
-        #[arg(long, default_value_t = PlatformBench::default().telemetry_days)]
-        telemetry_days: u32,
-        /// Synthetic sensors added to the county model's entities for the geo queries.
-        #[arg(long, default_value_t = PlatformBench::default().entities)]
-        entities: usize,
-        /// Timed runs of each query.
-        #[arg(long, default_value_t = PlatformBench::default().queries)]
-        queries: usize,
-        /// County model folder.
-        #[arg(long, default_value = cloud_hub::county::DEFAULT_DIR)]
-        county: PathBuf,
-        /// Directory for the throw-away store (default: the system temp dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        opts: PlatformBench,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -447,95 +388,23 @@ fn run() -> anyhow::Result<()> {
             print!("{}", config.to_toml()?);
             Ok(())
         }
-        Command::BenchTelemetry {
-            points,
-            series,
-            days,
-            queries,
-            data_dir,
-            json,
-        } => {
-            let opts = TelemetryBench {
-                points,
-                series,
-                days,
-                queries: queries.max(1),
-                data_dir,
-            };
-            let report = bench_runtime()?.block_on(cloud_hub::series::bench::run(&opts))?;
+        Command::BenchTelemetry { opts, json } => {
+            let report = bench_runtime("warn")?.block_on(cloud_hub::series::bench::run(&opts))?;
             print_report(json, &report, || report.to_string())
         }
-        Command::BenchHistory {
-            events,
-            days,
-            queries,
-            data_dir,
-            json,
-        } => {
-            let opts = cloud_hub::bench_history::HistoryOptions {
-                events,
-                days,
-                queries,
-                data_dir,
-            };
-            let report = bench_runtime()?.block_on(cloud_hub::bench_history::run(&opts))?;
+        Command::BenchHistory { opts, json } => {
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench_history::run(&opts))?;
             print_report(json, &report, || report.text())
         }
-        Command::BenchPlatform {
-            events,
-            event_days,
-            points,
-            series,
-            telemetry_days,
-            entities,
-            queries,
-            county,
-            data_dir,
-            json,
-        } => {
-            let opts = PlatformBench {
-                events,
-                event_days,
-                points,
-                series,
-                telemetry_days,
-                entities,
-                queries,
-                county,
-                data_dir,
-            };
-            let report = bench_runtime()?.block_on(cloud_hub::bench_platform::run(&opts))?;
+        Command::BenchPlatform { opts, json } => {
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench_platform::run(&opts))?;
             print_report(json, &report, || report.text())
         }
-        Command::BenchIngest {
-            events,
-            publishers,
-            window,
-            data_dir,
-            rounds,
-            json,
-        } => {
+        Command::BenchIngest { opts, json } => {
             // rumqttd logs ERROR lines for ordinary disconnects at the end of a phase.
-            init_logging_at("warn,rumqttd=off");
-            let opts = BenchOptions {
-                events,
-                publishers,
-                window,
-                data_dir,
-                rounds,
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = runtime.block_on(cloud_hub::bench::run(&opts))?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                write!(out, "{}", report.text())?;
-            }
-            Ok(())
+            let report =
+                bench_runtime("warn,rumqttd=off")?.block_on(cloud_hub::bench::run(&opts))?;
+            print_report(json, &report, || report.text())
         }
         Command::Serve {
             config,
@@ -637,9 +506,9 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
     }
 }
 
-/// The runtime of the storage benchmarks, with warnings-only logging (the report is the output).
-fn bench_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    init_logging_at("warn");
+/// A benchmark's runtime, with logging at `filter` (quiet: the report is the output).
+fn bench_runtime(filter: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    init_logging_at(filter);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,16 +14,23 @@ use crate::bench::BenchError;
 use crate::benchkit::{dir_bytes, Latency, XorShift};
 use crate::store::{SledStore, Store, WriteBatch, TELEMETRY_LOG_DIR};
 
-#[derive(Debug, Clone)]
+/// Also the `cloud-hub bench-telemetry` options (field docs are its help).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
-    /// Points in all (≈ series × points per series).
+    /// Points in all (spread evenly over the series and days).
+    #[arg(long, default_value_t = BenchOptions::default().points)]
     pub points: u64,
-    /// Series: devices × 10 metrics each.
+    /// Series (devices × 10 metrics).
+    #[arg(long, default_value_t = BenchOptions::default().series)]
     pub series: u32,
-    /// Days the points are spread over (ending now).
+    /// Days the points cover, ending now.
+    #[arg(long, default_value_t = BenchOptions::default().days)]
     pub days: u32,
-    /// Queries timed per kind.
+    /// Queries timed per kind (at least 1).
+    #[arg(long, default_value_t = BenchOptions::default().queries)]
     pub queries: usize,
+    /// Directory for the throw-away store (default: the system temp dir).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -266,7 +273,7 @@ async fn load_and_query(opts: &BenchOptions, dir: &Path) -> Result<BenchReport, 
     let series_disk_bytes = dir_bytes(&dir.join(SERIES_DIR));
     let log_bytes = dir_bytes(&dir.join(TELEMETRY_LOG_DIR));
     let logical = blocking(store.series(), "size", |s| s.logical_bytes()).await?;
-    let queries = telemetry_queries(&store, &loaded, opts.queries).await?;
+    let queries = telemetry_queries(&store, &loaded, opts.queries.max(1)).await?;
     Ok(BenchReport {
         path: "store write path (SledStore::write, 2048-message batches), not MQTT",
         points,
