@@ -7,6 +7,7 @@
 pub mod payload;
 pub mod sign;
 pub mod topic;
+mod ulid_text;
 
 pub use payload::*;
 pub use topic::{Channel, Topic, TopicError, PREFIX};

@@ -22,6 +22,7 @@ pub struct Event {
     pub v: u32,
     /// Time-ordered id generated at the edge (ULID); the hub deduplicates on it.
     #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    #[serde(deserialize_with = "crate::ulid_text::one")]
     pub id: Ulid,
     pub site: String,
     pub device: String,
@@ -69,6 +70,7 @@ pub struct RuleInfo {
     pub phase: Phase,
     /// Stable id of the problem across its start/update/end events.
     #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    #[serde(deserialize_with = "crate::ulid_text::one")]
     pub problem_id: Ulid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -180,6 +182,7 @@ impl BBox {
 pub struct Telemetry {
     pub v: u32,
     #[schemars(with = "String", regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}$"))]
+    #[serde(deserialize_with = "crate::ulid_text::one")]
     pub id: Ulid,
     pub site: String,
     pub device: String,
@@ -201,6 +204,7 @@ pub struct Ack {
     pub device: String,
     pub ts_ms: i64,
     #[schemars(with = "Vec<String>")]
+    #[serde(deserialize_with = "crate::ulid_text::many")]
     pub ids: Vec<Ulid>,
 }
 
