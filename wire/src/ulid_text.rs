@@ -1,6 +1,7 @@
 //! ULIDs in JSON without a heap string each: `ulid`'s own `Deserialize` reads every id into a
-//! fresh `String` first. That was a visible share of decoding an event at the hub, and of an
-//! edge decoding an ack of up to 256 ids. Text, errors and accepted input are the same.
+//! fresh `String` first. For an ack of 256 ids (every edge decodes every ack) that was ~40 % of
+//! decoding it; for an event's one id it is lost in noise. The same input is accepted, as the
+//! same ids; a wrong JSON type now says "expected a ULID string" rather than "a string".
 
 use std::fmt;
 
