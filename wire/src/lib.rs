@@ -10,7 +10,7 @@ pub mod topic;
 mod ulid_text;
 
 pub use payload::*;
-pub use topic::{Channel, Topic, TopicError, PREFIX};
+pub use topic::{Channel, Topic, TopicError, TopicRef, PREFIX};
 
 /// JSON Schema for each payload, as `(file name, schema)`.
 pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {

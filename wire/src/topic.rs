@@ -126,6 +126,26 @@ impl Topic {
     }
 
     pub fn parse(topic: &str) -> Result<Self, TopicError> {
+        TopicRef::parse(topic).map(|t| Topic {
+            site: t.site.to_string(),
+            device: t.device.to_string(),
+            channel: t.channel,
+        })
+    }
+}
+
+/// A device topic parsed in place: [`Topic`] without copying its levels, for paths that read
+/// every message's topic (the hub's ingest) and need its levels only while looking at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicRef<'a> {
+    pub site: &'a str,
+    pub device: &'a str,
+    pub channel: Channel,
+}
+
+impl<'a> TopicRef<'a> {
+    /// Accepts and refuses exactly what [`Topic::parse`] does.
+    pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
         let rest = topic
             .strip_prefix(PREFIX)
             .and_then(|r| r.strip_prefix('/'))
@@ -146,7 +166,13 @@ impl Topic {
                 topic: topic.to_string(),
                 channel: chan.to_string(),
             })?;
-        Topic::new(site, device, channel)
+        validate_level("site", site)?;
+        validate_level("device", device)?;
+        Ok(TopicRef {
+            site,
+            device,
+            channel,
+        })
     }
 }
 
@@ -179,6 +205,31 @@ mod tests {
                 .to_string(),
             "csb/v1/yuexi/gw-01/cmd/reply"
         );
+    }
+
+    #[test]
+    fn parsing_in_place_agrees_with_owned_parsing() {
+        for t in [
+            "csb/v1/yuexi/gw-01/event",
+            "csb/v1/yuexi/gw-01/cmd/reply",
+            "csb/v1/a/b/nope",
+            "csb/v1/a/event",
+            "csb/v1/yu exi/gw-01/event",
+            "csb/v1//gw-01/event",
+            "other/v1/a/b/event",
+            "",
+        ] {
+            let owned = Topic::parse(t);
+            let borrowed = TopicRef::parse(t);
+            match (&owned, &borrowed) {
+                (Ok(o), Ok(b)) => {
+                    assert_eq!((o.site.as_str(), o.device.as_str()), (b.site, b.device));
+                    assert_eq!(o.channel, b.channel);
+                }
+                (Err(o), Err(b)) => assert_eq!(o, b, "{t}"),
+                _ => panic!("{t}: {owned:?} vs {borrowed:?}"),
+            }
+        }
     }
 
     #[test]
