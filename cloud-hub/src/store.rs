@@ -32,7 +32,6 @@
 //! a file without metadata: the upload was never acknowledged, is not served, and is replaced
 //! when the agent retries.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::future::Future;
 use std::io::Write as _;
@@ -561,6 +560,8 @@ pub struct SledStore {
     files: Arc<SnapshotFiles>,
     /// Telemetry series and rollups, fed from the telemetry log (see [`crate::series`]).
     pub(crate) series: Arc<crate::series::Series>,
+    /// Buffers reused by each write (writes run one at a time anyway: the logs' locks).
+    scratch: Arc<Mutex<Scratch>>,
 }
 
 /// The evidence file area. `put_lock` serialises uploads, so "is the id taken?" and "store it"
@@ -684,6 +685,7 @@ impl SledStore {
             quarantine_max: DEFAULT_QUARANTINE_MAX,
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
             series,
+            scratch: Arc::default(),
             db,
         };
         store.migrate_rows("event", &store.events, "events", "ids", |v| {
@@ -799,22 +801,20 @@ impl SledStore {
         let encode = |what, r: Result<Vec<u8>, serde_json::Error>| {
             r.map_err(|cause| StoreError::Encode { what, cause })
         };
-        let raw_events = batch.event_payloads.len() == batch.events.len();
-        let mut event_bytes = Vec::with_capacity(batch.events.len());
-        for (i, e) in batch.events.iter().enumerate() {
-            event_bytes.push(match raw_events {
-                true => Cow::Borrowed(&batch.event_payloads[i][..]),
-                false => Cow::Owned(encode("event", serde_json::to_vec(e))?),
-            });
-        }
-        let raw_telemetry = batch.telemetry_payloads.len() == batch.telemetry.len();
-        let mut telemetry_bytes = Vec::with_capacity(batch.telemetry.len());
-        for (i, t) in batch.telemetry.iter().enumerate() {
-            telemetry_bytes.push(match raw_telemetry {
-                true => Cow::Borrowed(&batch.telemetry_payloads[i][..]),
-                false => Cow::Owned(encode("telemetry", serde_json::to_vec(t))?),
-            });
-        }
+        // JSON is encoded here only for batches built without their payloads (tests, tools);
+        // ingest hands over the payloads as received.
+        let event_json = match batch.event_payloads.len() == batch.events.len() {
+            true => Vec::new(),
+            false => (batch.events.iter())
+                .map(|e| encode("event", serde_json::to_vec(e)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let telemetry_json = match batch.telemetry_payloads.len() == batch.telemetry.len() {
+            true => Vec::new(),
+            false => (batch.telemetry.iter())
+                .map(|t| encode("telemetry", serde_json::to_vec(t)))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let mut statuses = Vec::with_capacity(batch.statuses.len());
         for (s, received_ms) in &batch.statuses {
             let rec = DeviceRecord {
@@ -837,27 +837,39 @@ impl SledStore {
             0 => now_ms(),
             t => t,
         };
-        let event_keys: Vec<String> = batch.events.iter().map(event_key).collect();
-        let evs = log_records(
-            batch.events.iter().map(|e| (e.id, e.ts_ms)),
-            &event_keys,
-            &event_bytes,
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let Scratch { keys, records } = &mut *scratch;
+        keys.clear();
+        for e in &batch.events {
+            keys.push(e.id.0, |k| push_event_key(k, e));
+        }
+        let evs = keys.records(
+            recycle(std::mem::take(records)),
+            batch.events.iter().map(|e| e.ts_ms),
+            payloads(&batch.event_payloads, &event_json),
             received_ms,
         );
-        (out.events_inserted, out.events_duplicate) = append("event", &self.events, &evs)?;
-        let telemetry_keys: Vec<String> = batch
-            .telemetry
-            .iter()
-            .map(|t| source_key(&t.site, &t.device, &t.source))
-            .collect();
-        let tel = log_records(
-            batch.telemetry.iter().map(|t| (t.id, t.ts_ms)),
-            &telemetry_keys,
-            &telemetry_bytes,
+        let appended = append("event", &self.events, &evs);
+        *records = recycle(evs);
+        (out.events_inserted, out.events_duplicate) = appended?;
+        keys.clear();
+        for t in &batch.telemetry {
+            keys.push(t.id.0, |k| {
+                push_source_key(k, &t.site, &t.device, &t.source)
+            });
+        }
+        let tel = keys.records(
+            recycle(std::mem::take(records)),
+            batch.telemetry.iter().map(|t| t.ts_ms),
+            payloads(&batch.telemetry_payloads, &telemetry_json),
             received_ms,
         );
-        (out.telemetry_inserted, out.telemetry_duplicate) =
-            crate::series::append_telemetry(&self.telemetry, &self.series, &batch.telemetry, &tel)?;
+        let appended =
+            crate::series::append_telemetry(&self.telemetry, &self.series, &batch.telemetry, &tel);
+        *records = recycle(tel);
+        (out.telemetry_inserted, out.telemetry_duplicate) = appended?;
+        scratch.trim();
+        drop(scratch);
         if !statuses.is_empty() {
             // A map: of one device's statuses in this batch the last one wins.
             let mut b = sled::Batch::default();
@@ -1267,37 +1279,126 @@ fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
     EventAggregate { total, groups }
 }
 
-/// Log records of a batch's messages: (id, ts_ms) of each with its source key and JSON.
-fn log_records<'a>(
-    ids_ts: impl Iterator<Item = (Ulid, i64)>,
-    keys: &'a [String],
-    bytes: &'a [Cow<'a, [u8]>],
-    received_ms: i64,
-) -> Vec<NewRecord<'a>> {
-    ids_ts
-        .zip(keys)
-        .zip(bytes)
-        .map(|(((id, ts_ms), key), b)| NewRecord {
-            id: id.0,
-            ts_ms,
-            received_ms,
-            key,
-            payload: b.as_ref(),
+/// Buffers of [`SledStore::write_sync`], kept between batches: built afresh, a batch's keys
+/// and record list landed on fresh pages often enough that the kernel zeroing them cost ~3 %
+/// of durable ingest's CPU (`cloud-hub bench-ingest` under perf).
+#[derive(Default)]
+struct Scratch {
+    keys: KeyArena,
+    /// Always empty between batches; only its capacity is kept.
+    records: Vec<NewRecord<'static>>,
+}
+
+impl Scratch {
+    /// Lets go of buffers grown past what an ingest batch needs (a one-off big write).
+    fn trim(&mut self) {
+        if self.keys.text.capacity() > KEEP_KEY_BYTES || self.records.capacity() > KEEP_RECORDS {
+            *self = Scratch::default();
+        }
+    }
+}
+
+/// Most key bytes and records [`Scratch`] keeps: several full ingest batches' worth.
+const KEEP_KEY_BYTES: usize = 1024 * 1024;
+const KEEP_RECORDS: usize = 4 * crate::ingest::MAX_BATCH;
+
+/// The source keys of a batch's records in one string, with each record's id.
+#[derive(Default)]
+struct KeyArena {
+    text: String,
+    /// (id, end of its key in `text`).
+    ends: Vec<(u128, usize)>,
+}
+
+impl KeyArena {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, id: u128, write_key: impl FnOnce(&mut String)) {
+        write_key(&mut self.text);
+        self.ends.push((id, self.text.len()));
+    }
+
+    /// The records, into `out`: each pushed key and id with its `ts_ms` and payload.
+    fn records<'a>(
+        &'a self,
+        mut out: Vec<NewRecord<'a>>,
+        ts: impl Iterator<Item = i64>,
+        payloads: impl Iterator<Item = &'a [u8]>,
+        received_ms: i64,
+    ) -> Vec<NewRecord<'a>> {
+        let mut start = 0;
+        for ((&(id, end), ts_ms), payload) in self.ends.iter().zip(ts).zip(payloads) {
+            out.push(NewRecord {
+                id,
+                ts_ms,
+                received_ms,
+                key: &self.text[start..end],
+                payload,
+            });
+            start = end;
+        }
+        out
+    }
+}
+
+/// An emptied vector of records, with its capacity, for records of another lifetime: the
+/// standard library collects a vector's own iterator in place, keeping the allocation.
+fn recycle<'a, 'b>(mut v: Vec<NewRecord<'a>>) -> Vec<NewRecord<'b>> {
+    v.clear();
+    // Never runs (the vector is empty); it only gives the records their new lifetime.
+    v.into_iter()
+        .map(|r| NewRecord {
+            key: "",
+            payload: &[],
+            ..r
         })
         .collect()
+}
+
+/// Each message's JSON: as encoded here when the batch came without it (`encoded` is then
+/// not empty), else as received.
+fn payloads<'a>(
+    received: &'a [bytes::Bytes],
+    encoded: &'a [Vec<u8>],
+) -> impl Iterator<Item = &'a [u8]> {
+    let received = received
+        .iter()
+        .take(if encoded.is_empty() { usize::MAX } else { 0 });
+    (received.map(|b| &b[..])).chain(encoded.iter().map(|b| &b[..]))
 }
 
 /// The record log's source key: `site/device/camera` of an event, `site/device/source` of
 /// telemetry. All three are validated topic-level-like ids, so `/` cannot occur in them.
 fn source_key(site: &str, device: &str, source: &str) -> String {
-    format!("{site}/{device}/{source}")
+    let mut k = String::with_capacity(site.len() + device.len() + source.len() + 2);
+    push_source_key(&mut k, site, device, source);
+    k
+}
+
+fn push_source_key(k: &mut String, site: &str, device: &str, source: &str) {
+    for (i, part) in [site, device, source].into_iter().enumerate() {
+        if i > 0 {
+            k.push('/');
+        }
+        k.push_str(part);
+    }
 }
 
 /// An event's record log key: its source key, then the dimensions aggregates group by
 /// ([`EventTags`]), `|`-separated: per key the log keeps counts and an in-memory time index,
 /// so aggregates never read the events themselves.
 pub fn event_key(e: &Event) -> String {
-    // One buffer, no intermediate strings: this runs for every stored event.
+    let mut k = String::with_capacity(96);
+    push_event_key(&mut k, e);
+    k
+}
+
+/// [`event_key`] written at the end of `k`.
+fn push_event_key(k: &mut String, e: &Event) {
+    // No intermediate strings: this runs for every stored event.
     fn push_clean(k: &mut String, v: &str) {
         // `|` is ASCII, so it is never part of another character's UTF-8 bytes.
         match v.as_bytes().contains(&b'|') {
@@ -1305,13 +1406,12 @@ pub fn event_key(e: &Event) -> String {
             true => k.push_str(&v.replace('|', "_")),
         }
     }
-    let mut k = String::with_capacity(96);
     let rule = e.rule.as_ref();
-    push_clean(&mut k, &e.site);
+    push_clean(k, &e.site);
     k.push('/');
-    push_clean(&mut k, &e.device);
+    push_clean(k, &e.device);
     k.push('/');
-    push_clean(&mut k, &e.camera);
+    push_clean(k, &e.camera);
     k.push('|');
     k.push_str(match e.kind {
         EventKind::Detection => "detection",
@@ -1325,9 +1425,8 @@ pub fn event_key(e: &Event) -> String {
     ];
     for f in fields {
         k.push('|');
-        push_clean(&mut k, f.unwrap_or(""));
+        push_clean(k, f.unwrap_or(""));
     }
-    k
 }
 
 fn phase_str(p: Phase) -> &'static str {
@@ -1552,6 +1651,49 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use crate::metrics::RejectReason;
+
+    #[test]
+    fn write_buffers_keep_their_room_and_give_each_record_its_own_key() {
+        let mut records: Vec<NewRecord<'static>> = Vec::with_capacity(64);
+        let ptr = records.as_ptr();
+        let mut keys = KeyArena::default();
+        let events: Vec<Event> = ["gw-01", "gw-02|x"]
+            .iter()
+            .map(|d| event(d, "cam-01", 1_790_000_000_000, &[(0, "person")]))
+            .collect();
+        for e in &events {
+            keys.push(e.id.0, |k| push_event_key(k, e));
+        }
+        let received = [
+            bytes::Bytes::from_static(b"{1}"),
+            bytes::Bytes::from_static(b"{2}"),
+        ];
+        let recs = keys.records(
+            recycle(std::mem::take(&mut records)),
+            events.iter().map(|e| e.ts_ms),
+            payloads(&received, &[]),
+            7,
+        );
+        assert_eq!(recs.as_ptr(), ptr, "the record list's allocation is reused");
+        let got: Vec<(u128, &str, &[u8])> = recs.iter().map(|r| (r.id, r.key, r.payload)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (events[0].id.0, event_key(&events[0]).as_str(), &b"{1}"[..]),
+                (events[1].id.0, event_key(&events[1]).as_str(), &b"{2}"[..]),
+            ]
+        );
+        assert!(recs
+            .iter()
+            .all(|r| r.received_ms == 7 && r.ts_ms == events[0].ts_ms));
+        records = recycle(recs);
+        assert!(records.is_empty() && records.capacity() >= 64);
+        // Encoded JSON, when given, replaces what was received.
+        let encoded = vec![b"a".to_vec()];
+        let chosen: Vec<&[u8]> = payloads(&received, &encoded).collect();
+        assert_eq!(chosen, vec![&b"a"[..]]);
+        assert_eq!(source_key("s", "d", "x"), "s/d/x");
+    }
 
     pub(crate) fn event(device: &str, camera: &str, ts_ms: i64, labels: &[(u32, &str)]) -> Event {
         Event {
