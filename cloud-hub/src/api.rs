@@ -46,6 +46,7 @@ use crate::devices::DeviceRegistry;
 use crate::metrics::{
     render_prometheus, HttpAuthRefusal, LogLimiter, Metrics, RejectReason, UploadReject,
 };
+use crate::mqtt::probe::BrokerState;
 use crate::quarantine::{QuarantineEntry, QuarantineQuery};
 use crate::store::{
     AggregateGroup, ClassFilter, EventAggregate, EventAggregateQuery, EventDim, EventQuery,
@@ -85,6 +86,8 @@ pub struct ApiState<S> {
     county: Option<Arc<crate::county::County>>,
     /// The digital twin (with a county model): NGSI-LD routes, health and metrics.
     twin: Option<Arc<crate::twin::Twin>>,
+    /// The MQTT broker's self-probe: health says whether devices can get in.
+    broker: Option<Arc<crate::mqtt::probe::BrokerHealth>>,
 }
 
 impl<S> ApiState<S> {
@@ -105,7 +108,14 @@ impl<S> ApiState<S> {
             access: None,
             county: None,
             twin: None,
+            broker: None,
         }
+    }
+
+    /// Reports the broker's health (`mqtt.broker`; `degraded` and 503 while it fails).
+    pub fn with_broker(mut self, health: Arc<crate::mqtt::probe::BrokerHealth>) -> Self {
+        self.broker = Some(health);
+        self
     }
 
     /// Serves the twin: the NGSI-LD API and the change stream ([`crate::ngsi`]).
@@ -140,6 +150,7 @@ impl<S> Clone for ApiState<S> {
             access: self.access.clone(),
             county: self.county.clone(),
             twin: self.twin.clone(),
+            broker: self.broker.clone(),
         }
     }
 }
@@ -1588,12 +1599,21 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
             json!({ "error": e.message }),
         ),
     };
+    // Devices that cannot get in make the hub unhealthy, whatever the store says.
+    let broker = st.broker.as_ref().map(|b| b.snapshot());
+    let status = match &broker {
+        Some(b) if !matches!(b.state, BrokerState::Ok | BrokerState::Starting) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => status,
+    };
     let body = json!({
         "status": if status == StatusCode::OK { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": st.started.elapsed().as_secs(),
         "mqtt_addr": st.mqtt_addr.to_string(),
         "ingest": ingest,
+        "mqtt": st.metrics.mqtt(broker),
         "evidence": evidence,
         "http_auth": st.metrics.http_auth(),
         "storage": storage,
@@ -1610,6 +1630,7 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
         &st.metrics.snapshot(),
         &st.metrics.evidence(),
         &st.metrics.http_auth(),
+        &st.metrics.mqtt(st.broker.as_ref().map(|b| b.snapshot())),
         stats.as_ref(),
         st.started.elapsed(),
     );

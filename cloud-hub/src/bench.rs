@@ -1,7 +1,7 @@
 //! `cloud-hub bench-ingest`: what durable ingest costs next to the broker alone, measured side
 //! by side in one run with the same publishers and payloads.
 //!
-//! - **raw**: the embedded broker ([`crate::broker`]) and an in-process subscriber link that
+//! - **raw**: the embedded broker ([`crate::mqtt::broker`]) and an in-process subscriber link that
 //!   only counts, fed by K real MQTT/TCP clients (rumqttc, QoS 1) publishing N valid events.
 //! - **durable**: the whole hub ([`crate::Hub`]: broker, ingest, sled store in a fresh
 //!   directory, acks) fed the same way. Each publisher behaves like an edge outbox: at most
@@ -29,8 +29,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
-use crate::broker::{Broker, BrokerSettings};
 use crate::config::HubConfig;
+use crate::mqtt::broker::{Broker, BrokerSettings};
 use crate::store::{SledStore, Store};
 use crate::{Hub, HubError, INGEST_FILTER};
 
@@ -85,7 +85,7 @@ pub enum BenchError {
     #[error("bench option `{0}` must be at least 1")]
     Option(&'static str),
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] crate::mqtt::broker::BrokerError),
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error(transparent)]
@@ -347,11 +347,13 @@ async fn raw_phase(
     let settings = BrokerSettings {
         listen: config.mqtt_addr,
         max_payload_bytes: config.mqtt_max_payload_bytes,
-        max_connections: config.mqtt_max_connections,
+        max_devices: config.mqtt_max_connections,
         max_inflight: config.mqtt_max_inflight,
         connect_timeout_ms: config.mqtt_connect_timeout_ms,
         auth: None,
         tls: None,
+        probe_interval: std::time::Duration::from_millis(config.mqtt_probe_interval_ms),
+        counters: Default::default(),
     };
     let (mut broker, mut link) =
         Broker::start(&settings, "bench-counter", &[INGEST_FILTER.to_string()]).await?;

@@ -22,7 +22,8 @@ const MAX_QUARANTINE_ENTRIES: u64 = 10_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HubConfig {
-    /// Where the embedded MQTT broker listens (MQTT 3.1.1, plain TCP).
+    /// Where the embedded MQTT broker listens (MQTT 3.1.1, plain TCP); port 0 picks a free one
+    /// (the ready line shows it).
     pub mqtt_addr: SocketAddr,
     /// Where the REST API listens. The binary binds it; `serve` takes the bound listener.
     pub http_addr: SocketAddr,
@@ -33,12 +34,18 @@ pub struct HubConfig {
     /// above `ingest_max_payload_bytes`, so oversized payloads reach the quarantine (and get
     /// acked) instead of costing the sender its connection on every resend.
     pub mqtt_max_payload_bytes: usize,
-    /// Concurrent MQTT connections, the hub's own in-process link included.
+    /// Devices connected over MQTT at once (the hub's own links do not count). Device N+1 is
+    /// refused with CONNACK 3 (server unavailable) until one leaves. Each costs three file
+    /// descriptors; `serve` raises its limit as far as the system allows.
     pub mqtt_max_connections: usize,
     /// QoS 1/2 publishes a client may have unacknowledged at once.
     pub mqtt_max_inflight: usize,
     /// How long a new TCP connection may take to send its MQTT CONNECT.
     pub mqtt_connect_timeout_ms: u16,
+    /// How often the broker's self-probe connects through the MQTT listener. Three failed
+    /// probes in a row (retried every second) make the hub report the broker failed and stop
+    /// with an error, for its supervisor to restart it.
+    pub mqtt_probe_interval_ms: u64,
     /// sled page cache; sled's own default is 1 GiB, too much for a small county server.
     pub store_cache_mb: u64,
     /// Largest event/telemetry/status payload ingest accepts; bigger ones are quarantined with
@@ -127,6 +134,7 @@ impl Default for HubConfig {
             mqtt_max_connections: 1000,
             mqtt_max_inflight: 100,
             mqtt_connect_timeout_ms: 5000,
+            mqtt_probe_interval_ms: 10_000,
             store_cache_mb: 64,
             ingest_max_payload_bytes: 256 * 1024,
             quarantine_max_entries: 100_000,
@@ -194,13 +202,6 @@ impl HubConfig {
 
     /// Checks values the types cannot: call after merging command-line overrides.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.mqtt_addr.port() == 0 {
-            // rumqttd binds the address itself and cannot report an OS-chosen port back.
-            return Err(invalid(
-                "mqtt_addr",
-                "port 0 is not supported; give a fixed port",
-            ));
-        }
         if self.http_addr.port() != 0 && self.http_addr == self.mqtt_addr {
             return Err(invalid(
                 "http_addr",
@@ -216,10 +217,16 @@ impl HubConfig {
                 format!("{} is outside 1024..=16777216", self.mqtt_max_payload_bytes),
             ));
         }
-        if !(2..=100_000).contains(&self.mqtt_max_connections) {
+        if !(1..=100_000).contains(&self.mqtt_max_connections) {
             return Err(invalid(
                 "mqtt_max_connections",
-                format!("{} is outside 2..=100000", self.mqtt_max_connections),
+                format!("{} is outside 1..=100000", self.mqtt_max_connections),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.mqtt_probe_interval_ms) {
+            return Err(invalid(
+                "mqtt_probe_interval_ms",
+                format!("{} is outside 100..=3600000", self.mqtt_probe_interval_ms),
             ));
         }
         if !(1..=1000).contains(&self.mqtt_max_inflight) {
@@ -345,12 +352,23 @@ mod tests {
     }
 
     #[test]
-    fn validate_rejects_port_zero_mqtt_and_same_addrs() {
+    fn validate_takes_port_zero_and_rejects_same_addrs() {
+        // Both listeners are bound by the hub, so the OS may pick either port.
         let c = HubConfig {
             mqtt_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
             ..HubConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("mqtt_addr"));
+        c.validate().unwrap();
+        let c = HubConfig {
+            mqtt_probe_interval_ms: 10,
+            ..HubConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("mqtt_probe_interval_ms"));
         let c = HubConfig {
             http_addr: HubConfig::default().mqtt_addr,
             ..HubConfig::default()

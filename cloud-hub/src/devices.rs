@@ -217,11 +217,15 @@ impl DeviceRegistry {
 
     /// True when `username` is a device id with credentials and `password` its secret.
     pub fn authenticate(&self, username: &str, password: &str) -> bool {
-        self.0
-            .lookup(&username.to_string(), |k| {
-                ct_eq(k.secret.as_bytes(), password.as_bytes())
-            })
-            .unwrap_or(false)
+        self.check(username, password) == Some(true)
+    }
+
+    /// `None` when `username` is no device with credentials; else whether `password` is its
+    /// secret.
+    pub fn check(&self, username: &str, password: &str) -> Option<bool> {
+        self.0.lookup(&username.to_string(), |k| {
+            ct_eq(k.secret.as_bytes(), password.as_bytes())
+        })
     }
 
     /// The signing key of `site/device`, when it has credentials.

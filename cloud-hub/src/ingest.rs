@@ -23,9 +23,9 @@ use csb_wire::{
 use thiserror::Error;
 use ulid::Ulid;
 
-use crate::broker::{BrokerError, BrokerLink, InboundMessage};
 use crate::devices::DeviceRegistry;
 use crate::metrics::{LogLimiter, Metrics, RejectReason};
+use crate::mqtt::broker::{BrokerError, BrokerLink, InboundMessage};
 use crate::quarantine::{Probe, QuarantineEntry};
 use crate::store::{Store, WriteBatch, WriteOutcome};
 

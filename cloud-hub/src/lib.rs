@@ -26,7 +26,6 @@ pub mod bench;
 pub mod bench_history;
 pub mod bench_platform;
 pub mod benchkit;
-pub mod broker;
 pub mod config;
 pub mod county;
 pub mod devices;
@@ -34,13 +33,13 @@ pub mod geo;
 pub mod ingest;
 pub mod inventory;
 pub mod metrics;
+pub mod mqtt;
 pub mod ngsi;
 pub mod quarantine;
 pub mod reclog;
 pub mod series;
 pub mod store;
 pub mod timeparse;
-pub mod tls;
 pub mod tokens;
 pub mod twin;
 pub mod watched;
@@ -58,9 +57,10 @@ pub use config::{AuthConfig, ConfigError, DeviceAuth, HttpAuth, HubConfig};
 pub use metrics::{Metrics, RejectReason, UploadReject};
 pub use store::{SledStore, Store, StoreError};
 
-use broker::{AuthHook, Broker, BrokerError, BrokerSettings, BrokerTls};
 use devices::{DeviceError, DeviceRegistry};
 use ingest::{Ingest, IngestError, IngestSettings};
+use mqtt::broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
+use mqtt::front::{AuthHook, LoginCheck};
 use tokens::{TokenError, TokenRegistry};
 
 /// Client id of the hub's in-process broker link.
@@ -82,6 +82,8 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Tls(#[from] mqtt::tls::TlsError),
     #[error("device credentials: {0}")]
     Devices(#[from] DeviceError),
     #[error(transparent)]
@@ -182,26 +184,15 @@ async fn start_twin(
     Ok(Arc::new(t))
 }
 
-/// The broker's CONNECT check: user name `SITE/DEVICE`, password its secret. Refusals are
-/// counted (`auth_refused`) and logged, at most a few lines a minute.
-fn auth_hook(devices: Arc<DeviceRegistry>, metrics: Arc<Metrics>) -> AuthHook {
-    let limiter = std::sync::Mutex::new(metrics::LogLimiter::new(10, Duration::from_secs(60)));
-    AuthHook(Arc::new(move |client_id: &str, user: &str, pass: &str| {
-        if devices.authenticate(user, pass) {
-            return true;
+/// The MQTT front's CONNECT check: user name `SITE/DEVICE`, password its secret. The front
+/// counts and logs refusals (`auth_refused`, `mqtt.refused_by_reason`).
+fn auth_hook(devices: Arc<DeviceRegistry>) -> AuthHook {
+    AuthHook(Arc::new(move |user: &str, pass: &str| {
+        match devices.check(user, pass) {
+            Some(true) => LoginCheck::Accepted,
+            Some(false) => LoginCheck::WrongSecret,
+            None => LoginCheck::UnknownDevice,
         }
-        metrics.add_auth_refused();
-        let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(suppressed) = l.allow(Instant::now()) {
-            // Names only: never log a password.
-            tracing::warn!(
-                client_id = %client_id.chars().take(64).collect::<String>(),
-                user = %user.chars().take(130).collect::<String>(),
-                suppressed_since_last = suppressed,
-                "MQTT connection refused: unknown device or wrong secret"
-            );
-        }
-        false
     }))
 }
 
@@ -268,22 +259,27 @@ impl<S: Store> Hub<S> {
                 Some(Arc::new(c))
             }
         };
+        let tls = match &config.mqtt_tls {
+            None => None,
+            Some(t) => {
+                let cert = mqtt::tls::load(&t.cert_file, &t.key_file)?;
+                Some(BrokerTls {
+                    acceptor: cert.acceptor,
+                    leaf: cert.leaf,
+                    handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
+                })
+            }
+        };
         let settings = BrokerSettings {
             listen: config.mqtt_addr,
             max_payload_bytes: config.mqtt_max_payload_bytes,
-            max_connections: config.mqtt_max_connections,
+            max_devices: config.mqtt_max_connections,
             max_inflight: config.mqtt_max_inflight,
             connect_timeout_ms: config.mqtt_connect_timeout_ms,
-            auth: devices.clone().map(|reg| auth_hook(reg, metrics.clone())),
-            tls: match &config.mqtt_tls {
-                None => None,
-                Some(t) => Some(BrokerTls {
-                    acceptor: tls::load_acceptor(&t.cert_file, &t.key_file)
-                        .map_err(BrokerError::Tls)?,
-                    handshake_timeout: Duration::from_millis(t.handshake_timeout_ms),
-                    counters: metrics.tls.clone(),
-                }),
-            },
+            auth: devices.clone().map(auth_hook),
+            tls,
+            probe_interval: Duration::from_millis(config.mqtt_probe_interval_ms),
+            counters: metrics.mqtt.clone(),
         };
         // One filter for everything: overlapping filters would deliver a message once per match.
         let filters = [INGEST_FILTER.to_string()];
@@ -376,6 +372,7 @@ impl<S: Store> Hub<S> {
             broker.addr(),
             config.snapshot_max_bytes,
         );
+        state = state.with_broker(broker.health());
         if let Some(a) = http_access {
             state = state.with_http_access(a);
         }
@@ -412,10 +409,14 @@ impl<S: Store> Hub<S> {
 
         let mut http_done = None;
         let mut ingest_done = None;
+        let mut broker_failed = None;
         tokio::select! {
             _ = shutdown => tracing::info!("shutdown requested"),
             r = &mut http_task => http_done = Some(r),
             r = &mut ingest_task => ingest_done = Some(r),
+            // Devices cannot get in: stop (draining what was received) and say why, so the
+            // supervisor restarts the hub.
+            why = broker.failed() => broker_failed = Some(why),
         }
         let _ = stop_tx.send(true);
         // Open change streams would hold the HTTP drain: end them.
@@ -473,6 +474,9 @@ impl<S: Store> Hub<S> {
         ingest_result
             .map_err(|e| panicked("ingest", e))?
             .map_err(HubError::Ingest)?;
+        if let Some(why) = broker_failed {
+            return Err(HubError::Broker(BrokerError::Failed(why)));
+        }
         http_result
             .map_err(|e| panicked("http", e))?
             .map_err(|cause| HubError::Http {

@@ -310,7 +310,7 @@ fn run() -> anyhow::Result<()> {
             hosts,
             days,
         } => {
-            let f = cloud_hub::tls::issue_certificates(&out_dir, &hosts, days)?;
+            let f = cloud_hub::mqtt::tls::issue_certificates(&out_dir, &hosts, days)?;
             let mut out = std::io::stdout().lock();
             let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
             writeln!(out, "# hub config:")?;

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
+use crate::mqtt::front::{FrontCounters, FrontSnapshot, Refused};
+use crate::mqtt::probe::HealthSnapshot;
 use crate::store::StoreStats;
-use crate::tls::TlsCounters;
 
 /// Why an inbound message was refused (and quarantined). Names are stable: they are metric
 /// labels, API keys and the `reason` of quarantine entries.
@@ -198,8 +199,6 @@ pub struct Metrics {
     quarantine_failed: AtomicU64,
     /// Old quarantine entries removed to stay within `quarantine_max_entries`.
     quarantine_pruned: AtomicU64,
-    /// MQTT connections refused by the device authentication (wrong user or password).
-    auth_refused: AtomicU64,
     snapshots_stored: AtomicU64,
     snapshots_identical: AtomicU64,
     snapshot_bytes_stored: AtomicU64,
@@ -207,8 +206,8 @@ pub struct Metrics {
     upload_rejected: [AtomicU64; UploadReject::ALL.len()],
     /// Valid uploads answered with an error because the store failed.
     snapshot_store_failed: AtomicU64,
-    /// MQTT-over-TLS connections refused before MQTT (shared with the TLS front).
-    pub tls: Arc<TlsCounters>,
+    /// The MQTT front's connections and refusals (shared with the front).
+    pub mqtt: Arc<FrontCounters>,
     http_auth_refused: [AtomicU64; HttpAuthRefusal::ALL.len()],
 }
 
@@ -245,17 +244,34 @@ pub struct IngestSnapshot {
     pub ack_publish_failed: u64,
     pub quarantine_failed: u64,
     pub quarantine_pruned: u64,
-    /// MQTT CONNECTs refused for a wrong user name or password (`auth.devices = "required"`).
+    /// MQTT CONNECTs refused for a wrong secret or an unknown device (`auth.devices =
+    /// "required"`); CONNECTs without any login are `mqtt.refused_by_reason.no_credentials`.
     pub auth_refused: u64,
     /// MQTT-over-TLS connections refused before MQTT (`[mqtt_tls]`): failed handshakes (plain
-    /// MQTT on the TLS port among them), handshakes not finished in time, and connections
-    /// beyond `mqtt_max_connections`.
+    /// MQTT on the TLS port among them), handshakes not finished in time, and connections closed
+    /// at once because `mqtt_max_connections` were already waiting for their CONNECT.
     pub tls_handshakes_failed: u64,
     pub tls_handshakes_timed_out: u64,
     pub tls_over_capacity: u64,
 }
 
+/// The `mqtt` section of `/api/v1/health`: the front's connections and refusals, and what the
+/// broker's self-probe last saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MqttSnapshot {
+    #[serde(flatten)]
+    pub front: FrontSnapshot,
+    pub broker: Option<HealthSnapshot>,
+}
+
 impl Metrics {
+    pub fn mqtt(&self, broker: Option<HealthSnapshot>) -> MqttSnapshot {
+        MqttSnapshot {
+            front: self.mqtt.snapshot(),
+            broker,
+        }
+    }
+
     pub fn add_events_accepted(&self, n: u64) {
         self.events_accepted.fetch_add(n, Relaxed);
     }
@@ -286,9 +302,6 @@ impl Metrics {
     }
     pub fn add_quarantine_pruned(&self, n: u64) {
         self.quarantine_pruned.fetch_add(n, Relaxed);
-    }
-    pub fn add_auth_refused(&self) {
-        self.auth_refused.fetch_add(1, Relaxed);
     }
     pub fn add_store_failed(&self, n: u64) {
         self.store_failed.fetch_add(n, Relaxed);
@@ -364,10 +377,14 @@ impl Metrics {
             ack_publish_failed: self.ack_publish_failed.load(Relaxed),
             quarantine_failed: self.quarantine_failed.load(Relaxed),
             quarantine_pruned: self.quarantine_pruned.load(Relaxed),
-            auth_refused: self.auth_refused.load(Relaxed),
-            tls_handshakes_failed: self.tls.handshakes_failed.load(Relaxed),
-            tls_handshakes_timed_out: self.tls.handshakes_timed_out.load(Relaxed),
-            tls_over_capacity: self.tls.over_capacity.load(Relaxed),
+            auth_refused: self.mqtt.refused(Refused::BadCredentials)
+                + self.mqtt.refused(Refused::UnknownDevice),
+            tls_handshakes_failed: self
+                .mqtt
+                .refused(Refused::TlsHandshake)
+                .saturating_sub(self.mqtt.tls_handshakes_timed_out.load(Relaxed)),
+            tls_handshakes_timed_out: self.mqtt.tls_handshakes_timed_out.load(Relaxed),
+            tls_over_capacity: self.mqtt.refused(Refused::TooManyPending),
         }
     }
 }
@@ -377,6 +394,7 @@ pub fn render_prometheus(
     ingest: &IngestSnapshot,
     evidence: &EvidenceCounters,
     http_auth: &HttpAuthCounters,
+    mqtt: &MqttSnapshot,
     store: Option<&StoreStats>,
     uptime: Duration,
 ) -> String {
@@ -466,6 +484,64 @@ pub fn render_prometheus(
             ("{reason=\"over_capacity\"}", ingest.tls_over_capacity),
         ],
     );
+    metric(
+        "csb_hub_mqtt_devices_connected",
+        "gauge",
+        "Devices with a live MQTT session.",
+        &[("", mqtt.front.devices_connected.max(0) as u64)],
+    );
+    metric(
+        "csb_hub_mqtt_max_devices",
+        "gauge",
+        "mqtt_max_connections: devices that may be connected at once.",
+        &[("", mqtt.front.max_devices)],
+    );
+    metric(
+        "csb_hub_mqtt_admitted_total",
+        "counter",
+        "MQTT sessions admitted (CONNACK 0), takeovers included.",
+        &[("", mqtt.front.admitted)],
+    );
+    let labels = reason_labels(&mqtt.front.refused_by_reason);
+    let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        "csb_hub_mqtt_refused_total",
+        "counter",
+        "MQTT connections refused before a session, by reason.",
+        &samples,
+    );
+    metric(
+        "csb_hub_mqtt_takeovers_total",
+        "counter",
+        "MQTT sessions ended because their client id connected again.",
+        &[("", mqtt.front.takeovers)],
+    );
+    metric(
+        "csb_hub_mqtt_wills_total",
+        "counter",
+        "Last wills of sessions ended without DISCONNECT, by outcome.",
+        &[
+            ("{result=\"published\"}", mqtt.front.wills_published),
+            ("{result=\"failed\"}", mqtt.front.wills_failed),
+        ],
+    );
+    if let Some(b) = &mqtt.broker {
+        metric(
+            "csb_hub_mqtt_broker_up",
+            "gauge",
+            "1 while the broker's self-probe gets in through the MQTT listener.",
+            &[(
+                "",
+                u64::from(b.state == crate::mqtt::probe::BrokerState::Ok),
+            )],
+        );
+        metric(
+            "csb_hub_mqtt_probes_failed_total",
+            "counter",
+            "Self-probes of the MQTT listener that were not admitted.",
+            &[("", b.probes_failed)],
+        );
+    }
     metric(
         "csb_hub_ingest_batches_total",
         "counter",
@@ -679,6 +755,7 @@ mod tests {
             &m.snapshot(),
             &m.evidence(),
             &m.http_auth(),
+            &m.mqtt(None),
             Some(&StoreStats {
                 events: 7,
                 telemetry: 0,

@@ -1,9 +1,12 @@
-//! The embedded MQTT broker (rumqttd), kept behind this module so nothing else names rumqttd.
+//! The embedded MQTT broker (rumqttd): its router, its server on a loopback port, and the hub's
+//! in-process links. With `front`, `packet` and `probe` the only code that names rumqttd.
 //!
 //! Layout: rumqttd's router runs on its own thread (`Router::spawn`); its MQTT/TCP server runs on a
-//! second thread we own, on a current-thread tokio runtime. We do not use `Broker::start()`
-//! because it blocks forever and swallows bind errors into a log line; owning the server thread
-//! lets [`Broker::stop`] close the MQTT listener and lets start-up report a taken port.
+//! second thread we own, on a current-thread tokio runtime, listening on a loopback port that
+//! only the front (`front`) connects to, with a login made for each start. Devices connect to
+//! the front on the public address. We do not use `Broker::start()` because it blocks forever
+//! and swallows bind errors into a log line; owning the server thread lets [`Broker::stop`]
+//! close the MQTT listener and lets start-up report a taken port.
 //!
 //! The router thread cannot be stopped (rumqttd has no API for it): it stays parked until the
 //! process exits. The binary exits right after `serve` returns; in tests it is one idle thread.
@@ -18,7 +21,8 @@
 //!
 //! The link also publishes (acks to devices, [`BrokerLink::publish`]): rumqttd routes a local
 //! link's publish like any other, and delivers it at each subscriber's QoS (edges subscribe to
-//! their ack topic with QoS 1).
+//! their ack topic with QoS 1). A second link publishes the last wills the front keeps
+//! ([`Wills`]). A self-probe (`probe`) checks through the public address that clients get in.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -29,16 +33,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csb_wire::Channel;
+use futures_util::FutureExt;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{LastWill, Login, Packet, Publish};
 use rumqttd::{ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server};
 use rumqttd::{SegmentConfig, ServerSettings, Strategy};
 use thiserror::Error;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use crate::tls::{TlsCounters, TlsError, TlsFront};
+use super::front::{AuthHook, Front, FrontCounters, FrontSettings, FrontTls};
+use super::packet;
+use super::probe::{self, BrokerHealth, ProbeTarget};
 
-/// How long start-up waits for the MQTT port to answer a CONNECT.
+/// How long start-up waits for rumqttd's port to answer a CONNECT.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long start-up waits for the router to acknowledge the hub's subscriptions.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,37 +56,59 @@ const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
 const SEGMENT_MIN_BYTES: usize = 4 * 1024 * 1024;
 const SEGMENT_COUNT: usize = 4;
 /// Ack topics get small logs of their own: rumqttd keeps every filter's log in memory up to its
-/// cap whether or not it was read, and each edge subscribes to its own ack topic, so the default
-/// cap would cost `SEGMENT_COUNT` × 4 MiB per device. An ack is at most ~7.5 KB; one lost to
-/// this bound is harmless (the edge resends and is acked again).
-const ACK_SEGMENT_BYTES: usize = 256 * 1024;
+/// cap whether or not it was read, for as long as the hub runs, and each edge subscribes to its
+/// own ack topic. A connected edge reads its acks as they come, so two segments of 4 KiB (some
+/// 40 one-event acks; a segment always takes at least one, up to ~7.5 KB) are plenty; an ack lost
+/// to this bound is harmless (the edge resends and is acked again).
+const ACK_SEGMENT_BYTES: usize = 4 * 1024;
 const ACK_SEGMENT_COUNT: usize = 2;
 /// Publishes the router forwards to a link per scheduling round.
 const MAX_OUTGOING_PER_ROUND: u64 = 200;
 /// Publishes the hub may have queued on its link for the router; beyond this
 /// [`BrokerLink::publish`] refuses instead of queueing without bound.
 const MAX_QUEUED_PUBLISHES: usize = 4096;
+/// Router connections beyond the device limit: the hub's in-process links (ingest, wills, a
+/// benchmark's counter), the self-probe, and sessions the front has let go of whose disconnect
+/// the router has not processed yet. The router must never refuse a connection (see `front`).
+const ROUTER_SPARE_CONNECTIONS: usize = 64;
+/// How long a will may take to reach the router.
+const WILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wills waiting for the wills thread; beyond this a will is counted as failed.
+const MAX_QUEUED_WILLS: usize = 1024;
+/// Client id of the in-process link that publishes last wills.
+pub const WILLS_LINK_ID: &str = "hub-wills";
+/// User name the front logs in to rumqttd with (its password is made per start).
+const FRONT_USER: &str = "cloud-hub-front";
+/// User name of the self-probe (its password is made per start); not `SITE/DEVICE`, so no
+/// device can have it.
+const PROBE_USER: &str = "cloud-hub-probe";
 
 /// What the broker needs from the hub config.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     pub listen: SocketAddr,
     pub max_payload_bytes: usize,
-    pub max_connections: usize,
+    /// Devices connected at once; the hub's own links do not count.
+    pub max_devices: usize,
     pub max_inflight: usize,
     pub connect_timeout_ms: u16,
     /// Checks every CONNECT's user name and password; `None` lets anyone in.
     pub auth: Option<AuthHook>,
-    /// MQTT over TLS only on `listen` (see `tls`); rumqttd then listens on a loopback port.
+    /// MQTT over TLS only on `listen` (see `front`).
     pub tls: Option<BrokerTls>,
+    /// How often the self-probe connects through `listen`.
+    pub probe_interval: Duration,
+    /// Where the front counts connections and refusals.
+    pub counters: Arc<FrontCounters>,
 }
 
-/// TLS for the MQTT listener: the loaded certificate and where refusals are counted.
+/// TLS for the MQTT listener: the loaded certificate.
 #[derive(Clone)]
 pub struct BrokerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The hub's own certificate: the self-probe trusts exactly this one.
+    pub leaf: CertificateDer<'static>,
     pub handshake_timeout: Duration,
-    pub counters: Arc<TlsCounters>,
 }
 
 impl std::fmt::Debug for BrokerTls {
@@ -87,25 +118,6 @@ impl std::fmt::Debug for BrokerTls {
             .finish_non_exhaustive()
     }
 }
-
-/// Decides whether `(client_id, username, password)` may connect. Called on rumqttd's server
-/// thread for every CONNECT that carries a login: keep it quick and non-blocking. (rumqttd
-/// refuses a CONNECT without any login itself, before the hook runs.)
-#[derive(Clone)]
-pub struct AuthHook(pub Arc<AuthFn>);
-
-/// `(client_id, username, password) -> allowed`.
-pub type AuthFn = dyn Fn(&str, &str, &str) -> bool + Send + Sync;
-
-impl std::fmt::Debug for AuthHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthHook")
-    }
-}
-
-/// User name of the start-up probe (see [`wait_ready`]); not a `SITE/DEVICE`, so no device can
-/// have it.
-const PROBE_USER: &str = "cloud-hub-probe";
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -128,8 +140,8 @@ pub enum BrokerError {
     Link { client_id: String, reason: String },
     #[error("broker router has gone away (in-process link closed)")]
     LinkClosed,
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why [`BrokerLink::publish`] did not hand a message to the router.
@@ -152,8 +164,13 @@ pub struct InboundMessage {
 /// A running broker. Dropping it without [`Broker::stop`] leaves the MQTT server running.
 pub struct Broker {
     addr: SocketAddr,
-    /// The TLS front on `addr` when TLS is on; rumqttd itself then listens on loopback.
-    tls: Option<TlsFront>,
+    /// rumqttd's loopback listener, and the login it takes.
+    backend: SocketAddr,
+    backend_login: Login,
+    front: Option<Front>,
+    health: Arc<BrokerHealth>,
+    probe_stop: watch::Sender<bool>,
+    probe: Option<tokio::task::JoinHandle<()>>,
     stop_tx: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -168,48 +185,85 @@ pub struct BrokerLink {
     needs_wake: bool,
 }
 
+/// Publishes last wills for the front, through an in-process link of their own, on a thread of
+/// their own: handing a publish to rumqttd's router can block while its queue is full.
+#[derive(Clone)]
+pub struct Wills {
+    tx: std::sync::mpsc::SyncSender<(LastWill, oneshot::Sender<bool>)>,
+}
+
+impl Wills {
+    fn spawn(mut tx: LinkTx, mut rx: LinkRx) -> Result<Wills, BrokerError> {
+        let (wills_tx, wills_rx) =
+            std::sync::mpsc::sync_channel::<(LastWill, oneshot::Sender<bool>)>(MAX_QUEUED_WILLS);
+        std::thread::Builder::new()
+            .name("mqtt-wills".into())
+            .spawn(move || {
+                // Ends when the front (every sender) is gone.
+                while let Ok((will, done)) = wills_rx.recv() {
+                    // At QoS 0 into the router, which delivers at each subscriber's QoS (as for
+                    // acks); retained as the client asked.
+                    let publish = Publish::new(will.topic, will.message, will.retain);
+                    // `send` never awaits: it pushes and signals the router (blocking while the
+                    // router's queue is full).
+                    let sent = tx.send(Packet::Publish(publish, None)).now_or_never();
+                    let _ = done.send(matches!(sent, Some(Ok(_))));
+                    // Nothing comes back for QoS 0 publishes; drain defensively.
+                    while let Ok(Some(_)) = rx.recv_deadline(Instant::now()) {}
+                }
+            })
+            .map_err(BrokerError::Thread)?;
+        Ok(Wills { tx: wills_tx })
+    }
+
+    /// Hands `will` to the router; false if that did not happen in time.
+    pub async fn publish(&self, will: LastWill) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self.tx.try_send((will, done)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(WILL_TIMEOUT, rx).await, Ok(Ok(true)))
+    }
+}
+
+fn link_err(client_id: &str, reason: String) -> BrokerError {
+    BrokerError::Link {
+        client_id: client_id.to_string(),
+        reason,
+    }
+}
+
 impl Broker {
     /// Starts the router and MQTT server, subscribes `link_id` to `filters` (waiting for the
-    /// router's acknowledgements, so nothing published after start-up can be missed), and
-    /// returns once the MQTT port answers a real CONNECT.
+    /// router's acknowledgements, so nothing published after start-up can be missed), starts
+    /// the front on `settings.listen`, and returns once a real client was admitted through it.
     pub async fn start(
         settings: &BrokerSettings,
         link_id: &str,
         filters: &[String],
     ) -> Result<(Broker, BrokerLink), BrokerError> {
-        let public = settings.listen;
-        // rumqttd binds inside its server task and only logs a failure; check first so a taken
-        // port is a clear error. std sets SO_REUSEADDR, so rebinding right after is fine.
-        let bind = |addr: SocketAddr| {
-            std::net::TcpListener::bind(addr).map_err(|cause| BrokerError::Bind { addr, cause })
-        };
-        drop(bind(public)?);
-        // With TLS, rumqttd gets a free loopback port that only the TLS front connects to. (The
-        // port is free now; another process taking it before rumqttd binds makes start-up fail
-        // with a clear error, not listen elsewhere.)
-        let addr = match &settings.tls {
-            None => public,
-            Some(_) => bind(SocketAddr::from(([127, 0, 0, 1], 0)))?
-                .local_addr()
-                .map_err(|cause| BrokerError::Bind {
-                    addr: public,
-                    cause,
-                })?,
-        };
+        let bind_err = |addr| move |cause| BrokerError::Bind { addr, cause };
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(bind_err(settings.listen))?;
+        let public = listener.local_addr().map_err(bind_err(settings.listen))?;
+        // rumqttd binds inside its server task and only logs a failure: give it a loopback port
+        // that was free a moment ago (another process taking it first makes start-up fail with
+        // a clear error, not listen elsewhere).
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let addr = std::net::TcpListener::bind(loopback)
+            .and_then(|l| l.local_addr())
+            .map_err(bind_err(loopback))?;
 
         let router = Router::new(0, router_config(settings));
         let router_tx = router.spawn();
 
-        let link_err = |reason: String| BrokerError::Link {
-            client_id: link_id.to_string(),
-            reason,
-        };
         let (mut tx, mut rx, _connack) = LinkBuilder::new(link_id, router_tx.clone())
             .build()
-            .map_err(|e| link_err(e.to_string()))?;
+            .map_err(|e| link_err(link_id, e.to_string()))?;
         for f in filters {
             tx.subscribe(f.clone())
-                .map_err(|e| link_err(format!("subscribe {f}: {e}")))?;
+                .map_err(|e| link_err(link_id, format!("subscribe {f}: {e}")))?;
         }
         // A fresh local link's only acks now are the SubAcks (its ConnAck was consumed by build).
         // rumqttd's `Ack` type is not nameable from outside, so count them.
@@ -217,28 +271,35 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
         while acks < filters.len() {
             match tokio::time::timeout_at(deadline, rx.next()).await {
-                Err(_) => {
-                    return Err(link_err(format!(
+                Err(_) => return Err(link_err(
+                    link_id,
+                    format!(
                         "router acknowledged {acks} of {} subscriptions within {SUBACK_TIMEOUT:?}",
                         filters.len()
-                    )))
-                }
-                Ok(Err(e)) => return Err(link_err(e.to_string())),
+                    ),
+                )),
+                Ok(Err(e)) => return Err(link_err(link_id, e.to_string())),
                 Ok(Ok(Some(Notification::DeviceAck(_)))) => acks += 1,
                 Ok(Ok(_)) => {}
             }
         }
+        let (wills_tx, wills_rx, _) = LinkBuilder::new(WILLS_LINK_ID, router_tx.clone())
+            .build()
+            .map_err(|e| link_err(WILLS_LINK_ID, e.to_string()))?;
+        let wills = Wills::spawn(wills_tx, wills_rx)?;
 
-        // With authentication on, the readiness probe logs in with a secret of this start only.
-        let probe_login = match &settings.auth {
-            Some(_) => Some((
-                PROBE_USER.to_string(),
-                crate::devices::new_secret().map_err(|e| link_err(e.to_string()))?,
-            )),
-            None => None,
+        // rumqttd admits only the front; the probe logs in to the front. Secrets of this start.
+        let secret = |who| crate::devices::new_secret().map_err(|e| link_err(who, e.to_string()));
+        let backend_login = Login {
+            username: FRONT_USER.into(),
+            password: secret(FRONT_USER)?,
+        };
+        let probe_login = Login {
+            username: PROBE_USER.into(),
+            password: secret(PROBE_USER)?,
         };
         let mut server = Server::new(
-            server_settings(settings, addr, probe_login.clone()),
+            server_settings(settings, addr, backend_login.clone()),
             router_tx,
             V4,
         );
@@ -274,37 +335,81 @@ impl Broker {
             })
             .map_err(BrokerError::Thread)?;
 
+        let health = Arc::new(BrokerHealth::default());
+        let (probe_stop, probe_stop_rx) = watch::channel(false);
         let mut broker = Broker {
             addr: public,
-            tls: None,
+            backend: addr,
+            backend_login: backend_login.clone(),
+            front: None,
+            health: health.clone(),
+            probe_stop,
+            probe: None,
             stop_tx: Some(stop_tx),
             thread: Some(thread),
         };
-        if let Err(e) = wait_ready(addr, &mut exit_rx, probe_login).await {
+        if let Err(e) = wait_ready(addr, &mut exit_rx, &backend_login).await {
             broker.stop().await;
             return Err(e);
         }
-        if let Some(tls) = &settings.tls {
-            let front = TlsFront::start(
-                public,
-                addr,
-                tls.acceptor.clone(),
-                tls.handshake_timeout,
-                settings.max_connections,
-                tls.counters.clone(),
-            )
-            .await;
-            match front {
-                Ok(front) => {
-                    broker.addr = front.addr();
-                    broker.tls = Some(front);
-                }
-                Err(e) => {
-                    broker.stop().await;
-                    return Err(e.into());
-                }
+        // Sessions rumqttd accepts inherit TCP_NODELAY from its listener: its PUBACKs and acks
+        // then leave at once instead of waiting for the front's delayed ACK (~40 ms).
+        if !set_listener_nodelay(addr) {
+            tracing::warn!(%addr, "cannot set TCP_NODELAY on the broker's listener; \
+                acks may wait up to 40 ms (Nagle)");
+        }
+        let front_settings = FrontSettings {
+            backend: addr,
+            backend_login,
+            probe_login: probe_login.clone(),
+            tls: settings.tls.as_ref().map(|t| FrontTls {
+                acceptor: t.acceptor.clone(),
+                handshake_timeout: t.handshake_timeout,
+            }),
+            max_devices: settings.max_devices,
+            max_pending: settings.max_devices.max(64),
+            connect_timeout: Duration::from_millis(settings.connect_timeout_ms.into()),
+            max_connect_bytes: settings.max_payload_bytes,
+            auth: settings.auth.clone(),
+            reserved_ids: vec![link_id.to_string(), WILLS_LINK_ID.to_string()],
+        };
+        match Front::start(
+            listener,
+            front_settings,
+            settings.counters.clone(),
+            wills,
+            health.clone(),
+        ) {
+            Ok(f) => broker.front = Some(f),
+            Err(cause) => {
+                broker.stop().await;
+                return Err(BrokerError::Bind {
+                    addr: public,
+                    cause,
+                });
             }
         }
+        let mut target = ProbeTarget::new(public, probe_login);
+        if let Some(t) = &settings.tls {
+            target = target.with_tls(t.leaf.clone());
+        }
+        if let Err(last) = probe::first(&health, &target).await {
+            broker.stop().await;
+            return Err(BrokerError::NotReady {
+                addr: public,
+                timeout: probe::PROBE_TIMEOUT,
+                last,
+            });
+        }
+        broker.probe = Some(tokio::spawn(probe::run(
+            health,
+            target,
+            settings.probe_interval,
+            exit_rx,
+            probe_stop_rx,
+        )));
+        tracing::info!(mqtt = %public, broker = %addr, tls = settings.tls.is_some(),
+            max_devices = settings.max_devices, "MQTT listening");
         let link = BrokerLink {
             client_id: link_id.to_string(),
             tx,
@@ -314,14 +419,36 @@ impl Broker {
         Ok((broker, link))
     }
 
+    /// Where devices connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The self-probe's view, for health.
+    pub fn health(&self) -> Arc<BrokerHealth> {
+        self.health.clone()
+    }
+
+    /// Resolves when the broker is declared failed (see `probe`), with why.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let health = self.health.clone();
+        async move { health.failed().await }
+    }
+
+    /// rumqttd's own loopback listener and the login it takes: only for benchmarks and tests
+    /// that measure or break rumqttd behind the front's back.
+    pub(crate) fn backend(&self) -> (SocketAddr, Login) {
+        (self.backend, self.backend_login.clone())
     }
 
     /// Closes the MQTT listener and all client connections. The router thread stays (see the
     /// module docs).
     pub async fn stop(&mut self) {
-        if let Some(front) = self.tls.as_mut() {
+        let _ = self.probe_stop.send(true);
+        if let Some(p) = self.probe.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+        }
+        if let Some(front) = self.front.as_mut() {
             front.stop().await;
         }
         if let Some(tx) = self.stop_tx.take() {
@@ -432,7 +559,7 @@ impl BrokerLink {
 
 fn router_config(s: &BrokerSettings) -> RouterConfig {
     RouterConfig {
-        max_connections: s.max_connections,
+        max_connections: s.max_devices + ROUTER_SPARE_CONNECTIONS,
         max_outgoing_packet_count: MAX_OUTGOING_PER_ROUND,
         // A segment must hold at least one maximal publish.
         max_segment_size: SEGMENT_MIN_BYTES.max(2 * s.max_payload_bytes),
@@ -449,11 +576,9 @@ fn router_config(s: &BrokerSettings) -> RouterConfig {
     }
 }
 
-fn server_settings(
-    s: &BrokerSettings,
-    listen: SocketAddr,
-    probe: Option<(String, String)>,
-) -> ServerSettings {
+/// rumqttd's own listener: loopback only, and only the front's login gets in (a local process
+/// cannot go around the front's admission).
+fn server_settings(s: &BrokerSettings, listen: SocketAddr, front: Login) -> ServerSettings {
     let mut connections = ConnectionSettings {
         connection_timeout_ms: s.connect_timeout_ms,
         max_payload_size: s.max_payload_bytes,
@@ -462,44 +587,29 @@ fn server_settings(
         external_auth: None,
         dynamic_filters: false,
     };
-    if let Some(hook) = s.auth.clone() {
-        connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
-            let ok = match &probe {
-                Some((pu, pp)) if user == *pu => {
-                    crate::devices::ct_eq(pp.as_bytes(), pass.as_bytes())
-                }
-                _ => (hook.0)(&client_id, &user, &pass),
-            };
-            std::future::ready(ok)
-        });
-    }
+    connections.set_auth_handler(move |_client_id: String, user: String, pass: String| {
+        let ok = user == front.username
+            && crate::devices::ct_eq(front.password.as_bytes(), pass.as_bytes());
+        std::future::ready(ok)
+    });
     ServerSettings {
         name: "csb-mqtt-v4".into(),
         listen,
-        // TLS is ours (`tls`): rumqttd's handshakes block its accept loop without a timeout.
+        // TLS is the front's: rumqttd's handshakes block its accept loop without a timeout.
         tls: None,
         next_connection_delay_ms: 1,
         connections,
     }
 }
 
-/// Polls until the port answers a real MQTT CONNECT with a CONNACK, the server thread reports
-/// failure, or the deadline passes. A bare TCP connect would also succeed against some other
-/// program holding the port, and makes rumqttd log an error for the half-open connection.
+/// Polls until rumqttd's port answers a real MQTT CONNECT with a CONNACK, the server thread
+/// reports failure, or the deadline passes. A bare TCP connect would also succeed against some
+/// other program holding the port.
 async fn wait_ready(
     addr: SocketAddr,
     exit_rx: &mut oneshot::Receiver<String>,
-    login: Option<(String, String)>,
+    login: &Login,
 ) -> Result<(), BrokerError> {
-    let probe_addr = match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::from(([127, 0, 0, 1], a.port()))
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-        }
-        a => a,
-    };
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last: String;
     loop {
@@ -507,8 +617,7 @@ async fn wait_ready(
             return Err(BrokerError::Server { addr, reason });
         }
         let login = login.clone();
-        let attempt =
-            tokio::task::spawn_blocking(move || mqtt_handshake(probe_addr, login.as_ref())).await;
+        let attempt = tokio::task::spawn_blocking(move || mqtt_handshake(addr, &login)).await;
         match attempt {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => last = e,
@@ -525,48 +634,89 @@ async fn wait_ready(
     }
 }
 
-/// One MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange with short timeouts.
-fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>) -> Result<(), String> {
+/// One MQTT 3.1.1 CONNECT / CONNACK exchange with short timeouts.
+fn mqtt_handshake(addr: SocketAddr, login: &Login) -> Result<(), String> {
     const IO_TIMEOUT: Duration = Duration::from_millis(500);
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|_| s.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| e.to_string())?;
-    let client_id = format!("cloud-hub-probe-{}", ulid::Ulid::new());
-    let mut var = Vec::with_capacity(32 + client_id.len());
-    // Flags: clean session, plus user name and password when logging in.
-    let flags = if login.is_some() { 0xC2 } else { 0x02 };
-    var.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 10]);
-    let mut field = |b: &[u8]| {
-        var.extend_from_slice(&(b.len() as u16).to_be_bytes());
-        var.extend_from_slice(b);
-    };
-    field(client_id.as_bytes());
-    if let Some((user, pass)) = login {
-        field(user.as_bytes());
-        field(pass.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    // Remaining length: MQTT's variable-length integer (the packet is far below 16 KiB).
-    let mut n = var.len();
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        if n == 0 {
-            packet.push(byte);
-            break;
-        }
-        packet.push(byte | 0x80);
-    }
-    packet.extend_from_slice(&var);
-    s.write_all(&packet).map_err(|e| e.to_string())?;
+    let client_id = format!(
+        "{}ready-{}",
+        super::front::INTERNAL_ID_PREFIX,
+        ulid::Ulid::new()
+    );
+    s.write_all(&packet::client_connect(&client_id, Some(login), 10))
+        .map_err(|e| e.to_string())?;
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).map_err(|e| e.to_string())?;
-    if connack[0] != 0x20 || connack[1] != 2 || connack[3] != 0 {
+    if connack[..2] != packet::CONNACK_HEADER || connack[3] != 0 {
         return Err(format!("unexpected CONNACK bytes {connack:02x?}"));
     }
     // Just close: rumqttd 0.20 logs an ERROR ("no-connection id N is already gone") when a
     // DISCONNECT packet is followed by the socket closing, which is noise for a probe.
     drop(s);
     Ok(())
+}
+
+/// Sets TCP_NODELAY on rumqttd's listening socket at `addr` (found among this process's open
+/// descriptors: rumqttd binds it itself and does not set the option, and Linux hands a
+/// listener's TCP_NODELAY down to the sockets it accepts). False when it was not found.
+#[cfg(target_os = "linux")]
+fn set_listener_nodelay(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(want) = addr else {
+        return false;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: getsockname/getsockopt/setsockopt only read or write the buffers given, with
+        // their sizes; on a descriptor that is not a socket (or was closed meanwhile) they fail.
+        unsafe {
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getsockname(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len) != 0
+                || i32::from(sa.sin_family) != libc::AF_INET
+                || u16::from_be(sa.sin_port) != want.port()
+                || u32::from_be(sa.sin_addr.s_addr) != u32::from(*want.ip())
+            {
+                continue;
+            }
+            let mut listening: libc::c_int = 0;
+            let mut olen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                &mut listening as *mut _ as *mut libc::c_void,
+                &mut olen,
+            ) != 0
+                || listening == 0
+            {
+                continue;
+            }
+            let one: libc::c_int = 1;
+            return libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0;
+        }
+    }
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_listener_nodelay(_addr: SocketAddr) -> bool {
+    false
 }
