@@ -486,3 +486,102 @@ impl<S: Store> Hub<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One CONNECT straight to rumqttd's loopback listener, behind the front's back: whether it
+    /// answered with an accepting CONNACK, and the connection (kept open by the caller).
+    async fn direct(
+        backend: SocketAddr,
+        login: &rumqttd::protocol::Login,
+        id: &str,
+    ) -> (bool, tokio::net::TcpStream) {
+        let mut s = tokio::net::TcpStream::connect(backend).await.unwrap();
+        s.write_all(&mqtt::packet::client_connect(id, Some(login), 30))
+            .await
+            .unwrap();
+        let mut ack = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut ack)).await;
+        (matches!(read, Ok(Ok(_))) && ack == [0x20, 2, 0, 0], s)
+    }
+
+    /// rumqttd 0.20 admits nobody after a client id its router refused connects again
+    /// (bytebeamio/rumqtt #1062: a panic poisons a lock every later CONNECT takes). The front
+    /// never lets that happen; here it is done to rumqttd directly, to show the hub notices
+    /// when its broker cannot admit clients, says so, and stops with an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_that_admits_no_one_is_reported_and_stops_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HubConfig {
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().to_path_buf(),
+            store_cache_mb: 8,
+            mqtt_max_connections: 1,
+            mqtt_probe_interval_ms: 200,
+            ..HubConfig::default()
+        };
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = Hub::start(config, http).await.unwrap();
+        let (backend, login) = hub.broker.backend();
+        let health_url = format!("http://{}/api/v1/health", hub.http_addr());
+        let run = tokio::spawn(hub.run(std::future::pending()));
+        let health = || async {
+            let r = reqwest::get(&health_url).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        };
+        let (code, body) = health().await;
+        assert_eq!(
+            (code, &body["mqtt"]["broker"]["state"]),
+            (200, &"ok".into())
+        );
+
+        // Fill the router (1 device + its spare connections, the hub's two links among them).
+        let mut held = Vec::new();
+        for i in 0.. {
+            let (ok, s) = direct(backend, &login, &format!("filler-{i}")).await;
+            if !ok {
+                break;
+            }
+            held.push(s);
+            assert!(i < 200, "the router never filled up");
+        }
+        // The refused id again: rumqttd panics holding the lock.
+        let (ok, _s) = direct(backend, &login, &format!("filler-{}", held.len())).await;
+        assert!(!ok);
+        drop(held.pop());
+        let (ok, _s) = direct(backend, &login, "anyone").await;
+        assert!(!ok, "rumqttd should now admit nobody");
+
+        // The self-probe notices within a few seconds: health says so, the hub stops with why.
+        let ended = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut seen_unhealthy = false;
+            loop {
+                if run.is_finished() {
+                    return (seen_unhealthy, run.await.unwrap());
+                }
+                if let Ok(r) = reqwest::get(&health_url).await {
+                    if r.status() == 503 {
+                        let b: serde_json::Value = r.json().await.unwrap();
+                        assert_eq!(b["status"], "degraded");
+                        let state = b["mqtt"]["broker"]["state"].as_str().unwrap().to_string();
+                        assert!(state == "failing" || state == "failed", "{b:#}");
+                        seen_unhealthy = true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the hub stops within 20 s");
+        let (seen_unhealthy, result) = ended;
+        assert!(seen_unhealthy, "health never reported the failing broker");
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("admitted no client"), "{err}");
+    }
+}

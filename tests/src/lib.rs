@@ -1,8 +1,12 @@
 //! Helpers for the multi-process end-to-end tests: locating the built binaries and fixtures,
-//! starting a real hub process and waiting for it, picking free ports.
+//! starting a real hub process and waiting for it, picking free ports, and a raw MQTT client
+//! ([`raw_mqtt`]).
 
+pub mod raw_mqtt;
+
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -183,6 +187,52 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// A hub on ports the OS picks, with `config` (TOML) as its config file and credentials
+    /// issued to `devices` (`SITE/DEVICE`) before it starts.
+    pub fn start_configured(config: &str, devices: &[&str]) -> Configured {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = data_dir.path().to_str().expect("utf-8 temp path");
+        let mut secrets = HashMap::new();
+        for d in devices {
+            let file = dir.path().join(format!("{}.secret", d.replace('/', "-")));
+            let args = ["device", "add", d, "--data-dir", data, "--secret-out"];
+            hub_cli(&[&args[..], &[file.to_str().unwrap()]].concat());
+            let secret = std::fs::read_to_string(&file).expect("secret file written");
+            secrets.insert(d.to_string(), secret.trim().to_string());
+        }
+        let config_file = dir.path().join("hub.toml");
+        std::fs::write(&config_file, config).expect("write hub config");
+        let (proc, ready) = spawn_hub_ready(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            data_dir.path(),
+            Some(&config_file),
+        );
+        Configured {
+            mqtt: ready.mqtt,
+            hub: Hub {
+                proc,
+                mqtt_port: ready.mqtt.port(),
+                http: ready.http,
+                data_dir,
+            },
+            secrets,
+            _dir: dir,
+        }
+    }
+}
+
+/// A hub from [`Hub::start_configured`].
+pub struct Configured {
+    pub hub: Hub,
+    pub mqtt: SocketAddr,
+    /// `SITE/DEVICE` → its secret (MQTT password and signing key).
+    pub secrets: HashMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
 /// A hub from [`Hub::start_secured`] and what its clients need.
 pub struct Secured {
     pub hub: Hub,
@@ -271,13 +321,38 @@ pub fn spawn_hub_with(
     data_dir: &std::path::Path,
     config: Option<&std::path::Path>,
 ) -> Proc {
+    spawn_hub_ready(
+        &format!("127.0.0.1:{mqtt_port}"),
+        &format!("127.0.0.1:{http_port}"),
+        data_dir,
+        config,
+    )
+    .0
+}
+
+/// Where a started hub listens, from its ready line.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub mqtt: SocketAddr,
+    /// `http://HOST:PORT`.
+    pub http: String,
+}
+
+/// Starts `cloud-hub serve` on `mqtt_addr` and `http_addr` (port 0: the OS picks) and waits up to
+/// 30 s for its ready line, which says where it listens.
+pub fn spawn_hub_ready(
+    mqtt_addr: &str,
+    http_addr: &str,
+    data_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> (Proc, Ready) {
     let mut cmd = Command::new(bin("cloud-hub"));
     cmd.args([
         "serve",
         "--mqtt-addr",
-        &format!("127.0.0.1:{mqtt_port}"),
+        mqtt_addr,
         "--http-addr",
-        &format!("127.0.0.1:{http_port}"),
+        http_addr,
         "--data-dir",
     ])
     .arg(data_dir);
@@ -304,12 +379,29 @@ pub fn spawn_hub_with(
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("cloud-hub ready") => break,
+            Ok(line) if line.starts_with("cloud-hub ready") => {
+                // cloud-hub ready mqtt=HOST:PORT http=http://HOST:PORT
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .unwrap_or_else(|| panic!("no {name} in the ready line: {line}"))
+                        .to_string()
+                };
+                let mqtt = field("mqtt=")
+                    .parse()
+                    .expect("MQTT address in the ready line");
+                return (
+                    proc,
+                    Ready {
+                        mqtt,
+                        http: field("http="),
+                    },
+                );
+            }
             Ok(_) => continue,
             Err(_) => panic!("cloud-hub printed no ready line within 30 s"),
         }
     }
-    proc
 }
 
 /// Polls `f` every 250 ms until it returns Some or `timeout` passes.

@@ -271,13 +271,15 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
         while acks < filters.len() {
             match tokio::time::timeout_at(deadline, rx.next()).await {
-                Err(_) => return Err(link_err(
-                    link_id,
-                    format!(
+                Err(_) => {
+                    return Err(link_err(
+                        link_id,
+                        format!(
                         "router acknowledged {acks} of {} subscriptions within {SUBACK_TIMEOUT:?}",
                         filters.len()
                     ),
-                )),
+                    ))
+                }
                 Ok(Err(e)) => return Err(link_err(link_id, e.to_string())),
                 Ok(Ok(Some(Notification::DeviceAck(_)))) => acks += 1,
                 Ok(Ok(_)) => {}

@@ -826,7 +826,6 @@ async fn device_session<C>(
         }
     };
     shared.counters.connected.fetch_sub(1, Relaxed);
-    drop(client);
     if !matches!(end.by, EndedBy::Backend) {
         close_backend(shared, &mut backend).await;
     }
@@ -843,10 +842,14 @@ async fn device_session<C>(
         }
     }
     if let EndedBy::Killed(handoff) = end.by {
+        drop(client);
         // The newcomer holds the slot and waits for this.
         let _ = handoff.send(permit);
         return;
     }
+    // The client's socket closes last: a client that saw it close may reconnect (or another
+    // device take the freed place) at once.
+    let _client = client;
     tokio::select! {
         // A newcomer took the slot while this session was closing.
         handoff = &mut kill => {
@@ -896,25 +899,27 @@ where
     let mut framer = Framer::default();
     let by = {
         let up = async {
-            if framer.feed(&leftover).is_err() {
-                return EndedBy::Client;
-            }
-            if to_backend.write_all(&leftover).await.is_err() {
-                return EndedBy::Backend;
-            }
             let mut buf = [0u8; UP_BUF];
+            let mut chunk: &[u8] = &leftover;
             loop {
+                let (pass, done) = match framer.feed(chunk) {
+                    Ok(None) => (chunk, false),
+                    // DISCONNECT: pass what came before it, then end (no will).
+                    Ok(Some(i)) => (&chunk[..i], true),
+                    // A broken stream is a protocol violation: end it like a dropped client.
+                    Err(_) => (&chunk[..0], true),
+                };
+                if to_backend.write_all(pass).await.is_err() {
+                    return EndedBy::Backend;
+                }
+                if done {
+                    return EndedBy::Client;
+                }
                 let n = match from_client.read(&mut buf).await {
                     Ok(0) | Err(_) => return EndedBy::Client,
                     Ok(n) => n,
                 };
-                // A broken stream is a protocol violation: end it like a dropped client.
-                if framer.feed(&buf[..n]).is_err() {
-                    return EndedBy::Client;
-                }
-                if to_backend.write_all(&buf[..n]).await.is_err() {
-                    return EndedBy::Backend;
-                }
+                chunk = &buf[..n];
             }
         };
         let down = async {

@@ -138,54 +138,59 @@ pub struct FrameError;
 
 /// Follows MQTT packet boundaries through a byte stream fed in arbitrary pieces, reading only
 /// each packet's fixed header. Used on the client → broker direction after CONNECT, where the
-/// only thing the front needs to know is whether the client said DISCONNECT (then its will must
-/// not be published).
+/// only thing the front needs to know is where the client says DISCONNECT: its session then
+/// ends without a will, and the DISCONNECT itself is not passed on (rumqttd would log a closed
+/// connection after DISCONNECT as an error; a plain close is what it expects).
 #[derive(Debug, Default)]
 pub struct Framer {
     /// Payload bytes of the current packet still to skip.
     skip: usize,
-    /// Fixed header bytes read so far of the next packet (type byte + up to 4 length bytes).
-    header: [u8; 5],
-    header_len: usize,
+    /// Length bytes read so far of the current fixed header, and the length they give.
+    len_bytes: usize,
+    len: usize,
+    /// Inside a fixed header (its type byte was read).
+    in_header: bool,
     /// A DISCONNECT was seen.
     disconnect: bool,
 }
 
 impl Framer {
-    /// Consumes `data`. Errors when a remaining length is longer than MQTT allows.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
-        while !data.is_empty() {
+    /// Consumes `data`: `Some(i)` when a DISCONNECT packet starts at `data[i]` (what follows it is
+    /// not looked at). Errors when a remaining length is longer than MQTT allows.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, FrameError> {
+        let mut i = 0;
+        while i < data.len() {
             if self.skip > 0 {
-                let n = self.skip.min(data.len());
+                let n = self.skip.min(data.len() - i);
                 self.skip -= n;
-                data = &data[n..];
+                i += n;
                 continue;
             }
-            let b = data[0];
-            data = &data[1..];
-            self.header[self.header_len] = b;
-            self.header_len += 1;
-            if self.header_len == 1 {
+            let b = data[i];
+            if !self.in_header {
+                if b >> 4 == 14 {
+                    self.disconnect = true;
+                    return Ok(Some(i));
+                }
+                self.in_header = true;
+                (self.len_bytes, self.len) = (0, 0);
+                i += 1;
                 continue;
             }
-            // A length byte: bit 7 says another follows (at most four).
+            // A length byte: seven bits of the length; bit 7 says another follows (at most 4).
+            self.len |= usize::from(b & 0x7f) << (7 * self.len_bytes);
+            self.len_bytes += 1;
+            i += 1;
             if b & 0x80 != 0 {
-                if self.header_len == 5 {
+                if self.len_bytes == 4 {
                     return Err(FrameError);
                 }
                 continue;
             }
-            let mut len = 0usize;
-            for (i, l) in self.header[1..self.header_len].iter().enumerate() {
-                len |= usize::from(l & 0x7f) << (7 * i);
-            }
-            if self.header[0] >> 4 == 14 {
-                self.disconnect = true;
-            }
-            self.skip = len;
-            self.header_len = 0;
+            self.in_header = false;
+            self.skip = self.len;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Whether a DISCONNECT packet went by.
@@ -346,16 +351,18 @@ mod tests {
         stream.extend_from_slice(&client_bytes(c::Packet::PingReq));
         let before = stream.len();
         stream.extend_from_slice(&client_bytes(c::Packet::Disconnect));
+        // Whatever comes after a DISCONNECT is not looked at.
+        stream.extend_from_slice(&[0xff; 8]);
         for split in [1, 2, 3, 7, 64, before, stream.len()] {
             let mut f = Framer::default();
-            let mut seen_before = false;
-            for (i, chunk) in stream.chunks(split).enumerate() {
-                f.feed(chunk).unwrap();
-                if (i + 1) * split < before {
-                    seen_before |= f.saw_disconnect();
+            let mut at = None;
+            for (k, chunk) in stream.chunks(split).enumerate() {
+                if let Some(i) = f.feed(chunk).unwrap() {
+                    at = Some(k * split + i);
+                    break;
                 }
             }
-            assert!(!seen_before, "split {split}");
+            assert_eq!(at, Some(before), "split {split}");
             assert!(f.saw_disconnect(), "split {split}");
         }
         // A DISCONNECT-looking byte inside a payload is not one.

@@ -283,14 +283,13 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let wait = if health.in_a_row.load(Relaxed) > 0 {
-            RETRY_AFTER
-        } else {
-            interval
-        };
+        // While failing, retry on the clock only: a wake caused by the probe's own refusal must
+        // not turn three spaced attempts into three at once.
+        let failing = health.in_a_row.load(Relaxed) > 0;
+        let wait = if failing { RETRY_AFTER } else { interval };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = health.wake.notified() => {}
+            _ = health.wake.notified(), if !failing => {}
             r = &mut server_exit => {
                 let why = r.unwrap_or_else(|_| "it panicked".into());
                 health.declare_failed(format!("the MQTT server thread ended: {why}"));
