@@ -286,7 +286,7 @@ fn bench_index(id: Ulid) -> usize {
 }
 
 /// A typical detection event: two objects, frame and model.
-fn bench_event(device: &str, i: usize) -> Event {
+pub(crate) fn bench_event(device: &str, i: usize) -> Event {
     let det = |class_id, label: &str, x: f32| Detection {
         class_id,
         label: label.into(),

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_fleet;
 pub mod bench_history;
 pub mod bench_platform;
 pub mod benchkit;

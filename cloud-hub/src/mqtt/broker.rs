@@ -46,6 +46,7 @@ use tokio_rustls::rustls::pki_types::CertificateDer;
 use super::front::{AuthHook, Front, FrontCounters, FrontSettings, FrontTls};
 use super::packet;
 use super::probe::{self, BrokerHealth, ProbeTarget};
+use super::routes::{AckRoutes, Delivery};
 
 /// How long start-up waits for rumqttd's port to answer a CONNECT.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,14 +54,15 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-filter in-memory commit log: `SEGMENT_COUNT` segments of at least this many bytes. This is
 /// the broker's only buffer when ingest falls behind; the oldest segment is dropped when full.
-const SEGMENT_MIN_BYTES: usize = 4 * 1024 * 1024;
-const SEGMENT_COUNT: usize = 4;
+const SEGMENT_MIN_BYTES: usize = 2 * 1024 * 1024;
+const SEGMENT_COUNT: usize = 3;
 /// Ack topics get small logs of their own: rumqttd keeps every filter's log in memory up to its
-/// cap whether or not it was read, for as long as the hub runs, and each edge subscribes to its
-/// own ack topic. A connected edge reads its acks as they come, so two segments of 4 KiB (some
-/// 40 one-event acks; a segment always takes at least one, up to ~7.5 KB) are plenty; an ack lost
-/// to this bound is harmless (the edge resends and is acked again).
-const ACK_SEGMENT_BYTES: usize = 4 * 1024;
+/// cap whether or not it was read, for as long as the hub runs, each entry with ~230 B of
+/// bookkeeping. Edges that subscribe to exactly their own ack topic get their acks from the
+/// front instead (see `routes`); these logs serve the rest (persistent sessions, subscriptions
+/// bundled with others): two segments of 16 KiB hold a batch's worth of large acks (256 ids,
+/// ~7.5 KB each). An ack lost to this bound is harmless (the edge resends and is acked again).
+const ACK_SEGMENT_BYTES: usize = 16 * 1024;
 const ACK_SEGMENT_COUNT: usize = 2;
 /// Publishes the router forwards to a link per scheduling round.
 const MAX_OUTGOING_PER_ROUND: u64 = 200;
@@ -144,11 +146,13 @@ pub enum BrokerError {
     Failed(String),
 }
 
-/// Why [`BrokerLink::publish`] did not hand a message to the router.
+/// Why [`BrokerLink::publish`] did not hand a message on.
 #[derive(Debug, Error)]
 pub enum PublishError {
     #[error("{queued} publishes already wait for the router")]
     Full { queued: usize },
+    #[error("the queue of every session it is routed to is full")]
+    SessionsFull,
     #[error("the router did not take the publish: {0}")]
     Router(String),
 }
@@ -178,6 +182,8 @@ pub struct Broker {
 /// The hub's in-process client of the router.
 pub struct BrokerLink {
     client_id: String,
+    /// Sessions the front delivers acks to itself.
+    routes: Arc<AckRoutes>,
     /// Publishes (acks); also keeps the link registered.
     tx: LinkTx,
     rx: LinkRx,
@@ -375,12 +381,14 @@ impl Broker {
             auth: settings.auth.clone(),
             reserved_ids: vec![link_id.to_string(), WILLS_LINK_ID.to_string()],
         };
+        let routes = Arc::new(AckRoutes::default());
         match Front::start(
             listener,
             front_settings,
             settings.counters.clone(),
             wills,
             health.clone(),
+            routes.clone(),
         ) {
             Ok(f) => broker.front = Some(f),
             Err(cause) => {
@@ -414,6 +422,7 @@ impl Broker {
             max_devices = settings.max_devices, "MQTT listening");
         let link = BrokerLink {
             client_id: link_id.to_string(),
+            routes,
             tx,
             rx,
             needs_wake: false,
@@ -510,13 +519,29 @@ impl BrokerLink {
         Ok(batch)
     }
 
-    /// Publishes `payload` on `topic` (QoS 0 into the in-process router, which delivers at each
-    /// subscriber's QoS). Never waits: when the router's queue is full or our own queue holds
-    /// `MAX_QUEUED_PUBLISHES`, it fails and the caller counts it. After a `Router` error the
-    /// message may still sit in the link's queue and go out with the next publish (rumqttd keeps
-    /// it there); callers must treat both outcomes as possible, which acks do: they are safe to
-    /// lose and to repeat.
+    /// Publishes `payload` on `topic` at QoS 0: to the sessions the front routes the topic to
+    /// (see `routes`), and into the in-process router when none takes it or someone subscribed
+    /// through rumqttd to a filter it could match. Never waits: when the sessions' queues, the
+    /// router's queue, or our own queue (`MAX_QUEUED_PUBLISHES`) are full, it fails and the
+    /// caller counts it. After a `Router` error the message may still sit in the link's queue
+    /// and go out with the next publish (rumqttd keeps it there); callers must treat both
+    /// outcomes as possible, which acks do: they are safe to lose and to repeat.
     pub fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
+        match self.routes.deliver(&topic, &payload) {
+            Delivery::NoRoute => self.publish_router(topic, payload),
+            Delivery::Queued { sessions, dropped } => {
+                if self.routes.observed() {
+                    self.publish_router(topic, payload)?;
+                }
+                if dropped == sessions {
+                    return Err(PublishError::SessionsFull);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn publish_router(&mut self, topic: String, payload: Vec<u8>) -> Result<(), PublishError> {
         let queued = self.tx.buffer().len();
         if queued >= MAX_QUEUED_PUBLISHES {
             return Err(PublishError::Full { queued });

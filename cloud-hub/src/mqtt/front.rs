@@ -31,18 +31,21 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{LastWill, Login};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::broker::Wills;
-use super::packet::{self, ConnectError, ConnectRequest, Framer, Refusal};
+use super::packet::{
+    self, Boundaries, ConnectError, ConnectRequest, Piece, Refusal, Splitter, Subscription,
+};
 use super::probe::BrokerHealth;
+use super::routes::{could_match_ack, AckRoutes, SESSION_QUEUE};
 use crate::metrics::LogLimiter;
 
 /// How long connecting to rumqttd and its CONNACK may take.
@@ -55,10 +58,14 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(12);
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
 /// Client id prefix of the hub's own clients (the self-probe); refused to anyone else.
 pub const INTERNAL_ID_PREFIX: &str = "cloud-hub-";
-/// Copy buffers of a session: client → broker carries events (often backlogs), broker → client
-/// carries PUBACKs and acks.
-const UP_BUF: usize = 8 * 1024;
-const DOWN_BUF: usize = 4 * 1024;
+/// Copy buffers of a session. A quiet gateway (an event a second) reads a few hundred bytes at a
+/// time: its buffers are part of its task (client → broker carries events, broker → client
+/// PUBACKs and acks), so it holds no heap buffer at all. A read that fills one (a backlog being
+/// replayed) switches that direction to a heap buffer of `BURST_BUF` until reads are small
+/// again. Every session's memory counts: thousands are open at once.
+const QUIET_UP: usize = 2048;
+const QUIET_DOWN: usize = 1024;
+const BURST_BUF: usize = 16 * 1024;
 
 /// The result of checking a CONNECT's user name and password against the device credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +291,7 @@ impl Front {
         counters: Arc<FrontCounters>,
         wills: Wills,
         health: Arc<BrokerHealth>,
+        routes: Arc<AckRoutes>,
     ) -> std::io::Result<Front> {
         let addr = listener.local_addr()?;
         counters
@@ -302,6 +310,7 @@ impl Front {
             counters,
             wills,
             health,
+            routes,
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, shared, stop_rx));
@@ -357,6 +366,7 @@ struct Shared {
     logs: Vec<Mutex<LogLimiter>>,
     wills: Wills,
     health: Arc<BrokerHealth>,
+    routes: Arc<AckRoutes>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
@@ -406,23 +416,32 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     match shared.settings.tls.clone() {
         None => client(&shared, tcp, peer, pending).await,
-        Some(tls) => {
-            match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => client(&shared, s, peer, pending).await,
-                Ok(Err(e)) => {
-                    // Debug only: a port scan or a plain MQTT client would flood the log.
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    shared.count(Refused::TlsHandshake);
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    shared.count(Refused::TlsHandshake);
-                    shared
-                        .counters
-                        .tls_handshakes_timed_out
-                        .fetch_add(1, Relaxed);
-                }
-            }
+        // Boxed: TLS state is several KB, and every plain session's task would carry its size.
+        Some(tls) => Box::pin(tls_connection(&shared, tls, tcp, peer, pending)).await,
+    }
+}
+
+async fn tls_connection(
+    shared: &Arc<Shared>,
+    tls: FrontTls,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pending: Pending,
+) {
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => client(shared, s, peer, pending).await,
+        Ok(Err(e)) => {
+            // Debug only: a port scan or a plain MQTT client would flood the log.
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            shared.count(Refused::TlsHandshake);
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            shared.count(Refused::TlsHandshake);
+            shared
+                .counters
+                .tls_handshakes_timed_out
+                .fetch_add(1, Relaxed);
         }
     }
 }
@@ -724,7 +743,8 @@ async fn internal_session<C>(
     drop(pending);
     if client.write_all(&connack).await.is_ok() {
         let (_never, mut kill) = oneshot::channel();
-        let end = splice(&mut client, &mut backend, leftover, &mut kill).await;
+        let mut session = Session::new(shared, 0, None, false);
+        let end = splice(&mut client, &mut backend, leftover, &mut kill, &mut session).await;
         if !matches!(end.by, EndedBy::Backend) {
             close_backend(shared, &mut backend).await;
         }
@@ -817,14 +837,17 @@ async fn device_session<C>(
     shared.counters.admitted.fetch_add(1, Relaxed);
     shared.counters.connected.fetch_add(1, Relaxed);
 
+    let mut session = Session::new(shared, generation, a.user.clone(), a.clean_session);
     let end = if client.write_all(&connack).await.is_ok() {
-        splice(&mut client, &mut backend, leftover, &mut kill).await
+        splice(&mut client, &mut backend, leftover, &mut kill, &mut session).await
     } else {
         SpliceEnd {
             by: EndedBy::Client,
             disconnected: false,
         }
     };
+    // Acks for this session stop here, before anything else of it ends.
+    drop(session);
     shared.counters.connected.fetch_sub(1, Relaxed);
     if !matches!(end.by, EndedBy::Backend) {
         close_backend(shared, &mut backend).await;
@@ -882,55 +905,236 @@ struct SpliceEnd {
     disconnected: bool,
 }
 
+/// What a session's splice needs besides its sockets: the packets the front writes to the
+/// client itself (its own SUBACKs, the acks it routes), and the ack routes it registered.
+struct Session<'a> {
+    shared: &'a Shared,
+    generation: u64,
+    /// The device login (device authentication), which owns the ack topic it may route.
+    user: Option<String>,
+    /// Only clean sessions get routes: a persistent one expects rumqttd to keep its
+    /// subscriptions across connections.
+    routable: bool,
+    inject_tx: mpsc::Sender<Bytes>,
+    inject_rx: mpsc::Receiver<Bytes>,
+    routed: Vec<String>,
+    observing: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, generation: u64, user: Option<String>, clean: bool) -> Self {
+        let (inject_tx, inject_rx) = mpsc::channel(SESSION_QUEUE);
+        Session {
+            shared,
+            generation,
+            user,
+            routable: clean && generation != 0,
+            inject_tx,
+            inject_rx,
+            routed: Vec::new(),
+            observing: false,
+        }
+    }
+
+    /// Whether the front delivers `filter`'s messages itself: the session's own ack topic.
+    fn takes_route(&self, filter: &str) -> bool {
+        if !self.routable {
+            return false;
+        }
+        match csb_wire::topic::TopicRef::parse(filter) {
+            Ok(t) if t.channel == csb_wire::Channel::Ack => match &self.user {
+                Some(u) => u.split_once('/') == Some((t.site, t.device)),
+                None => true,
+            },
+            _ => false,
+        }
+    }
+
+    /// A SUBSCRIBE or UNSUBSCRIBE: answered here (with a route) or passed to rumqttd. `Err`
+    /// when the connection ended meanwhile.
+    async fn on_subscription<W: AsyncWrite + Unpin>(
+        &mut self,
+        packet: Bytes,
+        to_backend: &mut W,
+    ) -> Result<(), EndedBy> {
+        let routes = &self.shared.routes;
+        match packet::read_subscription(&packet) {
+            Ok(Subscription::Subscribe(pkid, filters))
+                if filters.len() == 1 && self.takes_route(&filters[0].0) =>
+            {
+                let (topic, qos) = &filters[0];
+                routes.add(topic, self.generation, self.inject_tx.clone());
+                if !self.routed.contains(topic) {
+                    self.routed.push(topic.clone());
+                }
+                let ack = packet::suback(pkid, (*qos).min(1));
+                return self.inject_tx.send(ack).await.map_err(|_| EndedBy::Client);
+            }
+            Ok(Subscription::Unsubscribe(pkid, filters))
+                if filters.len() == 1 && self.routed.contains(&filters[0]) =>
+            {
+                routes.remove(&filters[0], self.generation);
+                self.routed.retain(|t| *t != filters[0]);
+                let ack = packet::unsuback(pkid);
+                return self.inject_tx.send(ack).await.map_err(|_| EndedBy::Client);
+            }
+            Ok(Subscription::Subscribe(_, filters)) => {
+                if !self.observing && filters.iter().any(|(f, _)| could_match_ack(f)) {
+                    self.observing = true;
+                    routes.observer_joined();
+                }
+            }
+            // rumqttd answers (or refuses) the rest as it would have.
+            _ => {}
+        }
+        to_backend
+            .write_all(&packet)
+            .await
+            .map_err(|_| EndedBy::Backend)
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        for t in &self.routed {
+            self.shared.routes.remove(t, self.generation);
+        }
+        if self.observing {
+            self.shared.routes.observer_left();
+        }
+    }
+}
+
 /// Copies both ways until either side ends (MQTT has no use for half-closed connections, and
 /// waiting for a silent client after rumqttd closed would hold its slot forever) or the session
-/// is taken over. Client bytes go through a [`Framer`] to notice DISCONNECT.
+/// is taken over. The client's stream goes through a [`Splitter`] (DISCONNECT, subscriptions);
+/// rumqttd's through [`Boundaries`], so the front's own packets go in between whole ones.
 async fn splice<C>(
     client: &mut C,
     backend: &mut TcpStream,
     leftover: BytesMut,
     kill: &mut oneshot::Receiver<Handoff>,
+    session: &mut Session<'_>,
 ) -> SpliceEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut from_client, mut to_client) = tokio::io::split(client);
     let (mut from_backend, mut to_backend) = backend.split();
-    let mut framer = Framer::default();
+    let mut splitter = Splitter::default();
+    let mut disconnected = false;
+    let mut inject_rx = std::mem::replace(&mut session.inject_rx, mpsc::channel(1).1);
     let by = {
         let up = async {
-            let mut buf = [0u8; UP_BUF];
-            let mut chunk: &[u8] = &leftover;
+            let mut pieces = Vec::new();
+            let data = &leftover[..];
+            if let Err(end) = forward(
+                &mut splitter,
+                &mut pieces,
+                session,
+                &mut to_backend,
+                data,
+                &mut disconnected,
+            )
+            .await
+            {
+                return end;
+            }
+            drop(leftover);
+            let mut quiet = [0u8; QUIET_UP];
+            let mut burst = BytesMut::new();
             loop {
-                let (pass, done) = match framer.feed(chunk) {
-                    Ok(None) => (chunk, false),
-                    // DISCONNECT: pass what came before it, then end (no will).
-                    Ok(Some(i)) => (&chunk[..i], true),
-                    // A broken stream is a protocol violation: end it like a dropped client.
-                    Err(_) => (&chunk[..0], true),
+                let end = if burst.capacity() > 0 {
+                    burst.clear();
+                    match from_client.read_buf(&mut burst).await {
+                        Ok(0) | Err(_) => return EndedBy::Client,
+                        Ok(_) => {}
+                    }
+                    let end = forward(
+                        &mut splitter,
+                        &mut pieces,
+                        session,
+                        &mut to_backend,
+                        &burst,
+                        &mut disconnected,
+                    )
+                    .await;
+                    if burst.len() < QUIET_UP {
+                        burst = BytesMut::new();
+                    }
+                    end
+                } else {
+                    let n = match from_client.read(&mut quiet).await {
+                        Ok(0) | Err(_) => return EndedBy::Client,
+                        Ok(n) => n,
+                    };
+                    if n == QUIET_UP {
+                        burst.reserve(BURST_BUF);
+                    }
+                    forward(
+                        &mut splitter,
+                        &mut pieces,
+                        session,
+                        &mut to_backend,
+                        &quiet[..n],
+                        &mut disconnected,
+                    )
+                    .await
                 };
-                if to_backend.write_all(pass).await.is_err() {
-                    return EndedBy::Backend;
+                if let Err(end) = end {
+                    return end;
                 }
-                if done {
-                    return EndedBy::Client;
-                }
-                let n = match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => return EndedBy::Client,
-                    Ok(n) => n,
-                };
-                chunk = &buf[..n];
             }
         };
         let down = async {
-            let mut buf = [0u8; DOWN_BUF];
+            let mut quiet = [0u8; QUIET_DOWN];
+            let mut burst = BytesMut::new();
+            let mut bounds = Boundaries::default();
+            // The front's own packets waiting for rumqttd to finish the packet it is writing.
+            let mut waiting = BytesMut::new();
             loop {
-                let n = match from_backend.read(&mut buf).await {
-                    Ok(0) | Err(_) => return EndedBy::Backend,
-                    Ok(n) => n,
-                };
-                if to_client.write_all(&buf[..n]).await.is_err() {
-                    return EndedBy::Client;
+                tokio::select! {
+                    r = async {
+                        if burst.capacity() > 0 {
+                            burst.clear();
+                            from_backend.read_buf(&mut burst).await
+                        } else {
+                            from_backend.read(&mut quiet).await
+                        }
+                    } => {
+                        let n = match r {
+                            Ok(0) | Err(_) => return EndedBy::Backend,
+                            Ok(n) => n,
+                        };
+                        let data = if burst.capacity() > 0 { &burst[..] } else { &quiet[..n] };
+                        if bounds.feed(data).is_err() {
+                            return EndedBy::Backend;
+                        }
+                        if to_client.write_all(data).await.is_err() {
+                            return EndedBy::Client;
+                        }
+                        if burst.capacity() > 0 && n < QUIET_DOWN {
+                            burst = BytesMut::new();
+                        } else if burst.capacity() == 0 && n == QUIET_DOWN {
+                            burst.reserve(BURST_BUF);
+                        }
+                    }
+                    Some(p) = inject_rx.recv() => {
+                        waiting.extend_from_slice(&p);
+                        // Whatever else is queued goes out in the same write.
+                        while waiting.len() < BURST_BUF {
+                            match inject_rx.try_recv() {
+                                Ok(p) => waiting.extend_from_slice(&p),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                if !waiting.is_empty() && bounds.at_boundary() {
+                    if to_client.write_all(&waiting).await.is_err() {
+                        return EndedBy::Client;
+                    }
+                    waiting = BytesMut::new();
                 }
             }
         };
@@ -944,10 +1148,35 @@ where
             },
         }
     };
-    SpliceEnd {
-        by,
-        disconnected: framer.saw_disconnect(),
+    SpliceEnd { by, disconnected }
+}
+
+/// Passes client bytes to rumqttd up to a DISCONNECT (which ends the session: `Err`), handing
+/// subscriptions to the session.
+async fn forward<W: AsyncWrite + Unpin>(
+    splitter: &mut Splitter,
+    pieces: &mut Vec<Piece>,
+    session: &mut Session<'_>,
+    to_backend: &mut W,
+    data: &[u8],
+    disconnected: &mut bool,
+) -> Result<(), EndedBy> {
+    // A broken stream is a protocol violation: end it like a dropped client.
+    splitter.split(data, pieces).map_err(|_| EndedBy::Client)?;
+    for piece in pieces.drain(..) {
+        match piece {
+            Piece::Pass(r) => to_backend
+                .write_all(&data[r])
+                .await
+                .map_err(|_| EndedBy::Backend)?,
+            Piece::Inspect(packet) => session.on_subscription(packet, to_backend).await?,
+            Piece::Disconnect => {
+                *disconnected = true;
+                return Err(EndedBy::Client);
+            }
+        }
     }
+    Ok(())
 }
 
 /// Ends a session on rumqttd's side: FIN, then wait (bounded) until rumqttd closes too, which it

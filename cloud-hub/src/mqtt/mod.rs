@@ -15,4 +15,5 @@ pub mod broker;
 pub mod front;
 pub mod packet;
 pub mod probe;
+pub mod routes;
 pub mod tls;

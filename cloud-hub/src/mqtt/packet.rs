@@ -133,70 +133,257 @@ pub fn client_connect(client_id: &str, login: Option<&Login>, keep_alive: u16) -
 
 /// A malformed stream: the connection is a protocol violation and is closed.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("malformed packet length")]
+#[error("malformed packet stream")]
 pub struct FrameError;
 
-/// Follows MQTT packet boundaries through a byte stream fed in arbitrary pieces, reading only
-/// each packet's fixed header. Used on the client → broker direction after CONNECT, where the
-/// only thing the front needs to know is where the client says DISCONNECT: its session then
-/// ends without a will, and the DISCONNECT itself is not passed on (rumqttd would log a closed
-/// connection after DISCONNECT as an error; a plain close is what it expects).
-#[derive(Debug, Default)]
-pub struct Framer {
-    /// Payload bytes of the current packet still to skip.
-    skip: usize,
-    /// Length bytes read so far of the current fixed header, and the length they give.
-    len_bytes: usize,
-    len: usize,
-    /// Inside a fixed header (its type byte was read).
-    in_header: bool,
-    /// A DISCONNECT was seen.
-    disconnect: bool,
+/// Largest SUBSCRIBE or UNSUBSCRIBE the front reads whole (a gateway's is well under 1 KiB).
+const MAX_INSPECTED: usize = 64 * 1024;
+
+/// Where a packet's fixed header or body is, while a stream is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// The next byte starts a packet.
+    Start,
+    /// Reading the remaining length: value so far, length bytes read.
+    Len { value: usize, count: u32 },
+    /// Body bytes still to come.
+    Body(usize),
 }
 
-impl Framer {
-    /// Consumes `data`: `Some(i)` when a DISCONNECT packet starts at `data[i]` (what follows it is
-    /// not looked at). Errors when a remaining length is longer than MQTT allows.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, FrameError> {
+impl At {
+    /// Advances over one byte that is not a packet's first; errors on a fifth length byte.
+    fn len_byte(self, b: u8) -> Result<At, FrameError> {
+        let At::Len { value, count } = self else {
+            return Ok(self);
+        };
+        let value = value | (usize::from(b & 0x7f) << (7 * count));
+        if b & 0x80 == 0 {
+            return Ok(if value == 0 {
+                At::Start
+            } else {
+                At::Body(value)
+            });
+        }
+        if count == 3 {
+            return Err(FrameError);
+        }
+        Ok(At::Len {
+            value,
+            count: count + 1,
+        })
+    }
+}
+
+/// What the front does with a stretch of a client's stream after its CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// These bytes of the chunk go to the broker as they are.
+    Pass(std::ops::Range<usize>),
+    /// A whole SUBSCRIBE or UNSUBSCRIBE (fixed header included), for the front to decide on.
+    Inspect(Bytes),
+    /// A DISCONNECT starts here: the session ends without a will; nothing after it counts.
+    Disconnect,
+}
+
+/// Follows a client's stream packet by packet, reading only fixed headers, except that
+/// SUBSCRIBE and UNSUBSCRIBE are gathered whole (the front answers some itself) and DISCONNECT
+/// is reported where it starts (it is not passed on: rumqttd logs a connection closed after
+/// DISCONNECT as an error; a plain close is what it expects).
+#[derive(Debug)]
+pub struct Splitter {
+    at: At,
+    /// The packet being gathered for inspection, if the current one is.
+    gathering: Option<BytesMut>,
+}
+
+impl Default for Splitter {
+    fn default() -> Self {
+        Splitter {
+            at: At::Start,
+            gathering: None,
+        }
+    }
+}
+
+impl Splitter {
+    /// Splits `data` into `out` (cleared first). Stops at a DISCONNECT.
+    pub fn split(&mut self, data: &[u8], out: &mut Vec<Piece>) -> Result<(), FrameError> {
+        out.clear();
+        let mut pass_from: Option<usize> = None;
+        let mut i = 0;
+        let flush = |pass_from: &mut Option<usize>, end: usize, out: &mut Vec<Piece>| {
+            if let Some(start) = pass_from.take() {
+                if end > start {
+                    out.push(Piece::Pass(start..end));
+                }
+            }
+        };
+        while i < data.len() {
+            match (self.at, &mut self.gathering) {
+                (At::Start, _) => {
+                    let kind = data[i] >> 4;
+                    if kind == 14 {
+                        flush(&mut pass_from, i, out);
+                        out.push(Piece::Disconnect);
+                        return Ok(());
+                    }
+                    if kind == 8 || kind == 10 {
+                        flush(&mut pass_from, i, out);
+                        let mut g = BytesMut::with_capacity(64);
+                        g.extend_from_slice(&data[i..=i]);
+                        self.gathering = Some(g);
+                    } else if pass_from.is_none() {
+                        pass_from = Some(i);
+                    }
+                    self.at = At::Len { value: 0, count: 0 };
+                    i += 1;
+                }
+                (At::Len { .. }, gathering) => {
+                    let b = data[i];
+                    match gathering {
+                        Some(g) => g.extend_from_slice(&[b]),
+                        // A passing packet that began in an earlier chunk.
+                        None => {
+                            pass_from.get_or_insert(i);
+                        }
+                    }
+                    self.at = self.at.len_byte(b)?;
+                    if let (At::Body(n), Some(_)) = (self.at, &self.gathering) {
+                        if n > MAX_INSPECTED {
+                            return Err(FrameError);
+                        }
+                    }
+                    i += 1;
+                }
+                (At::Body(left), gathering) => {
+                    let n = left.min(data.len() - i);
+                    match gathering {
+                        Some(g) => g.extend_from_slice(&data[i..i + n]),
+                        None => {
+                            pass_from.get_or_insert(i);
+                        }
+                    }
+                    i += n;
+                    self.at = if n == left {
+                        At::Start
+                    } else {
+                        At::Body(left - n)
+                    };
+                }
+            }
+            // A gathered packet is complete once its header says it has no body left.
+            if self.at == At::Start {
+                if let Some(g) = self.gathering.take() {
+                    out.push(Piece::Inspect(g.freeze()));
+                }
+            }
+        }
+        flush(&mut pass_from, data.len(), out);
+        Ok(())
+    }
+}
+
+/// Follows packet boundaries in the broker's stream to a client, so the front can put its own
+/// packets (SUBACKs, acks) between rumqttd's without cutting one in two.
+#[derive(Debug)]
+pub struct Boundaries {
+    at: At,
+}
+
+impl Default for Boundaries {
+    fn default() -> Self {
+        Boundaries { at: At::Start }
+    }
+}
+
+impl Boundaries {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), FrameError> {
         let mut i = 0;
         while i < data.len() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len() - i);
-                self.skip -= n;
-                i += n;
-                continue;
-            }
-            let b = data[i];
-            if !self.in_header {
-                if b >> 4 == 14 {
-                    self.disconnect = true;
-                    return Ok(Some(i));
+            match self.at {
+                At::Start => {
+                    self.at = At::Len { value: 0, count: 0 };
+                    i += 1;
                 }
-                self.in_header = true;
-                (self.len_bytes, self.len) = (0, 0);
-                i += 1;
-                continue;
-            }
-            // A length byte: seven bits of the length; bit 7 says another follows (at most 4).
-            self.len |= usize::from(b & 0x7f) << (7 * self.len_bytes);
-            self.len_bytes += 1;
-            i += 1;
-            if b & 0x80 != 0 {
-                if self.len_bytes == 4 {
-                    return Err(FrameError);
+                At::Len { .. } => {
+                    self.at = self.at.len_byte(data[i])?;
+                    i += 1;
                 }
-                continue;
+                At::Body(left) => {
+                    let n = left.min(data.len() - i);
+                    i += n;
+                    self.at = if n == left {
+                        At::Start
+                    } else {
+                        At::Body(left - n)
+                    };
+                }
             }
-            self.in_header = false;
-            self.skip = self.len;
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// Whether a DISCONNECT packet went by.
-    pub fn saw_disconnect(&self) -> bool {
-        self.disconnect
+    /// Between two packets: something else may be written now.
+    pub fn at_boundary(&self) -> bool {
+        self.at == At::Start
     }
+}
+
+/// A SUBSCRIBE or UNSUBSCRIBE the front read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// Packet id, and each filter with its requested QoS.
+    Subscribe(u16, Vec<(String, u8)>),
+    Unsubscribe(u16, Vec<String>),
+}
+
+/// Reads a gathered SUBSCRIBE or UNSUBSCRIBE (rumqttd's codec: it accepts what rumqttd would).
+pub fn read_subscription(packet: &Bytes) -> Result<Subscription, String> {
+    let mut b = BytesMut::from(&packet[..]);
+    match V4.read_mut(&mut b, MAX_INSPECTED) {
+        Ok(Packet::Subscribe(s, _)) => Ok(Subscription::Subscribe(
+            s.pkid,
+            s.filters
+                .into_iter()
+                .map(|f| (f.path, f.qos as u8))
+                .collect(),
+        )),
+        Ok(Packet::Unsubscribe(u, _)) => Ok(Subscription::Unsubscribe(u.pkid, u.filters)),
+        Ok(p) => Err(format!("not a subscription: {p:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// SUBACK granting `qos` to one filter.
+pub fn suback(pkid: u16, qos: u8) -> Bytes {
+    let [hi, lo] = pkid.to_be_bytes();
+    Bytes::copy_from_slice(&[0x90, 3, hi, lo, qos])
+}
+
+pub fn unsuback(pkid: u16) -> Bytes {
+    let [hi, lo] = pkid.to_be_bytes();
+    Bytes::copy_from_slice(&[0xb0, 2, hi, lo])
+}
+
+/// A QoS 0 PUBLISH of `payload` on `topic`.
+pub fn publish_qos0(topic: &str, payload: &[u8]) -> Bytes {
+    let body = 2 + topic.len() + payload.len();
+    let mut b = BytesMut::with_capacity(body + 5);
+    b.extend_from_slice(&[0x30]);
+    let mut n = body;
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            b.extend_from_slice(&[byte]);
+            break;
+        }
+        b.extend_from_slice(&[byte | 0x80]);
+    }
+    b.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(payload);
+    b.freeze()
 }
 
 #[cfg(test)]
@@ -340,44 +527,113 @@ mod tests {
         }
     }
 
-    #[test]
-    fn framer_follows_packets_split_anywhere() {
-        let mut stream = BytesMut::new();
-        let big = vec![7u8; 300]; // a two-byte remaining length
-        let mut publish =
-            c::Publish::new("csb/v1/yuexi/gw-01/event", rumqttc::QoS::AtLeastOnce, big);
-        publish.pkid = 1;
-        stream.extend_from_slice(&client_bytes(c::Packet::Publish(publish)));
-        stream.extend_from_slice(&client_bytes(c::Packet::PingReq));
-        let before = stream.len();
-        stream.extend_from_slice(&client_bytes(c::Packet::Disconnect));
-        // Whatever comes after a DISCONNECT is not looked at.
-        stream.extend_from_slice(&[0xff; 8]);
-        for split in [1, 2, 3, 7, 64, before, stream.len()] {
-            let mut f = Framer::default();
-            let mut at = None;
-            for (k, chunk) in stream.chunks(split).enumerate() {
-                if let Some(i) = f.feed(chunk).unwrap() {
-                    at = Some(k * split + i);
-                    break;
+    /// Runs a stream through a splitter in pieces of `step` bytes: the bytes passed, the
+    /// packets inspected, and whether a DISCONNECT ended it.
+    fn split_all(stream: &[u8], step: usize) -> (Vec<u8>, Vec<Bytes>, bool) {
+        let mut s = Splitter::default();
+        let (mut passed, mut inspected, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in stream.chunks(step) {
+            s.split(chunk, &mut out).unwrap();
+            for p in &out {
+                match p {
+                    Piece::Pass(r) => passed.extend_from_slice(&chunk[r.clone()]),
+                    Piece::Inspect(b) => inspected.push(b.clone()),
+                    Piece::Disconnect => return (passed, inspected, true),
                 }
             }
-            assert_eq!(at, Some(before), "split {split}");
-            assert!(f.saw_disconnect(), "split {split}");
         }
+        (passed, inspected, false)
+    }
+
+    #[test]
+    fn splitter_passes_publishes_gathers_subscriptions_and_stops_at_disconnect() {
+        let mut publish = c::Publish::new(
+            "csb/v1/yuexi/gw-01/event",
+            rumqttc::QoS::AtLeastOnce,
+            vec![7u8; 300],
+        );
+        publish.pkid = 1;
+        let publish = client_bytes(c::Packet::Publish(publish));
+        let mut sub = c::Subscribe::new("csb/v1/yuexi/gw-01/ack", rumqttc::QoS::AtLeastOnce);
+        sub.pkid = 2;
+        let sub = client_bytes(c::Packet::Subscribe(sub));
+        let ping = client_bytes(c::Packet::PingReq);
+        let unsub = client_bytes(c::Packet::Unsubscribe(c::Unsubscribe::new(
+            "csb/v1/yuexi/gw-01/ack",
+        )));
+        let mut stream = Vec::new();
+        for part in [&publish[..], &sub[..], &ping[..], &unsub[..], &publish[..]] {
+            stream.extend_from_slice(part);
+        }
+        let passed_expected = [&publish[..], &ping[..], &publish[..]].concat();
+        stream.extend_from_slice(&client_bytes(c::Packet::Disconnect));
+        // Not passed: after the DISCONNECT.
+        stream.extend_from_slice(&publish);
+        for step in [1, 2, 3, 7, 64, 301, stream.len()] {
+            let (passed, inspected, disconnect) = split_all(&stream, step);
+            assert_eq!(passed, passed_expected, "step {step}");
+            assert_eq!(
+                inspected,
+                vec![sub.clone().freeze(), unsub.clone().freeze()]
+            );
+            assert!(disconnect, "step {step}");
+        }
+        assert_eq!(
+            read_subscription(&sub.clone().freeze()),
+            Ok(Subscription::Subscribe(
+                2,
+                vec![("csb/v1/yuexi/gw-01/ack".into(), 1)]
+            ))
+        );
+        assert!(matches!(
+            read_subscription(&unsub.clone().freeze()),
+            Ok(Subscription::Unsubscribe(_, f)) if f == vec!["csb/v1/yuexi/gw-01/ack".to_string()]
+        ));
         // A DISCONNECT-looking byte inside a payload is not one.
-        let mut f = Framer::default();
-        f.feed(&client_bytes(c::Packet::Publish(c::Publish::new(
+        let quiet = client_bytes(c::Packet::Publish(c::Publish::new(
             "t",
             rumqttc::QoS::AtMostOnce,
             vec![0xe0, 0x00],
-        ))))
-        .unwrap();
-        assert!(!f.saw_disconnect());
+        )));
+        assert!(!split_all(&quiet, 1).2);
         // Five length bytes are malformed.
+        let mut s = Splitter::default();
         assert_eq!(
-            Framer::default().feed(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            s.split(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], &mut Vec::new()),
             Err(FrameError)
         );
+        // So is a SUBSCRIBE too large to be a gateway's.
+        let mut s = Splitter::default();
+        assert_eq!(
+            s.split(&[0x82, 0xff, 0xff, 0x7f], &mut Vec::new()),
+            Err(FrameError)
+        );
+    }
+
+    #[test]
+    fn boundaries_and_injected_packets_read_back_with_a_client_codec() {
+        let mut stream = BytesMut::new();
+        stream.extend_from_slice(&[0x40, 2, 0, 1]); // PUBACK
+        stream.extend_from_slice(&publish_qos0("csb/v1/yuexi/gw-01/ack", &[b'x'; 200]));
+        stream.extend_from_slice(&suback(9, 1));
+        stream.extend_from_slice(&unsuback(10));
+        let mut b = Boundaries::default();
+        for (i, byte) in stream.iter().enumerate() {
+            b.feed(&[*byte]).unwrap();
+            let end = [4, 4 + 3 + 24 + 200, 4 + 3 + 24 + 200 + 5, stream.len()];
+            assert_eq!(b.at_boundary(), end.contains(&(i + 1)), "after byte {i}");
+        }
+        let mut read = |b: &mut BytesMut| c::Packet::read(b, 1 << 20).unwrap();
+        assert!(matches!(read(&mut stream), c::Packet::PubAck(a) if a.pkid == 1));
+        match read(&mut stream) {
+            c::Packet::Publish(p) => {
+                assert_eq!(p.topic, "csb/v1/yuexi/gw-01/ack");
+                assert_eq!(p.qos, rumqttc::QoS::AtMostOnce);
+                assert_eq!(p.payload.len(), 200);
+            }
+            p => panic!("{p:?}"),
+        }
+        assert!(matches!(read(&mut stream), c::Packet::SubAck(a) if a.pkid == 9));
+        assert!(matches!(read(&mut stream), c::Packet::UnsubAck(a) if a.pkid == 10));
     }
 }
