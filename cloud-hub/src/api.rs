@@ -1593,7 +1593,11 @@ async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let evidence = st.metrics.evidence();
     let (status, storage) = match store_call(&st.store_slots, "store stats", st.store.stats()).await
     {
-        Ok(s) => (StatusCode::OK, json!(s)),
+        Ok(s) => {
+            let mut v = json!(s);
+            v["index_bytes"] = json!(st.store.index_bytes());
+            (StatusCode::OK, v)
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "error": e.message }),

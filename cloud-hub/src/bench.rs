@@ -2,7 +2,10 @@
 //! by side in one run with the same publishers and payloads.
 //!
 //! - **raw**: the embedded broker ([`crate::mqtt::broker`]) and an in-process subscriber link that
-//!   only counts, fed by K real MQTT/TCP clients (rumqttc, QoS 1) publishing N valid events.
+//!   only counts, fed by K real MQTT/TCP clients (rumqttc, QoS 1) publishing N valid events
+//!   through the hub's MQTT front, as devices do.
+//! - **raw direct**: the same, with the clients connected straight to rumqttd's loopback port
+//!   (the front's own login): what the front's splice costs is raw minus raw direct.
 //! - **durable**: the whole hub ([`crate::Hub`]: broker, ingest, sled store in a fresh
 //!   directory, acks) fed the same way. Each publisher behaves like an edge outbox: at most
 //!   `window` events unacked, the rest wait for the hub's acks (which come only after the sled
@@ -134,9 +137,10 @@ pub struct DurableReport {
     pub resent: u64,
 }
 
-/// One raw phase and the durable phase right after it.
+/// One raw phase (direct to rumqttd, then through the front) and the durable phase after them.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundReport {
+    pub raw_direct: PhaseReport,
     pub raw: PhaseReport,
     pub durable: DurableReport,
     /// durable events/s ÷ raw events/s.
@@ -144,6 +148,8 @@ pub struct RoundReport {
     /// raw CPU µs per event ÷ durable CPU µs per event: the same ratio in CPU time, which
     /// waiting (on another process, say) does not move.
     pub cpu_ratio: f64,
+    /// CPU µs per event the MQTT front adds (raw − raw direct): its splice and framing.
+    pub front_cpu_us_per_event: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +180,13 @@ impl BenchReport {
         );
         for (i, r) in self.rounds.iter().enumerate() {
             out += &format!(
+                "round {}: raw direct {:>8.0} events/s ({:>4.1} µs CPU each), front adds {:.1} µs CPU per event\n",
+                i + 1,
+                r.raw_direct.events_per_s,
+                r.raw_direct.cpu_us_per_event,
+                r.front_cpu_us_per_event,
+            );
+            out += &format!(
                 "round {}: raw {:>8.0} events/s ({:>4.1} µs CPU each, {:.2} CPUs busy), durable {:>8.0} \
                  events/s ({:>4.1} µs CPU each, {:.2} CPUs busy; {} batches of {:.0}, {} acks, {} resent): \
                  ratio {:.2}, CPU ratio {:.2}\n",
@@ -195,9 +208,13 @@ impl BenchReport {
         let m = &self.median;
         out += &format!(
             "median round:\n\
+             raw, straight to rumqttd: {:>8.0} events/s ({:.1} µs CPU each; the front adds {:.1})\n\
              raw broker pass-through : {:>8.0} events/s\n\
              durable ingest + acks   : {:>8.0} events/s (every event stored: {})\n\
              ratio durable / raw     : {:.2} (CPU per event, raw / durable: {:.2})\n",
+            m.raw_direct.events_per_s,
+            m.raw_direct.cpu_us_per_event,
+            m.front_cpu_us_per_event,
             m.raw.events_per_s,
             m.durable.phase.events_per_s,
             m.durable.stored,
@@ -229,9 +246,12 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .unwrap_or(0);
     let mut rounds = Vec::with_capacity(opts.rounds);
     for _ in 0..opts.rounds {
-        let raw = raw_phase(opts, &payloads).await?;
+        let raw_direct = raw_phase(opts, &payloads, true).await?;
+        let raw = raw_phase(opts, &payloads, false).await?;
         let durable = durable_phase(opts, &payloads).await?;
         rounds.push(RoundReport {
+            front_cpu_us_per_event: raw.cpu_us_per_event - raw_direct.cpu_us_per_event,
+            raw_direct,
             ratio: durable.phase.events_per_s / raw.events_per_s,
             cpu_ratio: raw.cpu_us_per_event / durable.phase.cpu_us_per_event.max(1e-9),
             raw,
@@ -322,14 +342,6 @@ pub(crate) fn bench_event(device: &str, i: usize) -> Event {
     }
 }
 
-/// A port free right now (rumqttd binds by itself and cannot take port 0).
-fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| phase_err("setup", format!("no free port: {e}")))
-}
-
 fn hub_config(port: u16, data_dir: &Path) -> HubConfig {
     HubConfig {
         mqtt_addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -338,12 +350,14 @@ fn hub_config(port: u16, data_dir: &Path) -> HubConfig {
     }
 }
 
+/// Publishers through the front, or (`direct`) straight to rumqttd.
 async fn raw_phase(
     opts: &BenchOptions,
     payloads: &Arc<Payloads>,
+    direct: bool,
 ) -> Result<PhaseReport, BenchError> {
     const PHASE: &str = "raw";
-    let config = hub_config(free_port()?, Path::new("unused"));
+    let config = hub_config(0, Path::new("unused"));
     let settings = BrokerSettings {
         listen: config.mqtt_addr,
         max_payload_bytes: config.mqtt_max_payload_bytes,
@@ -357,6 +371,18 @@ async fn raw_phase(
     };
     let (mut broker, mut link) =
         Broker::start(&settings, "bench-counter", &[INGEST_FILTER.to_string()]).await?;
+    let target = if direct {
+        let (addr, login) = broker.backend();
+        Target {
+            addr,
+            login: Some((login.username, login.password)),
+        }
+    } else {
+        Target {
+            addr: broker.addr(),
+            login: None,
+        }
+    };
     let n = opts.events;
     let (done_tx, done_rx) = oneshot::channel::<Instant>();
     let counter = tokio::spawn(async move {
@@ -377,7 +403,7 @@ async fn raw_phase(
     let mut pubs = Vec::new();
     for k in 0..opts.publishers {
         pubs.push(tokio::spawn(publish_raw(
-            config.mqtt_addr,
+            target.clone(),
             k,
             payloads.clone(),
         )));
@@ -427,6 +453,13 @@ fn process_cpu() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// Where raw publishers connect, and with what login.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    login: Option<(String, String)>,
+}
+
 fn mqtt_options(addr: SocketAddr, id: String) -> MqttOptions {
     let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
@@ -437,9 +470,12 @@ fn mqtt_options(addr: SocketAddr, id: String) -> MqttOptions {
 }
 
 /// Publishes one publisher's share at QoS 1 and returns once every PUBACK arrived.
-async fn publish_raw(addr: SocketAddr, k: usize, payloads: Arc<Payloads>) -> Result<(), String> {
-    let (client, mut eventloop) =
-        AsyncClient::new(mqtt_options(addr, format!("bench-raw-{k}")), 256);
+async fn publish_raw(target: Target, k: usize, payloads: Arc<Payloads>) -> Result<(), String> {
+    let mut opts = mqtt_options(target.addr, format!("bench-raw-{k}"));
+    if let Some((user, pass)) = &target.login {
+        opts.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let n = payloads[k].len();
     let topic = Topic::new(SITE, device(k), Channel::Event)
         .map_err(|e| e.to_string())?
@@ -500,7 +536,7 @@ async fn durable_in(
     dir: &Path,
 ) -> Result<DurableReport, BenchError> {
     const PHASE: &str = "durable";
-    let config = hub_config(free_port()?, dir);
+    let config = hub_config(0, dir);
     let store = {
         let (d, mb) = (config.data_dir.clone(), config.store_cache_mb);
         tokio::task::spawn_blocking(move || SledStore::open(&d, mb))
@@ -511,6 +547,7 @@ async fn durable_in(
         .await
         .map_err(HubError::HttpListener)?;
     let hub = Hub::start_with_store(config.clone(), http, store.clone()).await?;
+    let mqtt = hub.mqtt_addr();
     let metrics = hub.metrics();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let hub_task = tokio::spawn(hub.run(async move {
@@ -520,7 +557,7 @@ async fn durable_in(
     // Subscribe every publisher to its ack topic before the clock starts.
     let mut ready = Vec::new();
     for k in 0..opts.publishers {
-        ready.push(DurablePublisher::connect(config.mqtt_addr, k, opts.window).await?);
+        ready.push(DurablePublisher::connect(mqtt, k, opts.window).await?);
     }
     let (start, cpu0) = (Instant::now(), process_cpu());
     let mut tasks = Vec::new();

@@ -122,8 +122,9 @@ pub struct Sample {
     pub t_s: f64,
     pub rss_bytes: u64,
     pub connected: i64,
-    /// Events the hub stores (its health), for the index's share of RSS.
+    /// Events the hub stores, and the bytes its in-memory indexes hold (its health).
     pub stored_events: u64,
+    pub index_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,9 +162,10 @@ pub struct FleetReport {
     pub rss_per_device_bytes: f64,
     /// RSS growth from 1 min to the end, as a fraction of the 1-min RSS.
     pub rss_growth: f64,
-    /// The same with the event store's in-memory index (its bytes per stored event times the
-    /// events stored meanwhile) taken out: what the broker and everything else grew by.
+    /// The same with the growth of the store's in-memory indexes (as the hub reports them)
+    /// taken out: what the broker and everything else grew by.
     pub rss_growth_without_index: f64,
+    /// The indexes' bytes per stored event at the end.
     pub index_bytes_per_event: f64,
     /// CPU as a percentage of one core over the publishing phase.
     pub hub_cpu_percent: f64,
@@ -883,15 +885,16 @@ async fn run_in(
     while started.elapsed() < total {
         tokio::time::sleep(SAMPLE_EVERY.min(total.saturating_sub(started.elapsed()))).await;
         let (rss, _) = proc_stats(pid).ok_or_else(|| err("the hub went away"))?;
-        let stored = hub_health(&hub.http)
+        let storage = hub_health(&hub.http)
             .await
-            .and_then(|h| h["storage"]["events"].as_u64())
-            .unwrap_or(0);
+            .map(|h| h["storage"].clone())
+            .unwrap_or_default();
         samples.push(Sample {
             t_s: started.elapsed().as_secs_f64(),
             rss_bytes: rss,
             connected: fleet.connected.load(Relaxed),
-            stored_events: stored,
+            stored_events: storage["events"].as_u64().unwrap_or(0),
+            index_bytes: storage["index_bytes"].as_u64().unwrap_or(0),
         });
     }
     let elapsed = started.elapsed().as_secs_f64();

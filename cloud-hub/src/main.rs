@@ -440,6 +440,8 @@ fn run() -> anyhow::Result<()> {
             print_report(json, &report, || report.text())
         }
         Command::BenchFleet { opts, json } => {
+            // One socket per device here, a second while one is half-open.
+            raise_open_files(2 * opts.devices as u64 + 256);
             let report = bench_runtime("warn")?.block_on(cloud_hub::bench_fleet::run(&opts))?;
             print_report(json, &report, || report.text())
         }
@@ -504,6 +506,18 @@ fn init_logging_at(default: &str) {
 }
 
 async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
+    // Each device holds three descriptors: its socket, and both ends of the front's loopback
+    // connection to rumqttd. The rest: files, HTTP clients, connections being admitted.
+    let wanted = 3 * cfg.mqtt_max_connections as u64 + 1024;
+    let got = raise_open_files(wanted);
+    if got < wanted {
+        tracing::warn!(
+            limit = got,
+            wanted,
+            "the open-files limit allows fewer MQTT devices than mqtt_max_connections; raise the \
+             hard limit (systemd: LimitNOFILE={wanted}) or lower mqtt_max_connections"
+        );
+    }
     let shutdown = shutdown_signal()?;
     let http = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
@@ -547,6 +561,29 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
             }
         })
     }
+}
+
+/// Raises this process's soft limit on open files towards `wanted` (never above the hard limit,
+/// never lowering it); returns the limit now in force.
+fn raise_open_files(wanted: u64) -> u64 {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit read and write the struct given.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        let target = wanted.min(lim.rlim_max as u64).max(lim.rlim_cur as u64);
+        if target > lim.rlim_cur as u64 {
+            lim.rlim_cur = target as libc::rlim_t;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return 0;
+            }
+        }
+        lim.rlim_cur as u64
+    }
+    #[cfg(not(unix))]
+    wanted
 }
 
 /// A benchmark's runtime, with logging at `filter` (quiet: the report is the output).

@@ -525,6 +525,15 @@ pub fn render_prometheus(
             ("{result=\"failed\"}", mqtt.front.wills_failed),
         ],
     );
+    metric(
+        "csb_hub_mqtt_acks_routed_total",
+        "counter",
+        "Acks the MQTT front wrote into device sessions itself, by outcome.",
+        &[
+            ("{result=\"written\"}", mqtt.front.acks_routed),
+            ("{result=\"dropped\"}", mqtt.front.acks_route_dropped),
+        ],
+    );
     if let Some(b) = &mqtt.broker {
         metric(
             "csb_hub_mqtt_broker_up",

@@ -501,6 +501,10 @@ pub trait Store: crate::series::SeriesStore + Send + Sync + 'static {
     /// What is stored from each source (a camera's events, a telemetry source's messages).
     fn sources(&self) -> impl Future<Output = Result<Vec<SourceRecord>, StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+    /// Bytes of memory the store's indexes hold (an estimate; 0 when it keeps none).
+    fn index_bytes(&self) -> u64 {
+        0
+    }
     /// One event by id.
     fn event(&self, id: Ulid) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
     /// Stores an evidence snapshot unless its id is taken; durable when this returns `Ok`.
@@ -1009,6 +1013,12 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes the event and telemetry record logs' in-memory indexes hold (an estimate, see
+    /// [`RecordLog::index_bytes`]): they grow with every record stored.
+    pub fn index_bytes(&self) -> u64 {
+        self.events.index_bytes() + self.telemetry.index_bytes()
     }
 
     fn stats_sync(&self) -> Result<StoreStats, StoreError> {
@@ -1614,6 +1624,10 @@ impl Store for SledStore {
             (a.kind, &a.site, &a.device, &a.source).cmp(&(b.kind, &b.site, &b.device, &b.source))
         });
         Ok(out)
+    }
+
+    fn index_bytes(&self) -> u64 {
+        SledStore::index_bytes(self)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, LastWill, Packet, PubAck, Publish, Subscribe};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, LastWill, Packet, PubAck, Publish, Subscribe, Unsubscribe,
+};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::ConnectReturnCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -188,6 +190,42 @@ impl RawClient {
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("the hub closed the connection before SUBACK of {filter}"),
                 Err(()) => panic!("no SUBACK for {filter} within {ANSWER_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        let mut u = Unsubscribe::new(filter);
+        u.pkid = self.pkid();
+        let pkid = u.pkid;
+        self.send(&encode(Packet::Unsubscribe(u))).await;
+        loop {
+            match self.next(ANSWER_TIMEOUT).await {
+                Ok(Some(Packet::UnsubAck(a))) if a.pkid == pkid => return,
+                Ok(Some(Packet::Publish(p))) => self.ack(&p).await,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the hub closed the connection before UNSUBACK of {filter}"),
+                Err(()) => panic!("no UNSUBACK for {filter} within {ANSWER_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// Publishes received on `topic` within `wait` (other topics are acked and skipped).
+    pub async fn received_within(&mut self, topic: &str, wait: Duration) -> Vec<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Ok(Some(Packet::Publish(p))) => {
+                    self.ack(&p).await;
+                    if p.topic == topic {
+                        got.push(p.payload.to_vec());
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(()) => return got,
             }
         }
     }

@@ -467,3 +467,84 @@ async fn exactly_the_configured_fleet_is_admitted() {
     assert_eq!(hl["mqtt"]["devices_connected"], N as u64);
     assert_eq!(hl["status"], "ok");
 }
+
+/// Ids named by the acks in `payloads`.
+fn ack_ids(payloads: &[Vec<u8>]) -> Vec<Ulid> {
+    payloads
+        .iter()
+        .flat_map(|p| {
+            csb_wire::decode::<csb_wire::Ack>(p)
+                .expect("a valid ack")
+                .ids
+        })
+        .collect()
+}
+
+/// Acks reach a device from the front when it subscribes to exactly its own ack topic with a
+/// clean session, and through rumqttd otherwise: for a persistent session, and for anyone
+/// watching acks through a wildcard subscription (both paths at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_reach_devices_persistent_sessions_and_observers() {
+    let h = hub("", &[]);
+    let routed = |hl: &Value| hl["mqtt"]["acks_routed"].as_u64().unwrap();
+
+    // A device with a clean session: the front answers its SUBSCRIBE and routes its acks.
+    let mut device = RawClient::connected(h.mqtt, "edge-gw-r", &ConnectOptions::new()).await;
+    device.subscribe(&topic("gw-r", "ack")).await;
+    assert_eq!(health(&h).await["mqtt"]["routed_sessions"], 1);
+    let (id, payload) = event("gw-r", None);
+    device.publish(&topic("gw-r", "event"), payload).await;
+    assert_eq!(
+        ack_ids(&[device.receive(&topic("gw-r", "ack")).await]),
+        vec![id]
+    );
+    assert_eq!(routed(&health(&h).await), 1);
+
+    // A persistent session gets its acks from rumqttd, which keeps its subscription.
+    let mut persistent = ConnectOptions::new();
+    persistent.clean_session = false;
+    let mut p = RawClient::connected(h.mqtt, "edge-gw-p", &persistent).await;
+    p.subscribe(&topic("gw-p", "ack")).await;
+    let (pid, payload) = event("gw-p", None);
+    p.publish(&topic("gw-p", "event"), payload).await;
+    assert_eq!(
+        ack_ids(&[p.receive(&topic("gw-p", "ack")).await]),
+        vec![pid]
+    );
+    assert_eq!(routed(&health(&h).await), 1, "not routed by the front");
+
+    // Someone watching every ack through rumqttd sees the routed device's acks too, while the
+    // device still gets its own.
+    let mut observer = RawClient::connected(h.mqtt, "ops-watch", &ConnectOptions::new()).await;
+    observer.subscribe("csb/v1/+/+/ack").await;
+    let (id2, payload) = event("gw-r", None);
+    device.publish(&topic("gw-r", "event"), payload).await;
+    assert_eq!(
+        ack_ids(&[device.receive(&topic("gw-r", "ack")).await]),
+        vec![id2]
+    );
+    assert_eq!(
+        ack_ids(&[observer.receive(&topic("gw-r", "ack")).await]),
+        vec![id2]
+    );
+
+    // After UNSUBSCRIBE, the device gets no more acks (its events are still stored).
+    device.unsubscribe(&topic("gw-r", "ack")).await;
+    assert_eq!(health(&h).await["mqtt"]["routed_sessions"], 0);
+    let (id3, payload) = event("gw-r", None);
+    device.publish(&topic("gw-r", "event"), payload).await;
+    let url = h.hub.url(&format!("/api/v1/events/{id3}"));
+    assert!(
+        eventually(Duration::from_secs(10), || async { get_json(&url).await })
+            .await
+            .is_some()
+    );
+    let late = device
+        .received_within(&topic("gw-r", "ack"), Duration::from_millis(500))
+        .await;
+    assert!(
+        late.is_empty(),
+        "acked after UNSUBSCRIBE: {:?}",
+        ack_ids(&late)
+    );
+}

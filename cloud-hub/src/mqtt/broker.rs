@@ -381,7 +381,7 @@ impl Broker {
             auth: settings.auth.clone(),
             reserved_ids: vec![link_id.to_string(), WILLS_LINK_ID.to_string()],
         };
-        let routes = Arc::new(AckRoutes::default());
+        let routes = Arc::new(AckRoutes::new(settings.counters.clone()));
         match Front::start(
             listener,
             front_settings,

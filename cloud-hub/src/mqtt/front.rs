@@ -204,6 +204,11 @@ pub struct FrontCounters {
     pub wills_failed: AtomicU64,
     /// Sessions whose rumqttd side did not close within its timeout.
     pub backend_close_timeouts: AtomicU64,
+    /// Acks the front wrote into sessions itself (see `routes`), dropped for a full session
+    /// queue, and the sessions it routes acks to now.
+    pub acks_routed: AtomicU64,
+    pub acks_route_dropped: AtomicU64,
+    pub routed_sessions: AtomicI64,
 }
 
 /// The counters as `/api/v1/health` shows them.
@@ -220,6 +225,9 @@ pub struct FrontSnapshot {
     pub wills_published: u64,
     pub wills_failed: u64,
     pub backend_close_timeouts: u64,
+    pub acks_routed: u64,
+    pub acks_route_dropped: u64,
+    pub routed_sessions: i64,
 }
 
 impl FrontCounters {
@@ -244,6 +252,9 @@ impl FrontCounters {
             wills_published: self.wills_published.load(Relaxed),
             wills_failed: self.wills_failed.load(Relaxed),
             backend_close_timeouts: self.backend_close_timeouts.load(Relaxed),
+            acks_routed: self.acks_routed.load(Relaxed),
+            acks_route_dropped: self.acks_route_dropped.load(Relaxed),
+            routed_sessions: self.routed_sessions.load(Relaxed),
         }
     }
 }

@@ -14,11 +14,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::front::FrontCounters;
 use super::packet;
 
 /// Packets waiting to be written to one session by the front (acks and its own SUBACKs).
@@ -30,6 +31,8 @@ pub struct AckRoutes {
     routes: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Bytes>)>>>,
     /// Sessions that subscribed through rumqttd to a filter an ack topic could match.
     observers: AtomicI64,
+    /// `acks_routed`, `acks_route_dropped`, `routed_sessions` are counted there.
+    counters: Arc<FrontCounters>,
 }
 
 /// What [`AckRoutes::deliver`] did.
@@ -42,17 +45,32 @@ pub enum Delivery {
 }
 
 impl AckRoutes {
+    pub fn new(counters: Arc<FrontCounters>) -> Self {
+        AckRoutes {
+            counters,
+            ..Default::default()
+        }
+    }
+
     pub fn add(&self, topic: &str, generation: u64, tx: mpsc::Sender<Bytes>) {
         let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(topic.to_string()).or_default();
+        let before = list.len();
         list.retain(|(g, _)| *g != generation);
         list.push((generation, tx));
+        let added = list.len() as i64 - before as i64;
+        self.counters.routed_sessions.fetch_add(added, Relaxed);
     }
 
     pub fn remove(&self, topic: &str, generation: u64) {
         let mut map = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = map.get_mut(topic) {
+            let before = list.len();
             list.retain(|(g, _)| *g != generation);
+            let removed = before - list.len();
+            self.counters
+                .routed_sessions
+                .fetch_sub(removed as i64, Relaxed);
             if list.is_empty() {
                 map.remove(topic);
             }
@@ -72,6 +90,10 @@ impl AckRoutes {
                 dropped += 1;
             }
         }
+        let c = &self.counters;
+        c.acks_routed
+            .fetch_add((list.len() - dropped) as u64, Relaxed);
+        c.acks_route_dropped.fetch_add(dropped as u64, Relaxed);
         Delivery::Queued {
             sessions: list.len(),
             dropped,
@@ -157,7 +179,8 @@ mod tests {
 
     #[test]
     fn routes_queue_without_waiting_and_go_away() {
-        let r = AckRoutes::default();
+        let counters = Arc::new(FrontCounters::default());
+        let r = AckRoutes::new(counters.clone());
         let t = "csb/v1/yuexi/gw-01/ack";
         assert_eq!(r.deliver(t, b"{}"), Delivery::NoRoute);
         let (tx, mut rx) = mpsc::channel(1);
@@ -178,11 +201,15 @@ mod tests {
             }
         );
         assert_eq!(rx.try_recv().unwrap(), packet::publish_qos0(t, b"{}"));
+        assert_eq!(counters.acks_routed.load(Relaxed), 1);
+        assert_eq!(counters.acks_route_dropped.load(Relaxed), 1);
+        assert_eq!(counters.routed_sessions.load(Relaxed), 1);
         // Another session's end does not remove this one's route.
         r.remove(t, 8);
         assert_eq!(r.len(), 1);
         r.remove(t, 7);
         assert!(r.is_empty());
+        assert_eq!(counters.routed_sessions.load(Relaxed), 0);
         assert_eq!(r.deliver(t, b"{}"), Delivery::NoRoute);
     }
 }
