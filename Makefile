@@ -34,8 +34,9 @@ lint:
 schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p csb-wire committed_schemas_match_types
 
-# cargo-fuzz targets for payloads, topics and both config files, FUZZ_SECONDS each (nightly;
-# installs cargo-fuzz if missing). Fails naming the target and crash input. See scripts/fuzz.sh.
+# cargo-fuzz targets for payloads, topics, the MQTT front's stream reading and both config files,
+# FUZZ_SECONDS each (nightly; installs cargo-fuzz if missing). Fails naming the target and crash
+# input. See scripts/fuzz.sh.
 FUZZ_SECONDS ?= 20
 fuzz: setup
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes everything that parses outside input (fuzz/, cargo-fuzz + libFuzzer): MQTT payloads
-# (wire_payloads, wire_roundtrip), topics (topic) and the agent and hub config files
-# (agent_config, hub_config). Each target runs SECONDS (default 20), starting from its committed
+# (wire_payloads, wire_roundtrip), topics (topic), the MQTT front's reading of client streams
+# (mqtt_front) and the agent and hub config files (agent_config, hub_config). Each target runs SECONDS (default 20), starting from its committed
 # seeds in fuzz/corpus/<target>/ plus what earlier runs found (fuzz/work/<target>/, ignored by
 # git). Exits non-zero if any target crashes (panic, abort, stack overflow, timeout, OOM), naming
 # the target and the saved crash input (fuzz/artifacts/<target>/crash-…).

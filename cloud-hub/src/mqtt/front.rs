@@ -77,9 +77,12 @@ pub enum LoginCheck {
     WrongSecret,
 }
 
+/// `(user, password) -> verdict`.
+pub type AuthFn = dyn Fn(&str, &str) -> LoginCheck + Send + Sync;
+
 /// Checks `(user, password)`; called on every CONNECT that carries both. Keep it quick.
 #[derive(Clone)]
-pub struct AuthHook(pub Arc<dyn Fn(&str, &str) -> LoginCheck + Send + Sync>);
+pub struct AuthHook(pub Arc<AuthFn>);
 
 impl std::fmt::Debug for AuthHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -989,11 +992,11 @@ impl<'a> Session<'a> {
                 let ack = packet::unsuback(pkid);
                 return self.inject_tx.send(ack).await.map_err(|_| EndedBy::Client);
             }
-            Ok(Subscription::Subscribe(_, filters)) => {
-                if !self.observing && filters.iter().any(|(f, _)| could_match_ack(f)) {
-                    self.observing = true;
-                    routes.observer_joined();
-                }
+            Ok(Subscription::Subscribe(_, filters))
+                if !self.observing && filters.iter().any(|(f, _)| could_match_ack(f)) =>
+            {
+                self.observing = true;
+                routes.observer_joined();
             }
             // rumqttd answers (or refuses) the rest as it would have.
             _ => {}

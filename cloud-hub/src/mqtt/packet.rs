@@ -623,7 +623,7 @@ mod tests {
             let end = [4, 4 + 3 + 24 + 200, 4 + 3 + 24 + 200 + 5, stream.len()];
             assert_eq!(b.at_boundary(), end.contains(&(i + 1)), "after byte {i}");
         }
-        let mut read = |b: &mut BytesMut| c::Packet::read(b, 1 << 20).unwrap();
+        let read = |b: &mut BytesMut| c::Packet::read(b, 1 << 20).unwrap();
         assert!(matches!(read(&mut stream), c::Packet::PubAck(a) if a.pkid == 1));
         match read(&mut stream) {
             c::Packet::Publish(p) => {

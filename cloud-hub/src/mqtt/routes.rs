@@ -25,10 +25,13 @@ use super::packet;
 /// Packets waiting to be written to one session by the front (acks and its own SUBACKs).
 pub const SESSION_QUEUE: usize = 256;
 
+/// The sessions (generation, queue) an ack topic is routed to.
+type Routed = Vec<(u64, mpsc::Sender<Bytes>)>;
+
 /// Sessions that receive their acks from the front, by ack topic.
 #[derive(Debug, Default)]
 pub struct AckRoutes {
-    routes: Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Bytes>)>>>,
+    routes: Mutex<HashMap<String, Routed>>,
     /// Sessions that subscribed through rumqttd to a filter an ack topic could match.
     observers: AtomicI64,
     /// `acks_routed`, `acks_route_dropped`, `routed_sessions` are counted there.
