@@ -32,6 +32,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use ulid::Ulid;
 
+use crate::benchkit::process_cpu;
 use crate::config::HubConfig;
 use crate::mqtt::broker::{Broker, BrokerSettings};
 use crate::store::{SledStore, Store};
@@ -440,17 +441,6 @@ fn phase_report(n: usize, elapsed: Duration, cpu: Duration) -> PhaseReport {
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
         cpus_busy: cpu.as_secs_f64() / seconds,
     }
-}
-
-/// User + system CPU time of this process so far (all threads).
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Where raw publishers connect, and with what login.

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use ulid::Ulid;
 
 use crate::bench::BenchError;
-use crate::benchkit::{percentile, XorShift};
+use crate::benchkit::{percentile, process_cpu, XorShift};
 use crate::store::{SledStore, Store};
 
 /// A device resends what is unacked after this long without its ack.
@@ -365,17 +365,6 @@ fn proc_stats(pid: u32) -> Option<(u64, Duration)> {
         rss_kb * 1024,
         Duration::from_secs_f64((utime + stime) as f64 / ticks),
     ))
-}
-
-/// User + system CPU time of this process.
-fn own_cpu() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 async fn hub_health(http: &str) -> Option<serde_json::Value> {
@@ -879,7 +868,7 @@ async fn run_in(
 
     let started = Instant::now();
     let (_, hub_cpu0) = proc_stats(pid).ok_or_else(|| err("hub /proc"))?;
-    let own_cpu0 = own_cpu();
+    let own_cpu0 = process_cpu();
     let mut samples = Vec::new();
     let total = Duration::from_secs(opts.seconds);
     while started.elapsed() < total {
@@ -899,7 +888,7 @@ async fn run_in(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (_, hub_cpu1) = proc_stats(pid).ok_or_else(|| err("hub /proc"))?;
-    let own_cpu1 = own_cpu();
+    let own_cpu1 = process_cpu();
     let hub_mqtt = hub_health(&hub.http)
         .await
         .map(|h| h["mqtt"].clone())

@@ -1,5 +1,5 @@
-//! What the storage benchmarks (`bench-history`, `bench-telemetry`, `bench-platform`) share:
-//! latency summaries of timed query runs and the disk bytes a store folder holds.
+//! What the benchmarks share: latency summaries of timed query runs, the disk bytes a store
+//! folder holds, the process's CPU time, a deterministic random sequence.
 
 use std::path::Path;
 use std::time::Instant;
@@ -60,6 +60,18 @@ where
         max_ms: ms.last().copied().unwrap_or(0.0),
         mean_result: sum as f64 / runs.max(1) as f64,
     })
+}
+
+/// User + system CPU time of this process so far (all threads).
+pub fn process_cpu() -> std::time::Duration {
+    use std::time::Duration;
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Bytes of the files under `dir`, recursively; 0 when it cannot be read.
