@@ -6,8 +6,10 @@
 #   2. `edge-agent bench-gating` on the parking-lot clip: share of inferences motion gating skips
 #      (overall and on still stretches), detections and tracks kept, rule events kept.
 #   3. `cloud-hub bench-ingest`: raw broker pass-through (K MQTT publishers → embedded broker →
-#      in-process counting subscriber) vs durable hub ingest (the same publishers → broker →
-#      validation → sled write + flush → acks), events/s of each and durable ÷ raw.
+#      in-process counting subscriber), straight to rumqttd and through the hub's MQTT front (what
+#      the front costs), vs durable hub ingest (the same publishers → front → broker → validation
+#      → record log write + fsync → acks), events/s of each and durable ÷ raw.
+#   (`cloud-hub bench-fleet`, a fleet of gateway connections for minutes, is run on its own.)
 # Environment: BENCH_MQTT_PORT (18830), BENCH_FRAMES (300 per camera), BENCH_CAMERAS (1,2,4),
 #              BENCH_GATING_CLIP (../shared/data/video/car-detection.mp4; skipped when absent),
 #              BENCH_INGEST_EVENTS (200000), BENCH_INGEST_PUBLISHERS (4),
