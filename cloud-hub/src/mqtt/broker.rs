@@ -77,6 +77,10 @@ const ROUTER_SPARE_CONNECTIONS: usize = 64;
 const WILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wills waiting for the wills thread; beyond this a will is counted as failed.
 const MAX_QUEUED_WILLS: usize = 1024;
+/// Largest CONNECT the front reads: a gateway's (id, login, a status as its will) is ~1 KB.
+/// Bounds what connections that have not logged in yet can make the hub hold:
+/// `mqtt_max_connections` of them at most.
+const MAX_CONNECT_BYTES: usize = 64 * 1024;
 /// Client id of the in-process link that publishes last wills.
 pub const WILLS_LINK_ID: &str = "hub-wills";
 /// User name the front logs in to rumqttd with (its password is made per start).
@@ -377,7 +381,7 @@ impl Broker {
             max_devices: settings.max_devices,
             max_pending: settings.max_devices.max(64),
             connect_timeout: Duration::from_millis(settings.connect_timeout_ms.into()),
-            max_connect_bytes: settings.max_payload_bytes,
+            max_connect_bytes: MAX_CONNECT_BYTES.min(settings.max_payload_bytes),
             auth: settings.auth.clone(),
             reserved_ids: vec![link_id.to_string(), WILLS_LINK_ID.to_string()],
         };
