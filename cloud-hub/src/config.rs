@@ -67,7 +67,7 @@ pub struct HubConfig {
     /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
     /// `[telemetry_retention]`: days of telemetry series kept per resolution (raw, 1m, 1h).
-    pub telemetry_retention: crate::series::Retention,
+    pub telemetry_retention: crate::storage::series::Retention,
     /// `[mqtt_tls]`: when present, `mqtt_addr` speaks MQTT over TLS only; plain TCP there is
     /// refused.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,7 +142,7 @@ impl Default for HubConfig {
             county_dir: None,
             twin_history_days: 7,
             auth: AuthConfig::default(),
-            telemetry_retention: crate::series::Retention::default(),
+            telemetry_retention: crate::storage::series::Retention::default(),
             mqtt_tls: None,
         }
     }

@@ -21,29 +21,16 @@
 //!
 //! Use [`serve`] (or [`Hub::start`] then [`Hub::run`] to learn the addresses before running).
 
-pub mod api;
+// Layers, lowest first; each uses only those above it in this list (see ARCHITECTURE.md; the
+// test `layers` in tests/layers.rs enforces it). `cases` (governance) and `web` (the embedded
+// page) will sit between `platform` and `http`'s router.
 pub mod bench;
-pub mod bench_fleet;
-pub mod bench_history;
-pub mod bench_platform;
-pub mod benchkit;
 pub mod config;
-pub mod county;
-pub mod devices;
-pub mod geo;
+pub mod http;
 pub mod ingest;
-pub mod inventory;
-pub mod metrics;
-pub mod mqtt;
-pub mod ngsi;
-pub mod quarantine;
-pub mod reclog;
-pub mod series;
-pub mod store;
-pub mod timeparse;
-pub mod tokens;
-pub mod twin;
-pub mod watched;
+pub mod platform;
+pub mod storage;
+pub mod support;
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -55,14 +42,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub use config::{AuthConfig, ConfigError, DeviceAuth, HttpAuth, HubConfig};
-pub use metrics::{Metrics, RejectReason, UploadReject};
-pub use store::{SledStore, Store, StoreError};
+pub use ingest::metrics::{Metrics, UploadReject};
+pub use storage::quarantine::RejectReason;
+pub use storage::store::{SledStore, Store, StoreError};
 
-use devices::{DeviceError, DeviceRegistry};
+use http::tokens::{TokenError, TokenRegistry};
+use ingest::devices::{DeviceError, DeviceRegistry};
+use ingest::mqtt::broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
+use ingest::mqtt::front::{AuthHook, LoginCheck};
 use ingest::{Ingest, IngestError, IngestSettings};
-use mqtt::broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
-use mqtt::front::{AuthHook, LoginCheck};
-use tokens::{TokenError, TokenRegistry};
 
 /// Client id of the hub's in-process broker link.
 pub const INGEST_LINK_ID: &str = "hub-ingest";
@@ -84,11 +72,11 @@ pub enum HubError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
-    Tls(#[from] mqtt::tls::TlsError),
+    Tls(#[from] ingest::mqtt::tls::TlsError),
     #[error("device credentials: {0}")]
     Devices(#[from] DeviceError),
     #[error(transparent)]
-    County(#[from] county::CountyError),
+    County(#[from] platform::county::CountyError),
     #[error("API tokens: {0}")]
     Tokens(#[from] TokenError),
     #[error("HTTP listener: {0}")]
@@ -116,11 +104,14 @@ pub struct Hub<S: Store = SledStore> {
     metrics: Arc<Metrics>,
     started: Instant,
     /// `Some` with `[auth] http = "required"`.
-    http_access: Option<api::HttpAccess>,
+    http_access: Option<http::HttpAccess>,
     /// The county model, when `config.county_dir` names one.
-    county: Option<Arc<county::County>>,
+    county: Option<Arc<platform::county::County>>,
     /// The digital twin of the county (with a county model), and its update channel.
-    twin: Option<(Arc<twin::Twin>, tokio::sync::mpsc::Receiver<twin::Input>)>,
+    twin: Option<(
+        Arc<platform::twin::Twin>,
+        tokio::sync::mpsc::Receiver<platform::twin::Input>,
+    )>,
 }
 
 /// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
@@ -161,19 +152,19 @@ impl Hub<SledStore> {
 /// state only; the temporal API answers 503), and says so.
 async fn start_twin(
     config: &HubConfig,
-    county: Arc<county::County>,
-) -> Result<Arc<twin::Twin>, HubError> {
+    county: Arc<platform::county::County>,
+) -> Result<Arc<platform::twin::Twin>, HubError> {
     let dir = config.data_dir.join("twin");
     let retention_ms = i64::from(config.twin_history_days) * 86_400_000;
     let t = tokio::task::spawn_blocking(move || {
-        match twin::Twin::open(Some(&county), &dir, retention_ms) {
+        match platform::twin::Twin::open(Some(&county), &dir, retention_ms) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(
                     error = %e,
                     "digital twin runs without history (no temporal API, no restore on restart)"
                 );
-                twin::Twin::new(Some(&county), None, retention_ms)
+                platform::twin::Twin::new(Some(&county), None, retention_ms)
             }
         }
     })
@@ -202,7 +193,7 @@ fn auth_hook(devices: Arc<DeviceRegistry>) -> AuthHook {
 fn http_access(
     config: &HubConfig,
     devices: Option<Arc<DeviceRegistry>>,
-) -> Result<api::HttpAccess, HubError> {
+) -> Result<http::HttpAccess, HubError> {
     let tokens = TokenRegistry::open(&config.data_dir)?;
     if tokens.is_empty() {
         tracing::warn!(
@@ -215,7 +206,7 @@ fn http_access(
         Some(d) => d,
         None => Arc::new(DeviceRegistry::open(&config.data_dir)?),
     };
-    Ok(api::HttpAccess::new(Arc::new(tokens), devices))
+    Ok(http::HttpAccess::new(Arc::new(tokens), devices))
 }
 
 impl<S: Store> Hub<S> {
@@ -252,7 +243,7 @@ impl<S: Store> Hub<S> {
         let county = match &config.county_dir {
             None => None,
             Some(dir) => {
-                let c = county::County::load(dir)?;
+                let c = platform::county::County::load(dir)?;
                 tracing::info!(dir = %dir.display(), "county model: {}", c.summary());
                 for w in &c.warnings {
                     tracing::warn!(dir = %dir.display(), "county model: {w}");
@@ -263,7 +254,7 @@ impl<S: Store> Hub<S> {
         let tls = match &config.mqtt_tls {
             None => None,
             Some(t) => {
-                let cert = mqtt::tls::load(&t.cert_file, &t.key_file)?;
+                let cert = ingest::mqtt::tls::load(&t.cert_file, &t.key_file)?;
                 Some(BrokerTls {
                     acceptor: cert.acceptor,
                     leaf: cert.leaf,
@@ -303,8 +294,8 @@ impl<S: Store> Hub<S> {
         let (ingest, twin) = match twin {
             None => (ingest, None),
             Some(t) => {
-                let (feed, rx) = twin::channel(t.clone());
-                (ingest.with_twin(feed), Some((t, rx)))
+                let (feed, rx) = platform::twin::channel(t.clone());
+                (ingest.with_sink(Arc::new(feed)), Some((t, rx)))
             }
         };
         tracing::info!(
@@ -366,7 +357,7 @@ impl<S: Store> Hub<S> {
             county,
             twin,
         } = self;
-        let mut state = api::ApiState::new(
+        let mut state = http::ApiState::new(
             store.clone(),
             metrics,
             started,
@@ -389,7 +380,7 @@ impl<S: Store> Hub<S> {
         }
         // Ends when ingest (the only feeder) has stopped, after writing pending history.
         let twin_task = match (&twin, twin_rx) {
-            (Some(t), Some(rx)) => Some(tokio::spawn(twin::run(t.clone(), rx))),
+            (Some(t), Some(rx)) => Some(tokio::spawn(platform::twin::run(t.clone(), rx))),
             _ => None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -399,7 +390,7 @@ impl<S: Store> Hub<S> {
         };
 
         let mut http_task = tokio::spawn(
-            axum::serve(http, api::router(state))
+            axum::serve(http, http::router(state))
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
@@ -501,7 +492,7 @@ mod tests {
         id: &str,
     ) -> (bool, tokio::net::TcpStream) {
         let mut s = tokio::net::TcpStream::connect(backend).await.unwrap();
-        s.write_all(&mqtt::packet::client_connect(id, Some(login), 30))
+        s.write_all(&ingest::mqtt::packet::client_connect(id, Some(login), 30))
             .await
             .unwrap();
         let mut ack = [0u8; 4];

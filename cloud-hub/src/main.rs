@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cloud_hub::bench::BenchOptions;
-use cloud_hub::bench_history::HistoryOptions as HistoryBench;
-use cloud_hub::bench_platform::PlatformOptions as PlatformBench;
-use cloud_hub::series::bench::BenchOptions as TelemetryBench;
+use cloud_hub::bench::history::HistoryOptions as HistoryBench;
+use cloud_hub::bench::ingest::BenchOptions;
+use cloud_hub::bench::platform::PlatformOptions as PlatformBench;
+use cloud_hub::bench::series::BenchOptions as TelemetryBench;
+use cloud_hub::support::lognoise::RumqttdNoise;
 use cloud_hub::{Hub, HubConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -111,7 +112,7 @@ enum Command {
     /// device and its growth, CPU. Runs for minutes.
     BenchFleet {
         #[command(flatten)]
-        opts: cloud_hub::bench_fleet::FleetOptions,
+        opts: cloud_hub::bench::fleet::FleetOptions,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -208,7 +209,7 @@ enum TokenCommand {
 }
 
 fn token(action: TokenCommand) -> anyhow::Result<()> {
-    use cloud_hub::tokens::{self, Role};
+    use cloud_hub::http::tokens::{self, Role};
     let mut out = std::io::stdout().lock();
     match action {
         TokenCommand::Add {
@@ -221,7 +222,7 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
             let token = tokens::add(&data_dir, &name, role)?;
             match token_out {
                 Some(path) => {
-                    cloud_hub::devices::write_private(&path, format!("{token}\n").as_bytes())
+                    cloud_hub::ingest::devices::write_private(&path, format!("{token}\n").as_bytes())
                         .with_context(|| {
                             // Only the hash is kept: the token is lost, so say how to recover.
                             format!("token `{name}` was issued but not saved; `cloud-hub token revoke {name}` and add it again")
@@ -259,7 +260,7 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
 }
 
 fn device(action: DeviceCommand) -> anyhow::Result<()> {
-    use cloud_hub::devices;
+    use cloud_hub::ingest::devices;
     let mut out = std::io::stdout().lock();
     match action {
         DeviceCommand::Add {
@@ -349,7 +350,7 @@ fn run() -> anyhow::Result<()> {
             hosts,
             days,
         } => {
-            let f = cloud_hub::mqtt::tls::issue_certificates(&out_dir, &hosts, days)?;
+            let f = cloud_hub::ingest::mqtt::tls::issue_certificates(&out_dir, &hosts, days)?;
             let mut out = std::io::stdout().lock();
             let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
             writeln!(out, "# hub config:")?;
@@ -367,8 +368,9 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Token { action } => token(action),
         Command::County { dir } => {
-            let dir = dir.unwrap_or_else(|| PathBuf::from(cloud_hub::county::DEFAULT_DIR));
-            let c = cloud_hub::county::County::load(&dir)?;
+            let dir =
+                dir.unwrap_or_else(|| PathBuf::from(cloud_hub::platform::county::DEFAULT_DIR));
+            let c = cloud_hub::platform::county::County::load(&dir)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", c.summary())?;
             for w in &c.warnings {
@@ -416,7 +418,7 @@ fn run() -> anyhow::Result<()> {
             if csv.is_some() || json {
                 write!(out, "{body}")?;
             } else {
-                let inv: cloud_hub::inventory::Inventory = serde_json::from_str(&body)
+                let inv: cloud_hub::platform::inventory::Inventory = serde_json::from_str(&body)
                     .with_context(|| format!("{endpoint}: not an inventory report"))?;
                 write!(out, "{}", inv.text())?;
             }
@@ -428,27 +430,27 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchTelemetry { opts, json } => {
-            let report = bench_runtime("warn")?.block_on(cloud_hub::series::bench::run(&opts))?;
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench::series::run(&opts))?;
             print_report(json, &report, || report.to_string())
         }
         Command::BenchHistory { opts, json } => {
-            let report = bench_runtime("warn")?.block_on(cloud_hub::bench_history::run(&opts))?;
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench::history::run(&opts))?;
             print_report(json, &report, || report.text())
         }
         Command::BenchPlatform { opts, json } => {
-            let report = bench_runtime("warn")?.block_on(cloud_hub::bench_platform::run(&opts))?;
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench::platform::run(&opts))?;
             print_report(json, &report, || report.text())
         }
         Command::BenchFleet { opts, json } => {
             // One socket per device here, a second while one is half-open.
             raise_open_files(2 * opts.devices as u64 + 256);
-            let report = bench_runtime("warn")?.block_on(cloud_hub::bench_fleet::run(&opts))?;
+            let report = bench_runtime("warn")?.block_on(cloud_hub::bench::fleet::run(&opts))?;
             print_report(json, &report, || report.text())
         }
         Command::BenchIngest { opts, json } => {
             // rumqttd logs ERROR lines for ordinary disconnects at the end of a phase.
-            let report =
-                bench_runtime("warn,rumqttd=off")?.block_on(cloud_hub::bench::run(&opts))?;
+            let report = bench_runtime("warn,rumqttd=off")?
+                .block_on(cloud_hub::bench::ingest::run(&opts))?;
             print_report(json, &report, || report.text())
         }
         Command::Serve {
@@ -475,7 +477,7 @@ fn run() -> anyhow::Result<()> {
                 cfg.county_dir = Some(c);
             } else if cfg.county_dir.is_none() {
                 // Started from the repository: the sample county, so the demo's map has one.
-                let sample = PathBuf::from(cloud_hub::county::DEFAULT_DIR);
+                let sample = PathBuf::from(cloud_hub::platform::county::DEFAULT_DIR);
                 if sample.join("county.toml").is_file() {
                     cfg.county_dir = Some(sample);
                 }
@@ -496,12 +498,19 @@ fn init_logging() {
 }
 
 fn init_logging_at(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
     // Logs go to stderr: stdout carries only the ready line that scripts wait for.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(RumqttdNoise::new(&directives))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
 }
 

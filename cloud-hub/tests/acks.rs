@@ -134,7 +134,9 @@ async fn a_burst_is_acked_completely_in_chunks() {
     let acks = gw.acks_covering(&want).await;
     assert_eq!(acked_ids(&acks), want);
     for a in &acks {
-        assert!(!a.ids.is_empty() && a.ids.len() <= cloud_hub::ingest::ACK_IDS_PER_MESSAGE);
+        assert!(
+            !a.ids.is_empty() && a.ids.len() <= cloud_hub::ingest::pipeline::ACK_IDS_PER_MESSAGE
+        );
     }
     hub.stop().await;
 }

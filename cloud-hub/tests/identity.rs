@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloud_hub::devices;
+use cloud_hub::ingest::devices;
 use cloud_hub::DeviceAuth;
 use common::*;
 use csb_wire::sign::{sign, signing_key};

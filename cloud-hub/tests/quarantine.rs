@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use ackclient::{acked_ids, EdgeClient};
-use cloud_hub::quarantine::base64;
+use cloud_hub::storage::quarantine::base64;
 use common::*;
 use serde_json::Value;
 use ulid::Ulid;

@@ -62,7 +62,7 @@ async fn telemetry_series_range_and_rollups_over_mqtt() {
     let port = free_port();
     // T0 lies months back: keep it inside every retention, so `auto` may choose raw.
     let keep = |c: &mut cloud_hub::HubConfig| {
-        c.telemetry_retention = cloud_hub::series::Retention {
+        c.telemetry_retention = cloud_hub::storage::series::Retention {
             raw_days: 3650,
             minute_days: 3650,
             hour_days: 3650,

@@ -8,8 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use cloud_hub::tokens::{self, Role};
-use cloud_hub::{devices, HttpAuth};
+use cloud_hub::http::tokens::{self, Role};
+use cloud_hub::ingest::devices;
+use cloud_hub::HttpAuth;
 use common::*;
 use csb_wire::sign::{sign_upload, signing_key};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};

@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use cloud_hub::mqtt::packet::{read_connect, read_subscription, Boundaries, Piece, Splitter};
+use cloud_hub::ingest::mqtt::packet::{read_connect, read_subscription, Boundaries, Piece, Splitter};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The client's stream after it.
-    let mut splitter = Splitter::default();
+    // A limit from the input, so packets over it (and the cut before them) are exercised too.
+    let limit = 16 + usize::from(data.first().copied().unwrap_or(0)) * 64;
+    let mut splitter = Splitter::with_limit(limit);
     let mut pieces = Vec::new();
     let mut seen = Vec::with_capacity(data.len());
     'stream: for chunk in data.chunks(step) {
@@ -43,6 +45,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Piece::Disconnect => {
                     assert_eq!(data[seen.len()] >> 4, 14, "DISCONNECT where none starts");
+                    break 'stream;
+                }
+                Piece::Oversized(n) => {
+                    assert!(*n > limit, "{n} bytes reported over a limit of {limit}");
                     break 'stream;
                 }
             }

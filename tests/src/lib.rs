@@ -191,6 +191,12 @@ impl Hub {
     /// A hub on ports the OS picks, with `config` (TOML) as its config file and credentials
     /// issued to `devices` (`SITE/DEVICE`) before it starts.
     pub fn start_configured(config: &str, devices: &[&str]) -> Configured {
+        Self::start_configured_logging(config, devices, false)
+    }
+
+    /// [`Hub::start_configured`]; with `keep_log` the hub's log goes to [`Configured::log`]
+    /// instead of the test's stderr.
+    pub fn start_configured_logging(config: &str, devices: &[&str], keep_log: bool) -> Configured {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let dir = tempfile::tempdir().expect("tempdir");
         let data = data_dir.path().to_str().expect("utf-8 temp path");
@@ -204,13 +210,16 @@ impl Hub {
         }
         let config_file = dir.path().join("hub.toml");
         std::fs::write(&config_file, config).expect("write hub config");
-        let (proc, ready) = spawn_hub_ready(
+        let log = keep_log.then(|| dir.path().join("hub.log"));
+        let (proc, ready) = spawn_hub_ready_logging(
             "127.0.0.1:0",
             "127.0.0.1:0",
             data_dir.path(),
             Some(&config_file),
+            log.as_deref(),
         );
         Configured {
+            log,
             mqtt: ready.mqtt,
             hub: Hub {
                 proc,
@@ -230,7 +239,19 @@ pub struct Configured {
     pub mqtt: SocketAddr,
     /// `SITE/DEVICE` → its secret (MQTT password and signing key).
     pub secrets: HashMap<String, String>,
+    /// The hub's log file, when it was started to keep one.
+    pub log: Option<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+impl Configured {
+    /// What the hub has logged so far (empty without a log file).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
+    }
 }
 
 /// A hub from [`Hub::start_secured`] and what its clients need.
@@ -346,6 +367,21 @@ pub fn spawn_hub_ready(
     data_dir: &std::path::Path,
     config: Option<&std::path::Path>,
 ) -> (Proc, Ready) {
+    spawn_hub_ready_logging(mqtt_addr, http_addr, data_dir, config, None)
+}
+
+/// [`spawn_hub_ready`], with the hub's log (stderr) written to `log` when given.
+pub fn spawn_hub_ready_logging(
+    mqtt_addr: &str,
+    http_addr: &str,
+    data_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    log: Option<&std::path::Path>,
+) -> (Proc, Ready) {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("create the hub's log file")),
+        None => Stdio::inherit(),
+    };
     let mut cmd = Command::new(bin("cloud-hub"));
     cmd.args([
         "serve",
@@ -361,7 +397,7 @@ pub fn spawn_hub_ready(
     }
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn cloud-hub");
     let stdout = child.stdout.take().expect("piped stdout");

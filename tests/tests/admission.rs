@@ -548,3 +548,79 @@ async fn acks_reach_devices_persistent_sessions_and_observers() {
         ack_ids(&late)
     );
 }
+
+/// Lines of `log` at WARN or ERROR (the fmt layer writes the level after the timestamp).
+fn alarming(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
+
+/// A county's gateways come and go all day: ordinary sessions — a clean DISCONNECT, a dropped
+/// socket, subscriptions, a takeover — must leave nothing at WARN or ERROR in the hub's log
+/// (rumqttd reports each at ERROR; the hub keeps those out). A packet over
+/// `mqtt_max_payload_bytes` is refused by the front: the session closes, a counter moves, and
+/// one WARN says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_sessions_log_quietly_and_oversized_packets_are_counted() {
+    let config = "mqtt_connect_timeout_ms = 500\nmqtt_probe_interval_ms = 200\n\
+                  mqtt_max_payload_bytes = 8192\ningest_max_payload_bytes = 4096\n";
+    let h = Hub::start_configured_logging(config, &[], true);
+    let before = h.log_text().len();
+
+    // Clean session: publish, subscribe to its acks, unsubscribe, DISCONNECT.
+    let mut c = RawClient::connected(h.mqtt, "edge-gw-calm", &ConnectOptions::new()).await;
+    c.subscribe(&topic("gw-calm", "ack")).await;
+    let (id, payload) = event("gw-calm", None);
+    c.publish(&topic("gw-calm", "event"), payload).await;
+    assert!(!c.receive(&topic("gw-calm", "ack")).await.is_empty());
+    c.unsubscribe(&topic("gw-calm", "ack")).await;
+    c.disconnect().await;
+    // Dropped without a word (power cut), and a half-open one taken over by its successor.
+    drop(RawClient::connected(h.mqtt, "edge-gw-cut", &ConnectOptions::new()).await);
+    let _old = RawClient::connected(h.mqtt, "edge-gw-4g", &ConnectOptions::new()).await;
+    let new = RawClient::connected(h.mqtt, "edge-gw-4g", &ConnectOptions::new()).await;
+    new.disconnect().await;
+    let url = h.hub.url(&format!("/api/v1/events/{id}"));
+    assert!(
+        eventually(Duration::from_secs(10), || async { get_json(&url).await })
+            .await
+            .is_some()
+    );
+    // Let the router and the self-probe go round a few times.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = h.log_text();
+    let quiet = alarming(&log[before..]);
+    assert!(
+        quiet.is_empty(),
+        "normal sessions logged:\n{}",
+        quiet.join("\n")
+    );
+
+    // Over the broker's packet limit: closed, counted, logged once.
+    let mut big = RawClient::connected(h.mqtt, "edge-gw-big", &ConnectOptions::new()).await;
+    big.publish_qos0(&topic("gw-big", "event"), vec![b'x'; 10_000], false)
+        .await;
+    assert!(big.closed_within(Duration::from_secs(5)).await);
+    let metrics = eventually(Duration::from_secs(5), || async {
+        let m = reqwest::get(h.hub.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains("csb_hub_mqtt_oversized_packets_total 1\n")
+            .then_some(m)
+    })
+    .await;
+    assert!(metrics.is_some(), "the oversized packet was not counted");
+    let hl = health(&h).await;
+    assert_eq!(hl["mqtt"]["oversized_packets"], 1);
+    assert_eq!(hl["status"], "ok", "{hl:#}");
+    let log = h.log_text();
+    let said = alarming(&log[before..]);
+    assert_eq!(said.len(), 1, "{}", said.join("\n"));
+    assert!(said[0].contains("mqtt_max_payload_bytes"), "{}", said[0]);
+    // And the fleet goes on.
+    fleet_still_admits(&h, "edge-gw-after", "edge-gw-calm").await;
+}

@@ -1,0 +1,7 @@
+//! Layer 0, support: small pieces every layer may use and that use no other layer — time
+//! parsing, watched files, rate-limited logging.
+
+pub mod loglimit;
+pub mod lognoise;
+pub mod timeparse;
+pub mod watched;
