@@ -21,10 +21,11 @@
 //!
 //! Use [`serve`] (or [`Hub::start`] then [`Hub::run`] to learn the addresses before running).
 
-// Layers, lowest first; each uses only those above it in this list (see ARCHITECTURE.md; the
-// test `layers` in tests/layers.rs enforces it). `cases` (governance) and `web` (the embedded
-// page) will sit between `platform` and `http`'s router.
+// The layers, lowest first: support, storage, ingest, platform, cases, http, then this file
+// (`Hub`) and config, then bench. Each uses only those below it (ARCHITECTURE.md;
+// tests/layers.rs enforces it). `web` (the embedded page) will sit above `http`.
 pub mod bench;
+pub mod cases;
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -96,8 +96,18 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
-    /// Validate a config file and print the effective config.
-    CheckConfig { file: PathBuf },
+    /// Validate a hub config file and print the effective config; and/or check a governance
+    /// folder (categories, departments, routing, stages, calendar, evaluation), against a
+    /// county model's towns and zones when one is given (or named by the config).
+    CheckConfig {
+        file: Option<PathBuf>,
+        /// A governance folder, e.g. configs/governance.
+        #[arg(long)]
+        governance: Option<PathBuf>,
+        /// A county model folder to check the governance routing's places against.
+        #[arg(long)]
+        county: Option<PathBuf>,
+    },
     /// Benchmark: raw broker pass-through vs durable ingest (store + acks), side by side.
     BenchIngest {
         #[command(flatten)]
@@ -424,9 +434,23 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            let config = HubConfig::load(&file)?;
-            print!("{}", config.to_toml()?);
+        Command::CheckConfig {
+            file,
+            governance,
+            county,
+        } => {
+            if file.is_none() && governance.is_none() {
+                anyhow::bail!("check-config needs a hub config FILE, --governance DIR, or both");
+            }
+            let mut county_dir = county;
+            if let Some(file) = file {
+                let config = HubConfig::load(&file)?;
+                print!("{}", config.to_toml()?);
+                county_dir = county_dir.or(config.county_dir);
+            }
+            if let Some(dir) = governance {
+                check_governance(&dir, county_dir.as_deref())?;
+            }
             Ok(())
         }
         Command::BenchTelemetry { opts, json } => {
@@ -491,6 +515,38 @@ fn run() -> anyhow::Result<()> {
             runtime.block_on(serve(cfg))
         }
     }
+}
+
+/// `check-config --governance`: loads and checks the folder, prints what it holds, and warns
+/// when the calendar has no holiday schedule for this year.
+fn check_governance(dir: &Path, county: Option<&Path>) -> anyhow::Result<()> {
+    use cloud_hub::cases::config::Governance;
+    let g = Governance::load(dir)?;
+    if let Some(c) = county {
+        let county = cloud_hub::platform::county::County::load(c)?;
+        let towns = county.towns.iter().map(|t| t.props.id.clone()).collect();
+        let zones = county.zones.iter().map(|z| z.props.id.clone()).collect();
+        g.check_places(&towns, &zones)?;
+    }
+    let auto = g.categories.iter().filter(|c| c.auto.is_some()).count();
+    println!(
+        "governance {}: {} categories ({auto} registered automatically from events), {} departments, {} routes; calendar years {:?}; {} working minutes a day{}",
+        dir.display(),
+        g.categories.len(),
+        g.departments.len(),
+        g.routes.len(),
+        g.calendar_years,
+        g.calendar.minutes_per_day(),
+        if county.is_some() { "; routing places match the county model" } else { "" },
+    );
+    let (year, _, _) = csb_wire::civil_from_days(csb_wire::now_ms().div_euclid(86_400_000));
+    if !g.calendar_years.contains(&(year as i32)) {
+        eprintln!(
+            "warning: {}: no holiday schedule for {year}: working-time limits will count its holidays as working days",
+            dir.join(cloud_hub::cases::config::CALENDAR).display()
+        );
+    }
+    Ok(())
 }
 
 fn init_logging() {
