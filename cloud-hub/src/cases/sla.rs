@@ -1,6 +1,6 @@
 //! Time limits of a case's stages: a limit in working or natural time, the clock of one running
 //! stage (suspension stops it, approved extensions add to it), its deadline and its traffic
-//! light — green up to 80 % of the limit, yellow up to 100 %, red past it.
+//! light — green below 80 % of the limit, yellow from 80 % up to the deadline itself, red past it.
 //!
 //! A [`StageClock`] is a plain value kept with the case: what is due (the warning point, the
 //! deadline) is computed from it, so a sweep over open cases is a comparison per case and a hub
@@ -142,7 +142,7 @@ impl StageClock {
 
     pub fn light(&self, now: i64, cal: &WorkCalendar) -> Light {
         let used = self.used_at(now, cal);
-        if used >= self.budget_ms {
+        if used > self.budget_ms {
             Light::Red
         } else if used * 1000 >= self.budget_ms * WARN_PERMILLE {
             Light::Yellow
@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn light_turns_yellow_at_80_percent_and_red_at_the_deadline() {
+    fn light_turns_yellow_at_80_percent_and_red_past_the_deadline() {
         let c = calendar();
         // 5 working hours from Monday 10:00: 80 % (4 h) at 16:00, deadline 17:00.
         let clock = StageClock::start(hours(5), bj("2026-09-21 10:00"), &c);
@@ -194,7 +194,10 @@ mod tests {
         assert_eq!(clock.deadline(&c), Some(bj("2026-09-21 17:00")));
         assert_eq!(clock.light(bj("2026-09-21 15:59"), &c), Light::Green);
         assert_eq!(clock.light(bj("2026-09-21 16:00"), &c), Light::Yellow);
-        assert_eq!(clock.light(bj("2026-09-21 17:00"), &c), Light::Red);
+        assert_eq!(clock.light(bj("2026-09-21 17:00"), &c), Light::Yellow);
+        assert_eq!(clock.light(bj("2026-09-21 17:01"), &c), Light::Red);
+        // Past 18:00 no working time passes: still red the next morning, not more or less.
+        assert_eq!(clock.light(bj("2026-09-22 07:00"), &c), Light::Red);
         // Lunch does not count: at 13:00 only 2 h are used.
         assert_eq!(clock.used_at(bj("2026-09-21 13:00"), &c), 2 * 3_600_000);
     }

@@ -1,0 +1,728 @@
+//! A case and its lifecycle: 上报 → 立案 | 不予立案 | 作废 → 派遣 → 处置 → 反馈 → 核查 → 结案 | 返工,
+//! with the side paths 回退 (a department returns a case that is not its own), 延期 (extension:
+//! requested by the handler, decided by a supervisor), 挂账 (suspension and resumption) and 督办
+//! (supervision notes). [`Case::apply`] checks the actor's role and the case's state, records
+//! who, when and why in the append-only timeline, moves the stage clocks, and is idempotent on
+//! the client's request id: the same request applied twice changes the case once and answers
+//! the same.
+//!
+//! Pure: no I/O and no clock of its own (`now` comes in), so the store can make a transition
+//! durable before it is acknowledged, and tests control time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::calendar::WorkCalendar;
+use super::config::{Governance, Urgency};
+use super::sla::{Light, StageClock};
+
+/// Where a case came from (信息采集).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An edge agent's rule event (video AI).
+    VideoAi,
+    /// A sensor threshold event.
+    Sensor,
+    /// A citizen (12345 hotline, Open311 app).
+    Citizen,
+    /// An inspector (监督员) on patrol.
+    Inspector,
+    /// A superior authority.
+    Superior,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// 上报: waiting for an operator.
+    Reported,
+    /// 立案: registered, to be dispatched.
+    Registered,
+    /// 不予立案 (closed without a case: false positive, duplicate, out of scope).
+    Rejected,
+    /// 作废
+    Voided,
+    /// 派遣: sent to a department, not yet taken up.
+    Dispatched,
+    /// 处置: the department is handling it.
+    Handling,
+    /// 反馈 → 核查: the department reported it handled; waiting for verification (on site or
+    /// by the source camera).
+    Verifying,
+    /// 结案
+    Closed,
+    /// 挂账: suspended; the clock of the stage it was in stands still.
+    Suspended,
+}
+
+impl State {
+    pub fn is_open(self) -> bool {
+        !matches!(self, State::Rejected | State::Voided | State::Closed)
+    }
+}
+
+/// Why a report was not registered (不予立案).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// 误报: the detection was wrong (counts against the camera's precision).
+    FalsePositive,
+    Duplicate,
+    OutOfScope,
+}
+
+/// Who may do what. A handler belongs to one department and sees and acts on its cases only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Leaders: read only.
+    Viewer,
+    /// 监督员: reports and verifies on site.
+    Inspector,
+    /// 受理/立案/派遣/核查 at the command center.
+    Operator,
+    /// A department's handler.
+    Handler,
+    /// 值班长 / superior: approves 延期 and 挂账, 督办.
+    Supervisor,
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// A token name, `system` (automatic registration, timers) or `agent:{site}/{device}`.
+    pub id: String,
+    pub role: Role,
+    /// The handler's department.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+}
+
+impl Actor {
+    pub fn system() -> Actor {
+        Actor {
+            id: "system".into(),
+            role: Role::Admin,
+            department: None,
+        }
+    }
+}
+
+/// What an actor asks of a case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// 上报: how every case begins ([`Case::report`]); not applied to an existing case.
+    Report,
+    Register,
+    Reject {
+        reason: RejectReason,
+    },
+    Void,
+    /// To the routing table's department unless one is named.
+    Dispatch {
+        #[serde(default)]
+        department: Option<String>,
+    },
+    /// The department takes it up (签收).
+    Accept,
+    /// 回退: not this department's; back to 立案 for another dispatch.
+    Return,
+    /// 反馈: handled, with what was done (and photos as evidence ids).
+    ReportHandled {
+        #[serde(default)]
+        photos: Vec<String>,
+    },
+    /// 核查 passed: 结案.
+    Close,
+    /// 核查 failed: 返工, dispatched again to the same department.
+    Rework,
+    /// 延期 requested by the handler: more time, in the handling limit's unit.
+    RequestExtension {
+        value: u32,
+    },
+    ApproveExtension,
+    DenyExtension,
+    /// 挂账
+    Suspend,
+    Resume,
+    /// 督办: a supervision note; no state change.
+    Supervise,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Report => "report",
+            Action::Register => "register",
+            Action::Reject { .. } => "reject",
+            Action::Void => "void",
+            Action::Dispatch { .. } => "dispatch",
+            Action::Accept => "accept",
+            Action::Return => "return",
+            Action::ReportHandled { .. } => "report_handled",
+            Action::Close => "close",
+            Action::Rework => "rework",
+            Action::RequestExtension { .. } => "request_extension",
+            Action::ApproveExtension => "approve_extension",
+            Action::DenyExtension => "deny_extension",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Supervise => "supervise",
+        }
+    }
+
+    /// Roles allowed to ask (the handler further limited to its own department's cases).
+    fn roles(&self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Action::Report => &[Inspector, Operator, Supervisor, Admin],
+            Action::Register | Action::Reject { .. } | Action::Dispatch { .. } => {
+                &[Operator, Supervisor, Admin]
+            }
+            Action::Void => &[Operator, Supervisor, Admin],
+            Action::Accept | Action::Return | Action::ReportHandled { .. } => &[Handler, Admin],
+            Action::RequestExtension { .. } => &[Handler, Admin],
+            Action::Close | Action::Rework => &[Operator, Inspector, Supervisor, Admin],
+            Action::ApproveExtension | Action::DenyExtension => &[Supervisor, Admin],
+            Action::Suspend | Action::Resume | Action::Supervise => &[Supervisor, Admin],
+        }
+    }
+}
+
+/// One line of the timeline: who did what, when, why, and the state it left.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at_ms: i64,
+    pub actor: Actor,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+    pub from: State,
+    pub to: State,
+    /// The client's request id this entry answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Place {
+    /// `[lon, lat]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub town: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<String>,
+    /// Outside the built-up area: on-site verification has the longer limit.
+    #[serde(default)]
+    pub rural: bool,
+}
+
+/// What a new case starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewCase {
+    pub id: String,
+    pub source: Source,
+    /// A category id, legacy code or 2026 code.
+    pub category: String,
+    pub place: Place,
+    /// Snapshot and event ids.
+    #[serde(default)]
+    pub evidence: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    pub id: String,
+    pub source: Source,
+    /// Category id (configs/governance/categories.toml).
+    pub category: String,
+    pub urgency: Urgency,
+    pub place: Place,
+    pub state: State,
+    /// The state a suspended case returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_from: Option<State>,
+    /// Where it is (or was last) dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    /// Departments dispatched to, in order (返工 = the same one twice or more).
+    #[serde(default)]
+    pub dispatches: Vec<String>,
+    /// Evidence: snapshot ids, related event ids, handler photos.
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    pub created_ms: i64,
+    /// Clock of the running stage (handling once dispatched), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<StageClock>,
+    /// A pending 延期 request (value in the handling limit's unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension_requested: Option<u32>,
+    /// Whether handling finished within its limit (set at 反馈).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_on_time: Option<bool>,
+    pub timeline: Vec<Entry>,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum TransitionError {
+    #[error("role `{role:?}` may not {action}")]
+    Forbidden { role: Role, action: &'static str },
+    #[error("this case belongs to another department")]
+    NotYourDepartment,
+    #[error("cannot {action} a case that is {state:?}")]
+    WrongState { action: &'static str, state: State },
+    #[error("category `{0}` is not in the governance configuration")]
+    UnknownCategory(String),
+    #[error("department `{0}` is not in the governance configuration")]
+    UnknownDepartment(String),
+    #[error("no extension was requested")]
+    NoExtensionPending,
+    #[error("request id `{0}` was used for a different action on this case")]
+    RequestIdReused(String),
+}
+
+impl Case {
+    /// A new case at 上报.
+    pub fn report(
+        new: NewCase,
+        actor: Actor,
+        now: i64,
+        g: &Governance,
+    ) -> Result<Case, TransitionError> {
+        let NewCase {
+            id,
+            source,
+            category,
+            place,
+            evidence,
+        } = new;
+        let cat = g
+            .category(&category)
+            .ok_or(TransitionError::UnknownCategory(category))?;
+        let clock = StageClock::start(register_limit(g, cat.urgency), now, &g.calendar);
+        Ok(Case {
+            id,
+            source,
+            category: cat.id.clone(),
+            urgency: cat.urgency,
+            place,
+            state: State::Reported,
+            suspended_from: None,
+            department: None,
+            dispatches: Vec::new(),
+            evidence,
+            created_ms: now,
+            clock: Some(clock),
+            extension_requested: None,
+            handled_on_time: None,
+            timeline: vec![Entry {
+                at_ms: now,
+                actor,
+                action: Action::Report,
+                note: String::new(),
+                from: State::Reported,
+                to: State::Reported,
+                request_id: None,
+            }],
+        })
+    }
+
+    /// The traffic light of the running stage, if one runs.
+    pub fn light(&self, now: i64, cal: &WorkCalendar) -> Option<Light> {
+        self.state
+            .is_open()
+            .then_some(self.clock.as_ref()?.light(now, cal))
+    }
+
+    /// Whether `actor` may see this case (handlers: their department's only).
+    pub fn visible_to(&self, actor: &Actor) -> bool {
+        actor.role != Role::Handler
+            || (actor.department.is_some() && actor.department == self.department)
+    }
+
+    /// Applies `action` by `actor` at `now`. With a `request_id` seen before on this case,
+    /// returns that entry again without changing anything (a retried request).
+    pub fn apply(
+        &mut self,
+        actor: &Actor,
+        action: Action,
+        note: &str,
+        request_id: Option<&str>,
+        now: i64,
+        g: &Governance,
+    ) -> Result<Entry, TransitionError> {
+        if let Some(rid) = request_id {
+            if let Some(e) = self
+                .timeline
+                .iter()
+                .find(|e| e.request_id.as_deref() == Some(rid))
+            {
+                return if e.action == action {
+                    Ok(e.clone())
+                } else {
+                    Err(TransitionError::RequestIdReused(rid.into()))
+                };
+            }
+        }
+        let name = action.name();
+        if !action.roles().contains(&actor.role) {
+            return Err(TransitionError::Forbidden {
+                role: actor.role,
+                action: name,
+            });
+        }
+        if actor.role == Role::Handler && !self.visible_to(actor) {
+            return Err(TransitionError::NotYourDepartment);
+        }
+        let cal = &g.calendar;
+        let wrong = |state| TransitionError::WrongState {
+            action: name,
+            state,
+        };
+        let from = self.state;
+        let cat = g
+            .category(&self.category)
+            .ok_or_else(|| TransitionError::UnknownCategory(self.category.clone()))?;
+        let to = match (&action, from) {
+            (Action::Register, State::Reported) => {
+                self.clock = Some(StageClock::start(dispatch_limit(g, self.urgency), now, cal));
+                State::Registered
+            }
+            (Action::Reject { .. }, State::Reported) => {
+                self.clock = None;
+                State::Rejected
+            }
+            (Action::Void, State::Reported | State::Registered) => {
+                self.clock = None;
+                State::Voided
+            }
+            (Action::Dispatch { department }, State::Registered) => {
+                let dep = match department {
+                    Some(d) => d.clone(),
+                    None => g
+                        .route(
+                            cat,
+                            self.place.town.as_deref(),
+                            self.place.zone.as_deref(),
+                            self.place.grid.as_deref(),
+                        )
+                        .to_string(),
+                };
+                if g.department(&dep).is_none() {
+                    return Err(TransitionError::UnknownDepartment(dep));
+                }
+                self.dispatch_to(dep, now, g);
+                State::Dispatched
+            }
+            (Action::Accept, State::Dispatched) => State::Handling,
+            (Action::Return, State::Dispatched | State::Handling) => {
+                self.clock = Some(StageClock::start(dispatch_limit(g, self.urgency), now, cal));
+                self.department = None;
+                self.extension_requested = None;
+                State::Registered
+            }
+            (Action::ReportHandled { photos }, State::Dispatched | State::Handling) => {
+                self.evidence.extend(photos.iter().cloned());
+                let on_time = self
+                    .clock
+                    .as_ref()
+                    .is_none_or(|c| c.light(now, cal) != Light::Red);
+                self.handled_on_time = Some(on_time);
+                let verify = if self.place.rural {
+                    g.stages.verify.rural
+                } else {
+                    g.stages.verify.town
+                };
+                self.clock = Some(StageClock::start(verify, now, cal));
+                State::Verifying
+            }
+            (Action::Close, State::Verifying) => {
+                self.clock = None;
+                State::Closed
+            }
+            (Action::Rework, State::Verifying) => {
+                let dep = self
+                    .department
+                    .clone()
+                    .unwrap_or_else(|| cat.department.clone());
+                self.dispatch_to(dep, now, g);
+                State::Dispatched
+            }
+            (Action::RequestExtension { value }, State::Dispatched | State::Handling) => {
+                self.extension_requested = Some(*value);
+                from
+            }
+            (Action::ApproveExtension | Action::DenyExtension, _) if from.is_open() => {
+                let value = self
+                    .extension_requested
+                    .take()
+                    .ok_or(TransitionError::NoExtensionPending)?;
+                if matches!(action, Action::ApproveExtension) {
+                    if let Some(c) = self.clock.as_mut() {
+                        let mut extra = cat.limit;
+                        extra.value = value;
+                        c.extend(extra, cal);
+                    }
+                }
+                from
+            }
+            (Action::Suspend, s) if s.is_open() && s != State::Suspended => {
+                if let Some(c) = self.clock.as_mut() {
+                    c.suspend(now, cal);
+                }
+                self.suspended_from = Some(s);
+                State::Suspended
+            }
+            (Action::Resume, State::Suspended) => {
+                if let Some(c) = self.clock.as_mut() {
+                    c.resume(now);
+                }
+                self.suspended_from.take().unwrap_or(State::Registered)
+            }
+            (Action::Supervise, s) if s.is_open() => s,
+            (_, s) => return Err(wrong(s)),
+        };
+        self.state = to;
+        let entry = Entry {
+            at_ms: now,
+            actor: actor.clone(),
+            action,
+            note: note.to_string(),
+            from,
+            to,
+            request_id: request_id.map(str::to_string),
+        };
+        self.timeline.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn dispatch_to(&mut self, dep: String, now: i64, g: &Governance) {
+        let limit = g
+            .category(&self.category)
+            .map(|c| c.limit)
+            .unwrap_or(g.stages.dispatch.normal);
+        self.clock = Some(StageClock::start(limit, now, &g.calendar));
+        self.dispatches.push(dep.clone());
+        self.department = Some(dep);
+        self.extension_requested = None;
+    }
+
+    /// 返工: dispatched to the same department twice or more (judged at closing).
+    pub fn reworked(&self) -> bool {
+        let mut seen = BTreeMap::new();
+        self.dispatches.iter().any(|d| {
+            let n = seen.entry(d).or_insert(0);
+            *n += 1;
+            *n > 1
+        })
+    }
+}
+
+fn register_limit(g: &Governance, u: Urgency) -> super::sla::Limit {
+    match u {
+        Urgency::Normal => g.stages.register.normal,
+        Urgency::Urgent => g.stages.register.urgent,
+    }
+}
+
+fn dispatch_limit(g: &Governance, u: Urgency) -> super::sla::Limit {
+    match u {
+        Urgency::Normal => g.stages.dispatch.normal,
+        Urgency::Urgent => g.stages.dispatch.urgent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::calendar::tests::bj;
+    use super::*;
+    use std::path::Path;
+
+    fn governance() -> Governance {
+        Governance::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/governance"))
+            .unwrap()
+    }
+
+    fn who(role: Role, dep: Option<&str>) -> Actor {
+        Actor {
+            id: format!("{role:?}").to_lowercase(),
+            role,
+            department: dep.map(str::to_string),
+        }
+    }
+
+    fn parking(g: &Governance, now: i64) -> Case {
+        let new = NewCase {
+            id: "case-1".into(),
+            source: Source::VideoAi,
+            category: "09009".into(),
+            place: Place {
+                point: Some([116.36, 30.85]),
+                town: Some("tiantang".into()),
+                zone: None,
+                grid: None,
+                rural: false,
+            },
+            evidence: vec!["snap-before".into()],
+        };
+        Case::report(new, Actor::system(), now, g).unwrap()
+    }
+
+    #[test]
+    fn a_case_runs_from_report_to_close_with_rework_in_between() {
+        let g = governance();
+        let (op, sup) = (who(Role::Operator, None), who(Role::Supervisor, None));
+        let police = who(Role::Handler, Some("traffic-police"));
+        let t0 = bj("2026-09-21 09:00");
+        let mut c = parking(&g, t0);
+        c.apply(&op, Action::Register, "", Some("r1"), t0, &g)
+            .unwrap();
+        c.apply(&op, Action::Dispatch { department: None }, "", None, t0, &g)
+            .unwrap();
+        // Routed by town: the county seat's parking goes to the traffic police.
+        assert_eq!(c.department.as_deref(), Some("traffic-police"));
+        // Handling limit 2 working hours from 09:00 → 11:00.
+        assert_eq!(
+            c.clock.unwrap().deadline(&g.calendar),
+            Some(bj("2026-09-21 11:00"))
+        );
+        c.apply(&police, Action::Accept, "", None, t0, &g).unwrap();
+        let photo = Action::ReportHandled {
+            photos: vec!["photo-1".into()],
+        };
+        c.apply(&police, photo, "moved", None, bj("2026-09-21 10:00"), &g)
+            .unwrap();
+        assert_eq!(c.state, State::Verifying);
+        assert_eq!(c.handled_on_time, Some(true));
+        // Still there: 返工 to the same department.
+        c.apply(
+            &op,
+            Action::Rework,
+            "van still there",
+            None,
+            bj("2026-09-21 10:30"),
+            &g,
+        )
+        .unwrap();
+        assert_eq!(c.state, State::Dispatched);
+        assert!(c.reworked());
+        let done = Action::ReportHandled { photos: vec![] };
+        c.apply(&police, done, "", None, bj("2026-09-21 14:30"), &g)
+            .unwrap();
+        // Dispatched again at 10:30: 2 working hours end 14:30, reported at 14:30 → on time.
+        assert_eq!(c.handled_on_time, Some(true));
+        c.apply(&sup, Action::Close, "", None, bj("2026-09-21 15:00"), &g)
+            .unwrap();
+        assert_eq!(c.state, State::Closed);
+        assert!(c.light(bj("2026-09-22 09:00"), &g.calendar).is_none());
+        let steps: Vec<_> = c.timeline.iter().map(|e| (e.action.name(), e.to)).collect();
+        assert_eq!(steps.len(), 8, "{steps:?}");
+        assert!(c.evidence.contains(&"photo-1".to_string()));
+    }
+
+    #[test]
+    fn roles_departments_and_states_are_checked() {
+        let g = governance();
+        let t0 = bj("2026-09-21 09:00");
+        let mut c = parking(&g, t0);
+        let viewer = who(Role::Viewer, None);
+        assert!(matches!(
+            c.apply(&viewer, Action::Register, "", None, t0, &g),
+            Err(TransitionError::Forbidden { .. })
+        ));
+        let op = who(Role::Operator, None);
+        assert!(matches!(
+            c.apply(&op, Action::Close, "", None, t0, &g),
+            Err(TransitionError::WrongState { .. })
+        ));
+        c.apply(&op, Action::Register, "", None, t0, &g).unwrap();
+        c.apply(&op, Action::Dispatch { department: None }, "", None, t0, &g)
+            .unwrap();
+        let other = who(Role::Handler, Some("urban-mgmt"));
+        assert!(!c.visible_to(&other));
+        assert_eq!(
+            c.apply(&other, Action::Accept, "", None, t0, &g),
+            Err(TransitionError::NotYourDepartment)
+        );
+        let police = who(Role::Handler, Some("traffic-police"));
+        assert!(c.visible_to(&police));
+        // A handler cannot close, nor approve its own extension.
+        assert!(c.apply(&police, Action::Close, "", None, t0, &g).is_err());
+        c.apply(
+            &police,
+            Action::RequestExtension { value: 1 },
+            "",
+            None,
+            t0,
+            &g,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.apply(&police, Action::ApproveExtension, "", None, t0, &g),
+            Err(TransitionError::Forbidden { .. })
+        ));
+        let sup = who(Role::Supervisor, None);
+        c.apply(&sup, Action::ApproveExtension, "ok", None, t0, &g)
+            .unwrap();
+        // 2 + 1 working hours from 09:00.
+        assert_eq!(
+            c.clock.unwrap().deadline(&g.calendar),
+            Some(bj("2026-09-21 12:00"))
+        );
+        assert_eq!(
+            c.apply(&sup, Action::ApproveExtension, "", None, t0, &g),
+            Err(TransitionError::NoExtensionPending)
+        );
+    }
+
+    #[test]
+    fn suspension_stops_the_clock_and_requests_are_idempotent() {
+        let g = governance();
+        let t0 = bj("2026-09-21 09:00");
+        let mut c = parking(&g, t0);
+        let (op, sup) = (who(Role::Operator, None), who(Role::Supervisor, None));
+        c.apply(&op, Action::Register, "", None, t0, &g).unwrap();
+        let d = Action::Dispatch {
+            department: Some("urban-mgmt".into()),
+        };
+        let first = c.apply(&op, d.clone(), "", Some("req-7"), t0, &g).unwrap();
+        // The same request again: same answer, no second dispatch.
+        let again = c.apply(&op, d, "", Some("req-7"), t0 + 5, &g).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(c.dispatches.len(), 1);
+        assert_eq!(
+            c.apply(&op, Action::Void, "", Some("req-7"), t0, &g),
+            Err(TransitionError::RequestIdReused("req-7".into()))
+        );
+        c.apply(
+            &sup,
+            Action::Suspend,
+            "road closed",
+            None,
+            bj("2026-09-21 10:00"),
+            &g,
+        )
+        .unwrap();
+        assert_eq!(c.state, State::Suspended);
+        assert_eq!(
+            c.light(bj("2026-09-25 10:00"), &g.calendar),
+            Some(Light::Green)
+        );
+        c.apply(&sup, Action::Resume, "", None, bj("2026-09-23 14:00"), &g)
+            .unwrap();
+        assert_eq!(c.state, State::Dispatched);
+        // 1 h used before the suspension, 1 h left from Wednesday 14:00.
+        assert_eq!(
+            c.clock.unwrap().deadline(&g.calendar),
+            Some(bj("2026-09-23 15:00"))
+        );
+    }
+}
