@@ -4,8 +4,36 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use axum::extract::State;
+use axum::http::header;
+
+use crate::http::state::{store_call, ApiState};
 use crate::ingest::metrics::{EvidenceCounters, HttpAuthCounters, IngestSnapshot, MqttSnapshot};
-use crate::storage::store::StoreStats;
+use crate::storage::store::{Store, StoreStats};
+
+/// The content type of the Prometheus text exposition format 0.0.4.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: every counter and the store's sizes (when the store answers), and the twin's.
+pub(crate) async fn metrics<S: Store>(
+    State(st): State<ApiState<S>>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    let stats = store_call(&st.store_slots, "store stats", st.store.stats())
+        .await
+        .ok();
+    let mut text = render_prometheus(
+        &st.metrics.snapshot(),
+        &st.metrics.evidence(),
+        &st.metrics.http_auth(),
+        &st.metrics.mqtt(st.broker.as_ref().map(|b| b.snapshot())),
+        stats.as_ref(),
+        st.started.elapsed(),
+    );
+    if let Some(t) = &st.twin {
+        text.push_str(&t.counters.render_prometheus());
+    }
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text)
+}
 
 /// Prometheus text exposition (format 0.0.4) of the ingest and evidence counters and store sizes.
 pub fn render_prometheus(

@@ -17,16 +17,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::http::query::{from_pairs, from_text, Params, QueryFault, Repeats, Style};
 use crate::platform::ngsi::{parse_geometry, parse_georel, GeoQuery, GeoRel, Query as QQuery};
 use crate::platform::twin::history::Range;
 use crate::platform::twin::{iso_ms, Change, Entity, EntityType, Observed, Twin};
@@ -131,33 +134,182 @@ fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// Query pairs; a repeated parameter or one not in `known` is refused, naming it.
-fn params(
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    known: &[&str],
-) -> Result<Vec<(String, String)>, Problem> {
-    let Query(pairs) = q.map_err(|e| Problem::bad_request(format!("query string: {e}")))?;
-    let mut seen = HashSet::new();
-    for (k, _) in &pairs {
-        if !known.contains(&k.as_str()) {
-            return Err(Problem::bad_request(format!(
+/// NGSI-LD's wording of a refused query string: ProblemDetails naming the parameter; a
+/// repeated parameter or one the endpoint does not take is refused.
+pub enum Ngsi {}
+
+impl Style for Ngsi {
+    type Rejection = Problem;
+    fn reject(fault: QueryFault) -> Problem {
+        match fault {
+            QueryFault::Malformed(e) => Problem::bad_request(format!("query string: {e}")),
+            QueryFault::Unknown { name, known } => Problem::bad_request(format!(
                 "unknown query parameter `{}` (known: {})",
-                clip(k),
+                clip(&name),
                 known.join(", ")
-            )));
-        }
-        if !seen.insert(k.as_str()) {
-            return Err(Problem::param(k, "given more than once"));
+            )),
+            QueryFault::Repeated(name) => Problem::param(&name, "given more than once"),
+            QueryFault::Bad { name, detail } => Problem::param(&name, detail),
         }
     }
-    Ok(pairs)
 }
 
-fn pv<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+/// Parameters of `GET /ngsi-ld/v1/entities`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EntitiesParams {
+    /// Comma list of entity types (e.g. `Camera,Sensor`).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Comma list of entity ids.
+    id: Option<String>,
+    /// A regular expression the entity id must match.
+    #[serde(rename = "idPattern")]
+    id_pattern: Option<String>,
+    /// An NGSI-LD query over attributes, e.g. `status=="online"`.
+    q: Option<String>,
+    /// `near;maxDistance==…` / `near;minDistance==…` (metres), `within`, `contains`,
+    /// `intersects`, `disjoint`, `equals`, `overlaps`; needs `geometry` and `coordinates`.
+    georel: Option<String>,
+    /// `Point`, `LineString` or `Polygon`.
+    geometry: Option<String>,
+    /// The geometry's coordinates as a JSON array, [lon, lat] order.
+    coordinates: Option<String>,
+    /// Only `location`.
+    geoproperty: Option<String>,
+    /// Comma list of attribute names to return (entities with none of them are left out).
+    attrs: Option<String>,
+    /// Most entities returned (default 20).
+    limit: Option<NgsiCount<MAX_LIMIT>>,
+    /// Entities to skip.
+    offset: Option<NgsiCount<{ usize::MAX }>>,
+    /// `true`: the total is in the `NGSILD-Results-Count` header.
+    count: Option<Flag>,
+    /// Comma list of `keyValues` (or `simplified`), `normalized`, `sysAttrs`.
+    options: Option<String>,
+    /// `simplified`/`keyValues` or `normalized`.
+    format: Option<String>,
+    /// Accepted; every entity is local.
+    #[serde(rename = "local")]
+    _local: Option<String>,
+}
+
+/// Parameters of `GET /ngsi-ld/v1/entities/{id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EntityParams {
+    /// Comma list of attribute names to return.
+    attrs: Option<String>,
+    /// Comma list of `keyValues` (or `simplified`), `normalized`, `sysAttrs`.
+    options: Option<String>,
+    /// `simplified`/`keyValues` or `normalized`.
+    format: Option<String>,
+    /// Accepted; every entity is local.
+    #[serde(rename = "local")]
+    _local: Option<String>,
+}
+
+/// Parameters of `GET /ngsi-ld/v1/types`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TypesParams {
+    /// `true`: each type with its attribute names.
+    details: Option<Flag>,
+    /// Accepted; every entity is local.
+    #[serde(rename = "local")]
+    _local: Option<String>,
+}
+
+/// Parameters of `GET /ngsi-ld/v1/temporal/entities/{id}`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct TemporalParams {
+    /// `before`, `after` or `between` `timeAt` (and `endTimeAt`).
+    timerel: Option<String>,
+    /// RFC 3339 or Unix ms.
+    #[serde(rename = "timeAt")]
+    time_at: Option<String>,
+    /// RFC 3339 or Unix ms; with `timerel=between`.
+    #[serde(rename = "endTimeAt")]
+    end_time_at: Option<String>,
+    /// Comma list of attribute names to return.
+    attrs: Option<String>,
+    /// Only the last N instances of each attribute.
+    #[serde(rename = "lastN")]
+    last_n: Option<NgsiCount<MAX_INSTANCES>>,
+    /// Comma list of `temporalValues`, `keyValues`, `normalized`, `sysAttrs`.
+    options: Option<String>,
+    /// Only `observedAt`.
+    timeproperty: Option<String>,
+    /// Accepted; every entity is local.
+    #[serde(rename = "local")]
+    _local: Option<String>,
+}
+
+/// Parameters of `GET /api/v1/twin/stream`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct StreamParams {
+    /// Comma list of entity types to stream.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Comma list of entity ids to stream.
+    id: Option<String>,
+}
+
+/// A non-negative integer at most `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgsiCount<const MAX: usize>(pub usize);
+
+impl<'de, const MAX: usize> Deserialize<'de> for NgsiCount<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_text(d, |v| {
+            let n: usize = v
+                .parse()
+                .map_err(|_| format!("`{}` is not a non-negative integer", clip(v)))?;
+            if n > MAX {
+                return Err(format!("{n} exceeds the maximum {MAX}"));
+            }
+            Ok(NgsiCount(n))
+        })
+    }
+}
+
+impl<const MAX: usize> JsonSchema for NgsiCount<MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("NgsiCount{MAX}").into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        if MAX == usize::MAX {
+            json_schema!({"type": "integer", "minimum": 0})
+        } else {
+            json_schema!({"type": "integer", "minimum": 0, "maximum": MAX})
+        }
+    }
+}
+
+/// `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_text(d, |v| match v {
+            "true" => Ok(Flag(true)),
+            "false" => Ok(Flag(false)),
+            _ => Err(format!("`{}` is not true or false", clip(v))),
+        })
+    }
+}
+
+impl JsonSchema for Flag {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Flag".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "enum": ["true", "false"]})
+    }
 }
 
 fn list(v: &str) -> Vec<&str> {
@@ -184,9 +336,9 @@ struct Options {
     temporal_values: bool,
 }
 
-fn options(pairs: &[(String, String)]) -> Result<Options, Problem> {
+fn options(options: Option<&str>, format: Option<&str>) -> Result<Options, Problem> {
     let mut o = Options::default();
-    if let Some(v) = pv(pairs, "options") {
+    if let Some(v) = options {
         for opt in list(v) {
             match opt {
                 "keyValues" | "simplified" => o.key_values = true,
@@ -205,7 +357,7 @@ fn options(pairs: &[(String, String)]) -> Result<Options, Problem> {
             }
         }
     }
-    if let Some(f) = pv(pairs, "format") {
+    if let Some(f) = format {
         match f {
             "simplified" | "keyValues" => o.key_values = true,
             "normalized" => {}
@@ -221,8 +373,8 @@ fn options(pairs: &[(String, String)]) -> Result<Options, Problem> {
 }
 
 /// Attribute names: terms of the default vocabulary, so letters, digits and `_` only.
-fn attrs_param(pairs: &[(String, String)]) -> Result<Option<BTreeSet<String>>, Problem> {
-    let Some(v) = pv(pairs, "attrs") else {
+fn attrs_param(attrs: Option<&str>) -> Result<Option<BTreeSet<String>>, Problem> {
+    let Some(v) = attrs else {
         return Ok(None);
     };
     let names: BTreeSet<String> = list(v).into_iter().map(str::to_string).collect();
@@ -327,46 +479,6 @@ fn answer(
     r
 }
 
-fn usize_param(
-    pairs: &[(String, String)],
-    name: &str,
-    max: usize,
-) -> Result<Option<usize>, Problem> {
-    match pv(pairs, name) {
-        None => Ok(None),
-        Some(v) => {
-            let n: usize = v.parse().map_err(|_| {
-                Problem::param(name, format!("`{}` is not a non-negative integer", clip(v)))
-            })?;
-            if n > max {
-                return Err(Problem::param(
-                    name,
-                    format!("{n} exceeds the maximum {max}"),
-                ));
-            }
-            Ok(Some(n))
-        }
-    }
-}
-
-const ENTITY_PARAMS: [&str; 15] = [
-    "type",
-    "id",
-    "idPattern",
-    "q",
-    "georel",
-    "geometry",
-    "coordinates",
-    "geoproperty",
-    "attrs",
-    "limit",
-    "offset",
-    "count",
-    "options",
-    "format",
-    "local",
-];
-
 /// Everything `GET /ngsi-ld/v1/entities` filters on.
 pub struct EntityFilter {
     types: Option<HashSet<String>>,
@@ -378,10 +490,21 @@ pub struct EntityFilter {
 }
 
 impl EntityFilter {
+    /// The filter of query pairs (what the entities endpoint takes, refused alike).
     pub fn parse(pairs: &[(String, String)]) -> Result<EntityFilter, Problem> {
-        let types = pv(pairs, "type").map(|v| list(v).into_iter().map(str::to_string).collect());
-        let ids = pv(pairs, "id").map(|v| list(v).into_iter().map(str::to_string).collect());
-        let id_pattern = match pv(pairs, "idPattern") {
+        let p: EntitiesParams = from_pairs(pairs, Repeats::Refuse).map_err(Ngsi::reject)?;
+        EntityFilter::of(&p)
+    }
+
+    fn of(p: &EntitiesParams) -> Result<EntityFilter, Problem> {
+        let types = p
+            .kind
+            .as_deref()
+            .map(|v| list(v).into_iter().map(str::to_string).collect());
+        let ids =
+            p.id.as_deref()
+                .map(|v| list(v).into_iter().map(str::to_string).collect());
+        let id_pattern = match p.id_pattern.as_deref() {
             None => None,
             Some(p) => Some(
                 regex::RegexBuilder::new(p)
@@ -390,28 +513,28 @@ impl EntityFilter {
                     .map_err(|e| Problem::param("idPattern", e))?,
             ),
         };
-        let q = match pv(pairs, "q") {
+        let q = match p.q.as_deref() {
             None => None,
             Some(v) => Some(QQuery::parse(v).map_err(|e| Problem::param("q", e))?),
         };
-        let geo = match pv(pairs, "georel") {
+        let geo = match p.georel.as_deref() {
             None => {
-                for p in ["geometry", "coordinates"] {
-                    if pv(pairs, p).is_some() {
-                        return Err(Problem::param(p, "needs `georel`"));
+                for (name, v) in [("geometry", &p.geometry), ("coordinates", &p.coordinates)] {
+                    if v.is_some() {
+                        return Err(Problem::param(name, "needs `georel`"));
                     }
                 }
                 None
             }
             Some(rel) => {
                 let rel = parse_georel(rel).map_err(|e| Problem::param(e.param, e.detail))?;
-                let kind = pv(pairs, "geometry").ok_or_else(|| {
+                let kind = p.geometry.as_deref().ok_or_else(|| {
                     Problem::param(
                         "geometry",
                         "required with `georel` (Point, LineString, Polygon)",
                     )
                 })?;
-                let coords = pv(pairs, "coordinates").ok_or_else(|| {
+                let coords = p.coordinates.as_deref().ok_or_else(|| {
                     Problem::param(
                         "coordinates",
                         "required with `georel`: a JSON array, [lon, lat] order",
@@ -427,7 +550,7 @@ impl EntityFilter {
                 Some(GeoQuery { rel, geometry })
             }
         };
-        if let Some(g) = pv(pairs, "geoproperty") {
+        if let Some(g) = p.geoproperty.as_deref() {
             if g != "location" {
                 return Err(Problem::param(
                     "geoproperty",
@@ -441,7 +564,7 @@ impl EntityFilter {
             id_pattern,
             q,
             geo,
-            attrs: attrs_param(pairs)?,
+            attrs: attrs_param(p.attrs.as_deref())?,
         })
     }
 
@@ -459,23 +582,13 @@ impl EntityFilter {
 async fn entities(
     State(st): State<NgsiState>,
     headers: HeaderMap,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Params(p, _): Params<EntitiesParams, Ngsi>,
 ) -> Result<Response, Problem> {
-    let pairs = params(q, &ENTITY_PARAMS)?;
-    let filter = EntityFilter::parse(&pairs)?;
-    let opts = options(&pairs)?;
-    let limit = usize_param(&pairs, "limit", MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-    let offset = usize_param(&pairs, "offset", usize::MAX)?.unwrap_or(0);
-    let count = match pv(&pairs, "count") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(Problem::param(
-                "count",
-                format!("`{}` is not true or false", clip(v)),
-            ))
-        }
-    };
+    let filter = EntityFilter::of(&p)?;
+    let opts = options(p.options.as_deref(), p.format.as_deref())?;
+    let limit = p.limit.map_or(DEFAULT_LIMIT, |n| n.0);
+    let offset = p.offset.map_or(0, |n| n.0);
+    let count = p.count.is_some_and(|c| c.0);
     let ld = wants_ld(&headers);
     let (page, total) = st.twin.read(|ents, _| {
         let mut total = 0usize;
@@ -511,12 +624,11 @@ async fn entity(
     State(st): State<NgsiState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Params(p, _): Params<EntityParams, Ngsi>,
 ) -> Result<Response, Problem> {
     let id = entity_id(path)?;
-    let pairs = params(q, &["attrs", "options", "format", "local"])?;
-    let attrs = attrs_param(&pairs)?;
-    let opts = options(&pairs)?;
+    let attrs = attrs_param(p.attrs.as_deref())?;
+    let opts = options(p.options.as_deref(), p.format.as_deref())?;
     let ld = wants_ld(&headers);
     let body = st.twin.read(|ents, index| {
         index
@@ -532,19 +644,9 @@ async fn entity(
 async fn types(
     State(st): State<NgsiState>,
     headers: HeaderMap,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Params(p, _): Params<TypesParams, Ngsi>,
 ) -> Result<Response, Problem> {
-    let pairs = params(q, &["details", "local"])?;
-    let details = match pv(&pairs, "details") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(Problem::param(
-                "details",
-                format!("`{}` is not true or false", clip(v)),
-            ))
-        }
-    };
+    let details = p.details.is_some_and(|d| d.0);
     let ld = wants_ld(&headers);
     let present: Vec<(EntityType, BTreeSet<String>)> = st.twin.read(|ents, _| {
         EntityType::ALL
@@ -592,8 +694,8 @@ async fn types(
     Ok(answer(StatusCode::OK, body, ld, Vec::new()))
 }
 
-fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, Problem> {
-    match pv(pairs, name) {
+fn time_param(name: &str, v: Option<&str>) -> Result<Option<i64>, Problem> {
+    match v {
         None => Ok(None),
         // An unencoded `+` of a UTC offset arrives as a space.
         Some(v) => parse_time_ms(&v.replace(' ', "+"))
@@ -605,10 +707,15 @@ fn time_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, Pro
 /// `timerel` with `timeAt`/`endTimeAt` → the observedAt range: `before` t < timeAt, `after`
 /// t > timeAt, `between` timeAt ≤ t < endTimeAt; none: everything kept.
 pub fn temporal_range(pairs: &[(String, String)]) -> Result<Range, Problem> {
-    let at = time_param(pairs, "timeAt")?;
-    let end = time_param(pairs, "endTimeAt")?;
+    let p: TemporalParams = from_pairs(pairs, Repeats::Refuse).map_err(Ngsi::reject)?;
+    temporal_range_of(&p)
+}
+
+fn temporal_range_of(p: &TemporalParams) -> Result<Range, Problem> {
+    let at = time_param("timeAt", p.time_at.as_deref())?;
+    let end = time_param("endTimeAt", p.end_time_at.as_deref())?;
     let mut r = Range::default();
-    match pv(pairs, "timerel") {
+    match p.timerel.as_deref() {
         None => {
             if at.is_some() || end.is_some() {
                 return Err(Problem::param(
@@ -646,13 +753,13 @@ pub fn temporal_range(pairs: &[(String, String)]) -> Result<Range, Problem> {
             }
         }
     }
-    if let Some(n) = usize_param(pairs, "lastN", MAX_INSTANCES)? {
+    if let Some(NgsiCount(n)) = p.last_n {
         if n == 0 {
             return Err(Problem::param("lastN", "must be at least 1"));
         }
         r.last_n = Some(n);
     }
-    if let Some(tp) = pv(pairs, "timeproperty") {
+    if let Some(tp) = p.timeproperty.as_deref() {
         if tp != "observedAt" {
             return Err(Problem::param("timeproperty", "only observedAt is kept"));
         }
@@ -664,25 +771,12 @@ async fn temporal(
     State(st): State<NgsiState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Params(p, _): Params<TemporalParams, Ngsi>,
 ) -> Result<Response, Problem> {
     let id = entity_id(path)?;
-    let pairs = params(
-        q,
-        &[
-            "timerel",
-            "timeAt",
-            "endTimeAt",
-            "attrs",
-            "lastN",
-            "options",
-            "timeproperty",
-            "local",
-        ],
-    )?;
-    let range = temporal_range(&pairs)?;
-    let attrs = attrs_param(&pairs)?;
-    let opts = options(&pairs)?;
+    let range = temporal_range_of(&p)?;
+    let attrs = attrs_param(p.attrs.as_deref())?;
+    let opts = options(p.options.as_deref(), None)?;
     let ld = wants_ld(&headers);
     let Some((kind, names)) = st.twin.read(|ents, index| {
         index.get(&id).map(|&i| {
@@ -877,17 +971,21 @@ fn sse_event(item: Item) -> SseEvent {
 async fn stream(
     State(st): State<NgsiState>,
     headers: HeaderMap,
-    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Params(p, _): Params<StreamParams, Ngsi>,
 ) -> Result<Response, Problem> {
-    let pairs = params(q, &["type", "id"])?;
     let Ok(permit) = st.streams.clone().try_acquire_owned() else {
         return Err(Problem::internal(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{MAX_STREAMS} change streams are open; retry later"),
         ));
     };
-    let types = pv(&pairs, "type").map(|v| list(v).into_iter().map(str::to_string).collect());
-    let ids = pv(&pairs, "id").map(|v| list(v).into_iter().map(str::to_string).collect());
+    let types = p
+        .kind
+        .as_deref()
+        .map(|v| list(v).into_iter().map(str::to_string).collect());
+    let ids =
+        p.id.as_deref()
+            .map(|v| list(v).into_iter().map(str::to_string).collect());
     // Subscribe before reading the backlog, so nothing falls between them (duplicates are
     // skipped by seq).
     let rx = st.twin.subscribe();

@@ -113,7 +113,7 @@ impl HttpAuthRefusal {
 }
 
 /// HTTP access counters, shaped for the health JSON's `http_auth` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct HttpAuthCounters {
     pub refused: u64,
     pub refused_by_reason: BTreeMap<&'static str, u64>,
@@ -153,7 +153,7 @@ pub struct Metrics {
 }
 
 /// Evidence upload counters, shaped for the health JSON's `evidence` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct EvidenceCounters {
     /// Uploads stored (201).
     pub uploads_stored: u64,
@@ -168,7 +168,7 @@ pub struct EvidenceCounters {
 }
 
 /// A point-in-time copy of [`Metrics`], shaped for the health JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct IngestSnapshot {
     pub events_accepted: u64,
     pub events_duplicate: u64,
@@ -198,7 +198,7 @@ pub struct IngestSnapshot {
 
 /// The `mqtt` section of `/api/v1/health`: the front's connections and refusals, and what the
 /// broker's self-probe last saw.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MqttSnapshot {
     #[serde(flatten)]
     pub front: FrontSnapshot,

@@ -42,7 +42,7 @@ fn invalid(path: &Path, what: impl Into<String>, reason: impl Into<String>) -> C
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountyInfo {
     pub id: String,
@@ -60,7 +60,7 @@ pub struct CountyInfo {
     pub sample: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Department {
     pub id: String,
@@ -78,14 +78,14 @@ struct CountyFile {
 }
 
 /// A town, road segment, intersection or zone: its properties as given, and its shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Feature<P> {
     #[serde(flatten)]
     pub props: P,
     pub geometry: Geometry,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TownProps {
     pub id: String,
     pub name: String,
@@ -98,7 +98,7 @@ pub struct TownProps {
 
 /// A road segment (`kind = "road_segment"`, LineString) or an intersection
 /// (`kind = "intersection"`, Point, with the `roads` that meet there).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoadProps {
     pub id: String,
     pub name: String,
@@ -113,7 +113,7 @@ pub struct RoadProps {
     pub roads: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ZoneProps {
     pub id: String,
     pub name: String,
@@ -131,7 +131,7 @@ pub struct ZoneProps {
 }
 
 /// Inventory facts shared by gateways, cameras and sensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Placed {
     pub name: String,
     #[serde(default)]
@@ -148,7 +148,7 @@ pub struct Placed {
     pub location: Position,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
     /// `site/device`, as on the wire.
@@ -159,7 +159,7 @@ pub struct Gateway {
     pub firmware: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Camera {
     /// `site/device/camera`.
@@ -176,7 +176,7 @@ pub struct Camera {
     pub lines: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sensor {
     /// `site/device/sensor`.
@@ -201,7 +201,7 @@ struct DevicesFile {
 }
 
 /// The loaded county model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct County {
     pub county: CountyInfo,
     /// The outline's geometry, when the file named by `county.outline` was found.

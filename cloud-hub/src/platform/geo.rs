@@ -11,7 +11,7 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 pub type Position = [f64; 2];
 
 /// The GeoJSON geometries the county model uses.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "coordinates")]
 pub enum Geometry {
     Point(Position),

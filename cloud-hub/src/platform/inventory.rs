@@ -30,7 +30,9 @@ use crate::storage::store::{DataKind, DeviceRecord, SourceRecord};
 /// silence from an "online" gateway means something is wrong.
 pub const DEFAULT_STALE_AFTER_MS: i64 = 5 * 60 * 1000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     Gateway,
@@ -48,7 +50,9 @@ impl DeviceKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Online,
@@ -69,7 +73,7 @@ impl Status {
 }
 
 /// One device of the report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceRow {
     /// As on the wire: `site/device` (gateway), `site/device/id` (camera, sensor).
     pub id: String,
@@ -98,7 +102,7 @@ pub struct DeviceRow {
 }
 
 /// One data source: a camera's events or one telemetry source's messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SourceRow {
     /// `site/device/source`.
     pub id: String,
@@ -116,7 +120,7 @@ pub struct SourceRow {
     pub fresh: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Summary {
     pub devices: u64,
     pub registered: u64,
@@ -133,7 +137,7 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Inventory {
     pub generated_ms: i64,
     pub stale_after_ms: i64,

@@ -103,7 +103,7 @@ pub struct Appended {
 }
 
 /// Records of one source key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SourceStats {
     pub records: u64,
     /// Payload bytes (as received).

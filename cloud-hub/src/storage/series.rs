@@ -137,7 +137,7 @@ impl Retention {
 }
 
 /// A series and what it has received (all time: rollups outlive raw points).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeriesInfo {
     pub site: String,
     pub device: String,
@@ -158,7 +158,7 @@ pub struct SeriesFilter {
     pub limit: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Resolution {
     Raw,
@@ -191,13 +191,13 @@ pub struct SeriesQuery {
     pub limit: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Point {
     pub t: i64,
     pub v: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Bucket {
     /// Bucket start (Unix ms, aligned to the resolution).
     pub t: i64,
@@ -207,7 +207,7 @@ pub struct Bucket {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct SeriesData {
     pub resolution: Resolution,
     /// Raw points (resolution raw), oldest first.

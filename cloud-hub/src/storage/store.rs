@@ -321,7 +321,7 @@ pub struct EventAggregateQuery {
     pub by: Vec<EventDim>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AggregateGroup {
     /// Values of the `by` dimensions, in order (empty string: the event has none, e.g. a
     /// detection's zone).
@@ -395,7 +395,9 @@ pub struct TelemetryPage {
 }
 
 /// Which kind of data a source produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DataKind {
     Events,
@@ -403,7 +405,7 @@ pub enum DataKind {
 }
 
 /// What the store holds from one source: volume and time span (exact: kept by the record log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SourceRecord {
     pub kind: DataKind,
     pub site: String,
@@ -415,14 +417,14 @@ pub struct SourceRecord {
 }
 
 /// The latest status of a device and when the hub received it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeviceRecord {
     #[serde(flatten)]
     pub status: DeviceStatus,
     pub received_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StoreStats {
     pub events: u64,
     pub telemetry: u64,

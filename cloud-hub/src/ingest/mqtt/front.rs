@@ -217,7 +217,7 @@ pub struct FrontCounters {
 }
 
 /// The counters as `/api/v1/health` shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FrontSnapshot {
     pub devices_connected: i64,
     pub max_devices: u64,

@@ -33,7 +33,7 @@ pub const FATAL_FAILURES: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The broker as the probe last saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokerState {
     /// Not probed through the front yet (start-up).
@@ -72,7 +72,7 @@ pub struct BrokerHealth {
 }
 
 /// [`BrokerHealth`] as `/api/v1/health` shows it (`mqtt.broker`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct HealthSnapshot {
     pub state: BrokerState,
     pub probes_ok: u64,

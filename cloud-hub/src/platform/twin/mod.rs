@@ -226,6 +226,21 @@ pub struct Change {
     pub attrs: Vec<(String, Observed)>,
 }
 
+/// [`TwinCounters`] at one moment, as `/api/v1/health` shows them (`twin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct CountersSnapshot {
+    /// Durable batches the twin could not take (its queue was full); ingest never waits.
+    pub feed_dropped: u64,
+    pub batches_applied: u64,
+    /// Entity changes published on the change stream.
+    pub changes: u64,
+    pub history_written: u64,
+    pub history_failed: u64,
+    pub history_pruned: u64,
+    /// Changes change-stream clients missed because they fell behind.
+    pub stream_lagged: u64,
+}
+
 /// Twin counters for `/api/v1/health` (`twin`) and `/metrics`.
 #[derive(Debug, Default)]
 pub struct TwinCounters {
@@ -243,16 +258,16 @@ impl TwinCounters {
         a.load(Ordering::Relaxed)
     }
 
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "feed_dropped": Self::get(&self.feed_dropped),
-            "batches_applied": Self::get(&self.batches_applied),
-            "changes": Self::get(&self.changes),
-            "history_written": Self::get(&self.history_written),
-            "history_failed": Self::get(&self.history_failed),
-            "history_pruned": Self::get(&self.history_pruned),
-            "stream_lagged": Self::get(&self.stream_lagged),
-        })
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            feed_dropped: Self::get(&self.feed_dropped),
+            batches_applied: Self::get(&self.batches_applied),
+            changes: Self::get(&self.changes),
+            history_written: Self::get(&self.history_written),
+            history_failed: Self::get(&self.history_failed),
+            history_pruned: Self::get(&self.history_pruned),
+            stream_lagged: Self::get(&self.stream_lagged),
+        }
     }
 
     /// Prometheus text, appended to `/metrics`.

@@ -1,0 +1,427 @@
+//! HTTP API access (`[auth] http = "required"`): the [`POLICY`] table of who may call what, the
+//! bearer-token check in front of every route ([`require_access`]), and the device signature
+//! evidence uploads carry instead ([`upload_credentials`], checked by `crate::http::snapshots`).
+//! Tokens are in [`crate::http::tokens`]; refusals are counted (`ingest::metrics`) and logged
+//! rate-limited, never with a credential.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use csb_wire::sign::{SigningKey, UPLOAD_SIGNATURE_HEADER};
+
+use crate::http::error::{clip, ApiError};
+use crate::http::tokens::{Role, TokenInfo, TokenRegistry};
+use crate::ingest::devices::DeviceRegistry;
+use crate::ingest::metrics::{HttpAuthRefusal, Metrics};
+use crate::support::loglimit::LogLimiter;
+
+/// Uploader of a snapshot, `{site}/{device}` (required on upload, echoed on download).
+pub const DEVICE_HEADER: &str = "x-csb-device";
+/// The event a snapshot belongs to, a ULID (optional on upload, echoed on download).
+pub const EVENT_HEADER: &str = "x-csb-event";
+
+/// What `[auth] http = "required"` checks requests with.
+#[derive(Clone)]
+pub struct HttpAccess {
+    tokens: Arc<TokenRegistry>,
+    /// Evidence upload keys: the same credentials the devices use on MQTT.
+    devices: Arc<DeviceRegistry>,
+    /// Refusals are logged at most a few lines a minute (always counted).
+    limiter: Arc<Mutex<LogLimiter>>,
+}
+
+impl HttpAccess {
+    pub fn new(tokens: Arc<TokenRegistry>, devices: Arc<DeviceRegistry>) -> Self {
+        HttpAccess {
+            tokens,
+            devices,
+            limiter: Arc::new(Mutex::new(LogLimiter::new(10, Duration::from_secs(60)))),
+        }
+    }
+
+    /// Logs a refusal: method, path, reason and the token's name, never a credential.
+    pub(crate) fn log_refusal(
+        &self,
+        method: &Method,
+        path: &str,
+        reason: HttpAuthRefusal,
+        who: &str,
+    ) {
+        let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(suppressed) = l.allow(Instant::now()) {
+            tracing::warn!(
+                %method,
+                path = %clip(path),
+                reason = reason.as_str(),
+                who,
+                suppressed_since_last = suppressed,
+                "HTTP request refused"
+            );
+        }
+    }
+}
+
+/// Who may call a route with `[auth] http = "required"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: load balancers and orchestrators probe health without credentials.
+    Open,
+    /// An edge device, proven by the request's `X-Csb-Signature` (checked by the handler, which
+    /// needs the body); bearer tokens are not taken, so evidence is always attributable to the
+    /// device that captured it.
+    Device,
+    /// A bearer token of this role or a higher one.
+    Role(Role),
+}
+
+enum PathMatch {
+    Exact(&'static str),
+    /// The prefix followed by one path segment (an id).
+    Item(&'static str),
+    /// The prefix followed by anything.
+    Under(&'static str),
+}
+
+struct Rule {
+    /// `"*"` for any method; HEAD counts as GET.
+    method: &'static str,
+    path: PathMatch,
+    access: Access,
+}
+
+/// Routes that need something other than the default; first match wins. The default: reads
+/// (GET, HEAD) need `viewer`, anything else (writes) `operator`. A new endpoint falls under the
+/// default by its method; give it a row here when it needs more (management: `admin`) or less.
+const POLICY: &[Rule] = &[
+    Rule {
+        method: "GET",
+        path: PathMatch::Exact("/api/v1/health"),
+        access: Access::Open,
+    },
+    // The API's description (no data in it): clients and tools read it before they have a token.
+    Rule {
+        method: "GET",
+        path: PathMatch::Exact("/api/v1/openapi.json"),
+        access: Access::Open,
+    },
+    Rule {
+        method: "PUT",
+        path: PathMatch::Item("/api/v1/snapshots/"),
+        access: Access::Device,
+    },
+    // The digital twin (NGSI-LD reads and the change stream): viewers, like the other reads.
+    Rule {
+        method: "GET",
+        path: PathMatch::Under("/ngsi-ld/v1/"),
+        access: Access::Role(Role::Viewer),
+    },
+    Rule {
+        method: "GET",
+        path: PathMatch::Exact("/api/v1/twin/stream"),
+        access: Access::Role(Role::Viewer),
+    },
+    // Reserved for management endpoints (tokens, devices, config over HTTP).
+    Rule {
+        method: "*",
+        path: PathMatch::Under("/api/v1/admin/"),
+        access: Access::Role(Role::Admin),
+    },
+];
+
+/// What `method path` needs with `[auth] http = "required"` (see [`POLICY`]).
+pub fn access_for(method: &Method, path: &str) -> Access {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let path_matches = |m: &PathMatch| match *m {
+        PathMatch::Exact(p) => path == p,
+        PathMatch::Item(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+        PathMatch::Under(prefix) => path.starts_with(prefix),
+    };
+    POLICY
+        .iter()
+        .find(|r| (r.method == "*" || r.method == method) && path_matches(&r.path))
+        .map(|r| r.access)
+        .unwrap_or(if method == "GET" {
+            Access::Role(Role::Viewer)
+        } else {
+            Access::Role(Role::Operator)
+        })
+}
+
+/// `WWW-Authenticate` challenges (RFC 6750 for the bearer ones).
+const CHALLENGE_BEARER: &str = "Bearer realm=\"csb-hub\"";
+const CHALLENGE_BAD_REQUEST: &str = "Bearer realm=\"csb-hub\", error=\"invalid_request\"";
+const CHALLENGE_BAD_TOKEN: &str = "Bearer realm=\"csb-hub\", error=\"invalid_token\"";
+const CHALLENGE_SCOPE: &str = "Bearer realm=\"csb-hub\", error=\"insufficient_scope\"";
+/// Evidence uploads authenticate with a device signature, not a bearer token.
+pub(crate) const CHALLENGE_SIGNATURE: &str = "CSB-Signature realm=\"csb-hub\"";
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, HttpAuthRefusal> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(HttpAuthRefusal::MissingToken)?;
+    let value = value
+        .to_str()
+        .map_err(|_| HttpAuthRefusal::MalformedToken)?;
+    let (scheme, token) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(HttpAuthRefusal::MalformedToken)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || token.is_empty()
+        || token.contains(char::is_whitespace)
+    {
+        return Err(HttpAuthRefusal::MalformedToken);
+    }
+    Ok(token)
+}
+
+/// Checks the request's bearer token against the role it needs.
+fn check_bearer(
+    access: &HttpAccess,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    needed: Role,
+) -> Result<TokenInfo, (HttpAuthRefusal, String, ApiError)> {
+    let refuse = |reason, who: String, status, challenge, message: String| {
+        (
+            reason,
+            who,
+            ApiError::new(status, message).with_challenge(challenge),
+        )
+    };
+    let token = bearer(headers).map_err(|reason| match reason {
+        HttpAuthRefusal::MissingToken => refuse(
+            reason,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BEARER,
+            "authentication required: send `Authorization: Bearer <token>` with a token from \
+             `cloud-hub token add`"
+                .into(),
+        ),
+        _ => refuse(
+            reason,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BAD_REQUEST,
+            "header `Authorization` must be `Bearer <token>`".into(),
+        ),
+    })?;
+    let Some(who) = access.tokens.authenticate(token) else {
+        return Err(refuse(
+            HttpAuthRefusal::UnknownToken,
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            CHALLENGE_BAD_TOKEN,
+            "bearer token not recognised (never issued, or revoked)".into(),
+        ));
+    };
+    if who.role < needed {
+        return Err(refuse(
+            HttpAuthRefusal::InsufficientRole,
+            who.name.clone(),
+            StatusCode::FORBIDDEN,
+            CHALLENGE_SCOPE,
+            format!(
+                "`{method} {}` needs role `{needed}` or higher; token `{}` has role `{}`",
+                clip(path),
+                who.name,
+                who.role
+            ),
+        ));
+    }
+    Ok(who)
+}
+
+/// What the access middleware holds: the checks (`None` with `http = "off"`) and the counters
+/// its refusals go to.
+#[derive(Clone)]
+pub struct Gate {
+    pub access: Option<HttpAccess>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The `[auth] http = "required"` gate in front of every route (see [`access_for`]).
+pub async fn require_access(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let Some(access) = &gate.access else {
+        return next.run(req).await;
+    };
+    let needed = match access_for(req.method(), req.uri().path()) {
+        // `Device`: put_snapshot verifies the signature once it has the body.
+        Access::Open | Access::Device => return next.run(req).await,
+        Access::Role(role) => role,
+    };
+    match check_bearer(
+        access,
+        req.headers(),
+        req.method(),
+        req.uri().path(),
+        needed,
+    ) {
+        Ok(who) => {
+            // Handlers may want to know who asked (audit of future write endpoints).
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err((reason, who, e)) => {
+            gate.metrics.refuse_http(reason);
+            access.log_refusal(req.method(), req.uri().path(), reason, &who);
+            e.into_response()
+        }
+    }
+}
+
+/// What an upload's signature is checked against once its body is read.
+pub(crate) struct SignedUpload {
+    pub(crate) key: SigningKey,
+    /// The signed strings, exactly as sent.
+    pub(crate) id: String,
+    pub(crate) device: String,
+    pub(crate) event: String,
+    pub(crate) signature: String,
+}
+
+/// The uploading device's key and the request's signature, before the body is read: an
+/// unsigned upload or an unknown device is refused without reading the body.
+pub(crate) fn upload_credentials(
+    access: &HttpAccess,
+    headers: &HeaderMap,
+    raw_id: String,
+    site: &str,
+    device: &str,
+) -> Result<SignedUpload, (HttpAuthRefusal, ApiError)> {
+    let unauthorized = |reason, message: String| {
+        (
+            reason,
+            ApiError::new(StatusCode::UNAUTHORIZED, message).with_challenge(CHALLENGE_SIGNATURE),
+        )
+    };
+    let signature = headers
+        .get(UPLOAD_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            unauthorized(
+                HttpAuthRefusal::UploadUnsigned,
+                "evidence uploads must be signed: header `X-Csb-Signature: <64 hex>` \
+                 (HMAC-SHA256 with the device key, see docs/wire.md)"
+                    .into(),
+            )
+        })?;
+    let Some(key) = access.devices.key(site, device) else {
+        return Err(unauthorized(
+            HttpAuthRefusal::UploadUnknownDevice,
+            format!("device {site}/{device} has no credentials (`cloud-hub device add`)"),
+        ));
+    };
+    // upload_headers has checked both: present, and ASCII.
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok(SignedUpload {
+        key,
+        id: raw_id,
+        device: text(DEVICE_HEADER),
+        event: text(EVENT_HEADER),
+        signature: signature.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn policy_table() {
+        let a = |m: Method, p: &str| access_for(&m, p);
+        assert_eq!(a(Method::GET, "/api/v1/health"), Access::Open);
+        assert_eq!(a(Method::HEAD, "/api/v1/health"), Access::Open);
+        assert_eq!(a(Method::GET, "/api/v1/openapi.json"), Access::Open);
+        assert_eq!(
+            a(Method::POST, "/api/v1/openapi.json"),
+            Access::Role(Role::Operator)
+        );
+        // Only reading health is open.
+        assert_eq!(
+            a(Method::POST, "/api/v1/health"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(a(Method::PUT, "/api/v1/snapshots/01J0"), Access::Device);
+        assert_eq!(
+            a(Method::PUT, "/api/v1/snapshots/01J0/x"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            a(Method::PUT, "/api/v1/snapshots/"),
+            Access::Role(Role::Operator)
+        );
+        for p in [
+            "/api/v1/events",
+            "/api/v1/events/01J0/snapshot",
+            "/api/v1/snapshots/01J0",
+            "/metrics",
+            "/nonesuch",
+        ] {
+            assert_eq!(a(Method::GET, p), Access::Role(Role::Viewer), "{p}");
+            assert_eq!(a(Method::DELETE, p), Access::Role(Role::Operator), "{p}");
+        }
+        assert_eq!(
+            a(Method::GET, "/api/v1/admin/tokens"),
+            Access::Role(Role::Admin)
+        );
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(
+            bearer(&HeaderMap::new()),
+            Err(HttpAuthRefusal::MissingToken)
+        );
+        assert_eq!(bearer(&h("Bearer csb_x")), Ok("csb_x"));
+        assert_eq!(bearer(&h("bearer  csb_x ")), Ok("csb_x"));
+        for bad in ["Basic abc", "Bearer", "Bearer ", "csb_x", "Bearer a b"] {
+            assert_eq!(
+                bearer(&h(bad)),
+                Err(HttpAuthRefusal::MalformedToken),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn challenges_are_valid_header_values() {
+        for c in [
+            CHALLENGE_BEARER,
+            CHALLENGE_BAD_REQUEST,
+            CHALLENGE_BAD_TOKEN,
+            CHALLENGE_SCOPE,
+            CHALLENGE_SIGNATURE,
+        ] {
+            HeaderValue::from_str(c).unwrap();
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `GET /api/v1/county`: the county model the hub was started with.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::http::error::ApiError;
+use crate::http::state::ApiState;
+use crate::platform::county::County;
+use crate::storage::store::Store;
+
+/// The county model as loaded: the county, departments, towns, roads, zones (GeoJSON geometry
+/// inline) and the device inventory. 404 when the hub runs without one.
+pub(crate) async fn county<S: Store>(State(st): State<ApiState<S>>) -> Result<Response, ApiError> {
+    match &st.county {
+        Some(c) => Ok(Json::<&County>(c).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no county model loaded (cloud-hub serve --county DIR, or county_dir in the config)",
+        )),
+    }
+}

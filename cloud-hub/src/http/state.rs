@@ -1,0 +1,128 @@
+//! What every handler is given: the store and its concurrency slots, the counters, and what
+//! the hub was started with (county model, twin, broker health, access checks).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use tokio::sync::Semaphore;
+
+use crate::http::auth::HttpAccess;
+use crate::http::error::ApiError;
+use crate::ingest::metrics::Metrics;
+use crate::storage::store::StoreError;
+
+/// Bound on one store call from a request; the store's own scan limit bounds the work behind it.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Store calls that may run at once; each may hold a blocking thread for a scan, so more
+/// requests than this get 503 instead of piling up threads.
+const MAX_CONCURRENT_STORE_CALLS: usize = 16;
+
+pub struct ApiState<S> {
+    pub(crate) store: Arc<S>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) started: Instant,
+    pub(crate) mqtt_addr: SocketAddr,
+    pub(crate) store_slots: Arc<Semaphore>,
+    pub(crate) snapshot_max_bytes: usize,
+    /// `Some` with `[auth] http = "required"`.
+    pub(crate) access: Option<HttpAccess>,
+    /// The county model (`county_dir`), when one is loaded.
+    pub(crate) county: Option<Arc<crate::platform::county::County>>,
+    /// The digital twin (with a county model): NGSI-LD routes, health and metrics.
+    pub(crate) twin: Option<Arc<crate::platform::twin::Twin>>,
+    /// The MQTT broker's self-probe: health says whether devices can get in.
+    pub(crate) broker: Option<Arc<crate::ingest::mqtt::probe::BrokerHealth>>,
+}
+
+impl<S> ApiState<S> {
+    pub fn new(
+        store: Arc<S>,
+        metrics: Arc<Metrics>,
+        started: Instant,
+        mqtt_addr: SocketAddr,
+        snapshot_max_bytes: usize,
+    ) -> Self {
+        ApiState {
+            store,
+            metrics,
+            started,
+            mqtt_addr,
+            store_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_STORE_CALLS)),
+            snapshot_max_bytes,
+            access: None,
+            county: None,
+            twin: None,
+            broker: None,
+        }
+    }
+
+    /// Reports the broker's health (`mqtt.broker`; `degraded` and 503 while it fails).
+    pub fn with_broker(mut self, health: Arc<crate::ingest::mqtt::probe::BrokerHealth>) -> Self {
+        self.broker = Some(health);
+        self
+    }
+
+    /// Serves the twin: the NGSI-LD API and the change stream ([`crate::http::ngsi`]).
+    pub fn with_twin(mut self, twin: Arc<crate::platform::twin::Twin>) -> Self {
+        self.twin = Some(twin);
+        self
+    }
+
+    /// Serves the county model at `GET /api/v1/county`.
+    pub fn with_county(mut self, county: Arc<crate::platform::county::County>) -> Self {
+        self.county = Some(county);
+        self
+    }
+
+    /// Requires bearer tokens and signed uploads (`[auth] http = "required"`).
+    pub fn with_http_access(mut self, access: HttpAccess) -> Self {
+        self.access = Some(access);
+        self
+    }
+}
+
+// Manual impl: deriving would demand `S: Clone`.
+impl<S> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        ApiState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            started: self.started,
+            mqtt_addr: self.mqtt_addr,
+            store_slots: self.store_slots.clone(),
+            snapshot_max_bytes: self.snapshot_max_bytes,
+            access: self.access.clone(),
+            county: self.county.clone(),
+            twin: self.twin.clone(),
+            broker: self.broker.clone(),
+        }
+    }
+}
+
+/// Runs one store call with a concurrency slot and a time limit.
+pub async fn store_call<T>(
+    slots: &Semaphore,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
+    let Ok(_slot) = slots.try_acquire() else {
+        tracing::warn!(what, "store busy: too many concurrent requests");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many concurrent requests; retry {what} shortly"),
+        ));
+    };
+    match tokio::time::timeout(STORE_TIMEOUT, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            tracing::warn!(what, "store call timed out");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} took longer than {STORE_TIMEOUT:?}; narrow the query"),
+            ))
+        }
+    }
+}
