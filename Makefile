@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Tests and demo share one release build: one cold compile instead of two.
 PROFILE_FLAGS := --release
 
-.PHONY: setup build demo test bench lint schemas fuzz clean-data
+.PHONY: setup build demo test bench lint schemas openapi schemathesis fuzz clean-data
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +33,16 @@ lint:
 # Regenerate schemas/*.json from the wire types.
 schemas:
 	UPDATE_SCHEMAS=1 $(CARGO) test -p csb-wire committed_schemas_match_types
+
+# Regenerate docs/openapi.json from the code (the HTTP API's OpenAPI 3.1 document; a test fails
+# while the committed one is stale).
+openapi:
+	$(CARGO) run $(PROFILE_FLAGS) -q -p cloud-hub -- openapi --out docs/openapi.json
+
+# Schemathesis against a real hub process (county model, some data), every operation, auth off
+# and on. See scripts/schemathesis.sh.
+schemathesis: build
+	@bash scripts/schemathesis.sh
 
 # cargo-fuzz targets for payloads, topics, the MQTT front's stream reading and both config files,
 # FUZZ_SECONDS each (nightly; installs cargo-fuzz if missing). Fails naming the target and crash

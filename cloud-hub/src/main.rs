@@ -54,6 +54,12 @@ enum Command {
     },
     /// Check a county model folder and print what it holds (default: configs/county).
     County { dir: Option<PathBuf> },
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /api/v1/openapi.json` serves), or
+    /// write it to a file (`make openapi` writes docs/openapi.json).
+    Openapi {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The 家底 inventory of a running hub: devices by kind, town, department and status
     /// (unregistered ones included), and what each data source delivered. A table by default.
     Inventory {
@@ -385,6 +391,15 @@ fn run() -> anyhow::Result<()> {
             writeln!(out, "{}", c.summary())?;
             for w in &c.warnings {
                 writeln!(out, "warning: {w}")?;
+            }
+            Ok(())
+        }
+        Command::Openapi { out } => {
+            let text = cloud_hub::http::openapi::to_json(&cloud_hub::http::openapi());
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => std::io::stdout().lock().write_all(text.as_bytes())?,
             }
             Ok(())
         }

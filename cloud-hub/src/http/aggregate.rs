@@ -1,13 +1,15 @@
 //! `GET /api/v1/events/aggregate`: event counts grouped by dimensions and time bucket, what
 //! the cockpit's charts are made of.
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::Json;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::http::error::{clip, ApiError};
-use crate::http::events::{bad_param, Filters};
+use crate::http::events::{bad_param, Filters, BAD_PARAMETER};
+use crate::http::openapi::{errors, store_errors, viewer};
 use crate::http::query::{
     check_time_range, from_text, Camera, CategoryCode, Checked, Device, EventType, KindParam,
     Params, PhaseParam, Site, Time, ZoneId,
@@ -21,6 +23,7 @@ use crate::storage::store::{
 /// Parameters of `GET /api/v1/events/aggregate`: the event filters (but `class` and `limit`),
 /// the grouping and the bucket size.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct AggregateParams {
     /// Site of the device.
     site: Option<Checked<Site>>,
@@ -39,6 +42,7 @@ pub struct AggregateParams {
     /// A rule's `phase`; only rule events match.
     phase: Option<PhaseParam>,
     /// A town of the county model (`GET /api/v1/county`): events of its cameras only.
+    #[schemars(length(min = 1, max = 64))]
     town: Option<String>,
     /// Start of the range, inclusive; default `to` − 24 h.
     from: Option<Time>,
@@ -278,6 +282,18 @@ pub struct AggregateBody {
     total: u64,
     /// Groups by descending total.
     groups: Vec<AggregateGroup>,
+}
+
+pub(crate) fn aggregate_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("aggregateEvents")
+        .tag("events")
+        .summary("Event counts grouped by dimensions and time bucket")
+        .description(
+            "What the cockpit's charts are made of: events in [`from`, `to`) matching the \
+             filters, counted per group of `by` dimensions and per `bucket`.",
+        );
+    store_errors(viewer(errors(op, &[BAD_PARAMETER])))
 }
 
 /// `from` defaults to `to` − 24 h, `to` to now; `by` a comma list (≤ 3) of town, site,

@@ -1,14 +1,43 @@
 //! `GET /api/v1/county`: the county model the hub was started with.
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::ApiError;
+use crate::http::openapi::{content, errors, respond, schema_of, viewer};
 use crate::http::state::ApiState;
 use crate::platform::county::County;
 use crate::storage::store::Store;
+
+pub(crate) fn county_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getCounty")
+        .tag("devices")
+        .summary("The county model the hub was started with")
+        .description(
+            "The county, departments, towns, roads, zones (each with a GeoJSON `geometry`) and \
+             the registered gateways, cameras and sensors (`configs/county/` is a sample).",
+        );
+    let op = respond(
+        op,
+        200,
+        content(
+            "The county model",
+            "application/json",
+            schema_of::<County>(),
+        ),
+    );
+    viewer(errors(
+        op,
+        &[(
+            404,
+            "The hub runs without a county model (`cloud-hub serve --county DIR`)",
+        )],
+    ))
+}
 
 /// The county model as loaded: the county, departments, towns, roads, zones (GeoJSON geometry
 /// inline) and the device inventory. 404 when the hub runs without one.

@@ -64,9 +64,19 @@ pub fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// An id in the path (`{id}`), as sent.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(inline)]
+pub struct IdPath {
+    /// A ULID: 26 characters of Crockford base32.
+    #[schemars(regex(pattern = r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))]
+    pub id: String,
+}
+
 /// Parses an id from the path; `what` names it in the error.
-pub fn parse_id(what: &str, path: Result<Path<String>, PathRejection>) -> Result<Ulid, ApiError> {
-    let Path(raw) = path.map_err(|e| ApiError::bad_request(format!("{what} in the path: {e}")))?;
+pub fn parse_id(what: &str, path: Result<Path<IdPath>, PathRejection>) -> Result<Ulid, ApiError> {
+    let Path(IdPath { id: raw }) =
+        path.map_err(|e| ApiError::bad_request(format!("{what} in the path: {e}")))?;
     Ulid::from_string(&raw)
         .map_err(|e| ApiError::bad_request(format!("{what} `{}` is not a ULID: {e}", clip(&raw))))
 }

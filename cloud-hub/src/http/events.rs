@@ -2,6 +2,7 @@
 //! evidence JPEG of a rule event, `GET /api/v1/events/{id}/snapshot`. Counts over time are in
 //! [`crate::http::aggregate`].
 
+use aide::transform::TransformOperation;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,7 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-use crate::http::error::{clip, parse_id, ApiError};
+use crate::http::error::{clip, parse_id, ApiError, IdPath};
+use crate::http::openapi::{errors, store_errors, viewer};
 use crate::http::query::{
     check_time_range, from_pairs, Camera, CategoryCode, Checked, ClassName, Count, Device,
     EventType, KindParam, Params, PhaseParam, Repeats, Rest, Site, Style, Time, ZoneId,
@@ -23,6 +25,7 @@ use crate::storage::store::{ClassFilter, EventQuery, Store, DEFAULT_LIMIT, MAX_L
 
 /// Filters of `GET /api/v1/events`; every one narrows the answer.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct EventParams {
     /// Site of the device.
     site: Option<Checked<Site>>,
@@ -44,6 +47,7 @@ pub struct EventParams {
     /// A rule's `phase`; only rule events match.
     phase: Option<PhaseParam>,
     /// A town of the county model (`GET /api/v1/county`): events of its cameras only.
+    #[schemars(length(min = 1, max = 64))]
     town: Option<String>,
     /// Earliest event time, inclusive.
     from: Option<Time>,
@@ -176,6 +180,25 @@ pub struct EventsBody {
     truncated: bool,
 }
 
+/// A refused parameter (400), for the operations that take query parameters.
+pub(crate) const BAD_PARAMETER: (u16, &str) = (
+    400,
+    "A parameter was refused (unknown, repeated, or a bad value): the message names it",
+);
+
+pub(crate) fn events_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("listEvents")
+        .tag("events")
+        .summary("Stored events, newest first")
+        .description(
+            "Detection and rule events as the edge agents sent them, newest first (by event \
+             time), filtered. A scan stops at the store's scan limit: `truncated` says older \
+             matches may exist.",
+        );
+    store_errors(viewer(errors(op, &[BAD_PARAMETER])))
+}
+
 pub(crate) async fn events<S: Store>(
     State(st): State<ApiState<S>>,
     Params(p, _): Params<EventParams>,
@@ -191,7 +214,7 @@ pub(crate) async fn events<S: Store>(
 
 pub(crate) async fn event_by_id<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<IdPath>, PathRejection>,
 ) -> Result<Json<csb_wire::Event>, ApiError> {
     let id = parse_id("event id", path)?;
     // Json of the wire type, not `json!`: keeps the short f32 form (see `EventsBody`).
@@ -201,11 +224,51 @@ pub(crate) async fn event_by_id<S: Store>(
         .ok_or_else(|| ApiError::not_found(format!("no event with id {id}")))
 }
 
+pub(crate) fn event_by_id_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getEvent")
+        .tag("events")
+        .summary("One stored event by id");
+    store_errors(viewer(errors(
+        op,
+        &[
+            (400, "The id is not a ULID"),
+            (404, "No event with this id"),
+        ],
+    )))
+}
+
+pub(crate) fn event_snapshot_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getEventSnapshot")
+        .tag("evidence")
+        .summary("The evidence JPEG of a rule event")
+        .description(
+            "The JPEG the event's `rule.snapshot` names (uploaded separately by the edge agent).",
+        );
+    let op = crate::http::snapshots::jpeg_docs(op);
+    store_errors(viewer(errors(
+        op,
+        &[
+            (400, "The id is not a ULID"),
+            (
+                404,
+                "No such event, the event has no snapshot, or the snapshot has not arrived yet \
+                 (retry later); the message says which",
+            ),
+            (
+                409,
+                "The snapshot was uploaded by another device than the event's",
+            ),
+        ],
+    )))
+}
+
 /// The evidence JPEG of a rule event. 404 names which link is missing: the event, its snapshot
 /// reference, or the snapshot itself (uploaded separately, so it may not have arrived yet).
 pub(crate) async fn event_snapshot<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<IdPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id("event id", path)?;
     let event = store_call(&st.store_slots, "event lookup", st.store.event(id))

@@ -1,12 +1,14 @@
 //! `GET /api/v1/health`: liveness for load balancers and supervisors (open without a token),
 //! with the counters of every stage and the store's sizes.
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::http::openapi::{content, respond, schema_of};
 use crate::http::state::{store_call, ApiState};
 use crate::ingest::metrics::{EvidenceCounters, HttpAuthCounters, IngestSnapshot, MqttSnapshot};
 use crate::ingest::mqtt::probe::BrokerState;
@@ -53,6 +55,32 @@ pub struct HealthBody {
     storage: StorageHealth,
     /// The digital twin's counters; `null` without a county model.
     twin: Option<CountersSnapshot>,
+}
+
+pub(crate) fn health_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("health")
+        .tag("operations")
+        .summary("Liveness, counters of every stage, store sizes")
+        .description("Open without a token: load balancers and supervisors probe it.");
+    let op = respond(
+        op,
+        200,
+        content(
+            "Healthy (`status: ok`)",
+            "application/json",
+            schema_of::<HealthBody>(),
+        ),
+    );
+    respond(
+        op,
+        503,
+        content(
+            "Degraded: the store fails, or the broker admits no one",
+            "application/json",
+            schema_of::<HealthBody>(),
+        ),
+    )
 }
 
 /// 200 `ok`, or 503 `degraded` when the store fails or devices cannot get in.

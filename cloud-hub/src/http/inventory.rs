@@ -1,5 +1,6 @@
 //! `GET /api/v1/inventory`: the 家底 report ([`crate::platform::inventory`]) as JSON or CSV.
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -8,12 +9,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use crate::http::error::ApiError;
+use crate::http::openapi::{
+    content, errors, respond, schema_of, store_errors, viewer, with_header,
+};
 use crate::http::query::{from_text, Params, QueryFault, Repeats, Style};
 use crate::http::state::{store_call, ApiState};
 use crate::storage::store::Store;
 
 /// Parameters of `GET /api/v1/inventory`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct InventoryParams {
     /// `json` (default) or `csv`.
     format: Option<Format>,
@@ -101,6 +106,39 @@ impl Style for InventoryStyle {
             QueryFault::Bad { name, detail } => format!("{name}: {detail}"),
         })
     }
+}
+
+pub(crate) fn inventory_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getInventory")
+        .tag("devices")
+        .summary("The 家底 inventory: every device, its state and the data it delivered")
+        .description(
+            "Registered devices (county model) and devices seen on the wire only \
+             (unregistered), with status, last contact and data volumes; JSON or CSV.",
+        );
+    let json = content(
+        "The report (JSON), or one of its tables (CSV)",
+        "application/json",
+        schema_of::<crate::platform::inventory::Inventory>(),
+    );
+    let csv = content("", "text/csv", schemars::json_schema!({"type": "string"}));
+    let mut r = json;
+    r.content.extend(csv.content);
+    let r = with_header(
+        r,
+        "Content-Disposition",
+        "With `format=csv`: `attachment; filename=\"inventory-devices.csv\"` (or sources)",
+        false,
+    );
+    let op = respond(op, 200, r);
+    store_errors(viewer(errors(
+        op,
+        &[(
+            400,
+            "A parameter was refused (unknown, or a bad value): the message names it",
+        )],
+    )))
 }
 
 /// `format=json` (default) or `csv`, `table=devices` (default) or `sources` for CSV,

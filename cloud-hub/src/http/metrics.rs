@@ -4,15 +4,33 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::http::header;
 
+use crate::http::openapi::{content, respond, viewer};
 use crate::http::state::{store_call, ApiState};
 use crate::ingest::metrics::{EvidenceCounters, HttpAuthCounters, IngestSnapshot, MqttSnapshot};
 use crate::storage::store::{Store, StoreStats};
 
 /// The content type of the Prometheus text exposition format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub(crate) fn metrics_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("metrics")
+        .tag("operations")
+        .summary("Prometheus metrics (text exposition 0.0.4)");
+    viewer(respond(
+        op,
+        200,
+        content(
+            "Every counter, the store's sizes and the twin's counters",
+            "text/plain",
+            schemars::json_schema!({"type": "string"}),
+        ),
+    ))
+}
 
 /// `GET /metrics`: every counter and the store's sizes (when the store answers), and the twin's.
 pub(crate) async fn metrics<S: Store>(

@@ -1,5 +1,6 @@
 //! The hub's HTTP API (axum): the REST API under `/api/v1`, the twin's NGSI-LD API under
-//! `/ngsi-ld/v1`, and `/metrics`. This file is the router; each resource has its module:
+//! `/ngsi-ld/v1`, and `/metrics`. This file is the router: every route with its OpenAPI
+//! documentation ([`openapi`]); each resource has its module, handlers and docs together:
 //!
 //! - [`events`] — `GET /api/v1/events`, `/api/v1/events/{id}`, `/api/v1/events/{id}/snapshot`
 //! - [`aggregate`] — `GET /api/v1/events/aggregate`
@@ -8,7 +9,7 @@
 //! - [`snapshots`] — `PUT`/`GET /api/v1/snapshots/{id}` (evidence JPEGs)
 //! - [`devices`], [`county`], [`inventory`], [`health`] — `GET /api/v1/{devices,county,inventory,health}`
 //! - [`ngsi`] — the NGSI-LD API and the change stream `GET /api/v1/twin/stream`
-//! - [`metrics`] — `GET /metrics` (Prometheus text)
+//! - [`metrics`] — `GET /metrics` (Prometheus text); [`openapi`] — `GET /api/v1/openapi.json`
 //!
 //! Shared by them: [`state`] (what handlers are given, store calls with a slot and a time
 //! limit), [`query`] (typed query parameters), [`error`] (the REST API's one error shape,
@@ -16,10 +17,14 @@
 //! "required"`, a middleware checks bearer tokens from [`tokens`] against the role its `POLICY`
 //! table gives the route; evidence uploads carry the device's signature instead).
 
+use std::sync::Arc;
+
+use aide::axum::routing::{get_with, put_with};
+use aide::axum::ApiRouter;
+use aide::openapi::OpenApi;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
-use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 
 pub mod aggregate;
 pub mod auth;
@@ -31,6 +36,7 @@ pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod ngsi;
+pub mod openapi;
 pub mod quarantine;
 pub mod query;
 pub mod series;
@@ -43,67 +49,100 @@ pub use crate::http::auth::{access_for, Access, HttpAccess};
 pub use crate::http::error::ApiError;
 pub use crate::http::state::ApiState;
 
+use crate::http::aggregate as agg;
 use crate::http::auth::{require_access, Gate};
-use crate::storage::store::Store;
+use crate::http::county as cty;
+use crate::http::devices as dev;
+use crate::http::events as ev;
+use crate::http::health as hl;
+use crate::http::inventory as inv;
+use crate::http::metrics as met;
+use crate::http::openapi as doc;
+use crate::http::quarantine as qua;
+use crate::http::series as ser;
+use crate::http::snapshots as snp;
+use crate::http::telemetry as tel;
+use crate::platform::twin::Twin;
+use crate::storage::store::{SledStore, Store};
+
+/// Every route of the API with its documentation. The NGSI-LD routes answer from `twin`
+/// (without one, 404 ProblemDetails); uploads are cut off at `upload_limit` bytes.
+fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<ApiState<S>> {
+    ApiRouter::new()
+        .api_route("/api/v1/events", get_with(ev::events::<S>, ev::events_docs))
+        .api_route(
+            "/api/v1/events/aggregate",
+            get_with(agg::events_aggregate::<S>, agg::aggregate_docs),
+        )
+        .api_route(
+            "/api/v1/events/{id}",
+            get_with(ev::event_by_id::<S>, ev::event_by_id_docs),
+        )
+        .api_route(
+            "/api/v1/events/{id}/snapshot",
+            get_with(ev::event_snapshot::<S>, ev::event_snapshot_docs),
+        )
+        .api_route(
+            "/api/v1/telemetry",
+            get_with(tel::telemetry::<S>, tel::telemetry_docs),
+        )
+        .api_route(
+            "/api/v1/telemetry/series",
+            get_with(ser::list::<S>, ser::list_docs),
+        )
+        .api_route(
+            "/api/v1/telemetry/series/query",
+            get_with(ser::query::<S>, ser::query_docs),
+        )
+        .api_route(
+            "/api/v1/quarantine",
+            get_with(qua::quarantine::<S>, qua::quarantine_docs),
+        )
+        .api_route(
+            "/api/v1/snapshots/{id}",
+            get_with(snp::get_snapshot::<S>, snp::get_snapshot_docs)
+                .merge(put_with(snp::put_snapshot::<S>, snp::put_snapshot_docs))
+                // Bounds what the body extractor reads, so an oversized upload without a
+                // Content-Length (chunked) is cut off at the limit instead of being buffered.
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .api_route(
+            "/api/v1/devices",
+            get_with(dev::devices::<S>, dev::devices_docs),
+        )
+        .api_route(
+            "/api/v1/county",
+            get_with(cty::county::<S>, cty::county_docs),
+        )
+        .api_route(
+            "/api/v1/inventory",
+            get_with(inv::inventory::<S>, inv::inventory_docs),
+        )
+        .api_route("/api/v1/health", get_with(hl::health::<S>, hl::health_docs))
+        .api_route(
+            "/api/v1/openapi.json",
+            get_with(doc::document, doc::document_docs),
+        )
+        .api_route("/metrics", get_with(met::metrics::<S>, met::metrics_docs))
+        .merge(crate::http::ngsi::routes(twin))
+}
+
+/// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.
+pub fn openapi() -> OpenApi {
+    doc::document_of(|| routes::<SledStore>(None, 0))
+}
 
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
-    // Bounds what the body extractor reads, so an oversized upload without a Content-Length
-    // (chunked) is cut off at the limit instead of being buffered whole.
-    let upload_limit = DefaultBodyLimit::max(state.snapshot_max_bytes);
-    let twin_routes = match &state.twin {
-        Some(t) => crate::http::ngsi::router(t.clone()),
-        None => Router::new(),
-    };
+    doc::begin();
+    let mut api = doc::base();
+    let app = routes::<S>(state.twin.clone(), state.snapshot_max_bytes).finish_api(&mut api);
+    let document = doc::Document(Arc::new(doc::to_json(&api)));
     let gate = Gate {
         access: state.access.clone(),
         metrics: state.metrics.clone(),
     };
-    Router::new()
-        .route("/api/v1/events", get(crate::http::events::events::<S>))
-        .route(
-            "/api/v1/events/aggregate",
-            get(crate::http::aggregate::events_aggregate::<S>),
-        )
-        .route(
-            "/api/v1/events/{id}",
-            get(crate::http::events::event_by_id::<S>),
-        )
-        .route(
-            "/api/v1/events/{id}/snapshot",
-            get(crate::http::events::event_snapshot::<S>),
-        )
-        .route(
-            "/api/v1/telemetry",
-            get(crate::http::telemetry::telemetry::<S>),
-        )
-        .route(
-            "/api/v1/telemetry/series",
-            get(crate::http::series::list::<S>),
-        )
-        .route(
-            "/api/v1/telemetry/series/query",
-            get(crate::http::series::query::<S>),
-        )
-        .route(
-            "/api/v1/quarantine",
-            get(crate::http::quarantine::quarantine::<S>),
-        )
-        .route(
-            "/api/v1/snapshots/{id}",
-            get(crate::http::snapshots::get_snapshot::<S>)
-                .put(crate::http::snapshots::put_snapshot::<S>)
-                .layer(upload_limit),
-        )
-        .route("/api/v1/devices", get(crate::http::devices::devices::<S>))
-        .route("/api/v1/county", get(crate::http::county::county::<S>))
-        .route(
-            "/api/v1/inventory",
-            get(crate::http::inventory::inventory::<S>),
-        )
-        .route("/api/v1/health", get(crate::http::health::health::<S>))
-        .route("/metrics", get(crate::http::metrics::metrics::<S>))
-        .merge(twin_routes)
-        .fallback(not_found)
+    app.fallback(not_found)
+        .layer(Extension(document))
         // Outside the routes, so unknown paths are refused alike (no probing for endpoints);
         // a no-op with `http = "off"`.
         .layer(axum::middleware::from_fn_with_state(gate, require_access))

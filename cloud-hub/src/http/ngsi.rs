@@ -17,18 +17,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aide::axum::routing::get_with;
+use aide::axum::ApiRouter;
+use aide::openapi::Response as DocResponse;
+use aide::transform::TransformOperation;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::http::openapi::{content, respond, schema_of, viewer, with_header};
 use crate::http::query::{from_pairs, from_text, Params, QueryFault, Repeats, Style};
 use crate::platform::ngsi::{parse_geometry, parse_georel, GeoQuery, GeoRel, Query as QQuery};
 use crate::platform::twin::history::Range;
@@ -53,22 +57,60 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Clone)]
 struct NgsiState {
-    twin: Arc<Twin>,
+    /// `None`: the hub runs without a county model, so without a twin.
+    twin: Option<Arc<Twin>>,
     streams: Arc<Semaphore>,
 }
 
-/// The NGSI-LD routes, for [`crate::http::router`] to merge.
-pub fn router<S: Clone + Send + Sync + 'static>(twin: Arc<Twin>) -> Router<S> {
-    Router::new()
-        .route("/ngsi-ld/v1/entities", get(entities))
-        .route("/ngsi-ld/v1/entities/{id}", get(entity))
-        .route("/ngsi-ld/v1/types", get(types))
-        .route("/ngsi-ld/v1/temporal/entities/{id}", get(temporal))
-        .route("/api/v1/twin/stream", get(stream))
+impl NgsiState {
+    fn twin(&self) -> Result<&Arc<Twin>, Problem> {
+        self.twin.as_ref().ok_or_else(|| {
+            Problem::not_found(
+                "no digital twin: the hub runs without a county model (cloud-hub serve --county \
+                 DIR, or county_dir in the config)",
+            )
+        })
+    }
+}
+
+/// The NGSI-LD routes with their documentation, for [`crate::http::router`] to merge; they
+/// answer from `twin` (without one, 404 ProblemDetails).
+pub fn routes<S: Clone + Send + Sync + 'static>(twin: Option<Arc<Twin>>) -> ApiRouter<S> {
+    ApiRouter::new()
+        .api_route("/ngsi-ld/v1/entities", get_with(entities, entities_docs))
+        .api_route("/ngsi-ld/v1/entities/{id}", get_with(entity, entity_docs))
+        .api_route("/ngsi-ld/v1/types", get_with(types, types_docs))
+        .api_route(
+            "/ngsi-ld/v1/temporal/entities/{id}",
+            get_with(temporal, temporal_docs),
+        )
+        .api_route("/api/v1/twin/stream", get_with(stream, stream_docs))
         .with_state(NgsiState {
             twin,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         })
+}
+
+/// The NGSI-LD routes of `twin` as a plain router (benchmarks).
+pub fn router<S: Clone + Send + Sync + 'static>(twin: Arc<Twin>) -> Router<S> {
+    routes(Some(twin)).into()
+}
+
+/// Each operation lists its ProblemDetails statuses itself (see `problems`).
+impl aide::OperationOutput for Problem {
+    type Inner = ProblemDetails;
+}
+
+/// The body of an NGSI-LD error (ETSI GS CIM 009, RFC 7807 ProblemDetails).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProblemDetails {
+    /// `https://uri.etsi.org/ngsi-ld/errors/{BadRequestData|ResourceNotFound|InternalError}`.
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    /// What was wrong, naming the parameter at fault.
+    detail: String,
 }
 
 /// An NGSI-LD ProblemDetails answer.
@@ -115,19 +157,250 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("https://uri.etsi.org/ngsi-ld/errors/{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = ProblemDetails {
+            kind: format!("https://uri.etsi.org/ngsi-ld/errors/{}", self.kind),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
         (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
+            serde_json::to_string(&body).unwrap_or_default(),
         )
             .into_response()
     }
+}
+
+/// NGSI-LD errors (ProblemDetails, `application/json`) with these statuses.
+fn problems<'a>(mut op: TransformOperation<'a>, list: &[(u16, &str)]) -> TransformOperation<'a> {
+    for (status, description) in list {
+        op = respond(
+            op,
+            *status,
+            content(
+                description,
+                "application/json",
+                schema_of::<ProblemDetails>(),
+            ),
+        );
+    }
+    op
+}
+
+/// An NGSI-LD answer: `application/ld+json` with `@context` in the body (the default), or
+/// `application/json` with the context in a `Link` header when the client accepts only that.
+fn ld(description: &str, schema: schemars::Schema) -> DocResponse {
+    let mut r = content(description, LD_JSON, schema.clone());
+    r.content
+        .extend(content("", "application/json", schema).content);
+    with_header(
+        r,
+        "Link",
+        "The JSON-LD `@context`, with `application/json`",
+        false,
+    )
+}
+
+/// An entity, normalized (`{"type": "Property", "value": …}` per attribute) or simplified
+/// (`options=keyValues`: attribute values only).
+pub struct NgsiEntity;
+
+impl JsonSchema for NgsiEntity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NgsiEntity".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "object",
+            "required": ["id", "type"],
+            "properties": {
+                "id": {"type": "string", "description": "`urn:ngsi-ld:{Type}:…`"},
+                "type": {"type": "string", "description": "The entity type (County, Town, Road, Zone, Gateway, Camera, Sensor …)"},
+                "@context": {"type": "string", "description": "With `application/ld+json`: the NGSI-LD core context"},
+            },
+            "additionalProperties": true,
+        })
+    }
+}
+
+/// `GET /ngsi-ld/v1/types`: the type list, or (with `details=true`) each type's attributes.
+pub struct NgsiTypes;
+
+impl JsonSchema for NgsiTypes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NgsiTypes".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "oneOf": [
+                {
+                    "type": "object",
+                    "description": "The EntityTypeList",
+                    "required": ["id", "type", "typeList"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "type": {"const": "EntityTypeList"},
+                        "typeList": {"type": "array", "items": {"type": "string"}},
+                        "@context": {"type": "string"},
+                    },
+                },
+                {
+                    "type": "array",
+                    "description": "With `details=true`: each EntityType",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "type", "typeName", "attributeNames"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "type": {"const": "EntityType"},
+                            "typeName": {"type": "string"},
+                            "attributeNames": {"type": "array", "items": {"type": "string"}},
+                            "@context": {"type": "string"},
+                        },
+                    },
+                },
+            ],
+        })
+    }
+}
+
+/// What every twin operation may answer besides its own.
+fn twin_errors(op: TransformOperation) -> TransformOperation {
+    viewer(problems(
+        op,
+        &[
+            (
+                400,
+                "A parameter was refused (unknown, repeated, or a bad value): the detail names it",
+            ),
+            (
+                404,
+                "No such entity, or the hub runs without a county model (no twin)",
+            ),
+        ],
+    ))
+}
+
+fn entities_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("queryEntities")
+        .tag("twin")
+        .summary("Twin entities, filtered (NGSI-LD Query Entities)")
+        .description("`type`/`id`/`idPattern`, `q` over attributes and geo queries, paged.");
+    let mut r = with_header(
+        ld(
+            "The entities of this page",
+            schemars::json_schema!({"type": "array", "items": schema_of::<NgsiEntity>()}),
+        ),
+        "NGSILD-Results-Count",
+        "With `count=true`: entities matching in all",
+        false,
+    );
+    for (name, operation) in [
+        ("entity", "retrieveEntity"),
+        ("history", "retrieveTemporalEntity"),
+    ] {
+        r.links.insert(
+            name.into(),
+            aide::openapi::ReferenceOr::Item(aide::openapi::Link {
+                description: Some("The first entity of the page".into()),
+                operation: aide::openapi::LinkOperation::OperationId(operation.into()),
+                request_body: None,
+                parameters: [("id".to_string(), json!("$response.body#/0/id"))].into(),
+                server: None,
+                extensions: Default::default(),
+            }),
+        );
+    }
+    twin_errors(respond(op, 200, r))
+}
+
+fn entity_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("retrieveEntity")
+        .tag("twin")
+        .summary("One twin entity (NGSI-LD Retrieve Entity)");
+    twin_errors(respond(
+        op,
+        200,
+        ld("The entity", schema_of::<NgsiEntity>()),
+    ))
+}
+
+fn types_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("retrieveTypes")
+        .tag("twin")
+        .summary("Entity types present in the twin (NGSI-LD Retrieve Available Entity Types)");
+    twin_errors(respond(op, 200, ld("The types", schema_of::<NgsiTypes>())))
+}
+
+fn temporal_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("retrieveTemporalEntity")
+        .tag("twin")
+        .summary("An entity's attribute history (NGSI-LD Retrieve Temporal Evolution)")
+        .description(
+            "Instances of each live attribute within the time range, at most 1000 per attribute.",
+        );
+    let op = respond(
+        op,
+        200,
+        ld(
+            "The entity with its attributes' instances",
+            schema_of::<NgsiEntity>(),
+        ),
+    );
+    let op = respond(
+        op,
+        206,
+        with_header(
+            ld(
+                "More instances than one answer holds: the first of them; narrow the range or \
+                 use `lastN`",
+                schema_of::<NgsiEntity>(),
+            ),
+            "Content-Range",
+            "`date-time {first}-{last}/*`: the range returned",
+            true,
+        ),
+    );
+    twin_errors(problems(
+        op,
+        &[
+            (500, "The history store failed (logged)"),
+            (
+                503,
+                "The twin keeps no history, or the read took longer than its limit",
+            ),
+        ],
+    ))
+}
+
+fn stream_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("twinStream")
+        .tag("twin")
+        .summary("Server-Sent Events: one `change` per entity change")
+        .description(
+            "Each `change` event carries the stream position as `id` (send it back as \
+             `Last-Event-ID` to resume) and the changed attributes, normalized. `lagged` says \
+             changes were missed: re-read the entities. Ends when the hub shuts down.",
+        );
+    let op = respond(
+        op,
+        200,
+        content(
+            "The event stream",
+            "text/event-stream",
+            schemars::json_schema!({"type": "string"}),
+        ),
+    );
+    twin_errors(problems(
+        op,
+        &[(503, "Too many change streams are open; retry later")],
+    ))
 }
 
 fn clip(s: &str) -> String {
@@ -590,7 +863,7 @@ async fn entities(
     let offset = p.offset.map_or(0, |n| n.0);
     let count = p.count.is_some_and(|c| c.0);
     let ld = wants_ld(&headers);
-    let (page, total) = st.twin.read(|ents, _| {
+    let (page, total) = st.twin()?.read(|ents, _| {
         let mut total = 0usize;
         let mut page = Vec::new();
         for e in ents.iter().filter(|e| filter.matches(e)) {
@@ -609,8 +882,18 @@ async fn entities(
     Ok(answer(StatusCode::OK, Value::Array(page), ld, extra))
 }
 
-fn entity_id(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
-    let Path(id) = path.map_err(|e| Problem::bad_request(format!("entity id in the path: {e}")))?;
+/// An entity id in the path (`{id}`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct EntityIdPath {
+    /// The entity's URI, `urn:ngsi-ld:{Type}:…`.
+    #[schemars(regex(pattern = r"^[A-Za-z][A-Za-z0-9+.-]*:"))]
+    id: String,
+}
+
+fn entity_id(path: Result<Path<EntityIdPath>, PathRejection>) -> Result<String, Problem> {
+    let Path(EntityIdPath { id }) =
+        path.map_err(|e| Problem::bad_request(format!("entity id in the path: {e}")))?;
     if !id.contains(':') {
         return Err(Problem::bad_request(format!(
             "entity id `{}` is not a URI (urn:ngsi-ld:Type:…)",
@@ -623,14 +906,14 @@ fn entity_id(path: Result<Path<String>, PathRejection>) -> Result<String, Proble
 async fn entity(
     State(st): State<NgsiState>,
     headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<EntityIdPath>, PathRejection>,
     Params(p, _): Params<EntityParams, Ngsi>,
 ) -> Result<Response, Problem> {
     let id = entity_id(path)?;
     let attrs = attrs_param(p.attrs.as_deref())?;
     let opts = options(p.options.as_deref(), p.format.as_deref())?;
     let ld = wants_ld(&headers);
-    let body = st.twin.read(|ents, index| {
+    let body = st.twin()?.read(|ents, index| {
         index
             .get(&id)
             .map(|&i| render(&ents[i], attrs.as_ref(), opts.key_values, ld))
@@ -648,7 +931,7 @@ async fn types(
 ) -> Result<Response, Problem> {
     let details = p.details.is_some_and(|d| d.0);
     let ld = wants_ld(&headers);
-    let present: Vec<(EntityType, BTreeSet<String>)> = st.twin.read(|ents, _| {
+    let present: Vec<(EntityType, BTreeSet<String>)> = st.twin()?.read(|ents, _| {
         EntityType::ALL
             .into_iter()
             .filter_map(|t| {
@@ -770,7 +1053,7 @@ fn temporal_range_of(p: &TemporalParams) -> Result<Range, Problem> {
 async fn temporal(
     State(st): State<NgsiState>,
     headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<EntityIdPath>, PathRejection>,
     Params(p, _): Params<TemporalParams, Ngsi>,
 ) -> Result<Response, Problem> {
     let id = entity_id(path)?;
@@ -778,7 +1061,8 @@ async fn temporal(
     let attrs = attrs_param(p.attrs.as_deref())?;
     let opts = options(p.options.as_deref(), None)?;
     let ld = wants_ld(&headers);
-    let Some((kind, names)) = st.twin.read(|ents, index| {
+    let twin = st.twin()?;
+    let Some((kind, names)) = twin.read(|ents, index| {
         index.get(&id).map(|&i| {
             let e = &ents[i];
             let names: Vec<String> = match &attrs {
@@ -790,7 +1074,7 @@ async fn temporal(
     }) else {
         return Err(Problem::not_found(format!("no entity `{}`", clip(&id))));
     };
-    let Some(history) = st.twin.history().cloned() else {
+    let Some(history) = twin.history().cloned() else {
         return Err(Problem::internal(
             StatusCode::SERVICE_UNAVAILABLE,
             "the twin keeps no history",
@@ -988,7 +1272,8 @@ async fn stream(
             .map(|v| list(v).into_iter().map(str::to_string).collect());
     // Subscribe before reading the backlog, so nothing falls between them (duplicates are
     // skipped by seq).
-    let rx = st.twin.subscribe();
+    let twin = st.twin()?;
+    let rx = twin.subscribe();
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -996,7 +1281,7 @@ async fn stream(
     let (backlog, missed, last) = match resume {
         None => (VecDeque::new(), false, 0),
         Some(seq) => {
-            let (recent, missed) = st.twin.recent_after(seq);
+            let (recent, missed) = twin.recent_after(seq);
             (recent.into(), missed, seq)
         }
     };
@@ -1007,8 +1292,8 @@ async fn stream(
         last,
         types,
         ids,
-        closing: st.twin.closing(),
-        twin: st.twin.clone(),
+        closing: twin.closing(),
+        twin: twin.clone(),
         _permit: Some(permit),
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {

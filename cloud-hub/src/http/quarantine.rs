@@ -1,12 +1,15 @@
 //! `GET /api/v1/quarantine`: messages ingest refused, newest first, with why (see
 //! `crate::storage::quarantine`).
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::Json;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::http::error::{clip, ApiError};
+use crate::http::events::BAD_PARAMETER;
+use crate::http::openapi::{errors, store_errors, viewer};
 use crate::http::query::{
     check_time_range, from_pairs, from_text, Checked, Count, Device, Params, Repeats, Rest, Site,
     Style, Time,
@@ -17,6 +20,7 @@ use crate::storage::store::{Store, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// Filters of `GET /api/v1/quarantine`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct QuarantineParams {
     /// Why the messages were refused.
     reason: Option<ReasonParam>,
@@ -90,6 +94,19 @@ pub struct QuarantineBody {
     count: usize,
     /// The scan limit was reached before `limit` matches were found: narrow the time range.
     truncated: bool,
+}
+
+pub(crate) fn quarantine_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("listQuarantine")
+        .tag("quarantine")
+        .summary("Refused messages, newest first")
+        .description(
+            "Every message ingest refused (oversized, not JSON, schema, version, bad topic, \
+             device mismatch, spoofed) with the reason, a detail naming the field, and the \
+             first bytes of the payload.",
+        );
+    store_errors(viewer(errors(op, &[BAD_PARAMETER])))
 }
 
 pub(crate) async fn quarantine<S: Store>(

@@ -91,6 +91,30 @@ where
     }
 }
 
+/// The parameters of `T` in the OpenAPI document: one per field, its schema and description
+/// from `T`'s JSON Schema; a 400 (worded by `S`) for a refused query string.
+impl<T: JsonSchema, S: Style> aide::OperationInput for Params<T, S> {
+    fn operation_input(ctx: &mut aide::generate::GenContext, op: &mut aide::openapi::Operation) {
+        let schema = ctx.schema.subschema_for::<T>();
+        let mut params = aide::operation::parameters_from_schema(
+            ctx,
+            schema,
+            aide::operation::ParamLocation::Query,
+        );
+        // A query string has no null: aide drops `null` from types, not from enums.
+        for p in &mut params {
+            if let aide::openapi::ParameterSchemaOrContent::Schema(s) =
+                &mut p.parameter_data_mut().format
+            {
+                if let Some(serde_json::Value::Array(e)) = s.json_schema.get_mut("enum") {
+                    e.retain(|v| !v.is_null());
+                }
+            }
+        }
+        aide::operation::add_parameters(ctx, op, params);
+    }
+}
+
 /// Decodes a query string into `T`: unknown and (with [`Repeats::Refuse`]) repeated parameters
 /// are refused first, then each value is parsed by its field's type.
 pub fn parse<T: DeserializeOwned>(raw: &str, repeats: Repeats) -> Result<T, QueryFault> {

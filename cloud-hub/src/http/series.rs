@@ -8,12 +8,15 @@
 //!
 //! Reads: role viewer under `[auth] http = "required"` (the default for GET in `POLICY`).
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::Json;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::http::error::{clip, ApiError};
+use crate::http::events::BAD_PARAMETER;
+use crate::http::openapi::{errors, store_errors, viewer};
 use crate::http::query::{
     from_text, Checked, Count, Device, MetricName, Params, Site, Source, Time,
 };
@@ -31,6 +34,7 @@ const DEFAULT_SPAN_MS: i64 = 86_400_000;
 
 /// Filters of `GET /api/v1/telemetry/series`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct ListParams {
     site: Option<Checked<Site>>,
     device: Option<Checked<Device>>,
@@ -43,6 +47,7 @@ pub struct ListParams {
 
 /// One series (all four of site, device, source and metric) and the range to read.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct QueryParams {
     #[schemars(required)]
     site: Option<Checked<Site>>,
@@ -166,6 +171,28 @@ pub struct SeriesQueryBody {
     count: usize,
     #[serde(flatten)]
     data: SeriesData,
+}
+
+pub(crate) fn list_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("listSeries")
+        .tag("telemetry")
+        .summary("Telemetry series, with the time span and count of points received");
+    store_errors(viewer(errors(op, &[BAD_PARAMETER])))
+}
+
+pub(crate) fn query_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("querySeries")
+        .tag("telemetry")
+        .summary("One series' points or rollup buckets, oldest first");
+    store_errors(viewer(errors(
+        op,
+        &[
+            BAD_PARAMETER,
+            (404, "No telemetry series with these four names"),
+        ],
+    )))
 }
 
 pub(crate) async fn list<S: Store>(

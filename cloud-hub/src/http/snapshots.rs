@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+use aide::openapi::{
+    MediaType, Parameter, ParameterData, ParameterSchemaOrContent, ReferenceOr, RequestBody,
+    SchemaObject,
+};
+use aide::transform::TransformOperation;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
@@ -11,12 +16,18 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use csb_wire::sign::verify_upload;
+use indexmap::IndexMap;
+use schemars::json_schema;
 use schemars::JsonSchema;
 use serde::Serialize;
 use ulid::Ulid;
 
 use crate::http::auth::{upload_credentials, CHALLENGE_SIGNATURE, DEVICE_HEADER, EVENT_HEADER};
-use crate::http::error::{clip, parse_id, ApiError};
+use crate::http::error::{clip, parse_id, ApiError, IdPath};
+use crate::http::openapi::{
+    content, error_response, errors, respond, schema_of, store_errors, viewer, with_header,
+    DEVICE_SIGNATURE,
+};
 use crate::http::state::{store_call, ApiState};
 use crate::ingest::metrics::{HttpAuthRefusal, Metrics, UploadReject};
 use crate::storage::store::{NewSnapshot, PutSnapshot, Snapshot, Store};
@@ -41,9 +52,163 @@ pub struct SnapshotStored {
     note: Option<&'static str>,
 }
 
+/// A JPEG answer: 200 `image/jpeg` and its headers.
+pub(crate) fn jpeg_docs(op: TransformOperation) -> TransformOperation {
+    let r = content(
+        "The JPEG",
+        "image/jpeg",
+        json_schema!({"type": "string", "contentMediaType": "image/jpeg"}),
+    );
+    let r = with_header(
+        r,
+        "Cache-Control",
+        "`private, max-age=86400`: snapshots never change",
+        true,
+    );
+    let r = with_header(r, "X-Csb-Device", "The uploader, `{site}/{device}`", true);
+    let r = with_header(
+        r,
+        "X-Csb-Event",
+        "The event the uploader said the snapshot belongs to",
+        false,
+    );
+    respond(op, 200, r)
+}
+
+pub(crate) fn get_snapshot_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getSnapshot")
+        .tag("evidence")
+        .summary("An evidence JPEG by id");
+    store_errors(viewer(errors(
+        jpeg_docs(op),
+        &[
+            (400, "The id is not a ULID"),
+            (404, "No snapshot with this id"),
+        ],
+    )))
+}
+
+pub(crate) fn put_snapshot_docs(mut op: TransformOperation) -> TransformOperation {
+    let header = |name: &str, required: bool, description: &str, schema| {
+        ReferenceOr::Item(Parameter::Header {
+            parameter_data: ParameterData {
+                name: name.into(),
+                description: Some(description.into()),
+                required,
+                format: ParameterSchemaOrContent::Schema(SchemaObject {
+                    json_schema: schema,
+                    example: None,
+                    external_docs: None,
+                }),
+                extensions: IndexMap::default(),
+                deprecated: None,
+                example: None,
+                examples: IndexMap::default(),
+                explode: None,
+            },
+            style: aide::openapi::HeaderStyle::Simple,
+        })
+    };
+    let o = op.inner_mut();
+    o.parameters.push(header(
+        "X-Csb-Device",
+        true,
+        "The uploading device, `{site}/{device}` (two topic levels)",
+        json_schema!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}/[A-Za-z0-9._-]{1,64}$"}),
+    ));
+    o.parameters.push(header(
+        "X-Csb-Event",
+        false,
+        "The event (ULID) the snapshot belongs to",
+        json_schema!({"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"}),
+    ));
+    o.request_body = Some(ReferenceOr::Item(RequestBody {
+        description: Some(
+            "The JPEG: starts with FF D8 FF, 1..=`snapshot_max_bytes` bytes (hub config, default \
+             2 MiB). `Content-Type` must be `image/jpeg` when given."
+                .into(),
+        ),
+        content: IndexMap::from_iter([(
+            "image/jpeg".to_string(),
+            MediaType {
+                schema: Some(SchemaObject {
+                    json_schema: json_schema!({
+                        "type": "string",
+                        "contentMediaType": "image/jpeg",
+                        "format": "binary",
+                    }),
+                    example: None,
+                    external_docs: None,
+                }),
+                ..MediaType::default()
+            },
+        )]),
+        required: true,
+        extensions: IndexMap::default(),
+    }));
+    let stored = |description: &str| {
+        content(
+            description,
+            "application/json",
+            schema_of::<SnapshotStored>(),
+        )
+    };
+    let op = op
+        .id("putSnapshot")
+        .tag("evidence")
+        .summary("Upload an evidence JPEG (edge agents)")
+        .description(
+            "Stored durably before the answer. Idempotent: the same bytes again get 200; \
+             different bytes under the same id 409 (snapshots are immutable). The id, headers \
+             and declared length are checked before the body is read.",
+        )
+        .security_requirement(DEVICE_SIGNATURE);
+    let op = respond(
+        op,
+        201,
+        with_header(
+            stored("Stored"),
+            "Location",
+            "`/api/v1/snapshots/{id}`",
+            true,
+        ),
+    );
+    let op = respond(
+        op,
+        200,
+        stored("The same bytes were already stored under this id"),
+    );
+    let op = respond(
+        op,
+        401,
+        with_header(
+            error_response(
+                "With `[auth] http = \"required\"`: no or a bad `X-Csb-Signature`, or the device \
+                 has no credentials",
+            ),
+            "WWW-Authenticate",
+            "`CSB-Signature realm=\"csb-hub\"`",
+            true,
+        ),
+    );
+    store_errors(errors(
+        op,
+        &[
+            (
+                400,
+                "A bad id or header (`X-Csb-Device`, `X-Csb-Event`), or an empty or non-JPEG body",
+            ),
+            (409, "Different bytes are already stored under this id"),
+            (413, "The body exceeds `snapshot_max_bytes`"),
+            (415, "`Content-Type` is not `image/jpeg`"),
+        ],
+    ))
+}
+
 pub(crate) async fn get_snapshot<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<IdPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id("snapshot id", path)?;
     let snap = store_call(&st.store_slots, "snapshot lookup", st.store.snapshot(id))
@@ -93,7 +258,7 @@ pub(crate) fn jpeg_response(metrics: &Metrics, snap: Snapshot) -> Response {
 /// nothing stored. The signature is checked before the body is looked at.
 pub async fn put_snapshot<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Path<IdPath>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let metrics = &st.metrics;
@@ -132,7 +297,10 @@ pub async fn put_snapshot<S: Store>(
     };
     let precheck = || {
         // As sent (the signature covers it), before parsing.
-        let raw_id = path.as_ref().map(|Path(p)| p.clone()).unwrap_or_default();
+        let raw_id = path
+            .as_ref()
+            .map(|Path(p)| p.id.clone())
+            .unwrap_or_default();
         let id = parse_id("snapshot id", path).map_err(|e| refuse(UploadReject::BadId, e))?;
         let (site, device, event) =
             upload_headers(req.headers()).map_err(|(reason, e)| refuse(reason, e))?;

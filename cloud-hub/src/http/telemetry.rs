@@ -1,12 +1,15 @@
 //! Raw telemetry: `GET /api/v1/telemetry`, each message as received, newest first. Series and
 //! rollups of its metrics are in [`crate::http::series`].
 
+use aide::transform::TransformOperation;
 use axum::extract::State;
 use axum::Json;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::ApiError;
+use crate::http::events::BAD_PARAMETER;
+use crate::http::openapi::{errors, store_errors, viewer};
 use crate::http::query::{
     check_time_range, from_pairs, Checked, Count, Device, MetricName, Params, Repeats, Rest, Site,
     Source, Style, Time,
@@ -16,6 +19,7 @@ use crate::storage::store::{Store, TelemetryQuery, DEFAULT_LIMIT, MAX_LIMIT};
 
 /// Filters of `GET /api/v1/telemetry`.
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
 pub struct TelemetryParams {
     /// Site of the device.
     site: Option<Checked<Site>>,
@@ -67,6 +71,14 @@ pub struct TelemetryBody {
     count: usize,
     /// The scan limit was reached before `limit` matches were found: narrow the time range.
     truncated: bool,
+}
+
+pub(crate) fn telemetry_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("listTelemetry")
+        .tag("telemetry")
+        .summary("Raw telemetry as received, newest first");
+    store_errors(viewer(errors(op, &[BAD_PARAMETER])))
 }
 
 pub(crate) async fn telemetry<S: Store>(
