@@ -17,7 +17,7 @@
 # Schemathesis is installed from PyPI, pinned, into a virtualenv under target/ (not
 # system-wide). Needs: target/release/cloud-hub (make build), python3 with venv, and
 # mosquitto_pub (scripts/setup.sh installs mosquitto-clients).
-# Environment: ST_EXAMPLES (max examples per operation, default 100), ST_SEED (default 20260921),
+# Environment: ST_EXAMPLES (max examples per operation, default 250), ST_SEED (default 20260921),
 # ST_WORKERS (default 1: with 2, hypothesis's lambda-source cache, shared by the workers' threads,
 # failed a run at random), ST_CHECKS, KEEP=1 keeps target/schemathesis/ (data, logs, reports).
 set -euo pipefail
@@ -28,7 +28,7 @@ ST_VERSION=4.32.5
 VENV="$ROOT/target/schemathesis-venv"
 BIN="$ROOT/target/release/cloud-hub"
 WORK="$ROOT/target/schemathesis"
-EXAMPLES=${ST_EXAMPLES:-100}
+EXAMPLES=${ST_EXAMPLES:-250}
 SEED=${ST_SEED:-20260921}
 WORKERS=${ST_WORKERS:-1}
 say() { printf '\033[1m[schemathesis]\033[0m %s\n' "$*"; }
@@ -185,13 +185,14 @@ run_st() {
   say "run '$name' against $HTTP (max $EXAMPLES examples per operation, seed $SEED)"
   local start=$SECONDS
   set +e
-  "$VENV/bin/st" run "$HTTP/api/v1/openapi.json" \
+  # From $WORK: schemathesis keeps its caches (.schemathesis/) in the working directory.
+  (cd "$WORK" && "$VENV/bin/st" run "$HTTP/api/v1/openapi.json" \
     --checks "$checks" --phases examples,coverage,fuzzing \
     --max-examples "$EXAMPLES" --seed "$SEED" --generation-database none \
     --workers "$WORKERS" --request-timeout 15 \
     --exclude-path /api/v1/twin/stream \
     --no-color --report junit,ndjson --report-dir "$WORK/report-$name" \
-    "$@" 2>&1 | tee "$WORK/$name.txt"
+    "$@") 2>&1 | tee "$WORK/$name.txt"
   local rc=${PIPESTATUS[0]}
   set -e
   say "run '$name': exit $rc in $((SECONDS - start)) s"
