@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian/Ubuntu machine. Installs only what is missing:
-#   1. Debian packages: GStreamer (+ plugins, RTSP), OpenCV dev, clang, pkg-config, mosquitto-clients
+#   1. Debian packages: GStreamer (+ plugins, RTSP), OpenCV dev, clang, pkg-config, mosquitto-clients,
+#      python3-venv (scripts/schemathesis.sh)
 #   2. ONNX Runtime: the pinned PyPI `onnxruntime` wheel, checksum verified, library unpacked into
 #      .cache/onnxruntime/ (the ort crate loads it at run time: `load-dynamic`)
 #   3. Models named in models/manifest.toml: copied from ../shared/models, or from MODEL_SRC
@@ -26,7 +27,7 @@ PKGS=(pkg-config clang libclang-dev libopencv-dev
       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
       gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
-      mosquitto-clients python3 python3-pip ca-certificates curl)
+      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
