@@ -58,7 +58,7 @@ use crate::storage::store::{
 };
 use crate::support::loglimit::LogLimiter;
 use crate::support::timeparse::parse_time_ms;
-use metrics::render_prometheus;
+use metrics::{render_prometheus, render_store_health};
 
 /// Uploader of a snapshot, `{site}/{device}` (required on upload, echoed on download).
 pub const DEVICE_HEADER: &str = "x-csb-device";
@@ -1598,28 +1598,58 @@ async fn inventory<S: Store>(
 async fn health<S: Store>(State(st): State<ApiState<S>>) -> Response {
     let ingest = st.metrics.snapshot();
     let evidence = st.metrics.evidence();
-    let (status, storage) = match store_call(&st.store_slots, "store stats", st.store.stats()).await
+    // Why the hub is degraded, if it is: each reason names its part.
+    let mut reasons = Vec::new();
+    let (mut status, mut storage) =
+        match store_call(&st.store_slots, "store stats", st.store.stats()).await {
+            Ok(s) => {
+                let mut v = json!(s);
+                v["index_bytes"] = json!(st.store.index_bytes());
+                (StatusCode::OK, v)
+            }
+            Err(e) => {
+                reasons.push(format!("store: {}", e.message));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": e.message }),
+                )
+            }
+        };
+    // Writes that fail (a full disk) leave reads working: still unhealthy, as nothing new is
+    // stored or acked.
+    let store_health = st.store.health();
+    if let (Some(obj), serde_json::Value::Object(h)) =
+        (storage.as_object_mut(), json!(store_health))
     {
-        Ok(s) => {
-            let mut v = json!(s);
-            v["index_bytes"] = json!(st.store.index_bytes());
-            (StatusCode::OK, v)
-        }
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": e.message }),
-        ),
-    };
+        obj.extend(h);
+    }
+    let store_reasons = store_health.reasons();
+    if !store_reasons.is_empty() {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+        reasons.extend(store_reasons);
+    }
     // Devices that cannot get in make the hub unhealthy, whatever the store says.
     let broker = st.broker.as_ref().map(|b| b.snapshot());
-    let status = match &broker {
-        Some(b) if !matches!(b.state, BrokerState::Ok | BrokerState::Starting) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => status,
-    };
+    if let Some(b) = broker
+        .as_ref()
+        .filter(|b| !matches!(b.state, BrokerState::Ok | BrokerState::Starting))
+    {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+        reasons.push(format!(
+            "mqtt broker: {}{}",
+            serde_json::to_value(b.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            b.last_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
     let body = json!({
         "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "reasons": reasons,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": st.started.elapsed().as_secs(),
         "mqtt_addr": st.mqtt_addr.to_string(),
@@ -1645,6 +1675,10 @@ async fn metrics<S: Store>(State(st): State<ApiState<S>>) -> Response {
         stats.as_ref(),
         st.started.elapsed(),
     );
+    text.push_str(&render_store_health(
+        &st.store.health(),
+        st.store.index_bytes(),
+    ));
     if let Some(t) = &st.twin {
         text.push_str(&t.counters.render_prometheus());
     }
