@@ -18,9 +18,9 @@ const MIN_SNAPSHOT_BYTES: usize = 1024;
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 /// An entry is at most ~6 KiB on disk, so this caps the quarantine at some 60 GiB.
 const MAX_QUARANTINE_ENTRIES: u64 = 10_000_000;
-/// Smallest size bound of a record log: retention drops whole segments of 64 MiB, so a
+/// Smallest size bound of a record log, in segments: retention drops whole segments, so a
 /// smaller bound would keep hardly more than the segment being written.
-pub const MIN_LOG_RETENTION_BYTES: u64 = 4 * crate::storage::reclog::SEGMENT_BYTES;
+pub const MIN_LOG_RETENTION_SEGMENTS: u64 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,20 +67,23 @@ pub struct HubConfig {
     /// Days of digital-twin attribute history kept (`{data_dir}/twin`, the NGSI-LD temporal
     /// API); older instances are pruned.
     pub twin_history_days: u32,
-    /// Days events are kept (`{data_dir}/events/`): whole 64 MiB segments are dropped, oldest
-    /// first, once their newest event was received longer ago. 0 = forever; else at least
+    /// Size of the record logs' segment files (MiB, 1..=1024): retention drops whole
+    /// segments, and a segment's index is in memory until it is full.
+    pub log_segment_mb: u64,
+    /// Days events are kept (`{data_dir}/events/`): whole segments are dropped, oldest first,
+    /// once their newest event was received longer ago. 0 = forever; else at least
     /// `dedup_window_days`. Default 400: 13 months, so a month compares with the same month a
     /// year before (annual reviews of cases need a full year plus the month being reviewed).
     pub events_retention_days: u32,
     /// Bytes the event log may take on disk (segments and their indexes); beyond, the oldest
-    /// segments are dropped. 0 = no bound; else at least 256 MiB.
+    /// segments are dropped. 0 = no bound; else at least 4 segments.
     pub events_retention_bytes: u64,
     /// Days raw telemetry messages are kept (`{data_dir}/telemetry/`, `GET /api/v1/telemetry`);
     /// not the series rollups, which `[telemetry_retention]` keeps. 0 = forever; else at least
     /// `dedup_window_days`. Default 90: as long as the 1-minute rollups, so any minute can be
     /// traced to its messages.
     pub telemetry_log_retention_days: u32,
-    /// Bytes the raw telemetry log may take on disk; 0 = no bound, else at least 256 MiB.
+    /// Bytes the raw telemetry log may take on disk; 0 = no bound, else at least 4 segments.
     pub telemetry_log_retention_bytes: u64,
     /// Days a stored id is recognised exactly, so a resend is acked but not stored twice: at
     /// least the edge outbox's `max_age_s` (14 days) plus a margin. A size bound that drops a
@@ -164,6 +167,7 @@ impl Default for HubConfig {
             snapshot_max_bytes: 2 * 1024 * 1024,
             county_dir: None,
             twin_history_days: 7,
+            log_segment_mb: 64,
             events_retention_days: 400,
             events_retention_bytes: 0,
             telemetry_log_retention_days: 90,
@@ -330,6 +334,13 @@ impl HubConfig {
                 ));
             }
         }
+        if !(1..=1024).contains(&self.log_segment_mb) {
+            return Err(invalid(
+                "log_segment_mb",
+                format!("{} is outside 1..=1024", self.log_segment_mb),
+            ));
+        }
+        let min_bytes = MIN_LOG_RETENTION_SEGMENTS * (self.log_segment_mb << 20);
         for (field, bytes) in [
             ("events_retention_bytes", self.events_retention_bytes),
             (
@@ -337,12 +348,12 @@ impl HubConfig {
                 self.telemetry_log_retention_bytes,
             ),
         ] {
-            if bytes != 0 && bytes < MIN_LOG_RETENTION_BYTES {
+            if bytes != 0 && bytes < min_bytes {
                 return Err(invalid(
                     field,
                     format!(
-                        "{bytes} is below {MIN_LOG_RETENTION_BYTES} (4 segments of 64 MiB); \
-                         use 0 for no bound"
+                        "{bytes} is below {min_bytes} ({MIN_LOG_RETENTION_SEGMENTS} segments of \
+                         log_segment_mb); use 0 for no bound"
                     ),
                 ));
             }
@@ -368,6 +379,8 @@ impl HubConfig {
             dedup_window_ms: i64::from(self.dedup_window_days) * day,
         };
         let mut o = crate::storage::store::StoreOptions::new(self.store_cache_mb);
+        o.events.segment_bytes = self.log_segment_mb << 20;
+        o.telemetry.segment_bytes = self.log_segment_mb << 20;
         o.events.retention = retention(self.events_retention_days, self.events_retention_bytes);
         o.telemetry.retention = retention(
             self.telemetry_log_retention_days,
@@ -536,6 +549,11 @@ mod tests {
                 "telemetry_log_retention_bytes",
             ),
             ("dedup_window_days = 0\n", "dedup_window_days"),
+            ("log_segment_mb = 0\n", "log_segment_mb"),
+            (
+                "log_segment_mb = 2\nevents_retention_bytes = 8388607\n",
+                "events_retention_bytes",
+            ),
             ("events_retention_days = 40000\n", "events_retention_days"),
         ] {
             let err = HubConfig::parse(text, origin())
@@ -556,6 +574,14 @@ mod tests {
         assert_eq!(o.events.retention.max_age_ms, 0);
         assert_eq!(o.events.retention.max_bytes, 256 << 20);
         assert_eq!(o.telemetry.retention.dedup_window_ms, 7 * 86_400_000);
+        assert_eq!(o.events.segment_bytes, 64 << 20);
+        let c = HubConfig::parse(
+            "log_segment_mb = 1\ntelemetry_log_retention_bytes = 4194304\n",
+            origin(),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.store_options().telemetry.segment_bytes, 1 << 20);
     }
 
     #[test]

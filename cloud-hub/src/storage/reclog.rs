@@ -1352,9 +1352,8 @@ impl RecordLog {
             }
             false => None,
         };
-        if !core.read_index().frozen.is_empty() {
-            core.kick();
-        }
+        // A first pass now: segments left unsealed, retention due while the hub was down.
+        core.kick();
         let log = RecordLog {
             core,
             writer: Mutex::new(writer),
