@@ -36,7 +36,7 @@
 //! positions, (ts, position) sorted, per-key statistics, a Bloom filter of the ids) atomically,
 //! then the log keeps of it only a summary: time, receipt and id ranges, every 128th id and
 //! time, key numbers, and the Bloom filter while the segment is inside the dedup window —
-//! about 1.4 bytes a record. A lookup or dedup check visits only segments whose id range holds
+//! about 1.5 bytes a record. A lookup or dedup check visits only segments whose id range holds
 //! the id (ids are ULIDs, so mostly the newest) and whose filter says maybe, then reads one
 //! 3 KiB block of ids. Time scans merge the segments overlapping the range, reading their time
 //! sections in blocks; aggregates use a bounded cache of decoded time columns
@@ -965,8 +965,14 @@ impl Core {
     /// Seals what waits, lets go of filters and kept ids past the dedup window, and applies
     /// retention. `now_ms` is the clock (tests pass their own).
     fn maintain(&self, now: i64) -> Result<Maintained, LogError> {
+        // A segment that cannot be sealed (a full disk) must not stop retention, which may
+        // be what frees the space: its error is returned after.
+        let (sealed, seal_error) = match self.seal_pending() {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
         let mut out = Maintained {
-            sealed: self.seal_pending()?,
+            sealed,
             ..Maintained::default()
         };
         let _m = self.maint.lock().unwrap_or_else(|p| p.into_inner());
@@ -1008,7 +1014,10 @@ impl Core {
         out.filters_released = release.len() as u32;
         out.ids_forgotten = forget.len() as u32;
         self.apply_retention(now, &r, &mut out)?;
-        Ok(out)
+        match seal_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Drops closed segments past `r.max_age_ms` and, oldest first, while the log is over
@@ -1100,10 +1109,15 @@ impl Core {
         for (s, keep_ids) in &plan {
             let path = segment_path(&self.dir, s.seq);
             let mut bytes = s.h.seg_size;
-            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+            // Gone from the log already; a file that stays is dropped again on the next open.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove a dropped segment");
+            }
             if !keep_ids {
                 bytes += s.idx_len;
-                std::fs::remove_file(&s.idx_path).map_err(io("remove", &s.idx_path))?;
+                if let Err(e) = std::fs::remove_file(&s.idx_path) {
+                    tracing::error!(path = %s.idx_path.display(), error = %e, "cannot remove a dropped segment's index");
+                }
             }
             out.dropped_segments += 1;
             out.dropped_bytes += bytes;

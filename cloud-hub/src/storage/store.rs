@@ -6,12 +6,19 @@
 //!
 //! Events and raw telemetry are in append-only record logs ([`crate::storage::reclog`]), one
 //! directory each: `{dir}/events/` and `{dir}/telemetry/`. A record is the message's JSON as
-//! received (validated), framed with its id and `ts_ms`; the logs' in-memory indexes give
-//! deduplication by id (persistent: rebuilt from the log on open, so a resend days later is
-//! still recognised), lookups by id, and time-range scans, newest first. A batch costs one
-//! append and one `fdatasync` per log. Stores written before the logs existed kept these as
-//! sled rows (trees `events`/`ids`, `telemetry`/`telemetry_ids`); they are moved into the logs
-//! on open, once.
+//! received (validated), framed with its id and `ts_ms`; the logs' indexes (the open segment's
+//! in memory, the closed segments' in index files beside them, with small summaries in memory)
+//! give deduplication by id (persistent, so a resend days later is still recognised),
+//! lookups by id, and time-range scans, newest first. A batch costs one append and one
+//! `fdatasync` per log. Each log drops its oldest segments by age and size
+//! ([`StoreOptions`], `events_retention_*` / `telemetry_log_retention_*` in the hub config);
+//! the telemetry log keeps what the series store would replay. Stores written before the logs
+//! existed kept these as sled rows (trees `events`/`ids`, `telemetry`/`telemetry_ids`); they
+//! are moved into the logs on open, once.
+//!
+//! Write failures are tracked ([`StoreHealth`]): while the last batch write failed (a full
+//! disk), `/api/v1/health` is `degraded` with the cause; the next write that succeeds clears
+//! it. Nothing failed is acked (ingest acks only what `write` returned as stored).
 //!
 //! sled holds the rest (one database, several trees):
 //! - `quarantine`: hub-generated ULID → [`QuarantineEntry`] JSON of a refused message (see

@@ -20,7 +20,7 @@
 //! size is stale and rebuilt), `valid` the bytes up to its first bad frame. In memory
 //! ([`Sealed`]) stay the header, every [`FENCE`]-th id and (ts, off) (so a lookup reads one
 //! small block), the segment's key numbers, and, while the segment is inside the dedup window,
-//! the Bloom filter: about 1.4 bytes per record, against ~90 for the open segment's maps.
+//! the Bloom filter: about 1.5 bytes per record, against ~90 for the open segment's maps.
 
 use std::collections::HashMap;
 use std::fs::File;
