@@ -18,6 +18,9 @@ const MIN_SNAPSHOT_BYTES: usize = 1024;
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 /// An entry is at most ~6 KiB on disk, so this caps the quarantine at some 60 GiB.
 const MAX_QUARANTINE_ENTRIES: u64 = 10_000_000;
+/// Smallest size bound of a record log, in segments: retention drops whole segments, so a
+/// smaller bound would keep hardly more than the segment being written.
+pub const MIN_LOG_RETENTION_SEGMENTS: u64 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,6 +67,29 @@ pub struct HubConfig {
     /// Days of digital-twin attribute history kept (`{data_dir}/twin`, the NGSI-LD temporal
     /// API); older instances are pruned.
     pub twin_history_days: u32,
+    /// Size of the record logs' segment files (MiB, 1..=1024): retention drops whole
+    /// segments, and a segment's index is in memory until it is full.
+    pub log_segment_mb: u64,
+    /// Days events are kept (`{data_dir}/events/`): whole segments are dropped, oldest first,
+    /// once their newest event was received longer ago. 0 = forever; else at least
+    /// `dedup_window_days`. Default 400: 13 months, so a month compares with the same month a
+    /// year before (annual reviews of cases need a full year plus the month being reviewed).
+    pub events_retention_days: u32,
+    /// Bytes the event log may take on disk (segments and their indexes); beyond, the oldest
+    /// segments are dropped. 0 = no bound; else at least 4 segments.
+    pub events_retention_bytes: u64,
+    /// Days raw telemetry messages are kept (`{data_dir}/telemetry/`, `GET /api/v1/telemetry`);
+    /// not the series rollups, which `[telemetry_retention]` keeps. 0 = forever; else at least
+    /// `dedup_window_days`. Default 90: as long as the 1-minute rollups, so any minute can be
+    /// traced to its messages.
+    pub telemetry_log_retention_days: u32,
+    /// Bytes the raw telemetry log may take on disk; 0 = no bound, else at least 4 segments.
+    pub telemetry_log_retention_bytes: u64,
+    /// Days a stored id is recognised exactly, so a resend is acked but not stored twice: at
+    /// least the edge outbox's `max_age_s` (14 days) plus a margin. A size bound that drops a
+    /// segment inside this window keeps the segment's ids (its index file, ~12 % of it) until
+    /// the window has passed.
+    pub dedup_window_days: u32,
     /// Who may connect and publish (`[auth]`). Tables last: TOML tables follow the plain keys.
     pub auth: AuthConfig,
     /// `[telemetry_retention]`: days of telemetry series kept per resolution (raw, 1m, 1h).
@@ -141,6 +167,12 @@ impl Default for HubConfig {
             snapshot_max_bytes: 2 * 1024 * 1024,
             county_dir: None,
             twin_history_days: 7,
+            log_segment_mb: 64,
+            events_retention_days: 400,
+            events_retention_bytes: 0,
+            telemetry_log_retention_days: 90,
+            telemetry_log_retention_bytes: 0,
+            dedup_window_days: 15,
             auth: AuthConfig::default(),
             telemetry_retention: crate::storage::series::Retention::default(),
             mqtt_tls: None,
@@ -274,6 +306,58 @@ impl HubConfig {
         if let Err((field, reason)) = self.telemetry_retention.validate() {
             return Err(invalid(field, reason));
         }
+        if !(1..=3650).contains(&self.dedup_window_days) {
+            return Err(invalid(
+                "dedup_window_days",
+                format!("{} is outside 1..=3650", self.dedup_window_days),
+            ));
+        }
+        for (field, days) in [
+            ("events_retention_days", self.events_retention_days),
+            (
+                "telemetry_log_retention_days",
+                self.telemetry_log_retention_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(invalid(field, format!("{days} is above 36500")));
+            }
+            // Dropping ids an edge may still resend would store the resend a second time.
+            if days != 0 && days < self.dedup_window_days {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{days} days is shorter than dedup_window_days ({}): a resend of a \
+                         dropped record would be stored again; use 0 (forever) or at least {}",
+                        self.dedup_window_days, self.dedup_window_days
+                    ),
+                ));
+            }
+        }
+        if !(1..=1024).contains(&self.log_segment_mb) {
+            return Err(invalid(
+                "log_segment_mb",
+                format!("{} is outside 1..=1024", self.log_segment_mb),
+            ));
+        }
+        let min_bytes = MIN_LOG_RETENTION_SEGMENTS * (self.log_segment_mb << 20);
+        for (field, bytes) in [
+            ("events_retention_bytes", self.events_retention_bytes),
+            (
+                "telemetry_log_retention_bytes",
+                self.telemetry_log_retention_bytes,
+            ),
+        ] {
+            if bytes != 0 && bytes < min_bytes {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{bytes} is below {min_bytes} ({MIN_LOG_RETENTION_SEGMENTS} segments of \
+                         log_segment_mb); use 0 for no bound"
+                    ),
+                ));
+            }
+        }
         if !(MIN_SNAPSHOT_BYTES..=MAX_SNAPSHOT_BYTES).contains(&self.snapshot_max_bytes) {
             return Err(invalid(
                 "snapshot_max_bytes",
@@ -284,6 +368,25 @@ impl HubConfig {
             ));
         }
         Ok(())
+    }
+
+    /// How the store is opened: sled's cache and the record logs' retention.
+    pub fn store_options(&self) -> crate::storage::store::StoreOptions {
+        let day = 86_400_000i64;
+        let retention = |days: u32, bytes: u64| crate::storage::reclog::Retention {
+            max_age_ms: i64::from(days) * day,
+            max_bytes: bytes,
+            dedup_window_ms: i64::from(self.dedup_window_days) * day,
+        };
+        let mut o = crate::storage::store::StoreOptions::new(self.store_cache_mb);
+        o.events.segment_bytes = self.log_segment_mb << 20;
+        o.telemetry.segment_bytes = self.log_segment_mb << 20;
+        o.events.retention = retention(self.events_retention_days, self.events_retention_bytes);
+        o.telemetry.retention = retention(
+            self.telemetry_log_retention_days,
+            self.telemetry_log_retention_bytes,
+        );
+        o
     }
 
     /// The config as TOML, for `check-config`.
@@ -421,6 +524,64 @@ mod tests {
             (4096, 10)
         );
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn retention_keeps_the_dedup_window_and_a_few_segments() {
+        let c = HubConfig::default();
+        let o = c.store_options();
+        assert_eq!(o.events.retention.max_age_ms, 400 * 86_400_000);
+        assert_eq!(o.telemetry.retention.max_age_ms, 90 * 86_400_000);
+        assert_eq!(o.events.retention.dedup_window_ms, 15 * 86_400_000);
+        assert_eq!(
+            (o.events.retention.max_bytes, o.telemetry.time_cache_bytes),
+            (0, 0)
+        );
+        for (text, field) in [
+            ("events_retention_days = 14\n", "events_retention_days"),
+            (
+                "telemetry_log_retention_days = 3\n",
+                "telemetry_log_retention_days",
+            ),
+            ("events_retention_bytes = 1000\n", "events_retention_bytes"),
+            (
+                "telemetry_log_retention_bytes = 1\n",
+                "telemetry_log_retention_bytes",
+            ),
+            ("dedup_window_days = 0\n", "dedup_window_days"),
+            ("log_segment_mb = 0\n", "log_segment_mb"),
+            (
+                "log_segment_mb = 2\nevents_retention_bytes = 8388607\n",
+                "events_retention_bytes",
+            ),
+            ("events_retention_days = 40000\n", "events_retention_days"),
+        ] {
+            let err = HubConfig::parse(text, origin())
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let c = HubConfig::parse(
+            "events_retention_days = 0\nevents_retention_bytes = 268435456\n\
+             telemetry_log_retention_days = 7\ndedup_window_days = 7\n",
+            origin(),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let o = c.store_options();
+        assert_eq!(o.events.retention.max_age_ms, 0);
+        assert_eq!(o.events.retention.max_bytes, 256 << 20);
+        assert_eq!(o.telemetry.retention.dedup_window_ms, 7 * 86_400_000);
+        assert_eq!(o.events.segment_bytes, 64 << 20);
+        let c = HubConfig::parse(
+            "log_segment_mb = 1\ntelemetry_log_retention_bytes = 4194304\n",
+            origin(),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.store_options().telemetry.segment_bytes, 1 << 20);
     }
 
     #[test]

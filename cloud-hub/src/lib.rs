@@ -130,11 +130,11 @@ impl Hub<SledStore> {
     /// [`Hub::start_with_store`]).
     pub async fn start(config: HubConfig, http: TcpListener) -> Result<Self, HubError> {
         config.validate()?;
-        let (dir, cache_mb) = (config.data_dir.clone(), config.store_cache_mb);
+        let (dir, options) = (config.data_dir.clone(), config.store_options());
         let quarantine_max = config.quarantine_max_entries;
         let retention = config.telemetry_retention;
         let store = tokio::task::spawn_blocking(move || {
-            SledStore::open(&dir, cache_mb).map(|s| {
+            SledStore::open_with(&dir, &options).map(|s| {
                 s.with_quarantine_max(quarantine_max)
                     .with_telemetry_retention(retention)
             })

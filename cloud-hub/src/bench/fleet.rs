@@ -17,10 +17,8 @@
 //! apart; the hub's and this generator's CPU.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use ulid::Ulid;
 
-use crate::bench::kit::{percentile, process_cpu, XorShift};
+use crate::bench::kit::{percentile, proc_stats, process_cpu, HubProcess, XorShift};
 use crate::bench::BenchError;
 use crate::storage::store::{SledStore, Store};
 
@@ -247,124 +245,6 @@ fn err(reason: impl Into<String>) -> BenchError {
         phase: "fleet",
         reason: reason.into(),
     }
-}
-
-/// The hub child process; killed when dropped.
-struct HubProcess {
-    child: Child,
-    mqtt: SocketAddr,
-    http: String,
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HubProcess {
-    fn start(exe: &Path, dir: &Path, max_connections: usize) -> Result<HubProcess, BenchError> {
-        let config = dir.join("hub.toml");
-        std::fs::write(
-            &config,
-            format!("mqtt_max_connections = {max_connections}\n"),
-        )
-        .map_err(|e| err(format!("{}: {e}", config.display())))?;
-        let log =
-            std::fs::File::create(dir.join("hub.log")).map_err(|e| err(format!("hub log: {e}")))?;
-        let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "warn,rumqttd=off")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", exe.display())))?;
-        let stdout = child.stdout.take().ok_or_else(|| err("no hub stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        // cloud-hub ready mqtt=HOST:PORT http=http://HOST:PORT
-        let ready = loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("cloud-hub ready") => break l,
-                Some(Ok(_)) => continue,
-                _ => {
-                    let _ = child.kill();
-                    return Err(err(format!(
-                        "the hub exited before its ready line; see {}",
-                        dir.join("hub.log").display()
-                    )));
-                }
-            }
-        };
-        let field = |name: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .map(str::to_string)
-                .ok_or_else(|| err(format!("no {name} in `{ready}`")))
-        };
-        let mqtt = field("mqtt=")?
-            .parse()
-            .map_err(|e| err(format!("MQTT address: {e}")))?;
-        let http = field("http=")?;
-        Ok(HubProcess { child, mqtt, http })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM and wait for a clean exit (the store flushed).
-    fn stop(mut self) -> Result<(), BenchError> {
-        // SAFETY: kill(2) with a pid we own and a valid signal.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) if s.success() => return Ok(()),
-                Ok(Some(s)) => return Err(err(format!("the hub exited with {s}"))),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                _ => return Err(err("the hub did not stop within 60 s")),
-            }
-        }
-    }
-}
-
-/// RSS in bytes and CPU time (user + system) of process `pid`, from /proc.
-fn proc_stats(pid: u32) -> Option<(u64, Duration)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces, in parentheses).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some((
-        rss_kb * 1024,
-        Duration::from_secs_f64((utime + stime) as f64 / ticks),
-    ))
 }
 
 async fn hub_health(http: &str) -> Option<serde_json::Value> {
@@ -835,7 +715,12 @@ async fn run_in(
     dir: &Path,
     max_connections: usize,
 ) -> Result<FleetReport, BenchError> {
-    let hub = HubProcess::start(exe, dir, max_connections)?;
+    let hub = HubProcess::start(
+        exe,
+        dir,
+        &dir.join("data"),
+        &format!("mqtt_max_connections = {max_connections}\n"),
+    )?;
     let pid = hub.pid();
     // Idle RSS: the hub started, nobody connected.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -4,6 +4,13 @@
 //! store (the indexes rebuilt from disk, as after a restart), then reports p50/p99 latency of
 //! a 24-hour event aggregate (by type and hour), a 7-day aggregate by zone, a filtered history
 //! page (newest 100 of one zone in 24 h) and a lookup by id, plus disk bytes per event.
+//!
+//! Then, for each count of `--rss-events` (default 1M, 5M, 10M), a store is loaded afresh with
+//! that many events over the same days, the same queries are timed in process, and a real
+//! `cloud-hub serve` is started on it: its RSS once open, and again after the queries were
+//! answered over HTTP (its caches warm), with each count's RSS and p99 as a ratio of the
+//! first's. The events arrive over the last `days` days (received times end now), as a hub
+//! that ingested them live would hold them. No timed assertions: figures to read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +20,7 @@ use csb_wire::{BBox, Detection, Event, EventKind, Phase, RuleInfo, RuleType, SCH
 use serde::Serialize;
 use ulid::Ulid;
 
-use crate::bench::kit::{dir_bytes, time_runs, Latency};
+use crate::bench::kit::{dir_bytes, proc_stats, time_runs, HubProcess, Latency};
 use crate::bench::BenchError;
 use crate::storage::store::{
     EventAggregateQuery, EventDim, EventQuery, SledStore, Store, WriteBatch, EVENT_LOG_DIR,
@@ -34,6 +41,12 @@ pub struct HistoryOptions {
     /// Directory for the throw-away store (default: the system temp dir).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Stored event counts at which a hub process's RSS is read (comma list; `0` for none).
+    #[arg(long, value_delimiter = ',', default_values_t = HistoryOptions::default().rss_events)]
+    pub rss_events: Vec<usize>,
+    /// The `cloud-hub` binary started for the RSS stages (default: this executable).
+    #[arg(long)]
+    pub hub: Option<PathBuf>,
 }
 
 impl Default for HistoryOptions {
@@ -43,6 +56,8 @@ impl Default for HistoryOptions {
             days: 30,
             queries: 200,
             data_dir: None,
+            rss_events: vec![1_000_000, 5_000_000, 10_000_000],
+            hub: None,
         }
     }
 }
@@ -56,6 +71,28 @@ pub struct HistoryReport {
     pub disk_bytes: u64,
     pub disk_bytes_per_event: f64,
     pub queries: Vec<Latency>,
+    /// One per `--rss-events` count, in that order.
+    pub rss_stages: Vec<RssStage>,
+}
+
+/// A store of `events` events, queried in process and then served by a hub process.
+#[derive(Debug, Clone, Serialize)]
+pub struct RssStage {
+    pub events: usize,
+    pub load_events_per_s: f64,
+    pub disk_bytes: u64,
+    /// The same queries as the main report, in process.
+    pub queries: Vec<Latency>,
+    /// How long `cloud-hub serve` took to open the store and print its ready line.
+    pub hub_open_s: f64,
+    /// The hub's RSS once it is ready (nothing asked yet).
+    pub hub_rss_open_bytes: u64,
+    /// The hub's RSS after answering the queries over HTTP.
+    pub hub_rss_queried_bytes: u64,
+    /// What the hub's health reports as its index memory, after the queries.
+    pub hub_index_bytes: u64,
+    /// The queries over HTTP (request to parsed answer).
+    pub http_queries: Vec<Latency>,
 }
 
 impl HistoryReport {
@@ -73,6 +110,38 @@ impl HistoryReport {
         for q in &self.queries {
             out += &q.line("events/rows");
             out.push('\n');
+        }
+        let Some(first) = self.rss_stages.first() else {
+            return out;
+        };
+        let mb = |b: u64| b as f64 / 1e6;
+        out += "\nhub RSS and query p99 by stored events (each store loaded afresh; `cloud-hub \
+                serve` on it; ratios to the first count; goal: RSS flat within 10 %, p99 within 20 %)\n";
+        for st in &self.rss_stages {
+            out += &format!(
+                "{:>9} events: hub open {:.2} s, RSS {:.1} MB open ({:.3}×), {:.1} MB after \
+                 queries ({:.3}×), index {:.1} MB; load {:.0} events/s, {:.0} disk bytes/event\n",
+                st.events,
+                st.hub_open_s,
+                mb(st.hub_rss_open_bytes),
+                st.hub_rss_open_bytes as f64 / first.hub_rss_open_bytes.max(1) as f64,
+                mb(st.hub_rss_queried_bytes),
+                st.hub_rss_queried_bytes as f64 / first.hub_rss_queried_bytes.max(1) as f64,
+                mb(st.hub_index_bytes),
+                st.load_events_per_s,
+                st.disk_bytes as f64 / st.events.max(1) as f64,
+            );
+            for (i, q) in st.queries.iter().enumerate() {
+                let base = first.queries.get(i).map_or(0.0, |b| b.p99_ms);
+                let http = st.http_queries.get(i).map_or(0.0, |h| h.p99_ms);
+                out += &format!(
+                    "    {:<46} p99 {:>8.3} ms ({:.2}×)  over HTTP p99 {:>8.3} ms\n",
+                    q.name,
+                    q.p99_ms,
+                    q.p99_ms / base.max(1e-9),
+                    http
+                );
+            }
         }
         out
     }
@@ -156,7 +225,176 @@ pub async fn run(opts: &HistoryOptions) -> Result<HistoryReport, BenchError> {
     let dir = tempfile_dir(&parent)?;
     let result = run_in(opts, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let mut report = result?;
+    let stages: Vec<usize> = opts.rss_events.iter().copied().filter(|n| *n > 0).collect();
+    if stages.is_empty() {
+        return Ok(report);
+    }
+    let exe = match &opts.hub {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| BenchError::Phase {
+            phase: "rss",
+            reason: format!("own executable: {e}"),
+        })?,
+    };
+    for n in stages {
+        let dir = tempfile_dir(&parent)?;
+        let stage = rss_stage(opts, n, &exe, &dir).await;
+        match &stage {
+            Ok(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(_) => eprintln!(
+                "bench-history: the hub's data and log stay in {}",
+                dir.display()
+            ),
+        }
+        report.rss_stages.push(stage?);
+    }
+    Ok(report)
+}
+
+/// Loads `n` events into a fresh store in `dir`, times the queries in process, then serves the
+/// store from a hub process and reads its RSS before and after the same queries over HTTP.
+async fn rss_stage(
+    opts: &HistoryOptions,
+    n: usize,
+    exe: &Path,
+    dir: &Path,
+) -> Result<RssStage, BenchError> {
+    let data = dir.join("data");
+    let stage = HistoryOptions {
+        events: n,
+        rss_events: Vec::new(),
+        ..opts.clone()
+    };
+    let inproc = run_in(&stage, &data).await?;
+    let t = Instant::now();
+    let hub = HubProcess::start(exe, dir, &data, "")?;
+    let hub_open_s = t.elapsed().as_secs_f64();
+    // Let start-up allocations settle (mimalloc returns freed pages after a short delay).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = || {
+        proc_stats(hub.pid())
+            .map(|(rss, _)| rss)
+            .ok_or_else(|| BenchError::Phase {
+                phase: "rss",
+                reason: "cannot read the hub's /proc".into(),
+            })
+    };
+    let rss_open = rss()?;
+    let http_queries = http_queries(&hub.http, n, opts.days, opts.queries).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_queried = rss()?;
+    let index_bytes = async {
+        let h: serde_json::Value = reqwest::get(format!("{}/api/v1/health", hub.http))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        h["storage"]["index_bytes"].as_u64()
+    }
+    .await
+    .unwrap_or(0);
+    hub.stop()?;
+    Ok(RssStage {
+        events: n,
+        load_events_per_s: inproc.load_events_per_s,
+        disk_bytes: inproc.disk_bytes,
+        queries: inproc.queries,
+        hub_open_s,
+        hub_rss_open_bytes: rss_open,
+        hub_rss_queried_bytes: rss_queried,
+        hub_index_bytes: index_bytes,
+        http_queries,
+    })
+}
+
+/// [`event_queries`]' four queries through the hub's HTTP API.
+async fn http_queries(
+    base: &str,
+    n: usize,
+    days: u32,
+    runs: usize,
+) -> Result<Vec<Latency>, BenchError> {
+    let span_ms = i64::from(days) * 86_400_000;
+    let end_at = |r: usize, len: i64| {
+        let room = (span_ms - len).max(1);
+        T0 + len + ((r as i64 * 7_919_000_017) % room)
+    };
+    let client = reqwest::Client::new();
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| BenchError::Phase {
+                    phase: "http query",
+                    reason: format!("{url}: {e}"),
+                })?;
+            if !r.status().is_success() {
+                return Err(BenchError::Phase {
+                    phase: "http query",
+                    reason: format!("{url}: {}", r.status()),
+                });
+            }
+            r.json::<serde_json::Value>()
+                .await
+                .map_err(|e| BenchError::Phase {
+                    phase: "http query",
+                    reason: format!("{url}: {e}"),
+                })
+        }
+    };
+    let day = 86_400_000;
+    let mut out = Vec::new();
+    out.push(
+        time_runs("24 h aggregate by event type, hourly", runs, |r| {
+            let to = end_at(r, day);
+            let url = format!(
+                "{base}/api/v1/events/aggregate?from={}&to={to}&bucket=1h&by=event_type",
+                to - day
+            );
+            async move { Ok(get(url).await?["total"].as_u64().unwrap_or(0)) }
+        })
+        .await?,
+    );
+    out.push(
+        time_runs("7 day aggregate of rule starts by zone, daily", runs, |r| {
+            let to = end_at(r, 7 * day);
+            let url = format!(
+                "{base}/api/v1/events/aggregate?from={}&to={to}&bucket=1d&by=zone&kind=rule\
+                 &phase=start",
+                to - 7 * day
+            );
+            async move { Ok(get(url).await?["total"].as_u64().unwrap_or(0)) }
+        })
+        .await?,
+    );
+    out.push(
+        time_runs("history: newest 100 of one zone in 24 h", runs, |r| {
+            let to = end_at(r, day);
+            let url = format!(
+                "{base}/api/v1/events?zone=zone-{}&from={}&to={to}&limit=100",
+                r % 6,
+                to - day
+            );
+            async move { Ok(get(url).await?["count"].as_u64().unwrap_or(0)) }
+        })
+        .await?,
+    );
+    out.push(
+        time_runs("one event by id", runs, |r| {
+            let k = (r * 104_729) % n;
+            let url = format!("{base}/api/v1/events/{}", event(k, n, span_ms).id);
+            async move { Ok(u64::from(get(url).await?["id"].is_string())) }
+        })
+        .await?,
+    );
+    Ok(out)
 }
 
 fn tempfile_dir(parent: &Path) -> Result<PathBuf, BenchError> {
@@ -187,15 +425,19 @@ pub(crate) async fn load_events<S: Store + ?Sized>(
     days: u32,
 ) -> Result<f64, BenchError> {
     let span_ms = i64::from(days) * 86_400_000;
+    // Received over the last `days` days, as if ingested live: what ages out of the dedup
+    // window and retention is then as in a running hub.
+    let received_end = csb_wire::now_ms();
     let t = Instant::now();
     let mut i = 0;
     while i < n {
         let end = (i + crate::storage::store::MAX_BATCH).min(n);
         let events: Vec<Event> = (i..end).map(|k| event(k, n, span_ms)).collect();
+        let received_ms = received_end - span_ms + (events[0].ts_ms - T0);
         let out = store
             .write(WriteBatch {
                 events,
-                received_ms: T0,
+                received_ms,
                 ..Default::default()
             })
             .await?;
@@ -237,6 +479,7 @@ async fn run_in(opts: &HistoryOptions, dir: &Path) -> Result<HistoryReport, Benc
         disk_bytes: disk,
         disk_bytes_per_event: disk as f64 / n as f64,
         queries,
+        rss_stages: Vec::new(),
     })
 }
 
@@ -346,6 +589,8 @@ mod tests {
             days: 2,
             queries: 3,
             data_dir: Some(dir.path().to_path_buf()),
+            rss_events: Vec::new(),
+            hub: None,
         };
         let r = run(&opts).await.unwrap();
         assert_eq!(r.events, 3000);

@@ -1,8 +1,12 @@
 //! What the benchmarks share: latency summaries of timed query runs, the disk bytes a store
-//! folder holds, the process's CPU time, a deterministic random sequence.
+//! folder holds, the process's CPU time, a deterministic random sequence, and a `cloud-hub
+//! serve` child process with its RSS and CPU read from /proc.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -87,8 +91,7 @@ where
 }
 
 /// User + system CPU time of this process so far (all threads).
-pub fn process_cpu() -> std::time::Duration {
-    use std::time::Duration;
+pub fn process_cpu() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
@@ -129,6 +132,140 @@ impl XorShift {
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
     }
+}
+
+fn hub_err(reason: impl Into<String>) -> BenchError {
+    BenchError::Phase {
+        phase: "hub process",
+        reason: reason.into(),
+    }
+}
+
+/// A `cloud-hub serve` child process on loopback ports; killed when dropped.
+pub struct HubProcess {
+    child: Child,
+    pub mqtt: SocketAddr,
+    /// `http://HOST:PORT`.
+    pub http: String,
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HubProcess {
+    /// Starts `exe serve` on `data_dir` with `config` (TOML) written to `work_dir/hub.toml`, its
+    /// log in `work_dir/hub.log`; returns once it printed its ready line.
+    pub fn start(
+        exe: &Path,
+        work_dir: &Path,
+        data_dir: &Path,
+        config: &str,
+    ) -> Result<HubProcess, BenchError> {
+        let config_path = work_dir.join("hub.toml");
+        std::fs::write(&config_path, config)
+            .map_err(|e| hub_err(format!("{}: {e}", config_path.display())))?;
+        let log_path = work_dir.join("hub.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| hub_err(format!("{}: {e}", log_path.display())))?;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--mqtt-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn,rumqttd=off")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| hub_err(format!("cannot start {}: {e}", exe.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| hub_err("no hub stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        // cloud-hub ready mqtt=HOST:PORT http=http://HOST:PORT
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("cloud-hub ready") => break l,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let _ = child.kill();
+                    return Err(hub_err(format!(
+                        "the hub exited before its ready line; see {}",
+                        log_path.display()
+                    )));
+                }
+            }
+        };
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .map(str::to_string)
+                .ok_or_else(|| hub_err(format!("no {name} in `{ready}`")))
+        };
+        let mqtt = field("mqtt=")?
+            .parse()
+            .map_err(|e| hub_err(format!("MQTT address: {e}")))?;
+        let http = field("http=")?;
+        Ok(HubProcess { child, mqtt, http })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait for a clean exit (the store flushed).
+    pub fn stop(mut self) -> Result<(), BenchError> {
+        // SAFETY: kill(2) with a pid we own and a valid signal.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) if s.success() => return Ok(()),
+                Ok(Some(s)) => return Err(hub_err(format!("the hub exited with {s}"))),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => return Err(hub_err("the hub did not stop within 60 s")),
+            }
+        }
+    }
+}
+
+/// RSS in bytes and CPU time (user + system) of process `pid`, from /proc.
+pub fn proc_stats(pid: u32) -> Option<(u64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, in parentheses).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((
+        rss_kb * 1024,
+        Duration::from_secs_f64((utime + stime) as f64 / ticks),
+    ))
 }
 
 #[cfg(test)]

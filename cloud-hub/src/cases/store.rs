@@ -270,7 +270,14 @@ mod tests {
                 Updated::NotFound
             ));
         }
-        let s = SledCases::open(dir.path()).unwrap();
+        // sled's flusher thread may hold the lock for a moment after the drop.
+        let s = (0..100)
+            .find_map(|_| {
+                SledCases::open(dir.path())
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("reopens once the old handle is gone");
         let c = s.get("01A").unwrap().unwrap();
         assert_eq!(c.state, State::Registered);
         assert_eq!(c.timeline.len(), 2);

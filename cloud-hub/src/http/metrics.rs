@@ -11,7 +11,7 @@ use axum::http::header;
 use crate::http::openapi::{content, respond, viewer};
 use crate::http::state::{store_call, ApiState};
 use crate::ingest::metrics::{EvidenceCounters, HttpAuthCounters, IngestSnapshot, MqttSnapshot};
-use crate::storage::store::{Store, StoreStats};
+use crate::storage::store::{LogHealth, Store, StoreHealth, StoreStats};
 
 /// The content type of the Prometheus text exposition format 0.0.4.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -47,6 +47,10 @@ pub(crate) async fn metrics<S: Store>(
         stats.as_ref(),
         st.started.elapsed(),
     );
+    text.push_str(&render_store_health(
+        &st.store.health(),
+        st.store.index_bytes(),
+    ));
     if let Some(t) = &st.twin {
         text.push_str(&t.counters.render_prometheus());
     }
@@ -351,11 +355,115 @@ pub fn render_prometheus(
     out
 }
 
+/// Prometheus text of the store's health: free space on the data volume, write failures, the
+/// record logs' size and what retention dropped, the index memory.
+pub fn render_store_health(h: &StoreHealth, index_bytes: u64) -> String {
+    let mut out = String::with_capacity(1024);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    if let Some(free) = h.free_bytes {
+        metric(
+            "csb_hub_store_free_bytes",
+            "gauge",
+            "Bytes free for the hub on the data directory's volume.",
+            &[("", free)],
+        );
+    }
+    metric(
+        "csb_hub_store_write_failures_total",
+        "counter",
+        "Store writes (batches and evidence) that failed; ingest retries a batch, each try counts.",
+        &[("", h.write_failures)],
+    );
+    metric(
+        "csb_hub_store_writes_failing",
+        "gauge",
+        "1 while the last store write failed (health is degraded), by kind.",
+        &[
+            ("{kind=\"batch\"}", u64::from(h.writes_failing.is_some())),
+            (
+                "{kind=\"evidence\"}",
+                u64::from(h.evidence_writes_failing.is_some()),
+            ),
+        ],
+    );
+    let logs = [("events", &h.events_log), ("telemetry", &h.telemetry_log)];
+    let labels: Vec<String> = logs
+        .iter()
+        .map(|(l, _)| format!("{{log=\"{l}\"}}"))
+        .collect();
+    let samples = |f: fn(&LogHealth) -> u64| -> Vec<(&str, u64)> {
+        labels
+            .iter()
+            .zip(&logs)
+            .map(|(l, (_, h))| (l.as_str(), f(h)))
+            .collect()
+    };
+    metric(
+        "csb_hub_log_disk_bytes",
+        "gauge",
+        "Bytes of a record log's segment and index files.",
+        &samples(|h| h.disk_bytes),
+    );
+    metric(
+        "csb_hub_log_retention_dropped_segments_total",
+        "counter",
+        "Record log segments dropped by retention (age or size).",
+        &samples(|h| h.retention.segments_dropped),
+    );
+    metric(
+        "csb_hub_log_retention_dropped_bytes_total",
+        "counter",
+        "Bytes of record log segments dropped by retention.",
+        &samples(|h| h.retention.bytes_dropped),
+    );
+    metric(
+        "csb_hub_index_bytes",
+        "gauge",
+        "Memory the record logs' indexes hold (an estimate).",
+        &[("", index_bytes)],
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ingest::metrics::{HttpAuthRefusal, Metrics, UploadReject};
     use crate::storage::quarantine::RejectReason;
+
+    #[test]
+    fn store_health_gauges() {
+        let mut h = StoreHealth {
+            free_bytes: Some(4096),
+            write_failures: 3,
+            writes_failing: Some("store: writes failing: No space left on device".into()),
+            ..StoreHealth::default()
+        };
+        h.telemetry_log.retention.segments_dropped = 2;
+        h.telemetry_log.retention.bytes_dropped = 1 << 27;
+        let text = render_store_health(&h, 77);
+        for want in [
+            "csb_hub_store_free_bytes 4096\n",
+            "csb_hub_store_write_failures_total 3\n",
+            "csb_hub_store_writes_failing{kind=\"batch\"} 1\n",
+            "csb_hub_store_writes_failing{kind=\"evidence\"} 0\n",
+            "csb_hub_log_retention_dropped_segments_total{log=\"telemetry\"} 2\n",
+            "csb_hub_log_retention_dropped_segments_total{log=\"events\"} 0\n",
+            "csb_hub_log_retention_dropped_bytes_total{log=\"telemetry\"} 134217728\n",
+            "csb_hub_index_bytes 77\n",
+            "# TYPE csb_hub_store_write_failures_total counter\n",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        h.free_bytes = None;
+        assert!(!render_store_health(&h, 0).contains("free_bytes"));
+    }
 
     #[test]
     fn prometheus_text() {

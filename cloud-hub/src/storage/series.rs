@@ -533,6 +533,11 @@ impl Series {
         Ok(series)
     }
 
+    /// The log position persisted with the series: a reopen replays the log from there.
+    pub fn persisted(&self) -> Option<LogPos> {
+        lock(&self.state).persisted
+    }
+
     pub fn set_retention(&self, r: Retention) {
         *lock(&self.retention) = r;
     }

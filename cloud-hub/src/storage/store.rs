@@ -6,12 +6,19 @@
 //!
 //! Events and raw telemetry are in append-only record logs ([`crate::storage::reclog`]), one
 //! directory each: `{dir}/events/` and `{dir}/telemetry/`. A record is the message's JSON as
-//! received (validated), framed with its id and `ts_ms`; the logs' in-memory indexes give
-//! deduplication by id (persistent: rebuilt from the log on open, so a resend days later is
-//! still recognised), lookups by id, and time-range scans, newest first. A batch costs one
-//! append and one `fdatasync` per log. Stores written before the logs existed kept these as
-//! sled rows (trees `events`/`ids`, `telemetry`/`telemetry_ids`); they are moved into the logs
-//! on open, once.
+//! received (validated), framed with its id and `ts_ms`; the logs' indexes (the open segment's
+//! in memory, the closed segments' in index files beside them, with small summaries in memory)
+//! give deduplication by id (persistent, so a resend days later is still recognised),
+//! lookups by id, and time-range scans, newest first. A batch costs one append and one
+//! `fdatasync` per log. Each log drops its oldest segments by age and size
+//! ([`StoreOptions`], `events_retention_*` / `telemetry_log_retention_*` in the hub config);
+//! the telemetry log keeps what the series store would replay. Stores written before the logs
+//! existed kept these as sled rows (trees `events`/`ids`, `telemetry`/`telemetry_ids`); they
+//! are moved into the logs on open, once.
+//!
+//! Write failures are tracked ([`StoreHealth`]): while the last batch write failed (a full
+//! disk), `/api/v1/health` is `degraded` with the cause; the next write that succeeds clears
+//! it. Nothing failed is acked (ingest acks only what `write` returned as stored).
 //!
 //! sled holds the rest (one database, several trees):
 //! - `quarantine`: hub-generated ULID → [`QuarantineEntry`] JSON of a refused message (see
@@ -49,7 +56,9 @@ use ulid::Ulid;
 use crate::storage::quarantine::{
     key_at_ms, prune_plan, QuarantineEntry, QuarantinePage, QuarantineQuery,
 };
-use crate::storage::reclog::{LogError, NewRecord, RecordLog, SourceStats};
+use crate::storage::reclog::{
+    LogError, LogOptions, NewRecord, RecordLog, RetentionCounters, SourceStats,
+};
 use crate::storage::series::{
     Retention, Series, SeriesData, SeriesError, SeriesFilter, SeriesInfo, SeriesQuery,
 };
@@ -92,6 +101,28 @@ pub enum StoreError {
     Log { what: &'static str, cause: LogError },
     #[error("{0}")]
     Series(String),
+}
+
+impl StoreError {
+    /// The operating system's error underneath, if this is one (e.g. a full disk).
+    pub fn io_cause(&self) -> Option<&std::io::Error> {
+        match self {
+            StoreError::Io { cause, .. } => Some(cause),
+            StoreError::Log {
+                cause: LogError::Io { cause, .. },
+                ..
+            } => Some(cause),
+            StoreError::Sled {
+                cause: sled::Error::Io(e),
+                ..
+            }
+            | StoreError::Open {
+                cause: sled::Error::Io(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Validated messages to persist together.
@@ -478,6 +509,44 @@ pub enum PutSnapshot {
     Conflict { stored_len: u64 },
 }
 
+/// How the store's writes and its disk are doing: `/api/v1/health` turns `degraded` while
+/// writes fail, `/metrics` has the gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct StoreHealth {
+    /// Why batch writes (events, telemetry, statuses) fail, while the last one failed:
+    /// `store: writes failing: <cause> (data dir <dir>)`; `None` once one succeeded.
+    pub writes_failing: Option<String>,
+    /// The same for evidence snapshot writes.
+    pub evidence_writes_failing: Option<String>,
+    /// Failed batch and snapshot writes since start (ingest retries a batch: each try counts).
+    pub write_failures: u64,
+    /// The last failure's whole message.
+    pub last_write_error: Option<String>,
+    /// Bytes free for the hub on the data directory's volume; `None` when it cannot be told.
+    pub free_bytes: Option<u64>,
+    pub events_log: LogHealth,
+    pub telemetry_log: LogHealth,
+}
+
+impl StoreHealth {
+    /// Why the store makes the hub unhealthy, if it does.
+    pub fn reasons(&self) -> Vec<String> {
+        [&self.writes_failing, &self.evidence_writes_failing]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A record log's size on disk and what retention dropped from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct LogHealth {
+    pub disk_bytes: u64,
+    #[serde(flatten)]
+    pub retention: RetentionCounters,
+}
+
 /// Storage used by the hub. Futures are `Send` so axum handlers and spawned tasks can await them.
 pub trait Store: SeriesStore + Send + Sync + 'static {
     /// Persists a batch; when this returns `Ok` the batch survives a crash. (An `Arc` so a
@@ -512,6 +581,10 @@ pub trait Store: SeriesStore + Send + Sync + 'static {
     /// Bytes of memory the store's indexes hold (an estimate; 0 when it keeps none).
     fn index_bytes(&self) -> u64 {
         0
+    }
+    /// Write failures and disk space (cheap: counters and one `statvfs`).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
     }
     /// One event by id.
     fn event(&self, id: Ulid) -> impl Future<Output = Result<Option<Event>, StoreError>> + Send;
@@ -556,10 +629,86 @@ const SNAPSHOT_TMP_DIR: &str = "tmp";
 /// [`SledStore::with_quarantine_max`]).
 pub const DEFAULT_QUARANTINE_MAX: u64 = 100_000;
 
+/// How [`SledStore::open_with`] sets up the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache (`store_cache_mb`).
+    pub cache_mb: u64,
+    /// The event and raw telemetry record logs: segment size, retention, time column cache.
+    pub events: LogOptions,
+    pub telemetry: LogOptions,
+}
+
+impl StoreOptions {
+    /// Defaults: logs kept forever, events' time columns cached for aggregates.
+    pub fn new(cache_mb: u64) -> StoreOptions {
+        StoreOptions {
+            cache_mb,
+            events: LogOptions::default(),
+            // Raw telemetry is paged and rolled up, never aggregated over by the log.
+            telemetry: LogOptions {
+                time_cache_bytes: 0,
+                ..LogOptions::default()
+            },
+        }
+    }
+}
+
+/// Whether writes fail now, and how often they did.
+#[derive(Default)]
+struct WriteHealth {
+    failures: std::sync::atomic::AtomicU64,
+    /// (batch writes, snapshot writes): the reason while failing; and the last error.
+    failing: Mutex<(Option<String>, Option<String>, Option<String>)>,
+}
+
+impl WriteHealth {
+    fn record<T>(&self, evidence: bool, r: &Result<T, StoreError>, dir: &Path) {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = if evidence { &mut f.1 } else { &mut f.0 };
+        match r {
+            Ok(_) => {
+                if slot.take().is_some() {
+                    tracing::info!(evidence, "store writes succeed again");
+                }
+            }
+            Err(e) => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let what = if evidence {
+                    "evidence writes"
+                } else {
+                    "writes"
+                };
+                *slot = Some(format!(
+                    "store: {what} failing: {} (data dir {})",
+                    e.io_cause()
+                        .map_or_else(|| e.to_string(), |c| c.to_string()),
+                    dir.display()
+                ));
+                f.2 = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the volume holding `path`.
+pub fn volume_free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes the struct it is given; `c` is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
-    events: Arc<RecordLog>,
+    dir: PathBuf,
+    pub(crate) events: Arc<RecordLog>,
     pub(crate) telemetry: Arc<RecordLog>,
     devices: sled::Tree,
     meta: sled::Tree,
@@ -574,6 +723,7 @@ pub struct SledStore {
     pub(crate) series: Arc<crate::storage::series::Series>,
     /// Buffers reused by each write (writes run one at a time anyway: the logs' locks).
     scratch: Arc<Mutex<Scratch>>,
+    write_health: Arc<WriteHealth>,
 }
 
 /// The evidence file area. `put_lock` serialises uploads, so "is the id taken?" and "store it"
@@ -650,8 +800,15 @@ fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the store in `dir`. Blocking: call from a blocking context.
+    /// Opens (creating if needed) the store in `dir`, its record logs kept forever. Blocking:
+    /// call from a blocking context.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, StoreError> {
+        Self::open_with(dir, &StoreOptions::new(cache_mb))
+    }
+
+    /// Opens (creating if needed) the store in `dir`. Blocking: call from a blocking context.
+    pub fn open_with(dir: &Path, opts: &StoreOptions) -> Result<SledStore, StoreError> {
+        let cache_mb = opts.cache_mb;
         let open_err = |cause: sled::Error| {
             let hint = match &cause {
                 // sled reports a held lock as ErrorKind::Other; only its message tells.
@@ -672,14 +829,16 @@ impl SledStore {
             .open()
             .map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        let log = |what: &'static str, sub: &str| {
-            let (log, rec) =
-                RecordLog::open(&dir.join(sub)).map_err(|cause| StoreError::Log { what, cause })?;
+        let log = |what: &'static str, sub: &str, o: LogOptions| {
+            let (log, rec) = RecordLog::open_with(&dir.join(sub), o)
+                .map_err(|cause| StoreError::Log { what, cause })?;
             tracing::info!(
                 what,
                 records = rec.records,
                 segments = rec.segments,
                 damaged_segments = rec.damaged.len(),
+                indexes_rebuilt = rec.indexes_rebuilt,
+                ids_only_segments = rec.ids_only,
                 "record log opened"
             );
             Ok::<_, StoreError>(Arc::new(log))
@@ -690,8 +849,9 @@ impl SledStore {
             cache_mb,
         )?;
         let store = SledStore {
-            events: log("event", EVENT_LOG_DIR)?,
-            telemetry: log("telemetry", TELEMETRY_LOG_DIR)?,
+            dir: dir.to_path_buf(),
+            events: log("event", EVENT_LOG_DIR, opts.events)?,
+            telemetry: log("telemetry", TELEMETRY_LOG_DIR, opts.telemetry)?,
             devices: tree("devices")?,
             meta: tree("meta")?,
             snapshots: tree("snapshots")?,
@@ -701,6 +861,7 @@ impl SledStore {
             files: Arc::new(SnapshotFiles::open(dir.join(SNAPSHOT_DIR))?),
             series,
             scratch: Arc::default(),
+            write_health: Arc::default(),
             db,
         };
         store.migrate_rows("event", &store.events, "events", "ids", |v| {
@@ -720,6 +881,14 @@ impl SledStore {
             },
         )?;
         store.series.catch_up(&store.telemetry)?;
+        // Retention keeps the raw telemetry the series store would replay after a crash.
+        let series = Arc::downgrade(&store.series);
+        store.telemetry.set_keep_from(Box::new(move || {
+            series
+                .upgrade()
+                .and_then(|s| s.persisted())
+                .map_or(0, |p| p.seg)
+        }));
         Ok(store)
     }
 
@@ -1031,6 +1200,32 @@ impl SledStore {
         self.events.index_bytes() + self.telemetry.index_bytes()
     }
 
+    /// See [`Store::health`].
+    pub fn health(&self) -> StoreHealth {
+        let (writes_failing, evidence_writes_failing, last_write_error) = self
+            .write_health
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let log = |l: &RecordLog| LogHealth {
+            disk_bytes: l.disk_bytes(),
+            retention: l.retention_counters(),
+        };
+        StoreHealth {
+            writes_failing,
+            evidence_writes_failing,
+            write_failures: self
+                .write_health
+                .failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_write_error,
+            free_bytes: volume_free_bytes(&self.dir),
+            events_log: log(&self.events),
+            telemetry_log: log(&self.telemetry),
+        }
+    }
+
     fn stats_sync(&self) -> Result<StoreStats, StoreError> {
         Ok(StoreStats {
             events: self.events.len(),
@@ -1248,16 +1443,16 @@ fn scan_keys_newest_first<T: DeserializeOwned>(
     Ok((out, truncated))
 }
 
-/// [`Store::aggregate_events`] over a log's in-memory index: each key is classified once
+/// [`Store::aggregate_events`] over a log's time indexes: each key is classified once
 /// (matches? which group?), then every record in range costs a lookup and an add.
-fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
+fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> Result<EventAggregate, LogError> {
     use std::collections::HashMap;
     // Per key number: the group it counts in, or None when the filter excludes it.
     let mut class: Vec<Option<Option<usize>>> = Vec::new();
     let mut groups: Vec<(Vec<String>, u64, std::collections::BTreeMap<i64, u64>)> = Vec::new();
     let mut group_of: HashMap<Vec<String>, usize> = HashMap::new();
     let mut total = 0u64;
-    log.for_each_in_range(q.from_ms, q.to_ms, |ts, k, key| {
+    log.try_for_each_in_range(q.from_ms, q.to_ms, |ts, k, key| {
         let k = k as usize;
         if class.len() <= k {
             class.resize(k + 1, None);
@@ -1286,7 +1481,7 @@ fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
                 *grp.2.entry(ts.div_euclid(b) * b).or_default() += 1;
             }
         }
-    });
+    })?;
     let mut groups: Vec<AggregateGroup> = groups
         .into_iter()
         .map(|(key, total, buckets)| AggregateGroup {
@@ -1296,7 +1491,7 @@ fn aggregate(log: &RecordLog, q: &EventAggregateQuery) -> EventAggregate {
         })
         .collect();
     groups.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
-    EventAggregate { total, groups }
+    Ok(EventAggregate { total, groups })
 }
 
 /// Buffers of [`SledStore::write_sync`], kept between batches: built afresh, a batch's keys
@@ -1575,7 +1770,9 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(WriteOutcome::default());
         }
-        self.blocking(move |s| s.write_sync(&batch)).await
+        let r = self.blocking(move |s| s.write_sync(&batch)).await;
+        self.write_health.record(false, &r, &self.dir);
+        r
     }
 
     async fn query_events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
@@ -1586,8 +1783,13 @@ impl Store for SledStore {
         &self,
         query: EventAggregateQuery,
     ) -> Result<EventAggregate, StoreError> {
-        self.blocking(move |s| Ok(aggregate(&s.events, &query)))
-            .await
+        self.blocking(move |s| {
+            aggregate(&s.events, &query).map_err(|cause| StoreError::Log {
+                what: "event",
+                cause,
+            })
+        })
+        .await
     }
 
     async fn query_telemetry(&self, query: TelemetryQuery) -> Result<TelemetryPage, StoreError> {
@@ -1640,6 +1842,10 @@ impl Store for SledStore {
         SledStore::index_bytes(self)
     }
 
+    fn health(&self) -> StoreHealth {
+        SledStore::health(self)
+    }
+
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.blocking(|s| s.stats_sync()).await
     }
@@ -1649,7 +1855,9 @@ impl Store for SledStore {
     }
 
     async fn put_snapshot(&self, snapshot: NewSnapshot) -> Result<PutSnapshot, StoreError> {
-        self.blocking(move |s| s.put_snapshot_sync(snapshot)).await
+        let r = self.blocking(move |s| s.put_snapshot_sync(snapshot)).await;
+        self.write_health.record(true, &r, &self.dir);
+        r
     }
 
     async fn snapshot(&self, id: Ulid) -> Result<Option<Snapshot>, StoreError> {
