@@ -4,18 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sample_county_is_served_with_geometry_and_inventory() {
     let dir = tempfile::tempdir().unwrap();
-    let county = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/county");
-    let hub = TestHub::start_with(dir.path(), free_port(), |c| {
-        c.county_dir = Some(county.clone());
-    })
-    .await;
+    let hub = TestHub::start_county(dir.path(), free_port()).await;
     let c = hub.get("/api/v1/county").await;
     assert_eq!(c["county"]["id"], "yuexi", "{c:#}");
     assert_eq!(c["county"]["sample"], true);
@@ -55,10 +49,11 @@ async fn a_broken_county_stops_the_hub_naming_the_file() {
     )
     .unwrap();
     let config = cloud_hub::HubConfig {
-        mqtt_addr: std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
-        data_dir: dir.path().to_path_buf(),
         county_dir: Some(county.path().to_path_buf()),
-        ..cloud_hub::HubConfig::default()
+        ..hub_config(
+            dir.path(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
+        )
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = cloud_hub::Hub::start(config, http)

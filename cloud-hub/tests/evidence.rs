@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use csb_wire::{Event, EventKind, Phase, RuleInfo, RuleType};
+use csb_wire::Event;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use serde_json::Value;
 use ulid::Ulid;
@@ -16,35 +16,20 @@ const JPEG: &[u8] = include_bytes!("data/evidence-8x8.jpg");
 /// Small, so an oversized upload fits in the socket buffers (see `oversized`).
 const MAX_BYTES: usize = 64 * 1024;
 
+/// A car parked at the gate for five minutes (track 7), naming `snapshot` as its evidence.
 fn rule_event(ts_ms: i64, snapshot: Option<Ulid>) -> Event {
-    let mut e = event("gw-01", "cam-01", ts_ms, &[(2, "car")]);
-    e.kind = EventKind::Rule;
-    e.objects[0].track_id = Some(7);
-    e.rule = Some(RuleInfo {
-        rule: "no-parking-gate".into(),
-        rule_type: RuleType::Dwell,
-        event_type: "illegal_parking".into(),
-        category: None,
-        phase: Phase::Start,
-        problem_id: Ulid::new(),
-        zone: Some("gate".into()),
-        track_ids: vec![7],
-        started_ms: ts_ms - 300_000,
-        duration_ms: 300_000,
-        count: None,
-        direction: None,
-        value: None,
-        metric: None,
-        snapshot: snapshot.map(|s| s.to_string()),
-    });
-    e
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    let e = EventBuilder::rule("illegal_parking")
+        .rule_id("no-parking-gate")
+        .ts(ts_ms)
+        .objects(&[(2, "car")])
+        .track(7)
+        .zone("gate")
+        .dwell(300_000);
+    match snapshot {
+        Some(s) => e.snapshot(s),
+        None => e,
+    }
+    .build()
 }
 
 struct Upload {
@@ -122,7 +107,7 @@ async fn rule_event_snapshot_upload_fetch_and_restart() {
     let mqtt_port = free_port();
     let limit = |c: &mut cloud_hub::HubConfig| c.snapshot_max_bytes = MAX_BYTES;
     let hub = TestHub::start_with(dir.path(), mqtt_port, limit).await;
-    let mut p = Publisher::connect(hub.mqtt, "evidence-gw").await;
+    let p = Client::connect(hub.mqtt, "evidence-gw").await;
 
     let snap = Ulid::new();
     let rule = rule_event(T0 + 1000, Some(snap));
@@ -286,14 +271,7 @@ async fn rule_event_snapshot_upload_fetch_and_restart() {
         2 * JPEG.len(),
         "{health:#}"
     );
-    let metrics = client()
-        .get(format!("{}/metrics", hub.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     for line in [
         "csb_hub_snapshots_stored_total 2\n",
         "csb_hub_snapshots_rejected_total{reason=\"too_large\"} 1\n",

@@ -6,85 +6,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use cloud_hub::ingest::devices;
 use cloud_hub::DeviceAuth;
 use common::*;
 use csb_wire::sign::{sign, signing_key};
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
-
-fn options(addr: SocketAddr, client_id: &str, login: Option<(&str, &str)>) -> MqttOptions {
-    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(5));
-    if let Some((user, pass)) = login {
-        opts.set_credentials(user, pass);
-    }
-    opts
-}
-
-/// Polls until the CONNECT is answered: `Ok` on an accepting CONNACK, `Err` (described) when the
-/// broker refuses or drops the connection.
-async fn connect(el: &mut EventLoop) -> Result<(), String> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(a))) => {
-                    return if a.code == ConnectReturnCode::Success {
-                        Ok(())
-                    } else {
-                        Err(format!("CONNACK {:?}", a.code))
-                    };
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .expect("CONNECT answered within 10 s")
-}
-
-/// A logged-in device client that publishes QoS 1 and waits for each PUBACK.
-struct Device {
-    client: AsyncClient,
-    pubacks: tokio::sync::mpsc::Receiver<()>,
-}
-
-impl Device {
-    async fn connect(addr: SocketAddr, user: &str, secret: &str) -> Device {
-        let (client, mut el) = AsyncClient::new(
-            options(addr, &user.replace('/', "-"), Some((user, secret))),
-            16,
-        );
-        connect(&mut el)
-            .await
-            .expect("a device with its own credentials connects");
-        let (tx, pubacks) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            while let Ok(ev) = el.poll().await {
-                if let Event::Incoming(Packet::PubAck(_)) = ev {
-                    if tx.send(()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Device { client, pubacks }
-    }
-
-    async fn publish(&mut self, topic: &str, payload: Vec<u8>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.pubacks.recv())
-            .await
-            .expect("PUBACK within 10 s")
-            .expect("event loop alive");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
@@ -98,28 +25,33 @@ async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
 
     // Refused at CONNECT: a wrong password (counted), and no credentials at all (rumqttd refuses
     // those before asking the hub, so they are not counted).
-    let (_c, mut el) = AsyncClient::new(
-        options(hub.mqtt, "intruder", Some(("yuexi/gw-a", &secret_b))),
-        16,
-    );
-    let refused = connect(&mut el).await;
+    let refused = Client::options("intruder")
+        .login("yuexi/gw-a", &secret_b)
+        .try_connect(hub.mqtt)
+        .await;
     assert!(refused.is_err(), "wrong password must be refused");
-    let (_c, mut el) = AsyncClient::new(options(hub.mqtt, "anonymous", None), 16);
     assert!(
-        connect(&mut el).await.is_err(),
+        Client::options("anonymous")
+            .try_connect(hub.mqtt)
+            .await
+            .is_err(),
         "no credentials must be refused"
     );
-    let (_c, mut el) = AsyncClient::new(
-        options(hub.mqtt, "stranger", Some(("yuexi/gw-z", &secret_a))),
-        16,
+    let stranger = Client::options("stranger").login("yuexi/gw-z", &secret_a);
+    assert!(
+        stranger.try_connect(hub.mqtt).await.is_err(),
+        "unknown device refused"
     );
-    assert!(connect(&mut el).await.is_err(), "unknown device refused");
     let health = hub
         .wait_health("auth_refused", |h| h["ingest"]["auth_refused"] == 2)
         .await;
     assert_eq!(health["ingest"]["auth_refused"], 2, "{health:#}");
 
-    let mut a = Device::connect(hub.mqtt, "yuexi/gw-a", &secret_a).await;
+    let a = Client::options("yuexi-gw-a")
+        .login("yuexi/gw-a", &secret_a)
+        .try_connect(hub.mqtt)
+        .await
+        .expect("a device with its own credentials connects");
     let key_a = signing_key(&secret_a);
 
     // (a) A's own event, signed with A's key: stored.
@@ -197,9 +129,11 @@ async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
 async fn with_auth_off_anyone_connects_and_signatures_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let (_c, mut el) = AsyncClient::new(options(hub.mqtt, "anonymous", None), 16);
-    connect(&mut el).await.expect("no auth configured");
-    let mut p = Publisher::connect(hub.mqtt, "gw-01").await;
+    let _anonymous = Client::options("anonymous")
+        .try_connect(hub.mqtt)
+        .await
+        .expect("no auth configured");
+    let p = Client::connect(hub.mqtt, "gw-01").await;
     let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
     // A signed payload (an agent with a secret, on a hub without auth) is a valid event too.
     let t = topic("gw-01", "event");
@@ -237,17 +171,6 @@ fn test_cert() -> TestCert {
     }
 }
 
-fn over_tls(mut opts: MqttOptions, ca_pem: &str) -> MqttOptions {
-    opts.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca: ca_pem.as_bytes().to_vec(),
-            alpn: None,
-            client_auth: None,
-        },
-    ));
-    opts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_required_plain_mqtt_is_refused_and_devices_connect_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -264,11 +187,10 @@ async fn with_tls_required_plain_mqtt_is_refused_and_devices_connect_over_tls() 
     .await;
 
     // Plain MQTT with the right credentials: refused before MQTT, counted.
-    let (_c, mut el) = AsyncClient::new(
-        options(hub.mqtt, "plain", Some(("yuexi/gw-a", &secret))),
-        16,
-    );
-    let refused = connect(&mut el).await;
+    let refused = Client::options("plain")
+        .login("yuexi/gw-a", &secret)
+        .try_connect(hub.mqtt)
+        .await;
     assert!(
         refused.is_err(),
         "plain MQTT on the TLS port must be refused"
@@ -280,61 +202,44 @@ async fn with_tls_required_plain_mqtt_is_refused_and_devices_connect_over_tls() 
 
     // A client that does not trust the hub's certificate gives up itself.
     let other = test_cert();
-    let (_c, mut el) = AsyncClient::new(
-        over_tls(
-            options(hub.mqtt, "mitm-victim", Some(("yuexi/gw-a", &secret))),
-            &other.pem,
-        ),
-        16,
-    );
-    let err = connect(&mut el).await.unwrap_err();
+    let err = Client::options("mitm-victim")
+        .login("yuexi/gw-a", &secret)
+        .tls(&other.pem)
+        .try_connect(hub.mqtt)
+        .await
+        .unwrap_err();
     assert!(
         err.to_lowercase().contains("tls") || err.contains("certificate"),
         "{err}"
     );
 
     // TLS with a wrong password: refused by the device check behind TLS.
-    let (_c, mut el) = AsyncClient::new(
-        over_tls(
-            options(hub.mqtt, "guess", Some(("yuexi/gw-a", "not-the-secret"))),
-            &cert.pem,
-        ),
-        16,
+    let guess = Client::options("guess")
+        .login("yuexi/gw-a", "not-the-secret")
+        .tls(&cert.pem);
+    assert!(
+        guess.try_connect(hub.mqtt).await.is_err(),
+        "wrong password over TLS"
     );
-    assert!(connect(&mut el).await.is_err(), "wrong password over TLS");
     hub.wait_health("auth refusal counted", |h| h["ingest"]["auth_refused"] == 1)
         .await;
 
     // TLS with the device's credentials: connects and its signed event is stored.
-    let (client, mut el) = AsyncClient::new(
-        over_tls(
-            options(hub.mqtt, "yuexi-gw-a", Some(("yuexi/gw-a", &secret))),
-            &cert.pem,
-        ),
-        16,
-    );
-    connect(&mut el).await.expect("device connects over TLS");
-    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let client = Client::options("yuexi-gw-a")
+        .login("yuexi/gw-a", &secret)
+        .tls(&cert.pem)
+        .try_connect(hub.mqtt)
+        .await
+        .expect("device connects over TLS");
     let e = event("gw-a", "cam-01", T0, &[(0, "person")]);
     let t = topic("gw-a", "event");
     client
-        .publish(
-            &t,
-            QoS::AtLeastOnce,
-            false,
-            sign(&t, &json(&e), &signing_key(&secret)).unwrap(),
-        )
-        .await
-        .unwrap();
+        .publish(&t, sign(&t, &json(&e), &signing_key(&secret)).unwrap())
+        .await;
     hub.wait_health("stored over TLS", |h| h["ingest"]["events_accepted"] == 1)
         .await;
     assert_eq!(ids(&hub.events("limit=10").await), vec![e.id.to_string()]);
-    let metrics = reqwest::get(format!("{}/metrics", hub.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics.contains("csb_hub_mqtt_tls_refused_total{reason=\"handshake_failed\"} 2"),
         "{metrics}"

@@ -3,21 +3,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloud_hub::{serve, HubConfig};
+use cloud_hub::serve;
 use common::*;
-use csb_wire::{DeviceState, DeviceStatus, Event, Telemetry};
-use ulid::Ulid;
+use csb_wire::{DeviceState, Event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_query_reject_dedup_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mqtt_port = free_port();
     let hub = TestHub::start(dir.path(), mqtt_port).await;
-    let mut p = Publisher::connect(hub.mqtt, "test-gw").await;
+    let p = Client::connect(hub.mqtt, "test-gw").await;
 
     let e1 = event("gw-01", "cam-01", T0, &[(0, "person")]);
     let e2 = event("gw-01", "cam-02", T0 + 1000, &[(2, "car")]);
@@ -57,28 +55,10 @@ async fn ingest_query_reject_dedup_and_restart() {
     // A resend of e1 (same id): counted as duplicate, not stored twice.
     p.publish(&topic("gw-01", "event"), json(&e1)).await;
     // Telemetry and status.
-    let tel = Telemetry {
-        v: 1,
-        id: Ulid::new(),
-        site: "yuexi".into(),
-        device: "gw-01".into(),
-        source: "agent".into(),
-        ts_ms: T0,
-        metrics: BTreeMap::from([("cpu_load".to_string(), 0.4)]),
-    };
+    let tel = telemetry("gw-01", "agent", T0, &[("cpu_load", 0.4)]);
     p.publish(&topic("gw-01", "telemetry"), json(&tel)).await;
-    let status = DeviceStatus {
-        v: 1,
-        site: "yuexi".into(),
-        device: "gw-01".into(),
-        ts_ms: T0,
-        state: DeviceState::Online,
-        agent_version: Some("0.1.0".into()),
-        cameras: vec![],
-        sensors: vec![],
-        outbox: None,
-    };
-    p.publish(&topic("gw-01", "status"), json(&status)).await;
+    let status = StatusBuilder::new("gw-01", DeviceState::Online).ts(T0);
+    p.publish(&topic("gw-01", "status"), status.json()).await;
 
     let health = hub
         .wait_health("all messages to be ingested", |h| {
@@ -165,12 +145,7 @@ async fn ingest_query_reject_dedup_and_restart() {
     assert_eq!(devices["count"], 1, "{devices}");
     assert_eq!(devices["devices"][0]["device"], "gw-01");
     assert_eq!(devices["devices"][0]["state"], "online");
-    let metrics = reqwest::get(format!("{}/metrics", hub.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics.contains("csb_hub_rejected_total{reason=\"device_mismatch\"} 1\n"),
         "{metrics}"
@@ -191,7 +166,7 @@ async fn ingest_query_reject_dedup_and_restart() {
     assert_eq!(health["storage"]["events"], 3);
     assert_eq!(health["ingest"]["events_accepted"], 0);
     // Dedup survives the restart.
-    let mut p = Publisher::connect(hub.mqtt, "test-gw-2").await;
+    let p = Client::connect(hub.mqtt, "test-gw-2").await;
     p.publish(&topic("gw-01", "event"), json(&e1)).await;
     hub.wait_health("duplicate after restart", |h| {
         h["ingest"]["events_duplicate"] == 1
@@ -207,12 +182,7 @@ async fn taken_mqtt_port_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = squatter.local_addr().unwrap();
-    let config = HubConfig {
-        mqtt_addr: addr,
-        data_dir: dir.path().to_path_buf(),
-        store_cache_mb: 8,
-        ..HubConfig::default()
-    };
+    let config = hub_config(dir.path(), addr);
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
@@ -229,12 +199,7 @@ async fn taken_mqtt_port_is_a_clear_error() {
 async fn locked_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let config = HubConfig {
-        mqtt_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        data_dir: dir.path().to_path_buf(),
-        store_cache_mb: 8,
-        ..HubConfig::default()
-    };
+    let config = hub_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], free_port())));
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = tokio::time::timeout(
         Duration::from_secs(10),
@@ -256,7 +221,7 @@ async fn burst_beyond_link_buffer_is_fully_ingested() {
     const N: usize = 1500;
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let mut p = Publisher::connect(hub.mqtt, "burst-gw").await;
+    let p = Client::connect(hub.mqtt, "burst-gw").await;
     let events: Vec<Event> = (0..N)
         .map(|i| event("gw-01", "cam-01", T0 + i as i64, &[(0, "person")]))
         .collect();

@@ -4,56 +4,29 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use csb_wire::{CameraState, CameraStatus, DeviceState, DeviceStatus};
-use rumqttc::{AsyncClient, QoS};
+use csb_test_support::oracle::{aggregate_group, bucket_count, inventory_row as device};
+use csb_wire::{CameraState, DeviceState, DeviceStatus};
 use serde_json::Value;
 
-const T0: i64 = 1_790_000_000_000;
-
-fn county_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/county")
-}
-
 fn status(device: &str, state: DeviceState, cameras: &[(&str, CameraState)]) -> DeviceStatus {
-    DeviceStatus {
-        v: 1,
-        site: "yuexi".into(),
-        device: device.into(),
-        ts_ms: T0,
-        state,
-        agent_version: Some("0.1.0".into()),
-        cameras: cameras
-            .iter()
-            .map(|(id, s)| CameraStatus {
-                id: (*id).into(),
-                state: *s,
-                fps: Some(10.0),
-                error: None,
-                health: None,
-            })
-            .collect(),
-        sensors: vec![],
-        outbox: None,
-    }
-}
-
-/// The demo gateway's connection with the agent's last will (see [`client_with_will`]).
-async fn gateway_link(addr: std::net::SocketAddr) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let will = json(&status("gw-demo-01", DeviceState::Offline, &[]));
-    client_with_will(addr, "inv-gw-demo", topic("gw-demo-01", "status"), will).await
-}
-
-fn device<'a>(inv: &'a Value, id: &str) -> &'a Value {
-    inv["devices"]
-        .as_array()
-        .unwrap()
+    cameras
         .iter()
-        .find(|d| d["id"] == id)
-        .unwrap_or_else(|| panic!("{id} is in the inventory"))
+        .fold(StatusBuilder::new(device, state).ts(T0), |b, (id, s)| {
+            b.camera(id, *s)
+        })
+        .build()
+}
+
+/// The demo gateway's connection with the agent's last will (its offline status).
+async fn gateway_link(addr: std::net::SocketAddr) -> Client {
+    let will = json(&status("gw-demo-01", DeviceState::Offline, &[]));
+    Client::options("inv-gw-demo")
+        .will(&topic("gw-demo-01", "status"), will)
+        .connect(addr)
+        .await
 }
 
 /// Polls the inventory until `pred` holds (at most `secs`).
@@ -74,8 +47,7 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let county = county_dir();
-    let hub = TestHub::start_with(dir.path(), port, |c| c.county_dir = Some(county)).await;
+    let hub = TestHub::start_county(dir.path(), port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     // Nothing heard yet: every registered device is listed, never seen.
@@ -93,7 +65,7 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
 
     // The demo gateway comes up with one camera running and one failed, sends events and
     // telemetry; a gateway the county never registered sends events too.
-    let (gw, gw_task) = gateway_link(addr).await;
+    let gw = gateway_link(addr).await;
     let online = status(
         "gw-demo-01",
         DeviceState::Online,
@@ -102,15 +74,9 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
             ("cam-tiantang-02", CameraState::Failed),
         ],
     );
-    gw.publish(
-        topic("gw-demo-01", "status"),
-        QoS::AtLeastOnce,
-        true,
-        json(&online),
-    )
-    .await
-    .unwrap();
-    let mut p = Publisher::connect(addr, "inv-data").await;
+    gw.publish_retained(&topic("gw-demo-01", "status"), json(&online))
+        .await;
+    let p = Client::connect(addr, "inv-data").await;
     let mut burst = Vec::new();
     for i in 0..5 {
         let e = event("gw-demo-01", "cam-tiantang-01", T0 + i, &[(0, "person")]);
@@ -224,8 +190,7 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
 
     // The link dies without a word: the broker's last will marks it offline, within the
     // keepalive window (5 s; rumqttd allows 1.5×), and its cameras with it.
-    gw_task.abort();
-    drop(gw);
+    gw.cut().await;
     let inv = wait_inventory(&hub, 12, |v| {
         device(v, "yuexi/gw-demo-01")["status"] == "offline"
     })
@@ -235,15 +200,9 @@ async fn inventory_counts_states_unregistered_devices_and_the_last_will() {
         "offline"
     );
     // Back: online again.
-    let (gw, _task) = gateway_link(addr).await;
-    gw.publish(
-        topic("gw-demo-01", "status"),
-        QoS::AtLeastOnce,
-        true,
-        json(&online),
-    )
-    .await
-    .unwrap();
+    let gw = gateway_link(addr).await;
+    gw.publish_retained(&topic("gw-demo-01", "status"), json(&online))
+        .await;
     wait_inventory(&hub, 10, |v| {
         device(v, "yuexi/gw-demo-01")["status"] == "online"
     })
@@ -260,33 +219,20 @@ fn rule_event(
     zone: &str,
     phase: csb_wire::Phase,
 ) -> csb_wire::Event {
-    let mut e = event(device, camera, ts_ms, &[(2, "car")]);
-    e.kind = csb_wire::EventKind::Rule;
-    e.rule = Some(csb_wire::RuleInfo {
-        rule: format!("{event_type}-rule"),
-        rule_type: csb_wire::RuleType::Dwell,
-        event_type: event_type.into(),
-        category: Some(
-            if event_type == "illegal_parking" {
-                "0201"
-            } else {
-                "0305"
-            }
-            .into(),
-        ),
-        phase,
-        problem_id: ulid::Ulid::new(),
-        zone: Some(zone.into()),
-        track_ids: vec![],
-        started_ms: ts_ms,
-        duration_ms: 0,
-        count: None,
-        direction: None,
-        value: None,
-        metric: None,
-        snapshot: None,
-    });
-    e
+    let category = if event_type == "illegal_parking" {
+        "0201"
+    } else {
+        "0305"
+    };
+    EventBuilder::rule(event_type)
+        .device(device)
+        .camera(camera)
+        .ts(ts_ms)
+        .objects(&[(2, "car")])
+        .category(category)
+        .phase(phase)
+        .zone(zone)
+        .build()
 }
 
 /// (device, camera, town, event type, zone, phase, hour, minute) of a published rule event.
@@ -309,8 +255,7 @@ async fn event_history_filters_and_aggregates_by_bucket_type_and_town() {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let county = county_dir();
-    let hub = TestHub::start_with(dir.path(), port, |c| c.county_dir = Some(county)).await;
+    let hub = TestHub::start_county(dir.path(), port).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     const H: i64 = 3_600_000;
     let base = (T0 / H) * H; // an hour boundary
@@ -387,7 +332,7 @@ async fn event_history_filters_and_aggregates_by_bucket_type_and_town() {
             10,
         ),
     ];
-    let mut p = Publisher::connect(addr, "hist-data").await;
+    let p = Client::connect(addr, "hist-data").await;
     let mut burst = Vec::new();
     for (dev, cam, _, ty, zone, phase, h, m) in &plan {
         let e = rule_event(dev, cam, base + h * H + m * 60_000, ty, zone, *phase);
@@ -418,20 +363,10 @@ async fn event_history_filters_and_aggregates_by_bucket_type_and_town() {
     let starts: Vec<_> = plan.iter().filter(|x| x.5 == Phase::Start).collect();
     assert_eq!(v["total"].as_u64(), Some(starts.len() as u64));
     for ty in ["illegal_parking", "street_vending"] {
-        let g = v["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["key"][0] == ty)
-            .unwrap_or_else(|| panic!("{ty} group: {v}"));
+        let g = aggregate_group(&v, ty);
         for h in 0..4 {
             let want = starts.iter().filter(|x| x.3 == ty && x.6 == h).count() as u64;
-            let got = g["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b[0] == base + h * H)
-                .map_or(0, |b| b[1].as_u64().unwrap());
+            let got = bucket_count(g, base + h * H);
             assert_eq!(got, want, "{ty} hour {h}");
         }
     }

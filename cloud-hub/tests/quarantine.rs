@@ -2,12 +2,10 @@
 //! wrong-topic messages published with a real MQTT client lands in `GET /api/v1/quarantine`
 //! with the right reasons, while valid events published in between are stored.
 
-mod ackclient;
 mod common;
 
 use std::collections::BTreeSet;
 
-use ackclient::{acked_ids, EdgeClient};
 use cloud_hub::storage::quarantine::base64;
 use common::*;
 use serde_json::Value;
@@ -164,7 +162,10 @@ async fn hostile_corpus_is_quarantined_while_valid_traffic_flows() {
         c.ingest_max_payload_bytes = MAX_PAYLOAD;
     })
     .await;
-    let mut edge = EdgeClient::connect(hub.mqtt, "gw-01", Some("csb/v1/yuexi/gw-01/ack")).await;
+    let edge = Client::options("gw-01")
+        .subscribe(&topic("gw-01", "ack"))
+        .connect(hub.mqtt)
+        .await;
     let cases = corpus();
 
     // Valid events between the bad ones: each must be stored.
@@ -312,12 +313,7 @@ async fn hostile_corpus_is_quarantined_while_valid_traffic_flows() {
     }
 
     // Prometheus has the same counts.
-    let metrics = reqwest::get(format!("{}/metrics", hub.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(
         metrics.contains(&format!("csb_hub_quarantine_entries {n}\n")),
         "{metrics}"
@@ -342,7 +338,7 @@ async fn q(hub: &TestHub, query: &str) -> (u16, Value) {
 async fn quarantine_keeps_only_the_newest_entries() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start_with(dir.path(), free_port(), |c| c.quarantine_max_entries = 5).await;
-    let mut edge = EdgeClient::connect(hub.mqtt, "gw-01", None).await;
+    let edge = Client::connect(hub.mqtt, "gw-01").await;
     for i in 0..12 {
         edge.publish(&topic("gw-01", "event"), format!("garbage {i}"))
             .await;

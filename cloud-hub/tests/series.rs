@@ -3,56 +3,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
+use csb_test_support::oracle::{assert_same_buckets, buckets_in, points_in, rollup};
 use serde_json::Value;
-
-/// (bucket start, min, max, mean, count) per bucket, computed independently of the hub.
-fn buckets(points: &[(i64, f64)], width: i64) -> Vec<(i64, f64, f64, f64, u64)> {
-    let mut m: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    for (t, v) in points {
-        m.entry(t - t.rem_euclid(width)).or_default().push(*v);
-    }
-    m.into_iter()
-        .map(|(t, vs)| {
-            let min = vs.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = vs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            (
-                t,
-                min,
-                max,
-                vs.iter().sum::<f64>() / vs.len() as f64,
-                vs.len() as u64,
-            )
-        })
-        .collect()
-}
-
-fn got_buckets(body: &Value) -> Vec<(i64, f64, f64, f64, u64)> {
-    body["buckets"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no buckets in {body}"))
-        .iter()
-        .map(|b| {
-            (
-                b["t"].as_i64().unwrap(),
-                b["min"].as_f64().unwrap(),
-                b["max"].as_f64().unwrap(),
-                b["mean"].as_f64().unwrap(),
-                b["count"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn assert_same(got: &[(i64, f64, f64, f64, u64)], want: &[(i64, f64, f64, f64, u64)]) {
-    assert_eq!(got.len(), want.len(), "got {got:?}\nwant {want:?}");
-    for (g, w) in got.iter().zip(want) {
-        assert_eq!((g.0, g.1, g.2, g.4), (w.0, w.1, w.2, w.4), "{g:?} vs {w:?}");
-        assert!((g.3 - w.3).abs() < 1e-9, "mean {g:?} vs {w:?}");
-    }
-}
 
 const SERIES: &str = "site=yuexi&device=gw-01&source=wl-01&metric=water_level_cm";
 
@@ -69,7 +22,7 @@ async fn telemetry_series_range_and_rollups_over_mqtt() {
         }
     };
     let hub = TestHub::start_with(dir.path(), port, keep).await;
-    let mut p = Publisher::connect(hub.mqtt, "test-gw-series").await;
+    let p = Client::connect(hub.mqtt, "test-gw-series").await;
 
     let base = T0 - T0.rem_euclid(3_600_000);
     // 3 hours of readings every 50 s, published newest first (out of order), plus noise
@@ -119,12 +72,7 @@ async fn telemetry_series_range_and_rollups_over_mqtt() {
             ))
             .await;
             assert_eq!(raw["resolution"], "raw", "{raw}");
-            let got: Vec<(i64, f64)> = raw["points"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| (p["t"].as_i64().unwrap(), p["v"].as_f64().unwrap()))
-                .collect();
+            let got = points_in(&raw);
             let want: Vec<(i64, f64)> = points
                 .iter()
                 .filter(|(t, _)| *t >= from && *t < to)
@@ -140,17 +88,17 @@ async fn telemetry_series_range_and_rollups_over_mqtt() {
             ))
             .await;
             assert_eq!(m["resolution"], "1m");
-            assert_same(&got_buckets(&m), &buckets(&points, 60_000));
+            assert_same_buckets(&buckets_in(&m), &rollup(&points, 60_000));
             let hr = h(format!(
                 "/api/v1/telemetry/series/query?{SERIES}&from=2026-09-21T14:30:00Z&to={all_to}&resolution=1h"
             ))
             .await;
             assert_eq!(hr["resolution"], "1h");
-            let want_h: Vec<_> = buckets(&points, 3_600_000)
+            let want_h: Vec<_> = rollup(&points, 3_600_000)
                 .into_iter()
-                .filter(|b| b.0 >= base)
+                .filter(|b| b.t >= base)
                 .collect();
-            assert_same(&got_buckets(&hr), &want_h);
+            assert_same_buckets(&buckets_in(&hr), &want_h);
             // auto: 3 hours of ~216 points is raw (within raw retention).
             let auto = h(format!(
                 "/api/v1/telemetry/series/query?{SERIES}&from={base}&to={all_to}"

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use csb_wire::{DeviceState, DeviceStatus, SensorState, SensorStatus, Telemetry};
+use csb_wire::{DeviceState, SensorState, SensorStatus, Telemetry};
 use serde_json::Value;
 
 /// What the API should answer for a message: its JSON as published.
@@ -16,7 +16,7 @@ fn as_json(t: &Telemetry) -> Value {
 async fn telemetry_history_filters_and_device_sensors() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let mut p = Publisher::connect(hub.mqtt, "test-gw-tel").await;
+    let p = Client::connect(hub.mqtt, "test-gw-tel").await;
 
     let agent = telemetry(
         "gw-01",
@@ -39,34 +39,17 @@ async fn telemetry_history_filters_and_device_sensors() {
     for t in [&wl2, &agent, &batt, &cam, &other, &wl1] {
         p.publish(&topic(&t.device, "telemetry"), json(t)).await;
     }
-    let status = DeviceStatus {
-        v: 1,
-        site: "yuexi".into(),
-        device: "gw-01".into(),
-        ts_ms: T0 + 3000,
-        state: DeviceState::Online,
-        agent_version: Some("0.1.0".into()),
-        cameras: vec![],
-        sensors: vec![
-            SensorStatus {
-                id: "wl-01".into(),
-                state: SensorState::Reporting,
-                last_reading_age_ms: Some(800),
-                readings_total: 3,
-                errors_total: 1,
-                last_error: Some("csb/field/wl-01: field `level` is not a number".into()),
-            },
-            SensorStatus {
-                id: "tilt-01".into(),
-                state: SensorState::Waiting,
-                last_reading_age_ms: None,
-                readings_total: 0,
-                errors_total: 0,
-                last_error: None,
-            },
-        ],
-        outbox: None,
-    };
+    let status = StatusBuilder::new("gw-01", DeviceState::Online)
+        .ts(T0 + 3000)
+        .sensor(SensorStatus {
+            last_reading_age_ms: Some(800),
+            readings_total: 3,
+            errors_total: 1,
+            last_error: Some("csb/field/wl-01: field `level` is not a number".into()),
+            ..sensor_status("wl-01", SensorState::Reporting)
+        })
+        .sensor(sensor_status("tilt-01", SensorState::Waiting))
+        .build();
     p.publish(&topic("gw-01", "status"), json(&status)).await;
     hub.wait_health("telemetry and status to be stored", |h| {
         h["ingest"]["telemetry_accepted"] == 6 && h["ingest"]["status_accepted"] == 1

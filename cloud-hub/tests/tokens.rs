@@ -21,13 +21,6 @@ use ulid::Ulid;
 const JPEG: &[u8] = include_bytes!("data/evidence-8x8.jpg");
 const DEVICE: &str = "yuexi/gw-01";
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 struct Answer {
     status: StatusCode,
     challenge: Option<String>,
@@ -35,6 +28,17 @@ struct Answer {
 }
 
 impl Answer {
+    async fn of(resp: reqwest::Response) -> Answer {
+        Answer {
+            status: resp.status(),
+            challenge: resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .map(|v| v.to_str().unwrap().to_string()),
+            body: resp.text().await.unwrap(),
+        }
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
@@ -45,15 +49,7 @@ async fn call(hub: &TestHub, method: &str, path: &str, auth: Option<&str>) -> An
     if let Some(a) = auth {
         req = req.header(AUTHORIZATION, a);
     }
-    let resp = req.send().await.unwrap();
-    Answer {
-        status: resp.status(),
-        challenge: resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .map(|v| v.to_str().unwrap().to_string()),
-        body: resp.text().await.unwrap(),
-    }
+    Answer::of(req.send().await.unwrap()).await
 }
 
 fn bearer(token: &str) -> String {
@@ -82,15 +78,7 @@ async fn upload(
     if let Some(a) = auth {
         req = req.header(AUTHORIZATION, a);
     }
-    let resp = req.send().await.unwrap();
-    Answer {
-        status: resp.status(),
-        challenge: resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .map(|v| v.to_str().unwrap().to_string()),
-        body: resp.text().await.unwrap(),
-    }
+    Answer::of(req.send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +97,7 @@ async fn tokens_roles_and_signed_uploads() {
     assert_eq!(call(&hub, "HEAD", "/api/v1/health", None).await.status, 200);
 
     // Something to read.
-    let mut publisher = Publisher::connect(hub.mqtt, "tokens-test").await;
+    let publisher = Client::connect(hub.mqtt, "tokens-test").await;
     let e = event("gw-01", "cam-01", T0, &[(0, "person")]);
     publisher.publish(&topic("gw-01", "event"), json(&e)).await;
     hub.wait_health("event stored", |h| h["ingest"]["events_accepted"] == 1)

@@ -5,15 +5,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use csb_wire::{
-    CameraState, CameraStatus, DeviceState, DeviceStatus, Event, EventKind, Phase, RuleInfo,
-    RuleType,
-};
-use rumqttc::{AsyncClient, QoS};
+use csb_test_support::http::{entity_ids as ids, SseReader};
+use csb_test_support::oracle::haversine_m;
+use csb_wire::{CameraState, DeviceState, DeviceStatus, Event, Phase};
 use serde_json::Value;
 use ulid::Ulid;
 
@@ -23,22 +20,6 @@ const CAM: &str = "urn:ngsi-ld:Camera:yuexi:gw-demo-01:cam-tiantang-01";
 const ZONE: &str = "urn:ngsi-ld:Zone:yuexi:zone-no-parking-north";
 const ROAD: &str = "urn:ngsi-ld:RoadSegment:yuexi:rd-tiantang-ave-n";
 const CTX: &str = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld";
-
-fn county_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/county")
-}
-
-async fn start(dir: &Path, port: u16) -> TestHub {
-    let county = county_dir();
-    TestHub::start_with(dir, port, |c| c.county_dir = Some(county)).await
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
 
 /// GET with an Accept header: (status, headers, JSON body).
 async fn get_with(
@@ -64,37 +45,6 @@ async fn ngsi(hub: &TestHub, path: &str) -> Value {
     body
 }
 
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn ids(body: &Value) -> BTreeSet<String> {
-    body.as_array()
-        .unwrap_or_else(|| panic!("not an array: {body}"))
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Haversine on a sphere of radius 6,371,008.8 m, written here so the test does not trust
-/// the code under test.
-fn my_haversine(a: [f64; 2], b: [f64; 2]) -> f64 {
-    let r = 6_371_008.8_f64;
-    let (p1, p2) = (a[1].to_radians(), b[1].to_radians());
-    let dp = p2 - p1;
-    let dl = (b[0] - a[0]).to_radians();
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * r * h.sqrt().asin()
-}
-
 fn pos(v: &Value) -> [f64; 2] {
     [v[0].as_f64().unwrap(), v[1].as_f64().unwrap()]
 }
@@ -118,7 +68,7 @@ fn positions(g: &Value) -> Vec<[f64; 2]> {
 fn line_distance(p: [f64; 2], line: &[[f64; 2]]) -> f64 {
     let mut best = f64::INFINITY;
     for w in line.windows(2) {
-        let len = my_haversine(w[0], w[1]);
+        let len = haversine_m(w[0], w[1]);
         let n = (len / 0.5).ceil().max(1.0) as usize;
         for i in 0..=n {
             let t = i as f64 / n as f64;
@@ -126,7 +76,7 @@ fn line_distance(p: [f64; 2], line: &[[f64; 2]]) -> f64 {
                 w[0][0] + t * (w[1][0] - w[0][0]),
                 w[0][1] + t * (w[1][1] - w[0][1]),
             ];
-            best = best.min(my_haversine(p, q));
+            best = best.min(haversine_m(p, q));
         }
     }
     best
@@ -161,7 +111,7 @@ fn rings(g: &Value) -> Vec<Vec<[f64; 2]>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entity_type_q_and_geo_queries_on_the_sample_county() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = start(dir.path(), free_port()).await;
+    let hub = TestHub::start_county(dir.path(), free_port()).await;
 
     let types = ngsi(&hub, "/ngsi-ld/v1/types").await;
     let list: BTreeSet<&str> = types["typeList"]
@@ -389,7 +339,7 @@ async fn entity_type_q_and_geo_queries_on_the_sample_county() {
     };
     for c in centres {
         // Radii: fixed ones, and each just above and below a real distance (tight boundaries).
-        let mut dists: Vec<f64> = points.iter().map(|(_, p)| my_haversine(c, *p)).collect();
+        let mut dists: Vec<f64> = points.iter().map(|(_, p)| haversine_m(c, *p)).collect();
         dists.sort_by(f64::total_cmp);
         let mut radii = vec![0.0, 50.0, 200.0, 500.0, 1000.0, 5000.0, 20_000.0];
         for d in dists.iter().take(6) {
@@ -399,7 +349,7 @@ async fn entity_type_q_and_geo_queries_on_the_sample_county() {
         for r in radii {
             let want: BTreeSet<String> = points
                 .iter()
-                .filter(|(_, p)| my_haversine(c, *p) <= r)
+                .filter(|(_, p)| haversine_m(c, *p) <= r)
                 .map(|(id, _)| id.clone())
                 .collect();
             let got = ngsi(
@@ -410,7 +360,7 @@ async fn entity_type_q_and_geo_queries_on_the_sample_county() {
             assert_eq!(ids(&got), want, "near {c:?} maxDistance {r}");
             let outside: BTreeSet<String> = points
                 .iter()
-                .filter(|(_, p)| my_haversine(c, *p) >= r)
+                .filter(|(_, p)| haversine_m(c, *p) >= r)
                 .map(|(id, _)| id.clone())
                 .collect();
             let got = ngsi(
@@ -519,58 +469,36 @@ async fn entity_type_q_and_geo_queries_on_the_sample_county() {
 }
 
 fn dev_status(state: DeviceState, cam_state: CameraState) -> DeviceStatus {
-    DeviceStatus {
-        v: 1,
-        site: "yuexi".into(),
-        device: "gw-demo-01".into(),
-        ts_ms: T0,
-        state,
-        agent_version: Some("0.1.0".into()),
-        cameras: match state {
-            DeviceState::Online => vec![CameraStatus {
-                id: "cam-tiantang-01".into(),
-                state: cam_state,
-                fps: Some(10.0),
-                error: None,
-                health: None,
-            }],
-            DeviceState::Offline => vec![],
-        },
-        sensors: vec![],
-        outbox: None,
+    let status = StatusBuilder::new("gw-demo-01", state).ts(T0);
+    match state {
+        DeviceState::Online => status.camera("cam-tiantang-01", cam_state),
+        DeviceState::Offline => status,
     }
+    .build()
 }
 
 fn zone_event(phase: Phase, problem: Ulid, ts: i64) -> Event {
-    let mut e = event("gw-demo-01", "cam-tiantang-01", ts, &[(2, "car")]);
-    e.kind = EventKind::Rule;
-    e.rule = Some(RuleInfo {
-        rule: "illegal-parking-north".into(),
-        rule_type: RuleType::Dwell,
-        event_type: "illegal_parking".into(),
-        category: Some("0201".into()),
-        phase,
-        problem_id: problem,
-        zone: Some("no-parking-north".into()),
-        track_ids: vec![],
-        started_ms: ts,
-        duration_ms: 10_000,
-        count: None,
-        direction: None,
-        value: None,
-        metric: None,
-        snapshot: None,
-    });
-    e
+    EventBuilder::rule("illegal_parking")
+        .rule_id("illegal-parking-north")
+        .device("gw-demo-01")
+        .camera("cam-tiantang-01")
+        .ts(ts)
+        .objects(&[(2, "car")])
+        .category("0201")
+        .phase(phase)
+        .problem(problem)
+        .zone("no-parking-north")
+        .duration(10_000)
+        .build()
 }
 
-/// A client with the agent's last will (offline status); returns it and its event loop task.
-async fn agent_with_will(
-    addr: std::net::SocketAddr,
-    id: &str,
-) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+/// A client with the agent's last will (offline status).
+async fn agent_with_will(addr: std::net::SocketAddr, id: &str) -> Client {
     let will = json(&dev_status(DeviceState::Offline, CameraState::Stopped));
-    client_with_will(addr, id, topic("gw-demo-01", "status"), will).await
+    Client::options(id)
+        .will(&topic("gw-demo-01", "status"), will)
+        .connect(addr)
+        .await
 }
 
 /// Polls an entity until `pred` holds (bounded by `secs`).
@@ -630,69 +558,11 @@ fn iso(ms: i64) -> String {
     )
 }
 
-/// Server-sent events read from a streaming response: (event, id, data).
-struct SseReader {
-    resp: reqwest::Response,
-    buf: String,
-    /// Events read and passed over, in stream order: a later call may want them (changes of
-    /// different entities in one ingest batch come in the order the twin applies them).
-    seen: Vec<(String, String, Value)>,
-}
-
-impl SseReader {
-    /// The first event (already read or still to come) that `pred` accepts.
-    async fn next_matching(
-        &mut self,
-        secs: u64,
-        pred: impl Fn(&str, &str, &Value) -> bool,
-    ) -> (String, String, Value) {
-        if let Some(i) = self.seen.iter().position(|(e, id, v)| pred(e, id, v)) {
-            return self.seen.remove(i);
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut ev, mut id, mut data) =
-                    (String::from("message"), String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // a keepalive comment
-                }
-                let v: Value = serde_json::from_str(&data).unwrap();
-                if pred(&ev, &id, &v) {
-                    return (ev, id, v);
-                }
-                self.seen.push((ev, id, v));
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "SSE event within the deadline; passed over: {:?}",
-                        self.seen
-                    )
-                })
-                .unwrap()
-                .expect("stream open");
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_attributes_history_stream_and_last_will() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let hub = start(dir.path(), port).await;
+    let hub = TestHub::start_county(dir.path(), port).await;
 
     // Follow the sensors' and zones' changes.
     let resp = client()
@@ -706,23 +576,16 @@ async fn live_attributes_history_stream_and_last_will() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
-    let mut sse = SseReader {
-        resp,
-        buf: String::new(),
-        seen: Vec::new(),
-    };
+    let mut sse = SseReader::new(resp);
 
     // The agent comes online with its camera running.
-    let (agent, agent_task) = agent_with_will(hub.mqtt, "gw-demo-01").await;
+    let agent = agent_with_will(hub.mqtt, "gw-demo-01").await;
     agent
         .publish(
-            topic("gw-demo-01", "status"),
-            QoS::AtLeastOnce,
-            false,
+            &topic("gw-demo-01", "status"),
             json(&dev_status(DeviceState::Online, CameraState::Running)),
         )
-        .await
-        .unwrap();
+        .await;
     let gw = wait_entity(&hub, GW, "gateway online", 10, |e| {
         e["status"]["value"] == "online"
     })
@@ -739,7 +602,7 @@ async fn live_attributes_history_stream_and_last_will() {
     .await;
 
     // Water level readings, a zone problem, traffic flow.
-    let mut p = Publisher::connect(hub.mqtt, "test-twin-pub").await;
+    let p = Client::connect(hub.mqtt, "test-twin-pub").await;
     for (i, level) in [12.5, 20.0, 31.5].into_iter().enumerate() {
         let t = telemetry(
             "gw-demo-01",
@@ -851,11 +714,7 @@ async fn live_attributes_history_stream_and_last_will() {
         .send()
         .await
         .unwrap();
-    let mut resumed = SseReader {
-        resp,
-        buf: String::new(),
-        seen: Vec::new(),
-    };
+    let mut resumed = SseReader::new(resp);
     let (_, rid, v) = resumed.next_matching(10, |_, _, _| true).await;
     assert_eq!(rid, id2);
     assert_eq!(v["water_level_cm"]["value"], 20.0);
@@ -944,9 +803,7 @@ async fn live_attributes_history_stream_and_last_will() {
     assert_eq!(zh["activeProblems"].as_array().unwrap().len(), 1, "{zh}");
 
     // The agent goes silent: its last will flips gateway and camera offline.
-    agent_task.abort();
-    let _ = agent_task.await;
-    drop(agent);
+    agent.cut().await;
     wait_entity(&hub, GW, "gateway offline (last will)", 15, |e| {
         e["status"]["value"] == "offline"
     })
@@ -958,16 +815,13 @@ async fn live_attributes_history_stream_and_last_will() {
     let dev = hub.get("/api/v1/devices").await;
     assert!(dev.to_string().contains("offline"), "{dev}");
     // And back.
-    let (agent, agent_task) = agent_with_will(hub.mqtt, "gw-demo-01").await;
+    let agent = agent_with_will(hub.mqtt, "gw-demo-01").await;
     agent
         .publish(
-            topic("gw-demo-01", "status"),
-            QoS::AtLeastOnce,
-            false,
+            &topic("gw-demo-01", "status"),
             json(&dev_status(DeviceState::Online, CameraState::Running)),
         )
-        .await
-        .unwrap();
+        .await;
     wait_entity(&hub, CAM, "camera back online", 10, |e| {
         e["status"]["value"] == "online"
     })
@@ -987,14 +841,7 @@ async fn live_attributes_history_stream_and_last_will() {
         .collect();
     assert_eq!(states, ["online", "offline", "online"], "{gh}");
 
-    let metrics = client()
-        .get(format!("{}/metrics", hub.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(metrics.contains("csb_hub_twin_changes_total"), "{metrics}");
     assert!(
         metrics.contains("csb_hub_twin_feed_dropped_total 0"),
@@ -1007,7 +854,7 @@ async fn live_attributes_history_stream_and_last_will() {
     );
 
     // The open stream must not hold up shutdown.
-    agent_task.abort();
+    agent.cut().await;
     let stopped = tokio::time::Instant::now();
     hub.stop().await;
     assert!(
@@ -1018,7 +865,7 @@ async fn live_attributes_history_stream_and_last_will() {
     drop(sse);
 
     // A restart keeps the history and the live picture.
-    let hub = start(dir.path(), port).await;
+    let hub = TestHub::start_county(dir.path(), port).await;
     let wl = ngsi(&hub, &format!("/ngsi-ld/v1/entities/{}", enc(WL))).await;
     assert_eq!(wl["water_level_cm"]["value"], 31.5);
     assert_eq!(wl["water_level_cm"]["observedAt"], iso(T0 + 3000));

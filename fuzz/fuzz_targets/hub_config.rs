@@ -4,34 +4,18 @@
 //! that parses back to the same config and still validates.
 #![no_main]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use cloud_hub::HubConfig;
+use csb_test_support::fuzz::ScratchFile;
 use libfuzzer_sys::fuzz_target;
 
-fn config_path() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // $TMPDIR if set (scripts/fuzz.sh points it at a RAM disk it removes afterwards), else
-        // /dev/shm: a file write per input on a disk-backed /tmp costs milliseconds.
-        let base = match std::env::var_os("TMPDIR") {
-            Some(d) => PathBuf::from(d),
-            None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-            None => std::env::temp_dir(),
-        };
-        let dir = base.join(format!("csb-fuzz-hub-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temporary config dir");
-        dir.join("hub.toml")
-    })
-}
+static CONFIG: ScratchFile = ScratchFile::new("hub", "hub.toml");
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some(path) = CONFIG.write_utf8(data) else {
         return;
     };
-    let path = config_path();
-    std::fs::write(path, text).expect("write temporary config");
     let Ok(cfg) = HubConfig::load(path) else {
         return;
     };

@@ -11,93 +11,53 @@
 use std::process::Command;
 use std::time::Duration;
 
-use csb_e2e::raw_mqtt::{connect_bytes, Answer, ConnectOptions, RawClient};
-use csb_e2e::{eventually, get_json, Configured, Hub};
-use csb_wire::{DeviceState, DeviceStatus, Event, EventKind, FrameInfo, ModelRef};
+use csb_test_support::http::{eventually, get_json, get_text};
+use csb_test_support::payloads::{signed, topic, EventBuilder, StatusBuilder, SITE};
+use csb_test_support::process::Hub;
+use csb_test_support::raw_mqtt::{connect_bytes, Answer, ConnectOptions, RawClient};
+use csb_wire::DeviceState;
 use serde_json::Value;
 use ulid::Ulid;
 
-const SITE: &str = "yuexi";
-
-fn topic(device: &str, channel: &str) -> String {
-    format!("csb/v1/{SITE}/{device}/{channel}")
-}
-
 /// A small valid event of `device`, signed with `secret` when given.
 fn event(device: &str, secret: Option<&str>) -> (Ulid, Vec<u8>) {
-    let e = Event {
-        v: 1,
-        id: Ulid::new(),
-        site: SITE.into(),
-        device: device.into(),
-        camera: "cam-01".into(),
-        kind: EventKind::Detection,
-        ts_ms: csb_wire::now_ms(),
-        frame: Some(FrameInfo {
-            seq: 1,
-            pts_ms: None,
-            width: 640,
-            height: 480,
-        }),
-        model: Some(ModelRef {
-            name: "yolox_nano".into(),
-            sha256: "695e750a5d57".into(),
-        }),
-        objects: vec![],
-        rule: None,
-    };
+    let e = EventBuilder::detection()
+        .device(device)
+        .frame(640, 480)
+        .build();
     let json = serde_json::to_vec(&e).unwrap();
     (e.id, signed(&topic(device, "event"), json, secret))
 }
 
 fn status(device: &str, state: DeviceState, ts_ms: i64, secret: Option<&str>) -> Vec<u8> {
-    let s = DeviceStatus {
-        v: 1,
-        site: SITE.into(),
-        device: device.into(),
-        ts_ms,
-        state,
-        agent_version: None,
-        cameras: vec![],
-        sensors: vec![],
-        outbox: None,
-    };
-    signed(
-        &topic(device, "status"),
-        serde_json::to_vec(&s).unwrap(),
-        secret,
-    )
-}
-
-fn signed(topic: &str, json: Vec<u8>, secret: Option<&str>) -> Vec<u8> {
-    match secret {
-        None => json,
-        Some(s) => csb_wire::sign::sign(topic, &json, &csb_wire::sign::signing_key(s)).unwrap(),
-    }
+    let s = StatusBuilder::new(device, state)
+        .ts(ts_ms)
+        .without_version();
+    signed(&topic(device, "status"), s.json(), secret)
 }
 
 /// A hub with `extra` config lines, a 500 ms CONNECT timeout and a self-probe every 200 ms.
-fn hub(extra: &str, devices: &[&str]) -> Configured {
+fn hub(extra: &str, devices: &[&str]) -> Hub {
     let config = format!("mqtt_connect_timeout_ms = 500\nmqtt_probe_interval_ms = 200\n{extra}");
-    Hub::start_configured(&config, devices)
+    Hub::builder().config(&config).devices(devices).start()
 }
 
-async fn health(h: &Configured) -> Value {
+async fn health(h: &Hub) -> Value {
     // 503 bodies are JSON too: read whatever came.
-    let resp = reqwest::get(h.hub.url("/api/v1/health"))
+    let resp = reqwest::get(h.url("/api/v1/health"))
         .await
         .expect("health answers");
     resp.json().await.expect("health is JSON")
 }
 
-async fn refused(h: &Configured, reason: &str) -> u64 {
+async fn refused(h: &Hub, reason: &str) -> u64 {
     health(h).await["mqtt"]["refused_by_reason"][reason]
         .as_u64()
         .unwrap_or(0)
 }
 
 /// Waits until the refusal counter `reason` reaches `n`.
-async fn wait_refused(h: &Configured, reason: &str, n: u64) {
+async fn wait_refused(h: &Hub, reason: &str, n: u64) {
     let seen = eventually(Duration::from_secs(10), || async {
         (refused(h, reason).await >= n).then_some(())
     })
@@ -113,7 +73,7 @@ async fn wait_refused(h: &Configured, reason: &str, n: u64) {
 /// The fleet still works: a device never seen before and `veteran` (connected earlier) both
 /// connect, publish an event that is stored, and leave; the broker's self-probe got in after
 /// whatever happened before (health is truthful, not stale).
-async fn fleet_still_admits(h: &Configured, fresh: &str, veteran: &str) {
+async fn fleet_still_admits(h: &Hub, fresh: &str, veteran: &str) {
     let probes_before = health(h).await["mqtt"]["broker"]["probes_ok"]
         .as_u64()
         .unwrap();
@@ -134,7 +94,7 @@ async fn fleet_still_admits(h: &Configured, fresh: &str, veteran: &str) {
         stored.push((device.to_string(), id));
     }
     for (device, id) in stored {
-        let url = h.hub.url(&format!("/api/v1/events/{id}"));
+        let url = h.url(&format!("/api/v1/events/{id}"));
         let found = eventually(Duration::from_secs(10), || async { get_json(&url).await }).await;
         assert!(found.is_some(), "event of {device} not stored");
     }
@@ -227,7 +187,7 @@ async fn refusals_before_connack_lock_no_one_out() {
     let mut holder = holder;
     let (id, payload) = event("holder-1", None);
     holder.publish(&topic("holder-1", "event"), payload).await;
-    let url = h.hub.url(&format!("/api/v1/events/{id}"));
+    let url = h.url(&format!("/api/v1/events/{id}"));
     assert!(
         eventually(Duration::from_secs(10), || async { get_json(&url).await })
             .await
@@ -313,7 +273,7 @@ async fn a_reconnecting_client_id_takes_over_its_half_open_session() {
     let h = hub("", &[]);
     let device = "gw-4g";
     let status_topic = topic(device, "status");
-    let devices_url = h.hub.url("/api/v1/devices");
+    let devices_url = h.url("/api/v1/devices");
     let current = |ts_ms: i64, state: &'static str| {
         let url = devices_url.clone();
         async move {
@@ -378,7 +338,7 @@ async fn a_reconnecting_client_id_takes_over_its_half_open_session() {
     .await;
     let (id, payload) = event(device, None);
     new.publish(&topic(device, "event"), payload).await;
-    let url = h.hub.url(&format!("/api/v1/events/{id}"));
+    let url = h.url(&format!("/api/v1/events/{id}"));
     assert!(
         eventually(Duration::from_secs(10), || async { get_json(&url).await })
             .await
@@ -429,12 +389,7 @@ async fn exactly_the_configured_fleet_is_admitted() {
     let (_c, a) = RawClient::connect(h.mqtt, extra, &ConnectOptions::new()).await;
     assert_eq!(a, Answer::Connack(3));
     wait_refused(&h, "full", 1).await;
-    let metrics = reqwest::get(h.hub.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&h.url("/metrics")).await;
     assert!(
         metrics.contains("csb_hub_mqtt_refused_total{reason=\"full\"} 1\n"),
         "{metrics}"
@@ -446,7 +401,7 @@ async fn exactly_the_configured_fleet_is_admitted() {
     let mut c = RawClient::connected(h.mqtt, extra, &ConnectOptions::new()).await;
     let (id, payload) = event("gw-extra", None);
     c.publish(&topic("gw-extra", "event"), payload).await;
-    let url = h.hub.url(&format!("/api/v1/events/{id}"));
+    let url = h.url(&format!("/api/v1/events/{id}"));
     assert!(
         eventually(Duration::from_secs(10), || async { get_json(&url).await })
             .await
@@ -533,7 +488,7 @@ async fn acks_reach_devices_persistent_sessions_and_observers() {
     assert_eq!(health(&h).await["mqtt"]["routed_sessions"], 0);
     let (id3, payload) = event("gw-r", None);
     device.publish(&topic("gw-r", "event"), payload).await;
-    let url = h.hub.url(&format!("/api/v1/events/{id3}"));
+    let url = h.url(&format!("/api/v1/events/{id3}"));
     assert!(
         eventually(Duration::from_secs(10), || async { get_json(&url).await })
             .await
@@ -565,7 +520,7 @@ fn alarming(log: &str) -> Vec<&str> {
 async fn normal_sessions_log_quietly_and_oversized_packets_are_counted() {
     let config = "mqtt_connect_timeout_ms = 500\nmqtt_probe_interval_ms = 200\n\
                   mqtt_max_payload_bytes = 8192\ningest_max_payload_bytes = 4096\n";
-    let h = Hub::start_configured_logging(config, &[], true);
+    let h = Hub::builder().config(config).keep_log().start();
     let before = h.log_text().len();
 
     // Clean session: publish, subscribe to its acks, unsubscribe, DISCONNECT.
@@ -581,7 +536,7 @@ async fn normal_sessions_log_quietly_and_oversized_packets_are_counted() {
     let _old = RawClient::connected(h.mqtt, "edge-gw-4g", &ConnectOptions::new()).await;
     let new = RawClient::connected(h.mqtt, "edge-gw-4g", &ConnectOptions::new()).await;
     new.disconnect().await;
-    let url = h.hub.url(&format!("/api/v1/events/{id}"));
+    let url = h.url(&format!("/api/v1/events/{id}"));
     assert!(
         eventually(Duration::from_secs(10), || async { get_json(&url).await })
             .await
@@ -603,7 +558,7 @@ async fn normal_sessions_log_quietly_and_oversized_packets_are_counted() {
         .await;
     assert!(big.closed_within(Duration::from_secs(5)).await);
     let metrics = eventually(Duration::from_secs(5), || async {
-        let m = reqwest::get(h.hub.url("/metrics"))
+        let m = reqwest::get(h.url("/metrics"))
             .await
             .ok()?
             .text()

@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use csb_e2e::{bin, media};
+use csb_test_support::process::{bin, media, run_ok};
 use serde_json::Value;
 
 struct Ref {
@@ -17,24 +17,17 @@ struct Ref {
 }
 
 fn detect_lines(file: &std::path::Path, extra: &[&str]) -> Vec<Value> {
-    let out = Command::new(bin("edge-agent"))
-        .arg("detect")
-        .arg(file)
-        .arg("--json")
-        .args(extra)
-        .current_dir(std::env::temp_dir()) // must find model and runtime without the repo as cwd
-        .output()
-        .expect("run edge-agent detect");
-    assert!(
-        out.status.success(),
-        "detect failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect()
+    run_ok(
+        Command::new(bin("edge-agent"))
+            .arg("detect")
+            .arg(file)
+            .arg("--json")
+            .args(extra)
+            .current_dir(std::env::temp_dir()), // must find model and runtime without the repo as cwd
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+    .collect()
 }
 
 fn assert_matches(objects: &[Value], refs: &[Ref]) {

@@ -1,64 +1,33 @@
 //! End-to-end: real `cloud-hub` and `edge-agent` processes, real GStreamer decoding of real
 //! footage, the real YOLOX-Nano model, MQTT over TCP and the hub's HTTP API.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use csb_e2e::{bin, eventually, get_json, media, Hub, Proc};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use csb_test_support::agent::AgentToml;
+use csb_test_support::http::{eventually, get_json};
+use csb_test_support::mqtt::Client;
+use csb_test_support::process::{bin, media, spawn_agent, Hub, Proc};
 use serde_json::Value;
 
-fn agent_config(dir: &std::path::Path, mqtt_port: u16, device: &str) -> std::path::PathBuf {
-    let cfg = format!(
-        r#"
-[agent]
-site = "yuexi"
-device = "{device}"
-
-[mqtt]
-broker = "127.0.0.1:{mqtt_port}"
-# Relative to this file: the test\'s temporary directory.
-[outbox]
-dir = "outbox"
-
-[model]
-intra_threads = 2
-score_threshold = 0.3
-
-[[cameras]]
-id = "cam-e2e"
-uri = "{uri}"
-loop = true
-event_interval_ms = 0
-"#,
-        uri = media("vtest.avi").display()
-    );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, cfg).expect("write agent config");
-    p
-}
-
+/// Status and telemetry every second instead of every 10 s.
 fn start_agent(config: &std::path::Path) -> Proc {
-    let child = Command::new(bin("edge-agent"))
-        .args(["run", "--config"])
-        .arg(config)
-        // Status and telemetry every second instead of every 10 s.
-        .env("CSB_HEALTH_INTERVAL_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn edge-agent");
-    Proc {
-        child,
-        name: "edge-agent".into(),
-    }
+    spawn_agent(config, 1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn person_detections_travel_from_footage_to_the_api() {
     let hub = Hub::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = start_agent(&agent_config(dir.path(), hub.mqtt_port, "gw-e2e-01"));
+    let config = AgentToml::new("gw-e2e-01", hub.mqtt_port)
+        .model("intra_threads = 2\nscore_threshold = 0.3")
+        .camera(
+            "cam-e2e",
+            &media("vtest.avi").display().to_string(),
+            "loop = true\nevent_interval_ms = 0",
+        )
+        .write(dir.path());
+    let mut agent = start_agent(&config);
 
     let url = hub.url("/api/v1/events?class=person&limit=50");
     let events = eventually(Duration::from_secs(120), || async {
@@ -130,20 +99,17 @@ async fn person_detections_travel_from_footage_to_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
     let hub = Hub::start();
-    let mut opts = MqttOptions::new("e2e-bad-client", "127.0.0.1", hub.mqtt_port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    let (client, mut el) = AsyncClient::new(opts, 16);
-    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let client = Client::options("e2e-bad-client")
+        .keep_alive(10)
+        .connect(hub.mqtt)
+        .await;
 
     let topic = "csb/v1/yuexi/gw-bad/event";
     let before = get_json(&hub.url("/api/v1/health")).await.expect("health");
     let rejected_before = before["ingest"]["rejected"].as_u64().unwrap();
 
     // Truncated JSON, and well-formed JSON with an impossible score.
-    client
-        .publish(topic, QoS::AtLeastOnce, false, b"{\"v\":1,".to_vec())
-        .await
-        .unwrap();
+    client.publish(topic, b"{\"v\":1,".to_vec()).await;
     let mut ev = serde_json::json!({
         "v": 1, "id": ulid::Ulid::new().to_string(), "site": "yuexi", "device": "gw-bad",
         "camera": "cam-1", "kind": "detection", "ts_ms": csb_wire::now_ms(),
@@ -152,10 +118,7 @@ async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
         "objects": [{"class_id": 0, "label": "person", "score": 7.5,
                      "box": {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 90.0}}]
     });
-    client
-        .publish(topic, QoS::AtLeastOnce, false, ev.to_string())
-        .await
-        .unwrap();
+    client.publish(topic, ev.to_string()).await;
 
     let health = eventually(Duration::from_secs(20), || async {
         let h = get_json(&hub.url("/api/v1/health")).await?;
@@ -174,10 +137,7 @@ async fn malformed_payloads_are_rejected_counted_and_the_hub_keeps_serving() {
     ev["objects"][0]["score"] = serde_json::json!(0.75);
     let id = ulid::Ulid::new().to_string();
     ev["id"] = serde_json::json!(id);
-    client
-        .publish(topic, QoS::AtLeastOnce, false, ev.to_string())
-        .await
-        .unwrap();
+    client.publish(topic, ev.to_string()).await;
     let stored = eventually(Duration::from_secs(20), || async {
         let v = get_json(&hub.url("/api/v1/events?device=gw-bad")).await?;
         v["events"]
@@ -225,25 +185,20 @@ fn agent_refuses_a_bad_config_naming_the_field() {
 async fn a_parking_case_reaches_the_hub_with_its_evidence_snapshot() {
     // With every safeguard on, as in production: MQTT over TLS, device credentials and
     // signatures (events and the evidence upload), HTTP tokens.
-    let sec = Hub::start_secured(&["yuexi/gw-e2e-rules"]);
-    let hub = &sec.hub;
+    let sec = Hub::builder()
+        .devices(&["yuexi/gw-e2e-rules"])
+        .secured()
+        .start();
+    let hub = &sec;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"
-[agent]
-site = "yuexi"
-device = "gw-e2e-rules"
-[mqtt]
-broker = "127.0.0.1:{port}"
-{login}
-# Relative to this file: the test\'s temporary directory.
-[outbox]
-dir = "outbox"
-[hub]
-url = "{http}"
-[[cameras]]
-id = "cam-rules"
-uri = "{uri}"
+    let id = "yuexi/gw-e2e-rules";
+    let p = AgentToml::new("gw-e2e-rules", hub.mqtt_port)
+        .login(id, &sec.secret_file(id), Some(sec.ca_file()))
+        .hub(&hub.http)
+        .camera(
+            "cam-rules",
+            &media("vtest.avi").display().to_string(),
+            r#"
 loop = true
 publish_detections = false
 [[cameras.analytics.zones]]
@@ -257,13 +212,8 @@ zone = "no-parking-north"
 classes = ["car", "truck"]
 min_dwell_s = 3
 "#,
-        port = hub.mqtt_port,
-        http = hub.http,
-        login = sec.mqtt_login("yuexi/gw-e2e-rules"),
-        uri = media("vtest.avi").display()
-    );
-    let p = dir.path().join("agent.toml");
-    std::fs::write(&p, cfg).unwrap();
+        )
+        .write(dir.path());
     let _agent = start_agent(&p);
 
     let url = hub.url("/api/v1/events?kind=rule&event_type=illegal_parking");
@@ -290,7 +240,7 @@ min_dwell_s = 3
     let jpeg = eventually(Duration::from_secs(30), || async {
         let r = reqwest::Client::new()
             .get(&snap_url)
-            .bearer_auth(&sec.token)
+            .bearer_auth(sec.token())
             .send()
             .await
             .ok()?;

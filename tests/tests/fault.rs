@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use csb_e2e::{free_port, get_json, spawn_hub, spawn_synth};
+use csb_test_support::agent::{AgentToml, Wave};
+use csb_test_support::http::{eventually, get_json};
+use csb_test_support::process::{free_port, spawn_synth, Hub};
 use serde_json::Value;
 
 const COUNT: usize = 20_000;
@@ -16,34 +18,13 @@ const RATE: u32 = 250;
 const DEVICE: &str = "gw-fault";
 
 fn config(dir: &Path, mqtt_port: u16) -> PathBuf {
-    let text = format!(
-        r#"
-[agent]
-site = "yuexi"
-device = "{DEVICE}"
-[mqtt]
-broker = "127.0.0.1:{mqtt_port}"
-keep_alive_s = 5
-[outbox]
-dir = "{outbox}"
-ack_timeout_s = 5
-replay_per_s = 2000
-# Telemetry shares the outbox with the events.
-[[sensors]]
-id = "wl-fault"
-kind = "simulated"
-interval_ms = 200
-telemetry_interval_s = 1
-[sensors.simulate.water_level_cm]
-base = 10.0
-amplitude = 5.0
-period_s = 60.0
-"#,
-        outbox = dir.join("outbox").display()
-    );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+    AgentToml::new(DEVICE, mqtt_port)
+        .mqtt("keep_alive_s = 5")
+        .outbox_dir(dir.join("outbox"))
+        .outbox("ack_timeout_s = 5\nreplay_per_s = 2000")
+        // Telemetry shares the outbox with the events.
+        .simulated_sensor("wl-fault", 200, Wave::new(10.0, 5.0, 60.0))
+        .write(dir)
 }
 
 fn logged(log: &Path) -> Vec<String> {
@@ -92,7 +73,13 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
     let log = dir.path().join("ids.log");
     let started = Instant::now();
 
-    let mut hub = spawn_hub(mqtt_port, http_port, data.path());
+    let start_hub = || {
+        Hub::builder()
+            .ports(mqtt_port, http_port)
+            .data_dir(data.path())
+            .start()
+    };
+    let mut hub = start_hub();
     let mut agent = spawn_synth(&cfg, &log, COUNT, RATE);
 
     // Five hub crashes, each while events stream in.
@@ -105,7 +92,7 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
         );
         hub.kill9();
         sleep(1.0).await;
-        hub = spawn_hub(mqtt_port, http_port, data.path());
+        hub = start_hub();
     }
     // The agent crashes mid-publish and comes back, continuing from its log.
     sleep(2.0).await;
@@ -125,7 +112,7 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
     );
     hub.kill9();
     sleep(62.0).await;
-    hub = spawn_hub(mqtt_port, http_port, data.path());
+    hub = start_hub();
     eprintln!(
         "[fault] t={:.0}s hub back; waiting for delivery",
         started.elapsed().as_secs_f64()
@@ -190,7 +177,7 @@ async fn no_event_lost_or_doubled_across_crashes_and_outages() {
     assert!(extra <= 100, "{extra} stored ids were never logged");
 
     // The outbox empties once the hub has acked everything (events and telemetry).
-    let drained = csb_e2e::eventually(Duration::from_secs(60), || async {
+    let drained = eventually(Duration::from_secs(60), || async {
         let d = get_json(&format!("{http}/api/v1/devices")).await?;
         let dev = d["devices"]
             .as_array()?

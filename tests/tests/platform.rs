@@ -4,21 +4,23 @@
 //! type, q and geo queries, temporal queries and the change stream. Expected values are
 //! computed here from what was published (distances by haversine, independently of the hub).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use csb_e2e::{free_port, get_json, root, spawn_hub_with};
-use csb_wire::{
-    CameraState, CameraStatus, DeviceState, DeviceStatus, Event, EventKind, Phase, RuleInfo,
-    RuleType, Telemetry,
+use csb_test_support::http::{enc, entity_ids as ids, get_json, SseReader};
+use csb_test_support::mqtt::Client;
+use csb_test_support::oracle::{
+    aggregate_group, bucket_count, buckets_in, haversine_m, inventory_row as device, points_in,
+    rollup, Bucket,
 };
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use csb_test_support::payloads::{topic, EventBuilder, StatusBuilder, TelemetryBuilder};
+use csb_test_support::process::{county_dir, Hub};
+use csb_wire::{CameraState, DeviceState};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use ulid::Ulid;
 
 const WL: &str = "urn:ngsi-ld:Sensor:yuexi:gw-demo-01:wl-underpass-01";
 const GW: &str = "urn:ngsi-ld:Gateway:yuexi:gw-demo-01";
@@ -26,132 +28,34 @@ const H: i64 = 3_600_000;
 /// The gateway's MQTT keepalive: the broker gives up on a silent link after 1.5 × this.
 const KEEPALIVE_S: u64 = 5;
 
-fn topic(device: &str, channel: &str) -> String {
-    format!("csb/v1/yuexi/{device}/{channel}")
-}
-
-fn enc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 fn status(device: &str, state: DeviceState) -> Vec<u8> {
-    serde_json::to_vec(&DeviceStatus {
-        v: 1,
-        site: "yuexi".into(),
-        device: device.into(),
-        ts_ms: csb_wire::now_ms(),
-        state,
-        agent_version: Some("0.1.0".into()),
-        cameras: vec![CameraStatus {
-            id: "cam-tiantang-01".into(),
-            state: if state == DeviceState::Online {
-                CameraState::Running
-            } else {
-                CameraState::Stopped
-            },
-            fps: Some(10.0),
-            error: None,
-            health: None,
-        }],
-        sensors: vec![],
-        outbox: None,
-    })
-    .unwrap()
+    let camera = if state == DeviceState::Online {
+        CameraState::Running
+    } else {
+        CameraState::Stopped
+    };
+    StatusBuilder::new(device, state)
+        .camera("cam-tiantang-01", camera)
+        .json()
 }
 
 fn reading(device: &str, source: &str, ts_ms: i64, metric: &str, v: f64) -> Vec<u8> {
-    serde_json::to_vec(&Telemetry {
-        v: 1,
-        id: Ulid::new(),
-        site: "yuexi".into(),
-        device: device.into(),
-        source: source.into(),
-        ts_ms,
-        metrics: BTreeMap::from([(metric.to_string(), v)]),
-    })
-    .unwrap()
+    TelemetryBuilder::new(device, source)
+        .ts(ts_ms)
+        .metric(metric, v)
+        .json()
 }
 
 fn rule_event(event_type: &str, ts_ms: i64) -> Vec<u8> {
-    serde_json::to_vec(&Event {
-        v: 1,
-        id: Ulid::new(),
-        site: "yuexi".into(),
-        device: "gw-demo-01".into(),
-        camera: "cam-tiantang-01".into(),
-        kind: EventKind::Rule,
-        ts_ms,
-        frame: None,
-        model: None,
-        objects: vec![],
-        rule: Some(RuleInfo {
-            rule: "r1".into(),
-            rule_type: RuleType::Dwell,
-            event_type: event_type.into(),
-            category: Some("0101".into()),
-            phase: Phase::Start,
-            problem_id: Ulid::new(),
-            zone: Some("no-parking-north".into()),
-            track_ids: vec![],
-            started_ms: ts_ms,
-            duration_ms: 0,
-            count: None,
-            direction: None,
-            value: None,
-            metric: None,
-            snapshot: None,
-        }),
-    })
-    .unwrap()
-}
-
-/// A status topic and the payload to publish there on every connection.
-type Hello = (String, fn() -> Vec<u8>);
-
-/// An MQTT client whose event loop runs in the background (reconnecting as rumqttc does);
-/// returns once the first CONNACK arrived. With `hello`, it publishes that status on every
-/// CONNACK, as the agent does (a clean session drops what was in flight on the dead link).
-async fn mqtt(port: u16, id: &str, will: Option<LastWill>, hello: Option<Hello>) -> AsyncClient {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(KEEPALIVE_S));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(w) = will {
-        opts.set_last_will(w);
-    }
-    let (client, mut el) = AsyncClient::new(opts, 1024);
-    let again = client.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut tx = Some(tx);
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some((topic, payload)) = &hello {
-                        let _ = again.try_publish(topic, QoS::AtLeastOnce, false, payload());
-                    }
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("CONNACK within 10 s")
-        .unwrap();
-    client
+    EventBuilder::rule(event_type)
+        .rule_id("r1")
+        .device("gw-demo-01")
+        .camera("cam-tiantang-01")
+        .ts(ts_ms)
+        .without_frame()
+        .category("0101")
+        .zone("no-parking-north")
+        .json()
 }
 
 /// A TCP relay to the hub's MQTT port that can go silent: while `frozen`, it forwards nothing
@@ -238,25 +142,6 @@ async fn wait_for(http: &str, path: &str, secs: u64, pred: impl Fn(&Value) -> bo
     panic!("GET {path}: the condition did not hold within {secs} s; last: {last:#}");
 }
 
-fn device<'a>(inv: &'a Value, id: &str) -> &'a Value {
-    inv["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .unwrap_or_else(|| panic!("{id} is in the inventory"))
-}
-
-/// Great-circle distance in metres on the mean Earth sphere, computed here rather than by
-/// the hub's geo module.
-fn haversine_m(a: [f64; 2], b: [f64; 2]) -> f64 {
-    let r = 6_371_008.8;
-    let (p1, p2) = (a[1].to_radians(), b[1].to_radians());
-    let (dp, dl) = (p2 - p1, (b[0] - a[0]).to_radians());
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * r * h.sqrt().asin()
-}
-
 fn point(e: &Value) -> Option<[f64; 2]> {
     let loc = &e["location"]["value"];
     (loc["type"] == "Point").then(|| {
@@ -267,78 +152,15 @@ fn point(e: &Value) -> Option<[f64; 2]> {
     })
 }
 
-fn ids(v: &Value) -> BTreeSet<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("an entity array: {v}"))
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// (bucket start, min, max, count) per `width`, computed here.
-fn rollup(points: &[(i64, f64)], width: i64) -> Vec<(i64, f64, f64, u64)> {
-    let mut m: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    for (t, v) in points {
-        m.entry(t - t.rem_euclid(width)).or_default().push(*v);
-    }
-    m.into_iter()
-        .map(|(t, vs)| {
-            let min = vs.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = vs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            (t, min, max, vs.len() as u64)
-        })
-        .collect()
-}
-
-/// The next server-sent event whose data satisfies `pred`, read from a streaming response.
-async fn next_sse(
-    resp: &mut reqwest::Response,
-    buf: &mut String,
-    secs: u64,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let data: String = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(&data).unwrap();
-            if pred(&v) {
-                return v;
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .expect("the change arrives on the stream in time")
-            .unwrap()
-            .expect("the stream stays open");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mqtt_port, http_port) = (free_port(), free_port());
-    let config = dir.path().join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let hub = Hub::builder()
+        .config(&format!(
             "county_dir = {:?}\n",
-            root().join("configs/county").display().to_string()
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let _hub = spawn_hub_with(mqtt_port, http_port, &data, Some(&config));
-    let http = format!("http://127.0.0.1:{http_port}");
+            county_dir().display().to_string()
+        ))
+        .start();
+    let (mqtt_port, http) = (hub.mqtt_port, hub.http.clone());
 
     // The registered inventory before anything is heard.
     let inv = get(&http, "/api/v1/inventory").await;
@@ -348,30 +170,27 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
 
     // The demo gateway, through a link that can go silent, with the agent's last will.
     let link = SilentLink::start(mqtt_port).await;
-    let will = LastWill::new(
-        topic("gw-demo-01", "status"),
-        status("gw-demo-01", DeviceState::Offline),
-        QoS::AtLeastOnce,
-        false,
-    );
-    let online = || status("gw-demo-01", DeviceState::Online);
-    let _gw = mqtt(
-        link.port,
-        "gw-demo-01",
-        Some(will),
-        Some((topic("gw-demo-01", "status"), online)),
-    )
-    .await;
+    let _gw = Client::options("gw-demo-01")
+        .keep_alive(KEEPALIVE_S)
+        .will(
+            &topic("gw-demo-01", "status"),
+            status("gw-demo-01", DeviceState::Offline),
+        )
+        .hello(&topic("gw-demo-01", "status"), || {
+            status("gw-demo-01", DeviceState::Online)
+        })
+        .connect(([127, 0, 0, 1], link.port).into())
+        .await;
 
     // Follow the water level sensor's changes from here on.
-    let mut sse = reqwest::Client::new()
+    let sse = reqwest::Client::new()
         .get(format!("{http}/api/v1/twin/stream?id={}", enc(WL)))
         .timeout(Duration::from_secs(120))
         .send()
         .await
         .unwrap();
     assert_eq!(sse.status(), 200);
-    let mut sse_buf = String::new();
+    let mut sse = SseReader::new(sse);
 
     // Two hours of water levels every 30 s, ending a minute ago, on whole hours from `base`.
     let now = csb_wire::now_ms();
@@ -379,17 +198,14 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
     let points: Vec<(i64, f64)> = (0..240)
         .map(|i| (base + i * 30_000 + 7, ((i * 37) % 101) as f64 / 4.0))
         .collect();
-    let data_pub = mqtt(mqtt_port, "e2e-platform-data", None, None).await;
+    let data_pub = Client::connect(hub.mqtt, "e2e-platform-data").await;
     for (t, v) in &points {
         data_pub
             .publish(
-                topic("gw-demo-01", "telemetry"),
-                QoS::AtLeastOnce,
-                false,
+                &topic("gw-demo-01", "telemetry"),
                 reading("gw-demo-01", "wl-underpass-01", *t, "water_level_cm", *v),
             )
-            .await
-            .unwrap();
+            .await;
     }
     // Events: 5 illegal parking and 3 street vending starts over the two hours.
     let mut plan = Vec::new();
@@ -402,34 +218,22 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
         let ts = base + i * 15 * 60_000 + 1000;
         plan.push((ty, ts));
         data_pub
-            .publish(
-                topic("gw-demo-01", "event"),
-                QoS::AtLeastOnce,
-                false,
-                rule_event(ty, ts),
-            )
-            .await
-            .unwrap();
+            .publish(&topic("gw-demo-01", "event"), rule_event(ty, ts))
+            .await;
     }
     // A gateway the county never registered.
     data_pub
         .publish(
-            topic("gw-stray-77", "status"),
-            QoS::AtLeastOnce,
-            false,
+            &topic("gw-stray-77", "status"),
             status("gw-stray-77", DeviceState::Online),
         )
-        .await
-        .unwrap();
+        .await;
     data_pub
         .publish(
-            topic("gw-stray-77", "telemetry"),
-            QoS::AtLeastOnce,
-            false,
+            &topic("gw-stray-77", "telemetry"),
             reading("gw-stray-77", "wl-x", now, "water_level_cm", 3.0),
         )
-        .await
-        .unwrap();
+        .await;
 
     // ---- Inventory: counts, the unregistered gateway, per-source volume.
     let inv = wait_for(&http, "/api/v1/inventory", 30, |v| {
@@ -484,12 +288,7 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
         .copied()
         .filter(|(t, _)| *t >= from && *t < to)
         .collect();
-    let got: Vec<(i64, f64)> = raw["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["t"].as_i64().unwrap(), p["v"].as_f64().unwrap()))
-        .collect();
+    let got = points_in(&raw);
     assert_eq!(got, want);
     for (res, width) in [("1m", 60_000), ("1h", H)] {
         let body = get(
@@ -500,20 +299,9 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
             ),
         )
         .await;
-        let got: Vec<(i64, f64, f64, u64)> = body["buckets"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{res} buckets: {body}"))
-            .iter()
-            .map(|b| {
-                (
-                    b["t"].as_i64().unwrap(),
-                    b["min"].as_f64().unwrap(),
-                    b["max"].as_f64().unwrap(),
-                    b["count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(got, rollup(&points, width), "{res}");
+        let exact = |b: &[Bucket]| b.iter().map(Bucket::exact).collect::<Vec<_>>();
+        let got = exact(&buckets_in(&body));
+        assert_eq!(got, exact(&rollup(&points, width)), "{res}");
     }
 
     // ---- Event history: per type and hour.
@@ -527,23 +315,13 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
     .await;
     assert_eq!(agg["total"], 8, "{agg}");
     for ty in ["illegal_parking", "street_vending"] {
-        let g = agg["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["key"][0] == ty)
-            .unwrap_or_else(|| panic!("{ty}: {agg}"));
+        let g = aggregate_group(&agg, ty);
         for h in 0..2 {
             let want = plan
                 .iter()
                 .filter(|(t, ts)| *t == ty && (ts - base) / H == h)
                 .count() as u64;
-            let got = g["buckets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b[0] == base + h * H)
-                .map_or(0, |b| b[1].as_u64().unwrap());
+            let got = bucket_count(g, base + h * H);
             assert_eq!(got, want, "{ty} hour {h}");
         }
     }
@@ -632,10 +410,11 @@ async fn the_platform_answers_over_http_what_mqtt_fed_a_hub_process() {
     assert_eq!(got, want, "{temporal}");
 
     // ---- The change stream saw the sensor's readings.
-    let change = next_sse(&mut sse, &mut sse_buf, 15, |v| {
-        v["id"] == WL && v["water_level_cm"]["value"] == last.1
-    })
-    .await;
+    let (_, _, change) = sse
+        .next_matching(15, |_, _, v| {
+            v["id"] == WL && v["water_level_cm"]["value"] == last.1
+        })
+        .await;
     assert_eq!(change["type"], "Sensor");
 
     // ---- The gateway's link goes silent (no FIN): the keepalive expires, the broker sends

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use csb_e2e::{bin, media, root};
+use csb_test_support::process::{bin, media, root, run_ok};
 use serde_json::Value;
 
 /// The van and the car parked at the top right of vtest.avi (reference boxes from YOLOX's own
@@ -28,23 +28,17 @@ fn bbox(o: &Value) -> [f64; 4] {
 #[test]
 fn street_clip_gives_one_parking_case_per_vehicle_and_counts_both_directions() {
     let snaps = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("edge-agent"))
-        .arg("replay")
-        .arg(media("vtest.avi"))
-        .arg("--config")
-        .arg(root().join("configs/examples/vtest-street.toml"))
-        .arg("--json")
-        .arg("--snapshots")
-        .arg(snaps.path())
-        .output()
-        .expect("run edge-agent replay");
-    assert!(
-        out.status.success(),
-        "replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(bin("edge-agent"))
+            .arg("replay")
+            .arg(media("vtest.avi"))
+            .arg("--config")
+            .arg(root().join("configs/examples/vtest-street.toml"))
+            .arg("--json")
+            .arg("--snapshots")
+            .arg(snaps.path()),
     );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let lines: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();

@@ -11,20 +11,21 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use csb_e2e::{bin, eventually, free_port, get_json, root, Hub, Proc};
+use csb_test_support::agent::AgentToml;
+use csb_test_support::http::{eventually, get_json};
+use csb_test_support::mqtt::Client;
+use csb_test_support::process::{free_port, root, spawn_agent, Hub};
 use gstreamer as gst;
 use gstreamer::glib;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp;
 use gstreamer_rtsp_server::prelude::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 const DEVICE: &str = "gw-rtsp-01";
@@ -209,47 +210,34 @@ fn metric(seen: &Mutex<Seen>, name: &str) -> Option<f64> {
 }
 
 /// Subscribes to this device's telemetry and status and records them in `seen`.
-async fn watch_mqtt(port: u16, seen: Arc<Mutex<Seen>>) -> AsyncClient {
-    let mut opts = MqttOptions::new("e2e-rtsp-watch", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut el) = AsyncClient::new(opts, 64);
+async fn watch_mqtt(hub: &Hub, seen: Arc<Mutex<Seen>>) -> Client {
+    let mut c = Client::options("e2e-rtsp-watch").keep_alive(10);
     for channel in ["telemetry", "status"] {
-        client
-            .subscribe(format!("csb/v1/+/{DEVICE}/{channel}"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        c = c.subscribe(&format!("csb/v1/+/{DEVICE}/{channel}"));
     }
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
-                        continue;
-                    };
-                    let mut s = seen.lock().unwrap();
-                    if p.topic.ends_with("/telemetry") {
-                        if let Some(m) = v["metrics"].as_object() {
-                            s.samples += 1;
-                            for (k, x) in m {
-                                if let Some(x) = x.as_f64() {
-                                    s.metrics.insert(k.clone(), x);
-                                }
-                            }
-                            if let Some(fps) = m.get("cam-live.fps").and_then(Value::as_f64) {
-                                s.live_fps.push(fps);
-                            }
-                        }
-                    } else if let Some(st) = camera_state(&v, "cam-dead") {
-                        s.dead_states.push(st);
+    c.on_publish(move |topic, payload| {
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        let mut s = seen.lock().unwrap();
+        if topic.ends_with("/telemetry") {
+            if let Some(m) = v["metrics"].as_object() {
+                s.samples += 1;
+                for (k, x) in m {
+                    if let Some(x) = x.as_f64() {
+                        s.metrics.insert(k.clone(), x);
                     }
                 }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                if let Some(fps) = m.get("cam-live.fps").and_then(Value::as_f64) {
+                    s.live_fps.push(fps);
+                }
             }
+        } else if let Some(st) = camera_state(&v, "cam-dead") {
+            s.dead_states.push(st);
         }
-    });
-    client
+    })
+    .connect(hub.mqtt)
+    .await
 }
 
 /// The state of `camera` in a device status (`/api/v1/devices` record or MQTT payload).
@@ -276,45 +264,6 @@ async fn hub_states(hub: &Hub) -> Option<(String, String)> {
     ))
 }
 
-fn agent_config(
-    dir: &std::path::Path,
-    mqtt_port: u16,
-    live: &str,
-    dead: &str,
-) -> std::path::PathBuf {
-    let cfg = format!(
-        r#"
-[agent]
-site = "yuexi"
-device = "{DEVICE}"
-
-[mqtt]
-broker = "127.0.0.1:{mqtt_port}"
-# Relative to this file: the test\'s temporary directory.
-[outbox]
-dir = "outbox"
-
-[model]
-intra_threads = 1
-
-[[cameras]]
-id = "cam-live"
-uri = "{live}"
-publish_detections = true
-event_interval_ms = 0
-
-[[cameras]]
-id = "cam-dead"
-uri = "{dead}"
-publish_detections = true
-event_interval_ms = 0
-"#
-    );
-    let p = dir.join("agent.toml");
-    std::fs::write(&p, cfg).expect("write agent config");
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_outage_is_counted_and_the_camera_reconnects() {
     gst::init().expect("GStreamer");
@@ -330,20 +279,15 @@ async fn rtsp_outage_is_counted_and_the_camera_reconnects() {
 
     let hub = Hub::start();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let _watch = watch_mqtt(hub.mqtt_port, seen.clone()).await;
+    let _watch = watch_mqtt(&hub, seen.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = agent_config(dir.path(), hub.mqtt_port, &live_uri, &dead_uri);
-    let mut agent = Proc {
-        child: Command::new(bin("edge-agent"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("CSB_HEALTH_INTERVAL_MS", "1000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn edge-agent"),
-        name: "edge-agent".into(),
-    };
+    let cameras = "publish_detections = true\nevent_interval_ms = 0";
+    let config = AgentToml::new(DEVICE, hub.mqtt_port)
+        .model("intra_threads = 1")
+        .camera("cam-live", &live_uri, cameras)
+        .camera("cam-dead", &dead_uri, cameras)
+        .write(dir.path());
+    let mut agent = spawn_agent(&config, 1000);
     let t0 = Instant::now();
 
     // 1. cam-live runs at the clip's 12.5 fps; cam-dead is one long outage, retrying.

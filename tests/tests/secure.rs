@@ -12,10 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use csb_e2e::{eventually, get_json_with, spawn_synth, Hub};
+use csb_test_support::agent::{AgentToml, Wave};
+use csb_test_support::http::{eventually, get_json_with};
+use csb_test_support::process::{hub_cli, spawn_synth, Hub};
 use serde_json::Value;
-
-const SITE: &str = "yuexi";
 
 struct Agent<'a> {
     /// Names its config file and outbox.
@@ -29,43 +29,14 @@ struct Agent<'a> {
 }
 
 fn agent_config(dir: &Path, port: u16, a: &Agent) -> PathBuf {
-    let ca = a
-        .ca_file
-        .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
-        .unwrap_or_default();
-    let text = format!(
-        r#"
-[agent]
-site = "{SITE}"
-device = "{device}"
-[mqtt]
-broker = "127.0.0.1:{port}"
-keep_alive_s = 5
-username = "{user}"
-secret_file = {secret:?}
-{ca}
-[outbox]
-dir = {outbox:?}
-ack_timeout_s = 3
-# An agent needs a source to run; its telemetry is signed like the events.
-[[sensors]]
-id = "wl-sec"
-kind = "simulated"
-interval_ms = 500
-telemetry_interval_s = 1
-[sensors.simulate.water_level_cm]
-base = 10.0
-amplitude = 5.0
-period_s = 60.0
-"#,
-        device = a.device,
-        user = a.username,
-        secret = a.secret_file.display().to_string(),
-        outbox = dir.join(format!("outbox-{}", a.tag)).display().to_string(),
-    );
-    let p = dir.join(format!("agent-{}.toml", a.tag));
-    std::fs::write(&p, text).unwrap();
-    p
+    AgentToml::new(a.device, port)
+        .mqtt("keep_alive_s = 5")
+        .login(a.username, a.secret_file, a.ca_file)
+        .outbox_dir(dir.join(format!("outbox-{}", a.tag)))
+        .outbox("ack_timeout_s = 3")
+        // An agent needs a source to run; its telemetry is signed like the events.
+        .simulated_sensor("wl-sec", 500, Wave::new(10.0, 5.0, 60.0))
+        .write_as(dir, &format!("agent-{}.toml", a.tag))
 }
 
 async fn health(http: &str) -> Value {
@@ -97,12 +68,15 @@ async fn stored(http: &str, token: &str, device: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_device_itself_over_tls_gets_its_events_stored() {
-    let sec = Hub::start_secured(&["yuexi/gw-sec-a", "yuexi/gw-sec-b"]);
-    let listed = csb_e2e::hub_cli(&[
+    let sec = Hub::builder()
+        .devices(&["yuexi/gw-sec-a", "yuexi/gw-sec-b"])
+        .secured()
+        .start();
+    let listed = hub_cli(&[
         "device",
         "list",
         "--data-dir",
-        sec.hub.data_dir.path().to_str().unwrap(),
+        sec.data_dir.to_str().unwrap(),
     ]);
     assert!(
         listed.contains("yuexi/gw-sec-a") && listed.contains("yuexi/gw-sec-b"),
@@ -113,8 +87,8 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
     let secret_a = sec.secret_file("yuexi/gw-sec-a");
     let wrong = d.join("wrong.secret");
     std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").unwrap();
-    let (http, token, mqtt_port) = (sec.hub.http.clone(), sec.token.clone(), sec.hub.mqtt_port);
-    let ca = sec.ca_file.clone();
+    let (http, token, mqtt_port) = (sec.http.clone(), sec.token().to_string(), sec.mqtt_port);
+    let ca = sec.ca_file().to_path_buf();
 
     // The HTTP API: nothing without a token, a viewer token reads.
     let events_url = format!("{http}/api/v1/events");

@@ -3,50 +3,29 @@
 //! local one here) and a simulated sensor; threshold events and downsampled telemetry reach a
 //! real `cloud-hub` over MQTT and come back from its HTTP API.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use csb_e2e::{bin, eventually, get_json, Hub, Proc};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use csb_test_support::agent::{AgentToml, Wave};
+use csb_test_support::http::{eventually, get_json};
+use csb_test_support::mqtt::Client;
+use csb_test_support::process::{spawn_agent, Hub};
 use serde_json::{json, Value};
 
 const DEVICE: &str = "gw-sensor-e2e";
 
 fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[agent]
-site = "yuexi"
-device = "{DEVICE}"
-
-[mqtt]
-broker = "127.0.0.1:{port}"
-# Relative to this file: the test\'s temporary directory.
-[outbox]
-dir = "outbox"
-
-[sensor_mqtt]
-broker = "127.0.0.1:{port}"
-
-[[sensors]]
-id = "wl-07"
-kind = "mqtt"
+    AgentToml::new(DEVICE, port)
+        .table(&format!("[sensor_mqtt]\nbroker = \"127.0.0.1:{port}\""))
+        .sensor(
+            "wl-07",
+            r#"kind = "mqtt"
 topic = "field/+/wl-07"
 ts_field = "ts"
-telemetry_interval_s = 1
-fields = {{ water_level_cm = "data.level", battery_v = {{ path = "bat_mv", scale = 0.001 }} }}
-
-[[sensors]]
-id = "wl-sim"
-kind = "simulated"
-interval_ms = 100
-telemetry_interval_s = 1
-[sensors.simulate.water_level_cm]
-base = 0.0
-amplitude = 60.0
-period_s = 6.0
-noise = 0.5
-
+fields = { water_level_cm = "data.level", battery_v = { path = "bat_mv", scale = 0.001 } }"#,
+        )
+        .simulated_sensor("wl-sim", 100, Wave::new(0.0, 60.0, 6.0).noise(0.5))
+        .table(
+            r#"
 [[sensor_rules]]
 id = "waterlogging-wl-07"
 event_type = "waterlogging"
@@ -69,11 +48,9 @@ sensor = "wl-sim"
 metric = "water_level_cm"
 above = 40.0
 hysteresis = 5.0
-"#
-    );
-    let p = dir.join("sensors.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+"#,
+        )
+        .write_as(dir, "sensors.toml")
 }
 
 async fn events(hub: &Hub, source: &str) -> Vec<Value> {
@@ -110,45 +87,19 @@ async fn sensor_status(hub: &Hub, id: &str) -> Option<Value> {
 async fn sensor_thresholds_and_telemetry_reach_the_hub() {
     let hub = Hub::start();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(bin("edge-agent"))
-        .args(["run", "--config"])
-        .arg(config(dir.path(), hub.mqtt_port))
-        .env("CSB_HEALTH_INTERVAL_MS", "500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn edge-agent");
-    let mut agent = Proc {
-        child,
-        name: "edge-agent".into(),
-    };
+    let mut agent = spawn_agent(&config(dir.path(), hub.mqtt_port), 500);
 
     // A field device publishing on the local broker.
-    let mut opts = MqttOptions::new("lora-bridge", "127.0.0.1", hub.mqtt_port);
-    opts.set_keep_alive(Duration::from_secs(10));
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    tokio::spawn(async move {
-        loop {
-            if el.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    });
+    let client = Client::options("lora-bridge")
+        .keep_alive(10)
+        .connect(hub.mqtt)
+        .await;
     let topic = "field/up/wl-07";
     let mut ts = csb_wire::now_ms();
-    let mut send = {
-        let client = client.clone();
-        move |level: Value| {
-            ts += 10;
-            let body = json!({ "ts": ts, "data": { "level": level }, "bat_mv": 3612 });
-            let client = client.clone();
-            async move {
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, body.to_string())
-                    .await
-                    .unwrap();
-            }
-        }
+    let mut send = |level: Value| {
+        ts += 10;
+        let body = json!({ "ts": ts, "data": { "level": level }, "bat_mv": 3612 });
+        client.publish(topic, body.to_string())
     };
 
     // Dry: repeat until the agent has subscribed and counted a reading.
@@ -178,10 +129,7 @@ async fn sensor_thresholds_and_telemetry_reach_the_hub() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Broken messages: counted and reported, never fatal.
-    client
-        .publish(topic, QoS::AtLeastOnce, false, "{not json")
-        .await
-        .unwrap();
+    client.publish(topic, "{not json").await;
     send(json!("high")).await;
 
     let evs = eventually(Duration::from_secs(20), || async {

@@ -1,25 +1,30 @@
 //! Shared by the integration tests: an in-process hub (broker, ingest, sled, HTTP) on real
-//! sockets, a real MQTT publisher and payload builders.
+//! sockets — what needs the hub's library. Payload builders, the MQTT clients, HTTP helpers and
+//! oracles are csb-test-support's (re-exported here, so a test says `use common::*`).
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use cloud_hub::{serve, HubConfig, HubError};
-use csb_wire::{BBox, Detection, Event, EventKind, FrameInfo, ModelRef, Telemetry};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+pub use csb_test_support::http::{client, enc, get_text};
+pub use csb_test_support::mqtt::{acked_ids, Client};
+pub use csb_test_support::payloads::*;
+pub use csb_test_support::process::{county_dir, free_port};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use ulid::Ulid;
 
-pub const T0: i64 = 1_790_000_000_000;
-
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// The config of a test hub: MQTT on `mqtt_addr`, data in `data_dir`, a small sled cache.
+pub fn hub_config(data_dir: &Path, mqtt_addr: SocketAddr) -> HubConfig {
+    HubConfig {
+        mqtt_addr,
+        data_dir: data_dir.to_path_buf(),
+        store_cache_mb: 8,
+        ..HubConfig::default()
+    }
 }
 
 pub struct TestHub {
@@ -42,6 +47,11 @@ impl TestHub {
         Self::start_with(data_dir, mqtt_port, |_| {}).await
     }
 
+    /// Like [`TestHub::start`], with the sample county loaded.
+    pub async fn start_county(data_dir: &Path, mqtt_port: u16) -> TestHub {
+        Self::start_with(data_dir, mqtt_port, |c| c.county_dir = Some(county_dir())).await
+    }
+
     /// Like [`TestHub::start`], with `tweak` applied to the config.
     pub async fn start_with(
         data_dir: &Path,
@@ -49,12 +59,7 @@ impl TestHub {
         tweak: impl FnOnce(&mut HubConfig),
     ) -> TestHub {
         init_logs();
-        let mut config = HubConfig {
-            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], mqtt_port)),
-            data_dir: data_dir.to_path_buf(),
-            store_cache_mb: 8,
-            ..HubConfig::default()
-        };
+        let mut config = hub_config(data_dir, SocketAddr::from(([127, 0, 0, 1], mqtt_port)));
         tweak(&mut config);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", http.local_addr().unwrap());
@@ -89,11 +94,7 @@ impl TestHub {
     }
 
     pub async fn get_status(&self, path: &str) -> (u16, Value) {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let resp = client
+        let resp = client()
             .get(format!("{}{path}", self.base))
             .send()
             .await
@@ -115,6 +116,19 @@ impl TestHub {
         panic!("timed out waiting for {what}; last health: {last:#}");
     }
 
+    pub async fn events(&self, query: &str) -> Value {
+        self.get(&format!("/api/v1/events?{query}")).await
+    }
+
+    pub async fn telemetry(&self, query: &str) -> Value {
+        self.get(&format!("/api/v1/telemetry?{query}")).await
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        get_text(&format!("{}/metrics", self.base)).await
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -127,191 +141,22 @@ impl TestHub {
     }
 }
 
-/// A real MQTT client; `publish` returns once the broker has acknowledged (QoS 1).
-pub struct Publisher {
-    client: AsyncClient,
-    acks: mpsc::Receiver<()>,
-}
-
-impl Publisher {
-    pub async fn connect(addr: SocketAddr, id: &str) -> Publisher {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(5));
-        let (client, mut eventloop) = AsyncClient::new(opts, 16);
-        let (tx, acks) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                        if tx.send(()).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if tx.is_closed() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-        Publisher { client, acks }
-    }
-
-    /// Sends all, then waits for every PUBACK: keeps many messages in flight at once.
-    pub async fn publish_burst(&mut self, messages: Vec<(String, Vec<u8>)>) {
-        let n = messages.len();
-        let client = self.client.clone();
-        let sender = tokio::spawn(async move {
-            for (topic, payload) in messages {
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-        });
-        for i in 0..n {
-            tokio::time::timeout(Duration::from_secs(30), self.acks.recv())
-                .await
-                .unwrap_or_else(|_| panic!("PUBACK {i} of {n} within 30 s"))
-                .expect("event loop alive");
-        }
-        sender.await.unwrap();
-    }
-
-    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.acks.recv())
-            .await
-            .expect("PUBACK within 10 s")
-            .expect("event loop alive");
-    }
-}
-
-pub fn event(device: &str, camera: &str, ts_ms: i64, objects: &[(u32, &str)]) -> Event {
-    Event {
-        v: 1,
-        id: Ulid::new(),
-        site: "yuexi".into(),
-        device: device.into(),
-        camera: camera.into(),
-        kind: EventKind::Detection,
-        ts_ms,
-        frame: Some(FrameInfo {
-            seq: 1,
-            pts_ms: Some(40),
-            width: 768,
-            height: 576,
-        }),
-        model: Some(ModelRef {
-            name: "yolox_nano".into(),
-            sha256: "695e750a5d57".into(),
-        }),
-        objects: objects
-            .iter()
-            .map(|(class_id, label)| Detection {
-                class_id: *class_id,
-                label: (*label).into(),
-                score: 0.8,
-                bbox: BBox {
-                    x1: 10.0,
-                    y1: 20.0,
-                    x2: 50.0,
-                    y2: 120.0,
-                },
-                track_id: None,
-            })
-            .collect(),
-        rule: None,
-    }
-}
-
-pub fn topic(device: &str, channel: &str) -> String {
-    format!("csb/v1/yuexi/{device}/{channel}")
-}
-
-pub fn json(e: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(e).unwrap()
-}
-
-pub fn ids(body: &Value) -> Vec<String> {
-    body["events"]
+/// The `id`s of the records under `key` in an answer (`events`, `telemetry`), in order.
+fn ids_in(body: &Value, key: &str) -> Vec<String> {
+    body[key]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect()
 }
-impl TestHub {
-    pub async fn events(&self, query: &str) -> Value {
-        self.get(&format!("/api/v1/events?{query}")).await
-    }
-}
 
-pub fn telemetry(device: &str, source: &str, ts_ms: i64, metrics: &[(&str, f64)]) -> Telemetry {
-    Telemetry {
-        v: 1,
-        id: Ulid::new(),
-        site: "yuexi".into(),
-        device: device.into(),
-        source: source.into(),
-        ts_ms,
-        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-    }
+/// Ids of a `GET /api/v1/events` answer, in order.
+pub fn ids(body: &Value) -> Vec<String> {
+    ids_in(body, "events")
 }
 
 /// Ids of a `GET /api/v1/telemetry` answer, in order.
 pub fn telemetry_ids(body: &Value) -> Vec<String> {
-    body["telemetry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-impl TestHub {
-    pub async fn telemetry(&self, query: &str) -> Value {
-        self.get(&format!("/api/v1/telemetry?{query}")).await
-    }
-}
-
-/// A client with a gateway's last will (`will` on `topic`, as the edge agent sets it) and a 5 s
-/// keepalive, connected; returns it and its event loop task. Aborting the task drops the TCP
-/// connection without a DISCONNECT, as a power cut would, so the broker publishes the will.
-pub async fn client_with_will(
-    addr: SocketAddr,
-    id: &str,
-    topic: String,
-    will: Vec<u8>,
-) -> (AsyncClient, JoinHandle<()>) {
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(5));
-    opts.set_last_will(rumqttc::LastWill::new(topic, will, QoS::AtLeastOnce, false));
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    let (tx, rx) = oneshot::channel();
-    let mut tx = Some(tx);
-    let task = tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .expect("CONNACK within 10 s")
-        .unwrap();
-    (client, task)
+    ids_in(body, "telemetry")
 }
