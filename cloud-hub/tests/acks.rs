@@ -10,21 +10,13 @@ use std::time::Duration;
 use common::*;
 use ulid::Ulid;
 
-/// A client `id` listening on `device`'s ack topic.
-async fn edge(hub: &TestHub, id: &str, device: &str) -> Client {
-    Client::options(id)
-        .subscribe(&topic(device, "ack"))
-        .connect(hub.mqtt)
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_name_stored_ids_and_resends_are_acked_again_but_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let gw1 = edge(&hub, "gw-01", "gw-01").await;
+    let gw1 = hub.edge("gw-01", "gw-01").await;
     // Another device on the same hub: its ids must never show up in gw-01's acks.
-    let gw2 = edge(&hub, "gw-02", "gw-02").await;
+    let gw2 = hub.edge("gw-02", "gw-02").await;
 
     let events: Vec<_> = (0..5)
         .map(|i| event("gw-01", "cam-01", T0 + i * 100, &[(0, "person")]))
@@ -102,7 +94,7 @@ async fn acks_name_stored_ids_and_resends_are_acked_again_but_stored_once() {
     // After a restart the dedup index is still there: a resend is acked, not stored again.
     hub.stop().await;
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let gw1 = edge(&hub, "gw-01", "gw-01").await;
+    let gw1 = hub.edge("gw-01", "gw-01").await;
     gw1.publish(&sent[0].0, sent[0].1.clone()).await;
     gw1.publish(&sent[7].0, sent[7].1.clone()).await;
     let first_and_last = BTreeSet::from([events[0].id, tel[2].id]);
@@ -124,7 +116,7 @@ async fn acks_name_stored_ids_and_resends_are_acked_again_but_stored_once() {
 async fn a_burst_is_acked_completely_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let hub = TestHub::start(dir.path(), free_port()).await;
-    let gw = edge(&hub, "gw-burst", "gw-03").await;
+    let gw = hub.edge("gw-burst", "gw-03").await;
     let events: Vec<_> = (0..1500)
         .map(|i| event("gw-03", "cam-01", T0 + i, &[(0, "person")]))
         .collect();

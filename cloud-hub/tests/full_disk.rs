@@ -5,7 +5,6 @@
 //!
 //! Needs to mount a tmpfs (root, or a container allowing it); otherwise it says why and skips.
 
-mod ackclient;
 mod common;
 
 use std::collections::BTreeSet;
@@ -14,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ackclient::{acked_ids, EdgeClient};
 use common::*;
 use csb_wire::Event;
 
@@ -80,12 +78,7 @@ async fn stored(hub: &TestHub, e: &Event) -> bool {
 }
 
 async fn metric(hub: &TestHub, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", hub.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = hub.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} in /metrics:\n{text}"))
@@ -102,7 +95,7 @@ async fn a_full_disk_turns_health_degraded_acks_nothing_unstored_and_recovers() 
     };
     let data = volume.path().join("hub");
     let hub = TestHub::start_with(&data, free_port(), |c| c.store_cache_mb = 1).await;
-    let mut gw = EdgeClient::connect(hub.mqtt, "gw-01", Some("csb/v1/yuexi/gw-01/ack")).await;
+    let gw = hub.edge("gw-01", "gw-01").await;
 
     // Space: stored and acked.
     let before: Vec<Event> = (0..20)

@@ -162,10 +162,7 @@ async fn hostile_corpus_is_quarantined_while_valid_traffic_flows() {
         c.ingest_max_payload_bytes = MAX_PAYLOAD;
     })
     .await;
-    let edge = Client::options("gw-01")
-        .subscribe(&topic("gw-01", "ack"))
-        .connect(hub.mqtt)
-        .await;
+    let edge = hub.edge("gw-01", "gw-01").await;
     let cases = corpus();
 
     // Valid events between the bad ones: each must be stored.

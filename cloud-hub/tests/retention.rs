@@ -3,14 +3,12 @@
 //! hub drops those segments, reads (by id, time range, aggregates) stay right throughout, and a
 //! resend of an event received inside the dedup window is acked but not stored again.
 
-mod ackclient;
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use ackclient::{acked_ids, EdgeClient};
 use cloud_hub::storage::reclog::LogOptions;
 use cloud_hub::storage::store::{SledStore, Store, StoreOptions, WriteBatch};
 use common::*;
@@ -75,7 +73,7 @@ async fn retention_trims_old_segments_while_the_hub_ingests_and_reads_stay_right
         c.events_retention_days = 30;
     })
     .await;
-    let mut gw = EdgeClient::connect(hub.mqtt, "gw-03", Some("csb/v1/yuexi/gw-03/ack")).await;
+    let gw = hub.edge("gw-03", "gw-03").await;
     let fresh: Vec<Event> = (0..200)
         .map(|i| event("gw-03", "cam-01", now + i, &[(2, "car")]))
         .collect();
@@ -159,7 +157,7 @@ async fn retention_trims_old_segments_while_the_hub_ingests_and_reads_stay_right
 
     // A resend from inside the dedup window (received 2 days ago, its segment long closed)
     // and one of this session: acked again, stored once.
-    let mut gw2 = EdgeClient::connect(hub.mqtt, "gw-02", Some("csb/v1/yuexi/gw-02/ack")).await;
+    let gw2 = hub.edge("gw-02", "gw-02").await;
     gw2.publish(&topic("gw-02", "event"), json(&recent[0]))
         .await;
     gw.publish(&topic("gw-03", "event"), json(&fresh[0])).await;
@@ -242,7 +240,7 @@ async fn a_size_bound_trims_the_log_while_the_hub_ingests_and_dropped_ids_stay_d
         }
         rounds
     });
-    let mut publisher = Publisher::connect(hub.mqtt, "gw-02").await;
+    let publisher = Client::connect(hub.mqtt, "gw-02").await;
     let late: Vec<Event> = (0..10_000)
         .map(|i| event("gw-02", "cam-01", now + i, &[(0, "person")]))
         .collect();
@@ -285,7 +283,7 @@ async fn a_size_bound_trims_the_log_while_the_hub_ingests_and_dropped_ids_stay_d
     assert!((10_000..18_000).contains(&stored), "{stored}");
 
     // Dropped, but received inside the dedup window: a resend is acked and not stored again.
-    let mut gw1 = EdgeClient::connect(hub.mqtt, "gw-01", Some("csb/v1/yuexi/gw-01/ack")).await;
+    let gw1 = hub.edge("gw-01", "gw-01").await;
     gw1.publish(&topic("gw-01", "event"), json(&early[0])).await;
     let acks = gw1.acks_covering(&BTreeSet::from([early[0].id])).await;
     assert_eq!(acked_ids(&acks), BTreeSet::from([early[0].id]));

@@ -124,6 +124,14 @@ impl TestHub {
         self.get(&format!("/api/v1/telemetry?{query}")).await
     }
 
+    /// An MQTT client `id` (an edge) listening on `device`'s ack topic.
+    pub async fn edge(&self, id: &str, device: &str) -> Client {
+        Client::options(id)
+            .subscribe(&topic(device, "ack"))
+            .connect(self.mqtt)
+            .await
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> String {
         get_text(&format!("{}/metrics", self.base)).await
