@@ -64,6 +64,14 @@ pub struct HubConfig {
     /// `configs/county/README.md`). Relative paths are relative to the working directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub county_dir: Option<PathBuf>,
+    /// The governance configuration folder (categories, departments, routing, stage limits,
+    /// calendar, evaluation; `configs/governance/README.md`). Unset: the shipped defaults,
+    /// built into the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub governance_dir: Option<PathBuf>,
+    /// How often the case workflow fires the SLA timers that are due (warnings, escalation,
+    /// 督办 reminders), ms (100..=60000).
+    pub case_sweep_ms: u64,
     /// Days of digital-twin attribute history kept (`{data_dir}/twin`, the NGSI-LD temporal
     /// API); older instances are pruned.
     pub twin_history_days: u32,
@@ -166,6 +174,8 @@ impl Default for HubConfig {
             quarantine_max_entries: 100_000,
             snapshot_max_bytes: 2 * 1024 * 1024,
             county_dir: None,
+            governance_dir: None,
+            case_sweep_ms: 1000,
             twin_history_days: 7,
             log_segment_mb: 64,
             events_retention_days: 400,
@@ -295,6 +305,12 @@ impl HubConfig {
                     "{} is outside 1..={MAX_QUARANTINE_ENTRIES}",
                     self.quarantine_max_entries
                 ),
+            ));
+        }
+        if !(100..=60_000).contains(&self.case_sweep_ms) {
+            return Err(invalid(
+                "case_sweep_ms",
+                format!("{} is outside 100..=60000", self.case_sweep_ms),
             ));
         }
         if !(1..=3650).contains(&self.twin_history_days) {

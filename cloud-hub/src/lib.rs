@@ -78,6 +78,12 @@ pub enum HubError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     County(#[from] platform::county::CountyError),
+    #[error(transparent)]
+    Governance(#[from] cases::config::GovernanceError),
+    #[error("case store: {0}")]
+    Cases(#[from] cases::store::CaseStoreError),
+    #[error("case workflow: {0}")]
+    CaseEngine(#[from] cases::engine::EngineError),
     #[error("API tokens: {0}")]
     Tokens(#[from] TokenError),
     #[error("HTTP listener: {0}")]
@@ -113,7 +119,15 @@ pub struct Hub<S: Store = SledStore> {
         Arc<platform::twin::Twin>,
         tokio::sync::mpsc::Receiver<platform::twin::Input>,
     )>,
+    /// The case workflow and the end of its feed from ingest.
+    cases: (Arc<CaseEngine>, cases::engine::FeedRx),
 }
+
+/// The case workflow on the embedded case store.
+pub type CaseEngine = cases::engine::Engine<cases::store::SledCases>;
+
+/// How long shutdown waits for the case workflow to take in what ingest stored last.
+const CASES_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a hub until `shutdown` resolves: see [`Hub::start`] and [`Hub::run`].
 /// `config.http_addr` is not used: the caller binds `http`.
@@ -175,6 +189,44 @@ async fn start_twin(
         reason: e.to_string(),
     })?;
     Ok(Arc::new(t))
+}
+
+/// Loads the governance configuration (the built-in defaults unless `governance_dir` names a
+/// folder), opens the case store (`{data_dir}/cases`) and builds the workflow; a workflow that
+/// never ran starts at the event log's end.
+async fn start_cases<S: Store>(
+    config: &HubConfig,
+    county: Option<Arc<platform::county::County>>,
+    store: &S,
+) -> Result<Arc<CaseEngine>, HubError> {
+    let governance = match &config.governance_dir {
+        Some(dir) => cases::config::Governance::load(dir)?,
+        None => cases::config::Governance::built_in()?,
+    };
+    let dir = config.data_dir.join("cases");
+    let case_store = tokio::task::spawn_blocking(move || cases::store::SledCases::open(&dir))
+        .await
+        .map_err(|e| HubError::Panicked {
+            task: "case store open",
+            reason: e.to_string(),
+        })??;
+    let places: Arc<dyn cases::intake::Locate> = match county {
+        Some(c) => Arc::new(cases::intake::CountyPlaces(c)),
+        None => Arc::new(cases::intake::Nowhere),
+    };
+    let engine = Arc::new(cases::engine::Engine::new(
+        Arc::new(case_store),
+        Arc::new(governance),
+        Arc::new(support::clock::SystemClock),
+        places,
+    ));
+    engine.start_at(store.events_end())?;
+    tracing::info!(
+        governance = %engine.governance().dir.display(),
+        categories = engine.governance().categories.len(),
+        "case workflow ready"
+    );
+    Ok(engine)
 }
 
 /// The MQTT front's CONNECT check: user name `SITE/DEVICE`, password its secret. The front
@@ -282,6 +334,8 @@ impl<S: Store> Hub<S> {
             None => None,
             Some(c) => Some(start_twin(&config, c.clone()).await?),
         };
+        let engine = start_cases(&config, county.clone(), &*store).await?;
+        let (case_feed, case_rx) = cases::engine::feed();
         let ingest = Ingest::new(
             link,
             store.clone(),
@@ -290,7 +344,8 @@ impl<S: Store> Hub<S> {
                 max_payload_bytes: config.ingest_max_payload_bytes,
                 devices,
             },
-        );
+        )
+        .with_sink(Arc::new(case_feed));
         // Ingest hands each durable batch to the twin (never waiting on it).
         let (ingest, twin) = match twin {
             None => (ingest, None),
@@ -317,7 +372,13 @@ impl<S: Store> Hub<S> {
             http_access,
             county,
             twin,
+            cases: (engine, case_rx),
         })
+    }
+
+    /// The case workflow (tests and the CLI act on it directly).
+    pub fn cases(&self) -> Arc<CaseEngine> {
+        self.cases.0.clone()
     }
 
     pub fn mqtt_addr(&self) -> SocketAddr {
@@ -357,6 +418,7 @@ impl<S: Store> Hub<S> {
             http_access,
             county,
             twin,
+            cases: (engine, case_rx),
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -372,6 +434,7 @@ impl<S: Store> Hub<S> {
         if let Some(c) = county {
             state = state.with_county(c);
         }
+        state = state.with_cases(engine.clone());
         let (twin, twin_rx) = match twin {
             Some((t, rx)) => (Some(t), Some(rx)),
             None => (None, None),
@@ -383,6 +446,20 @@ impl<S: Store> Hub<S> {
         let twin_task = match (&twin, twin_rx) {
             (Some(t), Some(rx)) => Some(tokio::spawn(platform::twin::run(t.clone(), rx))),
             _ => None,
+        };
+        // Its own thread (sled is blocking); ends when ingest, its only feeder, has stopped.
+        let cases_thread = {
+            let (store, rt) = (store.clone(), tokio::runtime::Handle::current());
+            let settings = cases::engine::RunSettings {
+                sweep_every: Duration::from_millis(config.case_sweep_ms),
+            };
+            std::thread::Builder::new()
+                .name("csb-cases".into())
+                .spawn(move || cases::engine::run(engine, store, case_rx, rt, settings))
+                .map_err(|e| HubError::Panicked {
+                    task: "case workflow start",
+                    reason: e.to_string(),
+                })?
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -455,6 +532,14 @@ impl<S: Store> Hub<S> {
             {
                 tracing::error!("twin did not write its pending history in {TWIN_DRAIN_TIMEOUT:?}");
             }
+        }
+        let joined = tokio::task::spawn_blocking(move || cases_thread.join());
+        match tokio::time::timeout(CASES_DRAIN_TIMEOUT, joined).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(_) => tracing::error!("the case workflow thread panicked"),
+            Err(_) => tracing::error!(
+                "the case workflow did not finish in {CASES_DRAIN_TIMEOUT:?}; it reads the event log again on the next start"
+            ),
         }
         // Ingest flushes on its way out; flush again in case it failed early.
         store.flush().await?;

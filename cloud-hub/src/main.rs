@@ -201,9 +201,14 @@ enum TokenCommand {
     Add {
         /// A name for who or what uses it, e.g. grafana or ops-desk (letters, digits, - _ .).
         name: String,
-        /// viewer: read; operator: read and write; admin: everything.
+        /// viewer: read; operator: read and write, registers and dispatches cases; admin:
+        /// everything; inspector, handler (one department's cases) and supervisor: read, and
+        /// their actions on cases.
         #[arg(long)]
         role: String,
+        /// A handler's department (a department id of the governance configuration).
+        #[arg(long)]
+        department: Option<String>,
         /// The hub's data directory (tokens live in its tokens.json).
         #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
         data_dir: PathBuf,
@@ -231,11 +236,12 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Add {
             name,
             role,
+            department,
             data_dir,
             token_out,
         } => {
             let role: Role = role.parse().context("--role")?;
-            let token = tokens::add(&data_dir, &name, role)?;
+            let token = tokens::add_with(&data_dir, &name, role, department.as_deref())?;
             match token_out {
                 Some(path) => {
                     cloud_hub::ingest::devices::write_private(&path, format!("{token}\n").as_bytes())
@@ -260,9 +266,13 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { data_dir } => {
             for (name, rec) in tokens::load(&data_dir)? {
+                let dep = rec
+                    .department
+                    .map(|d| format!("\tdepartment={d}"))
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "{name}\trole={}\tcreated_ms={}",
+                    "{name}\trole={}{dep}\tcreated_ms={}",
                     rec.role, rec.created_ms
                 )?;
             }

@@ -49,7 +49,7 @@ pub enum Kind {
     Component,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Urgency {
     Normal,
@@ -238,12 +238,47 @@ pub struct Governance {
     by_code: HashMap<String, usize>,
 }
 
+/// The shipped defaults (configs/governance), built into the hub so it runs the workflow with
+/// no file at hand; `governance_dir` in the hub's config replaces them.
+const BUILT_IN: [(&str, &str); 6] = [
+    (
+        CATEGORIES,
+        include_str!("../../../configs/governance/categories.toml"),
+    ),
+    (
+        DEPARTMENTS,
+        include_str!("../../../configs/governance/departments.toml"),
+    ),
+    (
+        ROUTING,
+        include_str!("../../../configs/governance/routing.toml"),
+    ),
+    (
+        STAGES,
+        include_str!("../../../configs/governance/stages.toml"),
+    ),
+    (
+        CALENDAR,
+        include_str!("../../../configs/governance/calendar.toml"),
+    ),
+    (
+        EVALUATION,
+        include_str!("../../../configs/governance/evaluation.toml"),
+    ),
+];
+
+/// What [`Governance::dir`] says for the built-in defaults (file names in errors start so).
+pub const BUILT_IN_DIR: &str = "(built-in defaults)";
+
 fn read<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<(PathBuf, T), GovernanceError> {
     let file = dir.join(name);
-    let text = std::fs::read_to_string(&file).map_err(|cause| GovernanceError::Io {
-        file: file.clone(),
-        cause,
-    })?;
+    let text = match BUILT_IN.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) if dir == Path::new(BUILT_IN_DIR) => text.to_string(),
+        _ => std::fs::read_to_string(&file).map_err(|cause| GovernanceError::Io {
+            file: file.clone(),
+            cause,
+        })?,
+    };
     let v = toml::from_str(&text).map_err(|e| GovernanceError::Parse {
         file: file.clone(),
         message: e.to_string().trim_end().to_string(),
@@ -292,6 +327,11 @@ fn digits(s: &str, n: usize) -> bool {
 
 impl Governance {
     /// Loads and checks the folder `dir`.
+    /// The shipped defaults, built in (see [`BUILT_IN_DIR`]).
+    pub fn built_in() -> Result<Governance, GovernanceError> {
+        Governance::load(Path::new(BUILT_IN_DIR))
+    }
+
     pub fn load(dir: &Path) -> Result<Governance, GovernanceError> {
         let (f, deps): (_, DepartmentsFile) = read(dir, DEPARTMENTS)?;
         let c = Checker { file: &f };

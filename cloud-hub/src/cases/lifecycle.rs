@@ -19,8 +19,9 @@ use super::config::{Governance, Urgency};
 use super::sla::{Light, StageClock};
 
 /// Where a case came from (信息采集).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CaseSource")]
 pub enum Source {
     /// An edge agent's rule event (video AI).
     VideoAi,
@@ -34,8 +35,9 @@ pub enum Source {
     Superior,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CaseState")]
 pub enum State {
     /// 上报: waiting for an operator.
     Reported,
@@ -65,8 +67,9 @@ impl State {
 }
 
 /// Why a report was not registered (不予立案).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CaseRejectReason")]
 pub enum RejectReason {
     /// 误报: the detection was wrong (counts against the camera's precision).
     FalsePositive,
@@ -75,8 +78,9 @@ pub enum RejectReason {
 }
 
 /// Who may do what. A handler belongs to one department and sees and acts on its cases only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "CaseRole")]
 pub enum Role {
     /// Leaders: read only.
     Viewer,
@@ -91,7 +95,8 @@ pub enum Role {
     Admin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "CaseActor")]
 pub struct Actor {
     /// A token name, `system` (automatic registration, timers) or `agent:{site}/{device}`.
     pub id: String,
@@ -112,8 +117,9 @@ impl Actor {
 }
 
 /// What an actor asks of a case.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
+#[schemars(rename = "CaseAction")]
 pub enum Action {
     /// 上报: how every case begins ([`Case::report`]); not applied to an existing case.
     Report,
@@ -151,6 +157,19 @@ pub enum Action {
     Resume,
     /// 督办: a supervision note; no state change.
     Supervise,
+    /// Timers (the hub's, never asked for): the running stage reached 80 % of its limit.
+    SlaWarning,
+    /// The running stage passed its limit: escalated to the supervisors.
+    SlaOverdue,
+    /// The `n`th 督办 reminder since the stage went overdue.
+    SlaReminder {
+        n: u32,
+    },
+    /// An automatic rule (the auto-registration of a category) acted; no state change.
+    Merge {
+        /// The problem id merged into this case.
+        problem: String,
+    },
 }
 
 impl Action {
@@ -172,6 +191,10 @@ impl Action {
             Action::Suspend => "suspend",
             Action::Resume => "resume",
             Action::Supervise => "supervise",
+            Action::SlaWarning => "sla_warning",
+            Action::SlaOverdue => "sla_overdue",
+            Action::SlaReminder { .. } => "sla_reminder",
+            Action::Merge { .. } => "merge",
         }
     }
 
@@ -189,15 +212,23 @@ impl Action {
             Action::Close | Action::Rework => &[Operator, Inspector, Supervisor, Admin],
             Action::ApproveExtension | Action::DenyExtension => &[Supervisor, Admin],
             Action::Suspend | Action::Resume | Action::Supervise => &[Supervisor, Admin],
+            // The hub's own: fired by timers and intake, never asked for.
+            Action::SlaWarning
+            | Action::SlaOverdue
+            | Action::SlaReminder { .. }
+            | Action::Merge { .. } => &[],
         }
     }
 }
 
 /// One line of the timeline: who did what, when, why, and the state it left.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "CaseEntry")]
 pub struct Entry {
     pub at_ms: i64,
     pub actor: Actor,
+    /// `"action": "…"` and the action's own fields, side by side with the entry's.
+    #[serde(flatten)]
     pub action: Action,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
@@ -208,7 +239,8 @@ pub struct Entry {
     pub request_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "CasePlace")]
 pub struct Place {
     /// `[lon, lat]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,9 +267,53 @@ pub struct NewCase {
     /// Snapshot and event ids.
     #[serde(default)]
     pub evidence: Vec<String>,
+    /// Where it was seen, for a camera or sensor source: `{site}/{device}/{camera}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Which timers of the running stage have fired (reset when a new stage starts): what makes a
+/// timer fire once, as it is stored with the case in the same write.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct SlaMarks {
+    /// Stages started so far (each clock start is a new stage).
+    pub stage: u32,
+    pub warned: bool,
+    pub overdue: bool,
+    pub reminders: u32,
+}
+
+/// Repeats of an event-sourced problem merged into a case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Sightings {
+    /// Rule problem ids (`rule.problem_id`) merged into the case, first first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// Events merged (the first included).
+    pub events: u64,
+    /// The newest merged event's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
+    /// The last merged events' ids (at most [`RECENT_EVENTS`]): an event read again from the
+    /// log after a restart is recognised and not counted twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<String>,
+    /// When the problem was last seen (Unix ms).
+    pub last_seen_ms: i64,
+    /// When the rule said the problem ended, if the last sighting was its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
+    /// The newest sighting's snapshot (the first one is in the evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_snapshot: Option<String>,
+    /// Where repeats are looked for: category, camera and the camera's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Case {
     pub id: String,
     pub source: Source,
@@ -268,10 +344,37 @@ pub struct Case {
     /// Whether handling finished within its limit (set at 反馈).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_on_time: Option<bool>,
+    /// The camera or sensor that saw it, `{site}/{device}/{camera}` (AI re-check asks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
+    /// Event-sourced cases: the repeats merged into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sightings: Option<Sightings>,
+    #[serde(default)]
+    pub sla: SlaMarks,
+    /// When the running stage's next timer is due ([`Case::next_due`], kept current by every
+    /// change): the store indexes open cases on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<i64>,
     pub timeline: Vec<Entry>,
 }
 
-#[derive(Debug, Error, PartialEq)]
+/// Event ids a case remembers for recognising a replayed event (the log is read again from the
+/// workflow's last stored position, seconds behind at most in normal operation).
+pub const RECENT_EVENTS: usize = 32;
+
+/// A timer of the running stage that came due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    Warning,
+    Overdue,
+    Reminder(u32),
+}
+
+/// Reminders counted in one entry at most (bounds the loop for a hub down for months).
+const MAX_REMINDERS_AT_ONCE: u32 = 10_000;
+
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum TransitionError {
     #[error("role `{role:?}` may not {action}")]
     Forbidden { role: Role, action: &'static str },
@@ -303,6 +406,7 @@ impl Case {
             category,
             place,
             evidence,
+            camera,
         } = new;
         let cat = g
             .category(&category)
@@ -323,6 +427,13 @@ impl Case {
             clock: Some(clock),
             extension_requested: None,
             handled_on_time: None,
+            camera,
+            sightings: None,
+            sla: SlaMarks {
+                stage: 1,
+                ..SlaMarks::default()
+            },
+            due_ms: None,
             timeline: vec![Entry {
                 at_ms: now,
                 actor,
@@ -332,7 +443,26 @@ impl Case {
                 to: State::Reported,
                 request_id: None,
             }],
-        })
+        }
+        .with_due(g))
+    }
+
+    fn with_due(mut self, g: &Governance) -> Case {
+        self.due_ms = self.next_due(g);
+        self
+    }
+
+    /// The keys repeats of its problem are merged on while it is open: each problem id merged
+    /// into it and its spot (category, camera and zone).
+    pub fn merge_keys(&self) -> Vec<String> {
+        let Some(s) = self.sightings.as_ref().filter(|_| self.state.is_open()) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<String> = s.problems.iter().map(|p| format!("problem:{p}")).collect();
+        if let Some(spot) = &s.spot {
+            keys.push(format!("spot:{spot}"));
+        }
+        keys
     }
 
     /// The traffic light of the running stage, if one runs.
@@ -393,15 +523,15 @@ impl Case {
             .ok_or_else(|| TransitionError::UnknownCategory(self.category.clone()))?;
         let to = match (&action, from) {
             (Action::Register, State::Reported) => {
-                self.clock = Some(StageClock::start(dispatch_limit(g, self.urgency), now, cal));
+                self.start_stage(dispatch_limit(g, self.urgency), now, g);
                 State::Registered
             }
             (Action::Reject { .. }, State::Reported) => {
-                self.clock = None;
+                self.end_stage();
                 State::Rejected
             }
             (Action::Void, State::Reported | State::Registered) => {
-                self.clock = None;
+                self.end_stage();
                 State::Voided
             }
             (Action::Dispatch { department }, State::Registered) => {
@@ -424,7 +554,7 @@ impl Case {
             }
             (Action::Accept, State::Dispatched) => State::Handling,
             (Action::Return, State::Dispatched | State::Handling) => {
-                self.clock = Some(StageClock::start(dispatch_limit(g, self.urgency), now, cal));
+                self.start_stage(dispatch_limit(g, self.urgency), now, g);
                 self.department = None;
                 self.extension_requested = None;
                 State::Registered
@@ -441,11 +571,11 @@ impl Case {
                 } else {
                     g.stages.verify.town
                 };
-                self.clock = Some(StageClock::start(verify, now, cal));
+                self.start_stage(verify, now, g);
                 State::Verifying
             }
             (Action::Close, State::Verifying) => {
-                self.clock = None;
+                self.end_stage();
                 State::Closed
             }
             (Action::Rework, State::Verifying) => {
@@ -470,6 +600,13 @@ impl Case {
                         let mut extra = cat.limit;
                         extra.value = value;
                         c.extend(extra, cal);
+                        // The new deadline gets its own warning and escalation.
+                        let light = c.light(now, cal);
+                        self.sla.warned &= light != Light::Green;
+                        if light != Light::Red {
+                            self.sla.overdue = false;
+                            self.sla.reminders = 0;
+                        }
                     }
                 }
                 from
@@ -491,6 +628,7 @@ impl Case {
             (_, s) => return Err(wrong(s)),
         };
         self.state = to;
+        self.due_ms = self.next_due(g);
         let entry = Entry {
             at_ms: now,
             actor: actor.clone(),
@@ -509,10 +647,109 @@ impl Case {
             .category(&self.category)
             .map(|c| c.limit)
             .unwrap_or(g.stages.dispatch.normal);
-        self.clock = Some(StageClock::start(limit, now, &g.calendar));
+        self.start_stage(limit, now, g);
         self.dispatches.push(dep.clone());
         self.department = Some(dep);
         self.extension_requested = None;
+    }
+
+    /// A new stage with its own clock and timers.
+    fn start_stage(&mut self, limit: super::sla::Limit, now: i64, g: &Governance) {
+        self.clock = Some(StageClock::start(limit, now, &g.calendar));
+        self.sla = SlaMarks {
+            stage: self.sla.stage + 1,
+            ..SlaMarks::default()
+        };
+    }
+
+    fn end_stage(&mut self) {
+        self.clock = None;
+    }
+
+    /// The `n`th (from 1) 督办 reminder's time, given the deadline.
+    fn reminder_at(deadline: i64, n: u32, g: &Governance) -> Option<i64> {
+        let every = g.stages.reminders.supervise_every;
+        let ms = every.ms(&g.calendar).max(60_000) * i64::from(n);
+        if every.unit.is_working() {
+            g.calendar.add_working(deadline, ms)
+        } else {
+            Some(deadline.saturating_add(ms))
+        }
+    }
+
+    /// When the running stage's next timer is due (`None`: closed, suspended, or none left).
+    pub fn next_due(&self, g: &Governance) -> Option<i64> {
+        if !self.state.is_open() {
+            return None;
+        }
+        let clock = self.clock.as_ref()?;
+        let cal = &g.calendar;
+        if !self.sla.warned {
+            return clock.warn_at(cal);
+        }
+        let deadline = clock.deadline(cal)?;
+        if !self.sla.overdue {
+            // Red (and escalated) once strictly past the deadline.
+            return Some(deadline + 1);
+        }
+        Self::reminder_at(deadline, self.sla.reminders + 1, g)
+    }
+
+    /// Fires the running stage's timers that are due at `now`, in order, each once: the marks
+    /// that say so are part of the case, stored in the same write as the timeline entries.
+    pub fn fire_timers(&mut self, now: i64, g: &Governance) -> Vec<Timer> {
+        let mut fired = Vec::new();
+        let due_deadline = self.clock.as_ref().and_then(|c| c.deadline(&g.calendar));
+        while let Some(due) = self.next_due(g) {
+            if due > now || fired.len() >= 3 {
+                break;
+            }
+            let (timer, action, note) = if !self.sla.warned {
+                self.sla.warned = true;
+                (
+                    Timer::Warning,
+                    Action::SlaWarning,
+                    "80 % of the stage's limit used",
+                )
+            } else if !self.sla.overdue {
+                self.sla.overdue = true;
+                (
+                    Timer::Overdue,
+                    Action::SlaOverdue,
+                    "past the stage's limit: escalated to the supervisors",
+                )
+            } else {
+                // Every reminder due by now is one entry: a hub that was down across several
+                // intervals says how many were due instead of writing each.
+                let deadline = due_deadline.unwrap_or(due);
+                let mut n = self.sla.reminders + 1;
+                while n < self.sla.reminders + MAX_REMINDERS_AT_ONCE
+                    && Self::reminder_at(deadline, n + 1, g).is_some_and(|t| t <= now)
+                {
+                    n += 1;
+                }
+                let missed = n - self.sla.reminders;
+                self.sla.reminders = n;
+                let note = if missed > 1 {
+                    "督办 reminder (several were due)"
+                } else {
+                    "督办 reminder"
+                };
+                (Timer::Reminder(n), Action::SlaReminder { n }, note)
+            };
+            self.timeline.push(Entry {
+                at_ms: now,
+                actor: Actor::system(),
+                action,
+                note: format!("{note} (due {due})"),
+                from: self.state,
+                to: self.state,
+                request_id: None,
+            });
+            fired.push(timer);
+        }
+        self.due_ms = self.next_due(g);
+        fired
     }
 
     /// 返工: dispatched to the same department twice or more (judged at closing).
@@ -572,6 +809,7 @@ mod tests {
                 rural: false,
             },
             evidence: vec!["snap-before".into()],
+            camera: None,
         };
         Case::report(new, Actor::system(), now, g).unwrap()
     }

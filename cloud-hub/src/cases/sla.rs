@@ -67,8 +67,9 @@ impl Limit {
 }
 
 /// Traffic light of a running stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "SlaLight")]
 pub enum Light {
     Green,
     Yellow,
@@ -79,7 +80,7 @@ pub enum Light {
 pub const WARN_PERMILLE: i64 = 800;
 
 /// The clock of one stage of one case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StageClock {
     pub unit_working: bool,
     /// The limit plus approved extensions, in ms of the clock's measure.

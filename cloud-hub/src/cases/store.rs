@@ -2,11 +2,18 @@
 //! touching the workflow) and its embedded default, [`SledCases`].
 //!
 //! A transition is durable before it is acknowledged: [`CaseStore::update`] loads the case,
-//! applies the change, writes it with a compare-and-swap (a concurrent update of the same case
-//! is retried on the newer version, never lost) and flushes before returning.
+//! applies the change and writes it in one transaction (a concurrent update of the same case
+//! is retried on the newer version, never lost) and flushes before returning. The same
+//! transaction keeps two indexes true: open cases by the keys repeats are merged on (problem
+//! id, spot) and open cases by when their next timer is due — so a sweep reads only what is
+//! due, and a timer's firing is stored with its mark, once.
 
+use std::cell::RefCell;
 use std::path::Path;
 
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 use thiserror::Error;
 
 use super::lifecycle::{Case, State};
@@ -20,8 +27,6 @@ pub enum CaseStoreError {
     },
     #[error("case {id} in the store is damaged: {cause}")]
     Corrupt { id: String, cause: String },
-    #[error("case {id} was changed by others {tries} times in a row; try again")]
-    Contended { id: String, tries: u32 },
 }
 
 /// Which cases a listing wants; `None` matches any.
@@ -76,21 +81,54 @@ pub trait CaseStore: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Case>, CaseStoreError>;
+    /// The open case that holds `key` (see [`Case::merge_keys`]), if any.
+    fn open_by_key(&self, key: &str) -> Result<Option<String>, CaseStoreError>;
+    /// Ids of open cases whose next timer is due at or before `now`, soonest first.
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<String>, CaseStoreError>;
+    /// A small value of the workflow's own (the intake's position in the event log).
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, CaseStoreError>;
+    /// Durable with the next case write, or [`CaseStore::sync`].
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), CaseStoreError>;
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), CaseStoreError>;
 }
 
-/// Compare-and-swap attempts before an update gives up (each loses only to a newer write).
-const CAS_TRIES: u32 = 64;
-
-/// The embedded case store: one sled tree, case id → JSON. Ids are ULIDs, so key order is
-/// creation order.
+/// The embedded case store: sled trees `cases` (id → JSON; ids are ULIDs, so key order is
+/// creation order), `case_keys` (merge key → id, open cases only), `case_due` (due time and
+/// id → nothing, open cases with a timer ahead) and `case_meta`.
 pub struct SledCases {
     db: sled::Db,
     tree: sled::Tree,
+    keys: sled::Tree,
+    due: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> CaseStoreError {
     move |cause| CaseStoreError::Sled { op, cause }
 }
+
+/// `case_due` key: the due time (order-preserving for negative times too), then the id.
+fn due_key(due: i64, id: &str) -> Vec<u8> {
+    let mut k = ((due as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn due_of(key: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+}
+
+/// Why a transaction stopped before writing.
+enum Stop<E> {
+    Refused(E),
+    NotFound,
+    Exists,
+    Corrupt(CaseStoreError),
+}
+
+type TxResult<T, E> = Result<T, ConflictableTransactionError<Stop<E>>>;
 
 impl SledCases {
     pub fn open(dir: &Path) -> Result<SledCases, CaseStoreError> {
@@ -100,7 +138,16 @@ impl SledCases {
             .open()
             .map_err(sled_err("open"))?;
         let tree = db.open_tree("cases").map_err(sled_err("open"))?;
-        Ok(SledCases { db, tree })
+        let keys = db.open_tree("case_keys").map_err(sled_err("open"))?;
+        let due = db.open_tree("case_due").map_err(sled_err("open"))?;
+        let meta = db.open_tree("case_meta").map_err(sled_err("open"))?;
+        Ok(SledCases {
+            db,
+            tree,
+            keys,
+            due,
+            meta,
+        })
     }
 
     fn decode(id: &[u8], bytes: &[u8]) -> Result<Case, CaseStoreError> {
@@ -118,19 +165,69 @@ impl SledCases {
     fn flush(&self) -> Result<(), CaseStoreError> {
         self.db.flush().map(|_| ()).map_err(sled_err("flush"))
     }
+
+    /// Moves a case's index entries from what `old` had to what `new` has.
+    fn reindex<E>(
+        keys: &TransactionalTree,
+        due: &TransactionalTree,
+        old: Option<&Case>,
+        new: &Case,
+    ) -> TxResult<(), E> {
+        let id = new.id.as_str();
+        let old_keys = old.map(Case::merge_keys).unwrap_or_default();
+        let new_keys = new.merge_keys();
+        for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+            // Only if it still points here (a newer case may hold the spot now).
+            if keys.get(k.as_bytes())?.as_deref() == Some(id.as_bytes()) {
+                keys.remove(k.as_bytes())?;
+            }
+        }
+        for k in &new_keys {
+            keys.insert(k.as_bytes(), id.as_bytes())?;
+        }
+        let old_due = old.and_then(|c| c.due_ms);
+        if old_due != new.due_ms {
+            if let Some(d) = old_due {
+                due.remove(due_key(d, id))?;
+            }
+            if let Some(d) = new.due_ms {
+                due.insert(due_key(d, id), &[][..])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tx_error<E>(
+        op: &'static str,
+        e: TransactionError<Stop<E>>,
+    ) -> Result<Stop<E>, CaseStoreError> {
+        match e {
+            TransactionError::Abort(stop) => Ok(stop),
+            TransactionError::Storage(cause) => Err(CaseStoreError::Sled { op, cause }),
+        }
+    }
 }
 
 impl CaseStore for SledCases {
     fn create(&self, case: &Case) -> Result<bool, CaseStoreError> {
-        let swapped = self
-            .tree
-            .compare_and_swap(case.id.as_bytes(), None::<&[u8]>, Some(Self::encode(case)))
-            .map_err(sled_err("create"))?;
-        if swapped.is_err() {
-            return Ok(false);
+        let bytes = Self::encode(case);
+        let r = (&self.tree, &self.keys, &self.due).transaction(|(t, k, d)| {
+            if t.get(case.id.as_bytes())?.is_some() {
+                return Err(ConflictableTransactionError::Abort(Stop::<()>::Exists));
+            }
+            t.insert(case.id.as_bytes(), bytes.as_slice())?;
+            Self::reindex(k, d, None, case)
+        });
+        match r {
+            Ok(()) => {
+                self.flush()?;
+                Ok(true)
+            }
+            Err(e) => match Self::tx_error("create", e)? {
+                Stop::Corrupt(e) => Err(e),
+                _ => Ok(false),
+            },
         }
-        self.flush()?;
-        Ok(true)
     }
 
     fn get(&self, id: &str) -> Result<Option<Case>, CaseStoreError> {
@@ -144,35 +241,43 @@ impl CaseStore for SledCases {
     fn update<T, E>(
         &self,
         id: &str,
-        mut change: impl FnMut(&mut Case) -> Result<T, E>,
+        change: impl FnMut(&mut Case) -> Result<T, E>,
     ) -> Result<Updated<T, E>, CaseStoreError> {
-        for _ in 0..CAS_TRIES {
-            let Some(old) = self.tree.get(id.as_bytes()).map_err(sled_err("get"))? else {
-                return Ok(Updated::NotFound);
+        // sled may run the transaction again on a conflict: the change is pure, so rerunning
+        // it on the newer version is what compare-and-swap would do.
+        let change = RefCell::new(change);
+        let r = (&self.tree, &self.keys, &self.due).transaction(|(t, k, d)| {
+            let Some(old_bytes) = t.get(id.as_bytes())? else {
+                return Err(ConflictableTransactionError::Abort(Stop::NotFound));
             };
-            let mut case = Self::decode(id.as_bytes(), &old)?;
-            let out = match change(&mut case) {
-                Ok(out) => out,
-                Err(e) => return Ok(Updated::Refused(e)),
-            };
+            let old = Self::decode(id.as_bytes(), &old_bytes)
+                .map_err(|e| ConflictableTransactionError::Abort(Stop::Corrupt(e)))?;
+            let mut case = old.clone();
+            let out = (change.borrow_mut())(&mut case)
+                .map_err(|e| ConflictableTransactionError::Abort(Stop::Refused(e)))?;
             let new = Self::encode(&case);
-            if new == old.as_ref() {
+            if new != old_bytes.as_ref() {
+                t.insert(id.as_bytes(), new)?;
+                Self::reindex(k, d, Some(&old), &case)?;
+                Ok((out, true))
+            } else {
                 // Nothing changed (a retried request): nothing to write.
-                return Ok(Updated::Done(out));
+                Ok((out, false))
             }
-            let swapped = self
-                .tree
-                .compare_and_swap(id.as_bytes(), Some(old), Some(new))
-                .map_err(sled_err("update"))?;
-            if swapped.is_ok() {
-                self.flush()?;
-                return Ok(Updated::Done(out));
+        });
+        match r {
+            Ok((out, written)) => {
+                if written {
+                    self.flush()?;
+                }
+                Ok(Updated::Done(out))
             }
+            Err(e) => match Self::tx_error("update", e)? {
+                Stop::Refused(e) => Ok(Updated::Refused(e)),
+                Stop::NotFound | Stop::Exists => Ok(Updated::NotFound),
+                Stop::Corrupt(e) => Err(e),
+            },
         }
-        Err(CaseStoreError::Contended {
-            id: id.to_string(),
-            tries: CAS_TRIES,
-        })
     }
 
     fn list(
@@ -197,6 +302,47 @@ impl CaseStore for SledCases {
             }
         }
         Ok(out)
+    }
+
+    fn open_by_key(&self, key: &str) -> Result<Option<String>, CaseStoreError> {
+        Ok(self
+            .keys
+            .get(key.as_bytes())
+            .map_err(sled_err("get"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn due(&self, now: i64, limit: usize) -> Result<Vec<String>, CaseStoreError> {
+        let mut out = Vec::new();
+        for kv in self.due.range(..due_key(now.saturating_add(1), "")) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = kv.map_err(sled_err("due"))?;
+            if due_of(&k).is_some() {
+                out.push(String::from_utf8_lossy(&k[8..]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, CaseStoreError> {
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(sled_err("meta"))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), CaseStoreError> {
+        self.meta
+            .insert(key.as_bytes(), value)
+            .map_err(sled_err("meta"))?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), CaseStoreError> {
+        self.flush()
     }
 }
 
@@ -225,6 +371,7 @@ mod tests {
                 rural: false,
             },
             evidence: vec![],
+            camera: None,
         };
         Case::report(new, Actor::system(), bj("2026-09-21 09:00"), g).unwrap()
     }

@@ -124,6 +124,12 @@ const POLICY: &[Rule] = &[
         path: PathMatch::Exact("/api/v1/twin/stream"),
         access: Access::Role(Role::Viewer),
     },
+    // Cases: any token may ask; the workflow checks each role's actions (a viewer's are none).
+    Rule {
+        method: "POST",
+        path: PathMatch::Under("/api/v1/cases"),
+        access: Access::Role(Role::Viewer),
+    },
     // Reserved for management endpoints (tokens, devices, config over HTTP).
     Rule {
         method: "*",
@@ -229,7 +235,7 @@ fn check_bearer(
             "bearer token not recognised (never issued, or revoked)".into(),
         ));
     };
-    if who.role < needed {
+    if !who.role.covers(needed) {
         return Err(refuse(
             HttpAuthRefusal::InsufficientRole,
             who.name.clone(),

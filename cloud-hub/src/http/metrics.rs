@@ -54,6 +54,9 @@ pub(crate) async fn metrics<S: Store>(
     if let Some(t) = &st.twin {
         text.push_str(&t.counters.render_prometheus());
     }
+    if let Some(c) = &st.cases {
+        text.push_str(&c.counters.render_prometheus());
+    }
     ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text)
 }
 

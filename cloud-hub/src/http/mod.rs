@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use aide::axum::routing::{get_with, put_with};
+use aide::axum::routing::{get_with, post_with, put_with};
 use aide::axum::ApiRouter;
 use aide::openapi::OpenApi;
 use axum::extract::DefaultBodyLimit;
@@ -28,6 +28,7 @@ use axum::{Extension, Router};
 
 pub mod aggregate;
 pub mod auth;
+pub mod cases;
 pub mod county;
 pub mod devices;
 pub mod error;
@@ -51,6 +52,7 @@ pub use crate::http::state::ApiState;
 
 use crate::http::aggregate as agg;
 use crate::http::auth::{require_access, Gate};
+use crate::http::cases as cas;
 use crate::http::county as cty;
 use crate::http::devices as dev;
 use crate::http::events as ev;
@@ -117,6 +119,20 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
         .api_route(
             "/api/v1/inventory",
             get_with(inv::inventory::<S>, inv::inventory_docs),
+        )
+        .api_route(
+            "/api/v1/cases",
+            get_with(cas::list::<S>, cas::list_docs)
+                .merge(post_with(cas::report::<S>, cas::report_docs)),
+        )
+        .api_route("/api/v1/cases/{id}", get_with(cas::get::<S>, cas::get_docs))
+        .api_route(
+            "/api/v1/evaluation",
+            get_with(cas::evaluation::<S>, cas::evaluation_docs),
+        )
+        .api_route(
+            "/api/v1/cases/{id}/actions",
+            post_with(cas::act::<S>, cas::act_docs),
         )
         .api_route("/api/v1/health", get_with(hl::health::<S>, hl::health_docs))
         .api_route(

@@ -371,7 +371,7 @@ mod tests {
                 let want: Vec<&str> = match access_for(&m, &concrete) {
                     Access::Open => vec![],
                     Access::Device => vec![super::DEVICE_SIGNATURE],
-                    Access::Role(Role::Viewer) if m == Method::GET => vec![super::BEARER],
+                    Access::Role(Role::Viewer) => vec![super::BEARER],
                     other => panic!("{method} {path}: {other:?} is not documented yet"),
                 };
                 assert_eq!(schemes, want, "{method} {path}");

@@ -20,6 +20,9 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// requests than this get 503 instead of piling up threads.
 const MAX_CONCURRENT_STORE_CALLS: usize = 16;
 
+/// The case workflow the API serves.
+pub type Cases = Arc<crate::cases::engine::Engine<crate::cases::store::SledCases>>;
+
 pub struct ApiState<S> {
     pub(crate) store: Arc<S>,
     pub(crate) metrics: Arc<Metrics>,
@@ -35,6 +38,8 @@ pub struct ApiState<S> {
     pub(crate) twin: Option<Arc<crate::platform::twin::Twin>>,
     /// The MQTT broker's self-probe: health says whether devices can get in.
     pub(crate) broker: Option<Arc<crate::ingest::mqtt::probe::BrokerHealth>>,
+    /// The case workflow (`/api/v1/cases`).
+    pub(crate) cases: Option<Cases>,
 }
 
 impl<S> ApiState<S> {
@@ -56,7 +61,14 @@ impl<S> ApiState<S> {
             county: None,
             twin: None,
             broker: None,
+            cases: None,
         }
+    }
+
+    /// Serves the case workflow at `/api/v1/cases`.
+    pub fn with_cases(mut self, cases: Cases) -> Self {
+        self.cases = Some(cases);
+        self
     }
 
     /// Reports the broker's health (`mqtt.broker`; `degraded` and 503 while it fails).
@@ -98,6 +110,7 @@ impl<S> Clone for ApiState<S> {
             county: self.county.clone(),
             twin: self.twin.clone(),
             broker: self.broker.clone(),
+            cases: self.cases.clone(),
         }
     }
 }

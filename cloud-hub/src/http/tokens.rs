@@ -46,8 +46,12 @@ pub enum TokenError {
     },
     #[error("token name `{name}`: {reason}")]
     BadName { name: String, reason: &'static str },
-    #[error("unknown role `{0}` (valid roles: viewer, operator, admin)")]
+    #[error(
+        "unknown role `{0}` (valid roles: viewer, inspector, handler, operator, supervisor, admin)"
+    )]
     BadRole(String),
+    #[error("token `{name}`: {reason}")]
+    Department { name: String, reason: String },
     #[error("a token named `{name}` already exists in {path}; `cloud-hub token revoke {name}` it first or pick another name")]
     Exists { name: String, path: PathBuf },
     #[error("no token named `{name}` in {path}")]
@@ -57,27 +61,61 @@ pub enum TokenError {
     Shared(#[from] DeviceError),
 }
 
-/// What a token may do; each role includes the ones below it (viewer < operator < admin).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// What a token may do. For the data API the roles form levels ([`Role::level`]): reads
+/// (viewer, inspector, handler, supervisor), writes (operator), management (admin). In the case
+/// workflow each role has its own actions (`cases::lifecycle`): an inspector reports and
+/// verifies, an operator registers and dispatches, a handler works its department's cases, a
+/// supervisor approves extensions and suspensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Reads: events, telemetry, quarantine, devices, snapshots, metrics.
+    /// Reads: events, telemetry, quarantine, devices, snapshots, metrics, cases (leaders).
     Viewer,
-    /// Viewer, plus changes to data (write endpoints).
+    /// 监督员: reads; reports and verifies cases.
+    Inspector,
+    /// A department's handler: reads; works that department's cases only.
+    Handler,
+    /// Viewer, plus changes to data (write endpoints); 受理/立案/派遣/核查 of cases.
     Operator,
-    /// Operator, plus management of the hub itself.
+    /// 值班长: reads; approves case extensions and suspensions, 督办.
+    Supervisor,
+    /// Everything, the management of the hub included.
     Admin,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+    pub const ALL: [Role; 6] = [
+        Role::Viewer,
+        Role::Inspector,
+        Role::Handler,
+        Role::Operator,
+        Role::Supervisor,
+        Role::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
+            Role::Inspector => "inspector",
+            Role::Handler => "handler",
             Role::Operator => "operator",
+            Role::Supervisor => "supervisor",
             Role::Admin => "admin",
         }
+    }
+
+    /// Its level for the data API: 0 reads, 1 writes, 2 management.
+    pub fn level(self) -> u8 {
+        match self {
+            Role::Viewer | Role::Inspector | Role::Handler | Role::Supervisor => 0,
+            Role::Operator => 1,
+            Role::Admin => 2,
+        }
+    }
+
+    /// Whether it may do what `needed` may (on the data API's levels).
+    pub fn covers(self, needed: Role) -> bool {
+        self.level() >= needed.level()
     }
 }
 
@@ -105,6 +143,9 @@ pub struct TokenRecord {
     /// SHA-256 of the whole token (`csb_…`), lowercase hex.
     pub sha256: String,
     pub role: Role,
+    /// A handler's department (a governance department id); only handlers have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
     /// When `token add` issued it, Unix ms.
     pub created_ms: i64,
 }
@@ -208,7 +249,31 @@ fn save(data_dir: &Path, tokens: BTreeMap<String, TokenRecord>) -> Result<(), To
 /// Issues a token named `name` with `role` and returns it; only its hash is kept, so this is
 /// the one time it can be shown.
 pub fn add(data_dir: &Path, name: &str, role: Role) -> Result<String, TokenError> {
+    add_with(data_dir, name, role, None)
+}
+
+/// [`add`] with a handler's department (required for a handler, refused for the others).
+pub fn add_with(
+    data_dir: &Path,
+    name: &str,
+    role: Role,
+    department: Option<&str>,
+) -> Result<String, TokenError> {
     check_name(name)?;
+    let bad = |reason: &str| TokenError::Department {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    match (role, department) {
+        (Role::Handler, None) => {
+            return Err(bad("a handler works for one department: give --department"))
+        }
+        (Role::Handler, Some(d)) if d.is_empty() || d.len() > MAX_NAME => {
+            return Err(bad("--department must be 1..=64 characters"))
+        }
+        (Role::Handler, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return Err(bad("only a handler has a department")),
+    }
     let mut tokens = load(data_dir)?;
     if tokens.contains_key(name) {
         return Err(TokenError::Exists {
@@ -223,6 +288,7 @@ pub fn add(data_dir: &Path, name: &str, role: Role) -> Result<String, TokenError
         TokenRecord {
             sha256: hex(&hash_token(&token)),
             role,
+            department: department.map(str::to_string),
             created_ms,
         },
     );
@@ -247,6 +313,8 @@ pub fn revoke(data_dir: &Path, name: &str) -> Result<(), TokenError> {
 pub struct TokenInfo {
     pub name: String,
     pub role: Role,
+    /// A handler's department.
+    pub department: Option<String>,
 }
 
 /// The running hub's view of `tokens.json`, re-read when it changes.
@@ -283,7 +351,14 @@ impl TokenRegistry {
 fn index(tokens: BTreeMap<String, TokenRecord>) -> HashMap<[u8; 32], TokenInfo> {
     tokens
         .into_iter()
-        .filter_map(|(name, r)| Some((unhex32(&r.sha256)?, TokenInfo { name, role: r.role })))
+        .filter_map(|(name, r)| {
+            let info = TokenInfo {
+                name,
+                role: r.role,
+                department: r.department,
+            };
+            Some((unhex32(&r.sha256)?, info))
+        })
         .collect()
 }
 
@@ -293,13 +368,15 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_parse() {
-        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        assert!(Role::Operator.covers(Role::Viewer) && Role::Admin.covers(Role::Operator));
+        assert!(!Role::Handler.covers(Role::Operator) && Role::Supervisor.covers(Role::Viewer));
         for r in Role::ALL {
             assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
         }
         let e = "root".parse::<Role>().unwrap_err().to_string();
         assert!(
-            e.contains("root") && e.contains("viewer, operator, admin"),
+            e.contains("root")
+                && e.contains("viewer, inspector, handler, operator, supervisor, admin"),
             "{e}"
         );
     }

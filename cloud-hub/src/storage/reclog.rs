@@ -1766,6 +1766,16 @@ impl RecordLog {
         Ok(out)
     }
 
+    /// The log's end now: where the next append goes (a consumer starting fresh, with no
+    /// position of its own, starts here rather than at the log's beginning).
+    pub fn end(&self) -> LogPos {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        LogPos {
+            seg: w.seq,
+            off: w.len,
+        }
+    }
+
     /// Closes the active segment and starts the next: its in-memory index waits for the
     /// background thread to write its index file (or for this writer, when too many wait).
     fn roll(&self, w: &mut Writer) -> Result<(), LogError> {

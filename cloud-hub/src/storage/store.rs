@@ -56,6 +56,7 @@ use ulid::Ulid;
 use crate::storage::quarantine::{
     key_at_ms, prune_plan, QuarantineEntry, QuarantinePage, QuarantineQuery,
 };
+pub use crate::storage::reclog::LogPos;
 use crate::storage::reclog::{
     LogError, LogOptions, NewRecord, RecordLog, RetentionCounters, SourceStats,
 };
@@ -187,6 +188,10 @@ pub struct WriteOutcome {
     pub quarantine_pruned: u64,
     /// Why the quarantine entries could not be stored, if so (the valid messages were).
     pub quarantine_error: Option<String>,
+    /// The event log's end just after this batch's new events, when it stored any: a consumer
+    /// that has applied the batch records it, and after a crash replays what follows
+    /// ([`Store::events_after`]).
+    pub events_end: Option<LogPos>,
 }
 
 /// Which object classes an event must contain (any object matching is enough).
@@ -578,6 +583,17 @@ pub trait Store: SeriesStore + Send + Sync + 'static {
     /// What is stored from each source (a camera's events, a telemetry source's messages).
     fn sources(&self) -> impl Future<Output = Result<Vec<SourceRecord>, StoreError>> + Send;
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+    /// Up to `limit` stored events in the order they were stored, after `after` (from the
+    /// start when `None`), each with the log position just past it: how a consumer that keeps
+    /// its own position (the case workflow) catches up after a crash or after falling behind.
+    /// Events dropped by retention are gone; an event appended meanwhile may or may not be in.
+    fn events_after(
+        &self,
+        after: Option<LogPos>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(Event, LogPos)>, StoreError>> + Send;
+    /// The event log's end now (see [`Store::events_after`]).
+    fn events_end(&self) -> LogPos;
     /// Bytes of memory the store's indexes hold (an estimate; 0 when it keeps none).
     fn index_bytes(&self) -> u64 {
         0
@@ -1012,11 +1028,6 @@ impl SledStore {
         }
 
         let mut out = WriteOutcome::default();
-        let append = |what, log: &RecordLog, recs: &[NewRecord<'_>]| {
-            log.append(recs)
-                .map(|a| (a.stored, a.duplicates.into_iter().map(Ulid).collect()))
-                .map_err(|cause| StoreError::Log { what, cause })
-        };
         let received_ms = match batch.received_ms {
             0 => now_ms(),
             t => t,
@@ -1033,9 +1044,18 @@ impl SledStore {
             payloads(&batch.event_payloads, &event_json),
             received_ms,
         );
-        let appended = append("event", &self.events, &evs);
+        let mut events_end = None;
+        let appended = self
+            .events
+            .append_then(&evs, |_, end| events_end = Some(end))
+            .map(|a| (a.stored, a.duplicates.into_iter().map(Ulid).collect()))
+            .map_err(|cause| StoreError::Log {
+                what: "event",
+                cause,
+            });
         *records = recycle(evs);
         (out.events_inserted, out.events_duplicate) = appended?;
+        out.events_end = events_end;
         keys.clear();
         for t in &batch.telemetry {
             keys.push(t.id.0, |k| {
@@ -1142,6 +1162,44 @@ impl SledStore {
                 q.matches(e)
             })?;
         Ok(QuarantinePage { entries, truncated })
+    }
+
+    fn events_after_sync(
+        &self,
+        after: Option<LogPos>,
+        limit: usize,
+    ) -> Result<Vec<(Event, LogPos)>, StoreError> {
+        /// Ends the replay once the page is full (not an error to the caller).
+        enum Stop {
+            Full,
+            Log(LogError),
+        }
+        impl From<LogError> for Stop {
+            fn from(e: LogError) -> Self {
+                Stop::Log(e)
+            }
+        }
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let r = self.events.replay_after(after, |rec, end| {
+            if out.len() >= limit {
+                return Err(Stop::Full);
+            }
+            match serde_json::from_slice::<Event>(&rec.payload) {
+                Ok(e) => out.push((e, end)),
+                // Stored events were validated; one that no longer decodes is skipped (and
+                // said), not a reason to stop every consumer behind it.
+                Err(e) => tracing::error!(id = %Ulid(rec.id), error = %e,
+                    "event log replay: skipping an undecodable record"),
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) | Err(Stop::Full) => Ok(out),
+            Err(Stop::Log(cause)) => Err(StoreError::Log {
+                what: "event",
+                cause,
+            }),
+        }
     }
 
     fn query_sync(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
@@ -1848,6 +1906,19 @@ impl Store for SledStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.blocking(|s| s.stats_sync()).await
+    }
+
+    fn events_end(&self) -> LogPos {
+        self.events.end()
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<LogPos>,
+        limit: usize,
+    ) -> Result<Vec<(Event, LogPos)>, StoreError> {
+        self.blocking(move |s| s.events_after_sync(after, limit))
+            .await
     }
 
     async fn event(&self, id: Ulid) -> Result<Option<Event>, StoreError> {

@@ -1,6 +1,7 @@
 //! Layer 0, support: small pieces every layer may use and that use no other layer — time
-//! parsing, watched files, rate-limited logging.
+//! parsing, watched files, rate-limited logging, the injectable clock.
 
+pub mod clock;
 pub mod loglimit;
 pub mod lognoise;
 pub mod timeparse;

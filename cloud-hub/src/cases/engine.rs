@@ -1,0 +1,882 @@
+//! The case workflow at work in the hub: takes rule events in as sightings ([`intake`]),
+//! applies people's transitions, and fires the SLA timers that are due — every change through
+//! the [`CaseStore`], durable before it is answered.
+//!
+//! Events reach it from ingest once stored ([`CaseFeed`], a [`DurableSink`] that never waits)
+//! and are processed in log order on the workflow's own thread ([`run`]). Losing none: the
+//! thread keeps its position in the event log (stored with the cases); when it falls behind
+//! (the feed's queue was full), fails to store, or restarts after a crash, it reads the log
+//! again from that position. Reading an event twice is harmless: a sighting already merged is
+//! recognised by its id.
+//!
+//! [`intake`]: super::intake
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use csb_wire::{Event, EventKind};
+use thiserror::Error;
+
+use super::config::Governance;
+use super::intake::{self, Locate, Merged, NotASighting, NotMerged, Sighting};
+use super::lifecycle::{Action, Actor, Case, Entry, NewCase, Timer, TransitionError};
+use super::store::{CaseFilter, CaseStore, CaseStoreError, Updated};
+use crate::ingest::pipeline::DurableSink;
+use crate::storage::store::{LogPos, Store, StoreError, WriteBatch, WriteOutcome};
+use crate::support::clock::SharedClock;
+use crate::support::loglimit::LogLimiter;
+
+/// `case_meta` key of the intake's position in the event log.
+const CURSOR_KEY: &str = "intake_cursor";
+/// Events read per page when catching up from the log.
+const REPLAY_PAGE: usize = 2_000;
+/// Due cases handled per sweep step (a sweep continues until none is due).
+const SWEEP_PAGE: usize = 1_000;
+/// Batches the feed holds for the workflow thread before it falls behind (then it rereads
+/// the log: nothing is lost, only done later).
+pub const FEED_CAPACITY: usize = 4_096;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] CaseStoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("no case {0}")]
+    NotFound(String),
+    #[error("reading the event log: {0}")]
+    Events(#[from] StoreError),
+}
+
+/// The workflow's counters (`/metrics`).
+#[derive(Debug, Default)]
+pub struct CaseCounters {
+    pub sightings: AtomicU64,
+    pub opened: AtomicU64,
+    pub auto_registered: AtomicU64,
+    pub merged: AtomicU64,
+    /// Sightings of automatic categories below their confidence or duration (no case yet).
+    pub waiting: AtomicU64,
+    pub unknown_category: AtomicU64,
+    pub warnings: AtomicU64,
+    pub overdue: AtomicU64,
+    pub reminders: AtomicU64,
+    /// Times the feed's queue was full and the log was read again.
+    pub fell_behind: AtomicU64,
+    /// Events read again from the log (after a restart, falling behind or a failed write).
+    pub replayed: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl CaseCounters {
+    /// Prometheus text of the counters.
+    pub fn render_prometheus(&self) -> String {
+        let rows: [(&str, &str, &AtomicU64); 12] = [
+            ("csb_hub_case_sightings_total", "Rule events with a known category taken in by the case workflow.", &self.sightings),
+            ("csb_hub_cases_opened_total", "Cases opened (from rule events and people's reports).", &self.opened),
+            ("csb_hub_cases_auto_registered_total", "Cases registered and dispatched automatically by their category's rule.", &self.auto_registered),
+            ("csb_hub_case_merges_total", "Sightings merged into an open case instead of opening another.", &self.merged),
+            ("csb_hub_case_sightings_waiting_total", "Sightings of automatic categories below their confidence or duration (no case yet).", &self.waiting),
+            ("csb_hub_case_unknown_category_total", "Rule events whose category code the governance configuration does not have.", &self.unknown_category),
+            ("csb_hub_case_sla_warnings_total", "SLA warnings fired (80 % of a stage's limit).", &self.warnings),
+            ("csb_hub_case_sla_overdue_total", "Stages that went past their limit (escalated to the supervisors).", &self.overdue),
+            ("csb_hub_case_sla_reminders_total", "督办 reminder entries fired for overdue stages.", &self.reminders),
+            ("csb_hub_case_intake_fell_behind_total", "Times the workflow's queue was full and it read the event log again.", &self.fell_behind),
+            ("csb_hub_case_intake_replayed_total", "Events read again from the event log (restart, falling behind, failed write).", &self.replayed),
+            ("csb_hub_case_errors_total", "Case store failures in the workflow (retried from the event log).", &self.errors),
+        ];
+        let mut out = String::new();
+        for (name, help, v) in rows {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Not a rule event with a category: not the workflow's.
+    Ignored,
+    UnknownCategory(String),
+    /// An automatic category's sighting below its thresholds: no case (yet).
+    Waiting,
+    Opened {
+        id: String,
+        registered: bool,
+    },
+    Merged {
+        id: String,
+        how: Merged,
+    },
+}
+
+pub struct Engine<C: CaseStore> {
+    cases: Arc<C>,
+    governance: Arc<Governance>,
+    clock: SharedClock,
+    places: Arc<dyn Locate>,
+    ids: Mutex<ulid::Generator>,
+    pub counters: Arc<CaseCounters>,
+    limiter: Mutex<LogLimiter>,
+}
+
+impl<C: CaseStore> Engine<C> {
+    pub fn new(
+        cases: Arc<C>,
+        governance: Arc<Governance>,
+        clock: SharedClock,
+        places: Arc<dyn Locate>,
+    ) -> Self {
+        Engine {
+            cases,
+            governance,
+            clock,
+            places,
+            ids: Mutex::new(ulid::Generator::new()),
+            counters: Arc::default(),
+            limiter: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
+        }
+    }
+
+    pub fn governance(&self) -> &Governance {
+        &self.governance
+    }
+
+    pub fn store(&self) -> &Arc<C> {
+        &self.cases
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn new_id(&self, now: i64) -> String {
+        let mut g = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64);
+        g.generate_from_datetime(t)
+            .unwrap_or_else(|_| ulid::Ulid::from_datetime(t))
+            .to_string()
+    }
+
+    /// A workflow starting for the first time (no position stored) starts at `end`, the event
+    /// log's end now: problems of the past are not its cases. Call before ingest runs.
+    pub fn start_at(&self, end: LogPos) -> Result<(), EngineError> {
+        if self.cases.meta(CURSOR_KEY)?.is_none() {
+            self.cases.set_meta(CURSOR_KEY, &encode_pos(end))?;
+            self.cases.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Takes one stored event in: opens a case, merges it into the open one, or ignores it.
+    pub fn take(&self, e: &Event) -> Result<Taken, EngineError> {
+        if e.kind != EventKind::Rule {
+            return Ok(Taken::Ignored);
+        }
+        let g = &*self.governance;
+        let s = match Sighting::of(e, g) {
+            Ok(s) => s,
+            Err(NotASighting::NoCategory) => return Ok(Taken::Ignored),
+            Err(NotASighting::UnknownCategory(code)) => {
+                self.counters.unknown_category.fetch_add(1, Relaxed);
+                let allow =
+                    (self.limiter.lock().unwrap_or_else(|p| p.into_inner())).allow(Instant::now());
+                if let Some(suppressed) = allow {
+                    tracing::warn!(code, event = %e.id, site = e.site, device = e.device, suppressed,
+                        "case intake: a rule event's category is not in the governance configuration; no case");
+                }
+                return Ok(Taken::UnknownCategory(code));
+            }
+        };
+        self.counters.sightings.fetch_add(1, Relaxed);
+        let now = self.clock.now_ms();
+        for key in [format!("problem:{}", s.problem), format!("spot:{}", s.spot)] {
+            let Some(id) = self.cases.open_by_key(&key)? else {
+                continue;
+            };
+            match self.cases.update(&id, |c| intake::merge(c, &s, now, g))? {
+                Updated::Done(how) => {
+                    if how != Merged::Seen {
+                        self.counters.merged.fetch_add(1, Relaxed);
+                    }
+                    if how == Merged::Registered {
+                        self.counters.auto_registered.fetch_add(1, Relaxed);
+                    }
+                    return Ok(Taken::Merged { id, how });
+                }
+                // Closed meanwhile: the problem is back, a new case.
+                Updated::Refused(NotMerged::Closed) | Updated::NotFound => {}
+                Updated::Refused(NotMerged::Transition(e)) => return Err(e.into()),
+            }
+        }
+        let place = self.places.place(&s.camera, s.zone.as_deref());
+        let Some(case) = intake::open(&s, self.new_id(now), place, now, g)? else {
+            self.counters.waiting.fetch_add(1, Relaxed);
+            return Ok(Taken::Waiting);
+        };
+        self.cases.create(&case)?;
+        let registered = case.state != super::lifecycle::State::Reported;
+        self.counters.opened.fetch_add(1, Relaxed);
+        if registered {
+            self.counters.auto_registered.fetch_add(1, Relaxed);
+        }
+        tracing::info!(case = case.id, category = case.category, camera = s.camera,
+            state = ?case.state, department = ?case.department, "case opened from a rule event");
+        Ok(Taken::Opened {
+            id: case.id,
+            registered,
+        })
+    }
+
+    /// A case reported by a person (inspector, citizen, superior), at 上报.
+    pub fn report(&self, new: NewCase, actor: &Actor) -> Result<Case, EngineError> {
+        let now = self.clock.now_ms();
+        let mut new = new;
+        if new.id.is_empty() {
+            new.id = self.new_id(now);
+        }
+        let case = Case::report(new, actor.clone(), now, &self.governance)?;
+        if !self.cases.create(&case)? {
+            return Err(TransitionError::RequestIdReused(case.id).into());
+        }
+        self.counters.opened.fetch_add(1, Relaxed);
+        Ok(case)
+    }
+
+    /// Applies `action` by `actor` to case `id`, durably; a retried request id answers the same.
+    pub fn transition(
+        &self,
+        id: &str,
+        actor: &Actor,
+        action: Action,
+        note: &str,
+        request_id: Option<&str>,
+    ) -> Result<(Entry, Case), EngineError> {
+        let now = self.clock.now_ms();
+        let g = &*self.governance;
+        let r = self.cases.update(id, |c| {
+            c.apply(actor, action.clone(), note, request_id, now, g)
+                .map(|e| (e, c.clone()))
+        })?;
+        match r {
+            Updated::Done(out) => Ok(out),
+            Updated::Refused(e) => Err(e.into()),
+            Updated::NotFound => Err(EngineError::NotFound(id.to_string())),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Case>, EngineError> {
+        Ok(self.cases.get(id)?)
+    }
+
+    pub fn list(
+        &self,
+        filter: &CaseFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Case>, EngineError> {
+        Ok(self.cases.list(filter, after, limit)?)
+    }
+
+    /// Fires every timer due now, each once (its mark is stored with the case in the same
+    /// write), and returns what fired per case.
+    pub fn sweep(&self) -> Result<Vec<(String, Vec<Timer>)>, EngineError> {
+        let now = self.clock.now_ms();
+        let g = &*self.governance;
+        let mut out = Vec::new();
+        loop {
+            let due = self.cases.due(now, SWEEP_PAGE)?;
+            let mut progressed = false;
+            for id in &due {
+                let r = self.cases.update(id, |c| {
+                    Ok::<_, std::convert::Infallible>(c.fire_timers(now, g))
+                })?;
+                let Updated::Done(fired) = r else { continue };
+                if fired.is_empty() {
+                    continue;
+                }
+                progressed = true;
+                for t in &fired {
+                    let c = match t {
+                        Timer::Warning => &self.counters.warnings,
+                        Timer::Overdue => &self.counters.overdue,
+                        Timer::Reminder(_) => &self.counters.reminders,
+                    };
+                    c.fetch_add(1, Relaxed);
+                }
+                out.push((id.clone(), fired));
+            }
+            // A full page may have more behind it; a page that fired nothing would repeat.
+            if due.len() < SWEEP_PAGE || !progressed {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// One stored batch's events for the workflow, and the event log's end after them.
+pub struct FeedItem {
+    events: Vec<Event>,
+    end: LogPos,
+}
+
+/// What ingest hands each durable batch to (see the module docs).
+pub struct CaseFeed {
+    tx: SyncSender<FeedItem>,
+    behind: Arc<AtomicBool>,
+}
+
+/// The workflow thread's end of the feed.
+pub struct FeedRx {
+    rx: Receiver<FeedItem>,
+    behind: Arc<AtomicBool>,
+}
+
+pub fn feed() -> (CaseFeed, FeedRx) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(FEED_CAPACITY);
+    let behind = Arc::new(AtomicBool::new(false));
+    (
+        CaseFeed {
+            tx,
+            behind: behind.clone(),
+        },
+        FeedRx { rx, behind },
+    )
+}
+
+impl DurableSink for CaseFeed {
+    fn offer(&self, batch: &Arc<WriteBatch>, outcome: &WriteOutcome) {
+        let Some(end) = outcome.events_end else {
+            return;
+        };
+        // Only rule events with a category can become cases; those stored before (a resend)
+        // were taken in then.
+        let events = batch
+            .events
+            .iter()
+            .filter(|e| {
+                e.rule.as_ref().is_some_and(|r| r.category.is_some())
+                    && !outcome.events_duplicate.contains(&e.id)
+            })
+            .cloned()
+            .collect();
+        match self.tx.try_send(FeedItem { events, end }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.behind.store(true, Relaxed),
+            // The workflow thread has stopped (shutdown): it reads the log on the next start.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn encode_pos(p: LogPos) -> Vec<u8> {
+    format!("{}:{}", p.seg, p.off).into_bytes()
+}
+
+fn decode_pos(b: &[u8]) -> Option<LogPos> {
+    let s = std::str::from_utf8(b).ok()?;
+    let (seg, off) = s.split_once(':')?;
+    Some(LogPos {
+        seg: seg.parse().ok()?,
+        off: off.parse().ok()?,
+    })
+}
+
+/// How often [`run`] sweeps the timers.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings {
+    pub sweep_every: Duration,
+}
+
+/// The workflow thread: catches up from the log, then takes the feed in order and sweeps the
+/// timers, until the feed closes (ingest stopped). Blocking: run it on its own thread; `rt`
+/// runs the event store's reads.
+pub fn run<C: CaseStore, S: Store>(
+    engine: Arc<Engine<C>>,
+    events: Arc<S>,
+    feed: FeedRx,
+    rt: tokio::runtime::Handle,
+    settings: RunSettings,
+) {
+    let mut cursor = match engine.cases.meta(CURSOR_KEY) {
+        Ok(v) => v.as_deref().and_then(decode_pos),
+        Err(e) => {
+            tracing::error!(error = %e, "case intake: cannot read its log position; reading the event log from the start");
+            None
+        }
+    };
+    let mut catch_up_needed = true;
+    let mut next_sweep = Instant::now();
+    loop {
+        if feed.behind.swap(false, Relaxed) {
+            engine.counters.fell_behind.fetch_add(1, Relaxed);
+            catch_up_needed = true;
+        }
+        if catch_up_needed {
+            // Whatever the queue holds is in the log too.
+            while feed.rx.try_recv().is_ok() {}
+            match catch_up(&engine, &*events, &rt, &mut cursor) {
+                Ok(n) => {
+                    catch_up_needed = false;
+                    if n > 0 {
+                        tracing::info!(events = n, "case intake caught up with the event log");
+                    }
+                }
+                Err(e) => {
+                    engine.counters.errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "case intake: catching up failed; trying again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match feed.rx.recv_timeout(wait) {
+            Ok(item) => {
+                // A batch before this one found the queue full: this one is not next.
+                // (The flag was set before this item was sent, so it is seen here.)
+                if feed.behind.swap(false, Relaxed) {
+                    engine.counters.fell_behind.fetch_add(1, Relaxed);
+                    catch_up_needed = true;
+                    continue;
+                }
+                if cursor.is_some_and(|c| item.end <= c) {
+                    continue;
+                }
+                if let Err(e) = take_all(&engine, &item.events) {
+                    // Not past this batch: read it again from the log shortly.
+                    engine.counters.errors.fetch_add(1, Relaxed);
+                    tracing::error!(error = %e, "case intake: storing a case failed; reading the log again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                    catch_up_needed = true;
+                    continue;
+                }
+                cursor = Some(item.end);
+                save_cursor(&engine, cursor);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_sweep {
+            if let Err(e) = engine.sweep() {
+                engine.counters.errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "case timers: sweep failed; trying again");
+            }
+            next_sweep = Instant::now() + settings.sweep_every;
+        }
+    }
+    save_cursor(&engine, cursor);
+    if let Err(e) = engine.cases.sync() {
+        tracing::warn!(error = %e, "case store: final flush failed");
+    }
+    tracing::info!("case workflow stopped");
+}
+
+fn take_all<C: CaseStore>(engine: &Engine<C>, events: &[Event]) -> Result<(), EngineError> {
+    for e in events {
+        engine.take(e)?;
+    }
+    Ok(())
+}
+
+fn save_cursor<C: CaseStore>(engine: &Engine<C>, cursor: Option<LogPos>) {
+    if let Some(c) = cursor {
+        // Written after the cases it covers; durable with their next flush. Lost, it only
+        // makes the next start read a little of the log again.
+        if let Err(e) = engine.cases.set_meta(CURSOR_KEY, &encode_pos(c)) {
+            tracing::warn!(error = %e, "case intake: cannot store its log position");
+        }
+    }
+}
+
+/// Reads the event log after `cursor` to its end, taking every event in.
+fn catch_up<C: CaseStore, S: Store>(
+    engine: &Engine<C>,
+    events: &S,
+    rt: &tokio::runtime::Handle,
+    cursor: &mut Option<LogPos>,
+) -> Result<u64, EngineError> {
+    let mut n = 0u64;
+    loop {
+        let page = rt.block_on(events.events_after(*cursor, REPLAY_PAGE))?;
+        let full = page.len() == REPLAY_PAGE;
+        for (e, end) in page {
+            if e.rule.as_ref().is_some_and(|r| r.category.is_some()) {
+                engine.take(&e)?;
+                n += 1;
+                engine.counters.replayed.fetch_add(1, Relaxed);
+            }
+            *cursor = Some(end);
+        }
+        save_cursor(engine, *cursor);
+        if !full {
+            return Ok(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::calendar::tests::bj;
+    use super::super::intake::Nowhere;
+    use super::super::lifecycle::{Role, State};
+    use super::super::store::SledCases;
+    use super::*;
+    use crate::storage::store::tests::rule_event;
+    use crate::storage::store::SledStore;
+    use crate::support::clock::{Clock, ManualClock};
+    use csb_wire::Phase;
+    use ulid::Ulid;
+
+    struct Rig {
+        engine: Engine<SledCases>,
+        clock: ManualClock,
+        ids: ulid::Generator,
+    }
+
+    fn rig(dir: &std::path::Path) -> Rig {
+        let clock = ManualClock::at(bj("2026-09-21 09:00"));
+        Rig {
+            engine: Engine::new(
+                Arc::new(open_cases(dir)),
+                Arc::new(Governance::built_in().unwrap()),
+                Arc::new(clock.clone()),
+                Arc::new(Nowhere),
+            ),
+            clock,
+            ids: ulid::Generator::new(),
+        }
+    }
+
+    /// sled's flusher may hold the lock a moment after a drop (a restart in a test).
+    fn open_cases(dir: &std::path::Path) -> SledCases {
+        (0..100)
+            .find_map(|_| {
+                SledCases::open(dir)
+                    .inspect_err(|_| std::thread::sleep(Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("the case store opens")
+    }
+
+    impl Rig {
+        /// A dwell rule event of `code` about `problem`, lasting `duration_s` so far.
+        fn sighting(&mut self, code: &str, problem: Ulid, duration_s: i64, phase: Phase) -> Event {
+            let now = self.clock.now_ms();
+            let mut e = rule_event(now, "illegal_parking", "car", Ulid::new());
+            e.id = self.ids.generate().unwrap();
+            let r = e.rule.as_mut().unwrap();
+            r.category = Some(code.into());
+            r.problem_id = problem;
+            r.phase = phase;
+            r.zone = Some("no_parking".into());
+            r.started_ms = now - duration_s * 1000;
+            r.duration_ms = duration_s * 1000;
+            e
+        }
+
+        fn who(&self, role: Role, dep: Option<&str>) -> Actor {
+            Actor {
+                id: format!("{role:?}").to_lowercase(),
+                role,
+                department: dep.map(str::to_string),
+            }
+        }
+
+        fn act(&self, id: &str, actor: &Actor, action: Action) -> Case {
+            self.engine
+                .transition(id, actor, action, "", None)
+                .unwrap()
+                .1
+        }
+    }
+
+    #[test]
+    fn rule_events_open_one_case_per_problem_registered_and_dispatched_when_they_qualify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let van = Ulid::new();
+        // Parked for 30 s: illegal parking registers itself only from 120 s.
+        let e = r.sighting("0505", van, 30, Phase::Start);
+        assert_eq!(r.engine.take(&e).unwrap(), Taken::Waiting);
+        let e = r.sighting("0505", van, 130, Phase::Update);
+        let Taken::Opened { id, registered } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        assert!(registered);
+        let case = r.engine.get(&id).unwrap().unwrap();
+        assert_eq!(case.state, State::Dispatched);
+        assert_eq!(case.category, "illegal-parking");
+        // No town (no county model here): the category's route without one.
+        assert_eq!(case.department.as_deref(), Some("urban-mgmt"));
+        assert_eq!(case.camera.as_deref(), Some("yuexi/gw-01/cam-01"));
+        let snapshot = e.rule.as_ref().unwrap().snapshot.clone().unwrap();
+        assert_eq!(case.evidence, vec![e.id.to_string(), snapshot]);
+        let actions: Vec<_> = case.timeline.iter().map(|t| t.action.name()).collect();
+        assert_eq!(actions, ["report", "register", "dispatch"]);
+        assert!(case.timeline.iter().all(|t| t.actor.id == "system"));
+        assert!(case.due_ms.is_some());
+
+        // The same van again, and a replay of that event: one case.
+        let again = r.sighting("0505", van, 190, Phase::Update);
+        let merged = |how| Taken::Merged {
+            id: id.clone(),
+            how,
+        };
+        assert_eq!(r.engine.take(&again).unwrap(), merged(Merged::Added));
+        assert_eq!(r.engine.take(&again).unwrap(), merged(Merged::Seen));
+        // Another problem id at the same spot (the tracker lost the van and found it again).
+        let e = r.sighting("0505", Ulid::new(), 125, Phase::Start);
+        assert_eq!(r.engine.take(&e).unwrap(), merged(Merged::Added));
+        let case = r.engine.get(&id).unwrap().unwrap();
+        let s = case.sightings.as_ref().unwrap();
+        assert_eq!((s.events, s.problems.len()), (3, 2));
+        assert_eq!(case.timeline.last().unwrap().action.name(), "merge");
+        assert_eq!(r.engine.counters.opened.load(Relaxed), 1);
+
+        // Handled, verified, closed: the van coming back is a new case.
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        let operator = r.who(Role::Operator, None);
+        r.act(&id, &handler, Action::Accept);
+        r.act(&id, &handler, Action::ReportHandled { photos: vec![] });
+        let closed = r.act(&id, &operator, Action::Close);
+        assert_eq!(closed.state, State::Closed);
+        assert_eq!(closed.due_ms, None);
+        let back = r.sighting("0505", van, 300, Phase::Update);
+        let Taken::Opened { id: id2, .. } = r.engine.take(&back).unwrap() else {
+            panic!("a new case")
+        };
+        assert_ne!(id, id2);
+    }
+
+    #[test]
+    fn categories_without_automatic_registration_wait_for_an_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let pile = Ulid::new();
+        let e = r.sighting("0102", pile, 3600, Phase::Start);
+        let Taken::Opened { id, registered } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        assert!(!registered);
+        let e = r.sighting("0102", pile, 7200, Phase::Update);
+        r.engine.take(&e).unwrap();
+        let case = r.engine.get(&id).unwrap().unwrap();
+        assert_eq!(case.state, State::Reported);
+        assert_eq!(case.department, None);
+        // Unknown codes and plain detections are not cases.
+        let e = r.sighting("9999", Ulid::new(), 600, Phase::Start);
+        assert_eq!(
+            r.engine.take(&e).unwrap(),
+            Taken::UnknownCategory("9999".into())
+        );
+        let mut e = r.sighting("0102", Ulid::new(), 600, Phase::Start);
+        e.rule.as_mut().unwrap().category = None;
+        assert_eq!(r.engine.take(&e).unwrap(), Taken::Ignored);
+        assert_eq!(r.engine.counters.unknown_category.load(Relaxed), 1);
+    }
+
+    /// Timers in working time (08:00–12:00, 14:00–18:00 on working days): illegal parking has 2
+    /// working hours from dispatch at Mon 09:00 → warning at 10:36 (80 %), overdue after
+    /// 11:00, 督办 reminders every 2 working hours after that: 15:00, 17:00, Tue 09:00.
+    #[test]
+    fn timers_fire_once_each_in_working_time_and_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let mut r = rig(dir.path());
+            let e = r.sighting("0505", Ulid::new(), 200, Phase::Start);
+            let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+                panic!("a case opens")
+            };
+            let fired_at = |r: &Rig, at: &str| {
+                r.clock.set(bj(at));
+                r.engine.sweep().unwrap()
+            };
+            assert!(fired_at(&r, "2026-09-21 10:35").is_empty());
+            assert_eq!(
+                fired_at(&r, "2026-09-21 10:36"),
+                vec![(id.clone(), vec![Timer::Warning])]
+            );
+            assert!(fired_at(&r, "2026-09-21 10:50").is_empty(), "once");
+            assert!(fired_at(&r, "2026-09-21 11:00").is_empty());
+            assert_eq!(
+                fired_at(&r, "2026-09-21 11:01"),
+                vec![(id.clone(), vec![Timer::Overdue])]
+            );
+            // Lunch does not count: the first reminder is at 15:00, not 13:00.
+            assert!(fired_at(&r, "2026-09-21 14:59").is_empty());
+            assert_eq!(
+                fired_at(&r, "2026-09-21 15:00"),
+                vec![(id.clone(), vec![Timer::Reminder(1)])]
+            );
+            assert!(fired_at(&r, "2026-09-21 15:00").is_empty());
+            id
+        };
+        // The hub is down over the night; when it is back at Tue 09:30, the reminders of
+        // 17:00 and 09:00 were due: one entry says so, once.
+        let r = rig(dir.path());
+        r.clock.set(bj("2026-09-22 09:30"));
+        assert_eq!(
+            r.engine.sweep().unwrap(),
+            vec![(id.clone(), vec![Timer::Reminder(3)])]
+        );
+        assert!(r.engine.sweep().unwrap().is_empty());
+        let case = r.engine.get(&id).unwrap().unwrap();
+        let timers: Vec<_> = case
+            .timeline
+            .iter()
+            .filter(|t| t.action.name().starts_with("sla_"))
+            .map(|t| t.action.clone())
+            .collect();
+        assert_eq!(
+            timers,
+            [
+                Action::SlaWarning,
+                Action::SlaOverdue,
+                Action::SlaReminder { n: 1 },
+                Action::SlaReminder { n: 3 }
+            ]
+        );
+        assert_eq!(r.engine.counters.reminders.load(Relaxed), 1);
+
+        // Suspended (挂账): no timer runs; resumed, they go on from where they stood.
+        let sup = r.who(Role::Supervisor, None);
+        let c = r.act(&id, &sup, Action::Suspend);
+        assert_eq!(c.due_ms, None);
+        r.clock.set(bj("2026-09-30 09:00"));
+        assert!(r.engine.sweep().unwrap().is_empty());
+        let c = r.act(&id, &sup, Action::Resume);
+        assert!(c.due_ms.unwrap() > bj("2026-09-30 09:00"));
+    }
+
+    #[test]
+    fn an_approved_extension_moves_the_deadline_and_gives_it_new_timers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let e = r.sighting("0505", Ulid::new(), 200, Phase::Start);
+        let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        r.clock.set(bj("2026-09-21 10:40"));
+        assert_eq!(r.engine.sweep().unwrap().len(), 1, "the warning");
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        r.act(&id, &handler, Action::RequestExtension { value: 2 });
+        let c = r.act(
+            &id,
+            &r.who(Role::Supervisor, None),
+            Action::ApproveExtension,
+        );
+        // 4 working hours from Mon 09:00: 09–12, 14–15 → deadline 15:00, warning at 14:12.
+        let clock = c.clock.unwrap();
+        assert_eq!(
+            clock.deadline(&r.engine.governance().calendar),
+            Some(bj("2026-09-21 15:00"))
+        );
+        assert!(
+            !c.sla.warned,
+            "yellow no longer: a new warning is due at 80 %"
+        );
+        assert_eq!(c.due_ms, Some(bj("2026-09-21 14:12")));
+        r.clock.set(bj("2026-09-21 15:01"));
+        let fired = r.engine.sweep().unwrap();
+        assert_eq!(fired, vec![(id, vec![Timer::Warning, Timer::Overdue])]);
+    }
+
+    /// A crash between storing events and taking them in: the workflow reads the log from its
+    /// position on the next start. Then live batches through the feed, and a feed that fell
+    /// behind reads the log again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_workflow_takes_in_stored_events_after_a_crash_and_when_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db"), 8).unwrap());
+        let mut r = rig(&dir.path().join("cases"));
+        r.engine.start_at(store.events_end()).unwrap();
+        let van = Ulid::new();
+        let first = r.sighting("0505", van, 200, Phase::Start);
+        let write = |events: Vec<Event>| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(WriteBatch {
+                        events,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        // Stored, then the "crash": never offered.
+        write(vec![first.clone()]).await;
+        let engine = Arc::new(r.engine);
+        let (feed, rx) = feed();
+        let thread = {
+            let (engine, store) = (engine.clone(), store.clone());
+            let rt = tokio::runtime::Handle::current();
+            let settings = RunSettings {
+                sweep_every: Duration::from_millis(50),
+            };
+            std::thread::spawn(move || run(engine, store, rx, rt, settings))
+        };
+        let wait_for = |want: u64| {
+            let engine = engine.clone();
+            async move {
+                for _ in 0..200 {
+                    let s = engine.counters.sightings.load(Relaxed);
+                    if s >= want {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                panic!("the workflow took in fewer than {want} sightings");
+            }
+        };
+        wait_for(1).await;
+        let all = CaseFilter::default();
+        let cases = engine.list(&all, None, 10).unwrap();
+        assert_eq!(cases.len(), 1);
+        assert_eq!(engine.counters.replayed.load(Relaxed), 1);
+
+        // Live: stored, then offered.
+        let mut next = || {
+            let mut e = first.clone();
+            e.id = r.ids.generate().unwrap();
+            e
+        };
+        let batch = Arc::new(WriteBatch {
+            events: vec![next()],
+            ..Default::default()
+        });
+        let out = store.write(batch.clone()).await.unwrap();
+        feed.offer(&batch, &out);
+        wait_for(2).await;
+        // Behind: the queue overflowed and dropped a batch; the log has it.
+        let lost = Arc::new(WriteBatch {
+            events: vec![next()],
+            ..Default::default()
+        });
+        let out = store.write(lost.clone()).await.unwrap();
+        feed.behind.store(true, Relaxed);
+        let batch = Arc::new(WriteBatch {
+            events: vec![next()],
+            ..Default::default()
+        });
+        let out2 = store.write(batch.clone()).await.unwrap();
+        feed.offer(&batch, &out2);
+        let _ = out;
+        wait_for(4).await;
+        drop(feed);
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        let cases = engine.list(&all, None, 10).unwrap();
+        assert_eq!(cases.len(), 1, "one van, one case");
+        assert_eq!(cases[0].sightings.as_ref().unwrap().events, 4);
+        assert_eq!(engine.counters.fell_behind.load(Relaxed), 1);
+    }
+}
