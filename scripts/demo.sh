@@ -42,12 +42,27 @@ fi
 DEVICE_ID=yuexi/gw-demo-01
 "$BIN/cloud-hub" device remove "$DEVICE_ID" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
 "$BIN/cloud-hub" device add "$DEVICE_ID" --data-dir "$DATA_DIR" --secret-out "$LOG_DIR/device.secret" > /dev/null
-# A fresh viewer token for the REST API on every run.
-"$BIN/cloud-hub" token revoke demo-viewer --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
-rm -f "$LOG_DIR/viewer.token"
-"$BIN/cloud-hub" token add demo-viewer --role viewer --data-dir "$DATA_DIR" --token-out "$LOG_DIR/viewer.token" > /dev/null
-TOKEN=$(cat "$LOG_DIR/viewer.token")
+# Fresh tokens for the REST API on every run: a leader (viewer), the command center's operator,
+# and the traffic police's handler (the demo camera's no-parking zone routes to them).
+issue_token() { # name role [department]
+  "$BIN/cloud-hub" token revoke "$1" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
+  rm -f "$LOG_DIR/$1.token"
+  "$BIN/cloud-hub" token add "$1" --role "$2" ${3:+--department "$3"} --data-dir "$DATA_DIR" \
+    --token-out "$LOG_DIR/$1.token" > /dev/null
+  cat "$LOG_DIR/$1.token"
+}
+TOKEN=$(issue_token demo-viewer viewer)
+OPERATOR_TOKEN=$(issue_token demo-operator operator)
+HANDLER_TOKEN=$(issue_token demo-police handler traffic-police)
+# The shipped governance defaults, with one change so the demo shows a case within a minute:
+# illegal parking registers itself after 10 s parked instead of 2 min.
+GOV_DIR="$LOG_DIR/governance"
+rm -rf "$GOV_DIR" && cp -r configs/governance "$GOV_DIR"
+sed -i '/^id = "illegal-parking"$/,/^min_duration_s/ s/^min_duration_s = .*/min_duration_s = 10/' \
+  "$GOV_DIR/categories.toml"
+"$BIN/cloud-hub" check-config --governance "$GOV_DIR" > /dev/null
 cat > "$LOG_DIR/hub.toml" <<TOML
+governance_dir = "$GOV_DIR"
 [auth]
 devices = "required"
 http = "required"
@@ -81,7 +96,9 @@ cat <<MSG
 
   城市超脑 City Super Brain — demo running (Ctrl-C to stop)
 
-  REST API token   $TOKEN   (role viewer; also in $LOG_DIR/viewer.token)
+  REST API tokens  viewer    $TOKEN   ($LOG_DIR/demo-viewer.token)
+                   operator  $OPERATOR_TOKEN   ($LOG_DIR/demo-operator.token)
+                   handler   $HANDLER_TOKEN   (traffic police; $LOG_DIR/demo-police.token)
   Every request but /api/v1/health needs it, e.g.:
     $API http://$HTTP_ADDR/api/v1/events?limit=5
 
@@ -91,6 +108,10 @@ cat <<MSG
   Waterlogging     http://$HTTP_ADDR/api/v1/events?event_type=waterlogging   (simulated sensor, starts ~1 min in)
   Water level      http://$HTTP_ADDR/api/v1/telemetry?source=wl-underpass-01&limit=5
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
+  Cases            http://$HTTP_ADDR/api/v1/cases?open=true   (the parked van's illegal-parking case, registered
+                   and dispatched to the traffic police once it has stood 10 s (2 min by default); act with
+                   POST /api/v1/cases/<id>/actions {"action": "accept"} as the handler)
+  Evaluation       http://$HTTP_ADDR/api/v1/evaluation?from=<RFC 3339>&to=<RFC 3339>
   County (sample)  http://$HTTP_ADDR/api/v1/county   (towns, roads, zones, devices)
   Health           http://$HTTP_ADDR/api/v1/health   (open: no token)
   Metrics          http://$HTTP_ADDR/metrics
