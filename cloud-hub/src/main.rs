@@ -97,6 +97,22 @@ enum Command {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// The case workflow of a running hub: list, show, act on a case, evaluate departments.
+    Cases {
+        /// The hub's HTTP address.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "CSB_HUB_URL",
+            global = true
+        )]
+        url: String,
+        /// API token when the hub has `[auth] http = "required"`; its role decides what it may do.
+        #[arg(long, env = "CSB_HUB_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: CasesCommand,
+    },
     /// HTTP API tokens (for `[auth] http = "required"`): add, list, revoke.
     Token {
         #[command(subcommand)]
@@ -195,6 +211,62 @@ enum DeviceCommand {
 }
 
 #[derive(Subcommand)]
+enum CasesCommand {
+    /// Cases, newest first: id, state, SLA light, category, department, town, deadline.
+    List {
+        /// reported, registered, dispatched, handling, verifying, suspended, closed, rejected, voided
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        department: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        town: Option<String>,
+        /// Only open cases.
+        #[arg(long)]
+        open: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the JSON answer instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One case with its timeline.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on a case: register, reject, void, dispatch, accept, return, report_handled, close,
+    /// rework, request_extension, approve_extension, deny_extension, suspend, resume, supervise.
+    Act {
+        id: String,
+        action: String,
+        /// The action's fields, e.g. `--set department=traffic-police`, `--set reason=false_positive`,
+        /// `--set value=2` (a value that is JSON is taken as JSON).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        set: Vec<String>,
+        /// Why, for the timeline.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Makes a retried command act once.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// 综合评价 of departments for a period (RFC 3339 or Unix ms), best first.
+    Evaluate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Print CSV instead of the table.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Issue an API token and print it once (only its hash is kept). A running hub accepts it
     /// without a restart.
@@ -280,6 +352,249 @@ fn token(action: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Revoke { name, data_dir } => {
             tokens::revoke(&data_dir, &name)?;
             writeln!(out, "revoked {name}")?;
+        }
+    }
+    Ok(())
+}
+
+/// One request to a running hub's API (`path` from `/api/v1/…`); the body of a 2xx answer,
+/// else an error with the hub's own message.
+fn hub_request(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let method: reqwest::Method = method.parse().context("HTTP method")?;
+        let mut req = client.request(method.clone(), &endpoint);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            // The API's errors are `{"error": "…"}`: show the message itself.
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| text.trim().to_string());
+            anyhow::bail!("{method} {path}: {status}: {message}");
+        }
+        Ok(text)
+    })
+}
+
+/// A query string of the given pairs (values percent-encoded), leaving out those without one.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let given: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|(k, v)| Some((*k, v.as_deref()?)))
+        .collect();
+    // Plain string pairs always encode.
+    serde_html_form::to_string(&given).unwrap_or_default()
+}
+
+/// Unix ms as local `YYYY-MM-DD HH:MM` (what an operator reads), UTC+8 by the governance
+/// calendar's default.
+fn when(ms: Option<i64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(|t| t.to_offset(time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC)));
+    match t {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => ms.to_string(),
+    }
+}
+
+fn cases(url: &str, token: Option<&str>, action: CasesCommand) -> anyhow::Result<()> {
+    use serde_json::Value;
+    let mut out = std::io::stdout().lock();
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    match action {
+        CasesCommand::List {
+            state,
+            department,
+            category,
+            town,
+            open,
+            limit,
+            json,
+        } => {
+            let q = query(&[
+                ("state", state),
+                ("department", department),
+                ("category", category),
+                ("town", town),
+                ("open", open.then(|| "true".to_string())),
+                ("limit", Some(limit.to_string())),
+            ]);
+            let body = hub_request(url, token, "GET", &format!("/api/v1/cases?{q}"), None)?;
+            if json {
+                write!(out, "{body}")?;
+                return Ok(());
+            }
+            let v: Value = serde_json::from_str(&body).context("not a case list")?;
+            writeln!(
+                out,
+                "id\tstate\tlight\tcategory\tdepartment\ttown\tdeadline (UTC+8)"
+            )?;
+            for c in v["cases"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    s(&c["id"]),
+                    s(&c["state"]),
+                    s(&c["light"]),
+                    s(&c["category"]),
+                    s(&c["department"]),
+                    s(&c["place"]["town"]),
+                    when(c["deadline_ms"].as_i64())
+                )?;
+            }
+            if let Some(next) = v["next"].as_str() {
+                writeln!(out, "# more: the API's `after={next}` gives the next page")?;
+            }
+        }
+        CasesCommand::Show { id, json } => {
+            let body = hub_request(url, token, "GET", &format!("/api/v1/cases/{id}"), None)?;
+            if json {
+                write!(out, "{body}")?;
+                return Ok(());
+            }
+            let c: Value = serde_json::from_str(&body).context("not a case")?;
+            writeln!(
+                out,
+                "case {}  {}  {}  light {}  deadline {}",
+                s(&c["id"]),
+                s(&c["state"]),
+                s(&c["category"]),
+                s(&c["light"]),
+                when(c["deadline_ms"].as_i64())
+            )?;
+            writeln!(
+                out,
+                "source {}  department {}  town {}  camera {}",
+                s(&c["source"]),
+                s(&c["department"]),
+                s(&c["place"]["town"]),
+                s(&c["camera"])
+            )?;
+            let evidence: Vec<String> = c["evidence"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            writeln!(out, "evidence {}", evidence.join(", "))?;
+            for e in c["timeline"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "  {}  {:<18} {:<12} {} → {}  {}",
+                    when(e["at_ms"].as_i64()),
+                    s(&e["action"]),
+                    s(&e["actor"]["id"]),
+                    s(&e["from"]),
+                    s(&e["to"]),
+                    e["note"].as_str().unwrap_or("")
+                )?;
+            }
+        }
+        CasesCommand::Act {
+            id,
+            action,
+            set,
+            note,
+            request_id,
+        } => {
+            let mut body = serde_json::json!({ "action": action, "note": note });
+            for kv in set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set `{kv}`: expected FIELD=VALUE"))?;
+                let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+                body[k] = v;
+            }
+            if let Some(r) = request_id {
+                body["request_id"] = Value::String(r);
+            }
+            let answer = hub_request(
+                url,
+                token,
+                "POST",
+                &format!("/api/v1/cases/{id}/actions"),
+                Some(body),
+            )?;
+            let v: Value = serde_json::from_str(&answer).context("not an action answer")?;
+            writeln!(
+                out,
+                "{}: {} by {} → {}",
+                id,
+                s(&v["entry"]["action"]),
+                s(&v["entry"]["actor"]["id"]),
+                s(&v["case"]["state"])
+            )?;
+        }
+        CasesCommand::Evaluate { from, to, csv } => {
+            let q = query(&[
+                ("from", Some(from)),
+                ("to", Some(to)),
+                ("format", Some("csv".to_string())),
+            ]);
+            let body = hub_request(url, token, "GET", &format!("/api/v1/evaluation?{q}"), None)?;
+            if csv {
+                write!(out, "{body}")?;
+                return Ok(());
+            }
+            // The CSV's columns, as a table with the Chinese names operators know.
+            let names = [
+                "部门",
+                "立案",
+                "处置",
+                "按期处置",
+                "超期未处置",
+                "应结案",
+                "结案",
+                "按期结案",
+                "返工",
+                "超期",
+                "结案率",
+                "按期结案率",
+                "处置率",
+                "按期处置率",
+                "返工率",
+                "立案数分值",
+                "综合指标值",
+            ];
+            writeln!(out, "{}", names.join("\t"))?;
+            for line in body.lines().skip(1) {
+                writeln!(out, "{}", line.replace(',', "\t"))?;
+            }
         }
     }
     Ok(())
@@ -393,6 +708,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { action } => token(action),
+        Command::Cases { url, token, action } => cases(&url, token.as_deref(), action),
         Command::County { dir } => {
             let dir =
                 dir.unwrap_or_else(|| PathBuf::from(cloud_hub::platform::county::DEFAULT_DIR));
@@ -420,35 +736,12 @@ fn run() -> anyhow::Result<()> {
             json,
             stale_after_s,
         } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
             let format = if csv.is_some() { "csv" } else { "json" };
             let table = csv.as_deref().unwrap_or("devices");
             let endpoint = format!(
-                "{}/api/v1/inventory?format={format}&table={table}&stale_after_s={stale_after_s}",
-                url.trim_end_matches('/')
+                "/api/v1/inventory?format={format}&table={table}&stale_after_s={stale_after_s}"
             );
-            let body = runtime.block_on(async {
-                let client = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(30))
-                    .build()?;
-                let mut req = client.get(&endpoint);
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
-                let resp = req
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the hub at {url}"))?;
-                let status = resp.status();
-                let text = resp.text().await?;
-                if !status.is_success() {
-                    anyhow::bail!("{endpoint}: {status}: {}", text.trim());
-                }
-                Ok::<_, anyhow::Error>(text)
-            })?;
+            let body = hub_request(&url, token.as_deref(), "GET", &endpoint, None)?;
             let mut out = std::io::stdout().lock();
             if csv.is_some() || json {
                 write!(out, "{body}")?;

@@ -375,6 +375,64 @@ async fn rule_events_become_one_dispatched_case_that_each_role_works_on() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
+    // The same through the CLI an operator uses at a terminal.
+    let cli = |args: &[&str], token: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloud-hub"))
+            .arg("cases")
+            .args(args)
+            .args(["--url", &hub.base, "--token", token])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, err) = cli(&["list", "--state", "reported"], &t.operator);
+    assert!(ok, "{err}");
+    let reported_id = reported["id"].as_str().unwrap();
+    assert!(
+        table.starts_with("id\tstate\t") && table.contains(reported_id),
+        "{table}"
+    );
+    let (ok, said, err) = cli(
+        &["act", reported_id, "register", "--note", "seen on camera"],
+        &t.operator,
+    );
+    assert!(
+        ok && said.contains("register by desk → registered"),
+        "{said}{err}"
+    );
+    let (ok, said, err) = cli(
+        &[
+            "act",
+            reported_id,
+            "dispatch",
+            "--set",
+            "department=urban-mgmt",
+        ],
+        &t.operator,
+    );
+    assert!(ok && said.contains("→ dispatched"), "{said}{err}");
+    let (ok, _, err) = cli(&["act", reported_id, "close"], &t.police);
+    assert!(
+        !ok && err.contains("404"),
+        "another department's case: {err}"
+    );
+    let (ok, shown, err) = cli(&["show", reported_id], &t.viewer);
+    assert!(
+        ok && shown.contains("dispatch") && shown.contains("urban-mgmt"),
+        "{shown}{err}"
+    );
+    let from = (now - 86_400_000).to_string();
+    let to = (now + 60_000).to_string();
+    let (ok, eval, err) = cli(&["evaluate", "--from", &from, "--to", &to], &t.viewer);
+    assert!(
+        ok && eval.starts_with("部门\t立案") && eval.contains("traffic-police\t1\t"),
+        "{eval}{err}"
+    );
+
     let metrics = client()
         .get(format!("{}/metrics", hub.base))
         .bearer_auth(&t.viewer)

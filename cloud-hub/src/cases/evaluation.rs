@@ -304,7 +304,14 @@ mod tests {
                 },
                 category: category.into(),
                 place: Place {
-                    town: Some(if n.is_multiple_of(2) { "tiantang" } else { "laibang" }.into()),
+                    town: Some(
+                        if n.is_multiple_of(2) {
+                            "tiantang"
+                        } else {
+                            "laibang"
+                        }
+                        .into(),
+                    ),
                     ..Place::default()
                 },
                 evidence: vec![],
