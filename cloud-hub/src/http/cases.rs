@@ -26,7 +26,7 @@ use crate::cases::lifecycle::{
 use crate::cases::sla::Light;
 use crate::cases::store::{CaseFilter, SledCases};
 use crate::http::error::{clip, ApiError};
-use crate::http::openapi::{content, errors, respond, schema_of, viewer};
+use crate::http::openapi::{content, errors, respond, schema_of, viewer, with_header};
 use crate::http::query::{Check, Checked, Count, Params, Time};
 use crate::http::state::{ApiState, Cases};
 use crate::http::tokens::{Role, TokenInfo};
@@ -571,11 +571,20 @@ pub(crate) fn evaluation_docs(op: TransformOperation) -> TransformOperation {
              bands of the governance configuration; per camera the precision of its video cases \
              (误报 rejections). `format=csv` gives the departments as CSV.",
         );
-    let op = respond(
-        op,
-        200,
-        content("The evaluation", "application/json", schema_of::<Report>()),
+    let mut r = content(
+        "The evaluation (JSON), or the departments as CSV",
+        "application/json",
+        schema_of::<Report>(),
     );
+    let csv = content("", "text/csv", json_schema!({"type": "string"}));
+    r.content.extend(csv.content);
+    let r = with_header(
+        r,
+        "Content-Disposition",
+        "With `format=csv`: `attachment; filename=\"evaluation.csv\"`",
+        false,
+    );
+    let op = respond(op, 200, r);
     viewer(errors(
         op,
         &[
@@ -612,7 +621,13 @@ pub(crate) async fn evaluation<S: Store>(
         Ok(match p.format.unwrap_or(EvalFormat::Json) {
             EvalFormat::Json => Json(report).into_response(),
             EvalFormat::Csv => (
-                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                [
+                    (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (
+                        axum::http::header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"evaluation.csv\"",
+                    ),
+                ],
                 departments_csv(&report),
             )
                 .into_response(),
