@@ -125,14 +125,14 @@ pub("yuexi", "gw-demo-01", "event", {
     "objects": [{"class_id": 7, "label": "truck", "score": 0.768,
                  "box": {"x1": 650.8, "y1": 42.0, "x2": 724.2, "y2": 99.5}, "track_id": 4}],
     "rule": {"rule": "illegal-parking-north", "rule_type": "dwell",
-             "event_type": "illegal_parking", "category": "0201", "phase": "start",
+             "event_type": "illegal_parking", "category": "0505", "phase": "start",
              "problem_id": ulid(now - 60_000), "zone": "no-parking-north", "track_ids": [4],
-             "started_ms": now - 60_000, "duration_ms": 10_000, "snapshot": snap}})
+             "started_ms": now - 190_000, "duration_ms": 140_000, "snapshot": snap}})
 pub("yuexi", "gw-demo-01", "event", {
     "v": 1, "id": ulid(now - 40_000), "site": "yuexi", "device": "gw-demo-01",
     "camera": "wl-underpass-01", "kind": "rule", "ts_ms": now - 40_000, "objects": [],
     "rule": {"rule": "waterlogging-underpass-01", "rule_type": "sensor_threshold",
-             "event_type": "waterlogging", "category": "0512", "phase": "start",
+             "event_type": "waterlogging", "category": "0406", "phase": "start",
              "problem_id": ulid(now - 41_000), "started_ms": now - 41_000,
              "duration_ms": 1000, "direction": "above", "value": 31.7,
              "metric": "water_level_cm"}})

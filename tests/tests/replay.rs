@@ -76,7 +76,7 @@ fn street_clip_gives_one_parking_case_per_vehicle_and_counts_both_directions() {
         };
         matched.insert(which);
         assert_eq!(s["rule"]["event_type"], "illegal_parking");
-        assert_eq!(s["rule"]["category"], "0201");
+        assert_eq!(s["rule"]["category"], "0505");
         assert_eq!(s["rule"]["zone"], "no-parking-north");
         assert!(
             s["rule"]["duration_ms"].as_i64().unwrap() >= 10_000,
