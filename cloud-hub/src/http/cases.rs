@@ -28,7 +28,7 @@ use crate::cases::store::{CaseFilter, SledCases};
 use crate::http::error::{clip, ApiError};
 use crate::http::openapi::{content, errors, respond, schema_of, viewer, with_header};
 use crate::http::query::{Check, Checked, Count, Params, Time};
-use crate::http::state::{ApiState, Cases};
+use crate::http::state::{store_call, ApiState, Cases};
 use crate::http::tokens::{Role, TokenInfo};
 use crate::storage::store::Store;
 
@@ -256,11 +256,19 @@ fn engine_error(id: &str, e: EngineError) -> ApiError {
     }
 }
 
-/// Runs a blocking workflow call (sled, fsync) off the async threads.
+/// Runs a blocking workflow call (sled, fsync) off the async threads, in one of the store
+/// calls' slots and under their time limit (503 when all are taken or it takes too long), as
+/// every other store-backed endpoint does.
 async fn blocking<T: Send + 'static>(
+    slots: &tokio::sync::Semaphore,
+    what: &str,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    let done = store_call(slots, what, async {
+        Ok::<_, crate::storage::store::StoreError>(tokio::task::spawn_blocking(f).await)
+    })
+    .await?;
+    done.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("case workflow task failed: {e}"),
@@ -327,7 +335,7 @@ pub(crate) async fn list<S: Store>(
     }
     let limit = Count::or_default(p.limit);
     let after = p.after.map(Checked::into_string);
-    blocking(move || {
+    blocking(&st.store_slots, "case list", move || {
         let found = engine
             .list(&filter, after.as_deref(), limit)
             .map_err(|e| engine_error("", e))?;
@@ -382,7 +390,7 @@ pub(crate) async fn get<S: Store>(
     let id = case_id(path)?;
     let engine = cases(&st)?;
     let actor = actor(who);
-    blocking(move || {
+    blocking(&st.store_slots, "case read", move || {
         let case = engine
             .get(&id)
             .map_err(|e| engine_error(&id, e))?
@@ -451,7 +459,7 @@ pub(crate) async fn report<S: Store>(
             "body field `source`: video_ai and sensor cases come from rule events",
         ));
     }
-    blocking(move || {
+    blocking(&st.store_slots, "case report", move || {
         let new = NewCase {
             id: String::new(),
             source,
@@ -513,7 +521,7 @@ pub(crate) async fn act<S: Store>(
             "body field `note` (at most 4096 bytes) or `request_id` (at most 128) is too long",
         ));
     }
-    blocking(move || {
+    blocking(&st.store_slots, "case action", move || {
         // A handler acting on another department's case learns nothing of it.
         let visible = engine
             .get(&id)
@@ -612,7 +620,7 @@ pub(crate) async fn evaluation<S: Store>(
         ));
     }
     let engine = cases(&st)?;
-    blocking(move || {
+    blocking(&st.store_slots, "evaluation", move || {
         let all = engine
             .list(&CaseFilter::default(), None, MAX_EVALUATED)
             .map_err(|e| engine_error("", e))?;
