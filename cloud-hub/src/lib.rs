@@ -198,6 +198,7 @@ async fn start_cases<S: Store>(
     config: &HubConfig,
     county: Option<Arc<platform::county::County>>,
     store: &S,
+    commands: Arc<dyn cases::engine::Commands>,
 ) -> Result<Arc<CaseEngine>, HubError> {
     let governance = match &config.governance_dir {
         Some(dir) => cases::config::Governance::load(dir)?,
@@ -214,12 +215,15 @@ async fn start_cases<S: Store>(
         Some(c) => Arc::new(cases::intake::CountyPlaces(c)),
         None => Arc::new(cases::intake::Nowhere),
     };
-    let engine = Arc::new(cases::engine::Engine::new(
-        Arc::new(case_store),
-        Arc::new(governance),
-        Arc::new(support::clock::SystemClock),
-        places,
-    ));
+    let engine = Arc::new(
+        cases::engine::Engine::new(
+            Arc::new(case_store),
+            Arc::new(governance),
+            Arc::new(support::clock::SystemClock),
+            places,
+        )
+        .with_commands(commands),
+    );
     engine.start_at(store.events_end())?;
     tracing::info!(
         governance = %engine.governance().dir.display(),
@@ -227,6 +231,23 @@ async fn start_cases<S: Store>(
         "case workflow ready"
     );
     Ok(engine)
+}
+
+/// The workflow's commands to agents, handed to ingest to sign and publish.
+struct OutboundCommands(tokio::sync::mpsc::Sender<ingest::pipeline::Outbound>);
+
+impl cases::engine::Commands for OutboundCommands {
+    fn send(&self, c: &csb_wire::Command) -> bool {
+        let Ok(topic) = csb_wire::Topic::new(&c.site, &c.device, csb_wire::Channel::Cmd) else {
+            return false;
+        };
+        let Ok(payload) = serde_json::to_vec(c) else {
+            return false;
+        };
+        self.0
+            .try_send(ingest::pipeline::Outbound { topic, payload })
+            .is_ok()
+    }
 }
 
 /// The MQTT front's CONNECT check: user name `SITE/DEVICE`, password its secret. The front
@@ -334,8 +355,11 @@ impl<S: Store> Hub<S> {
             None => None,
             Some(c) => Some(start_twin(&config, c.clone()).await?),
         };
-        let engine = start_cases(&config, county.clone(), &*store).await?;
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(ingest::pipeline::OUTBOUND_CAPACITY);
+        let commands = Arc::new(OutboundCommands(out_tx));
+        let engine = start_cases(&config, county.clone(), &*store, commands).await?;
         let (case_feed, case_rx) = cases::engine::feed();
+        let case_feed = Arc::new(case_feed);
         let ingest = Ingest::new(
             link,
             store.clone(),
@@ -345,7 +369,9 @@ impl<S: Store> Hub<S> {
                 devices,
             },
         )
-        .with_sink(Arc::new(case_feed));
+        .with_sink(case_feed.clone())
+        .with_replies(case_feed)
+        .with_outbound(out_rx);
         // Ingest hands each durable batch to the twin (never waiting on it).
         let (ingest, twin) = match twin {
             None => (ingest, None),

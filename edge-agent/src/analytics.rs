@@ -95,15 +95,30 @@ impl CameraAnalytics {
         ts_ms: i64,
         detector: &mut Detector,
     ) -> Result<FrameResult, AnalyticsError> {
+        self.process_with(frame, ts_ms, detector, false)
+    }
+
+    /// [`CameraAnalytics::process`], with the detector run whatever the motion gate says when
+    /// `ungated` (an AI re-check looks at every frame of its window).
+    pub fn process_with(
+        &mut self,
+        frame: &Frame,
+        ts_ms: i64,
+        detector: &mut Detector,
+        ungated: bool,
+    ) -> Result<FrameResult, AnalyticsError> {
         let vis = |source| AnalyticsError::Vision {
             camera: self.cam.id.clone(),
             source,
         };
-        let decision =
+        let decision = if ungated {
+            GateDecision::Detect
+        } else {
             vision::with_bgr_mat(&frame.data, frame.width, frame.height, frame.stride, |m| {
                 self.gate.decide(m, ts_ms)
             })
-            .map_err(vis)?;
+            .map_err(vis)?
+        };
         let mut result = FrameResult::default();
         if decision == GateDecision::Detect {
             let mut dets = detector.detect(&frame.scaled(), frame.src_width, frame.src_height)?;
@@ -200,24 +215,10 @@ impl CameraAnalytics {
         let mut snapshot = None;
         // Evidence for the start of a problem; crossings and updates would flood the uplink.
         if self.cam.snapshots && info.phase == csb_wire::Phase::Start {
-            if let Some(full) = &frame.full {
-                let outlines = self.outlines(full.width, full.height, info.zone.as_deref());
-                // Boxes are in source pixels; the full frame is the source size.
-                let caption = format!(
-                    "{} {} {} {}",
-                    self.cam.id,
-                    info.event_type,
-                    info.zone.as_deref().unwrap_or(""),
-                    fmt_utc(ts_ms)
-                );
-                let jpeg = full
-                    .with_mat(|m| vision::render_snapshot(m, &out.objects, &outlines, &caption, 85))
-                    .map_err(|source| AnalyticsError::Vision {
-                        camera: self.cam.id.clone(),
-                        source,
-                    })?;
+            let what = format!("{} {}", info.event_type, info.zone.as_deref().unwrap_or(""));
+            snapshot = self.snapshot(frame, &out.objects, info.zone.as_deref(), &what, ts_ms)?;
+            if snapshot.is_some() {
                 info.snapshot = Some(Ulid::new().to_string());
-                snapshot = Some(jpeg);
             }
         }
         let info_frame = FrameInfo {
@@ -228,6 +229,31 @@ impl CameraAnalytics {
         };
         let event = self.wrap(ts_ms, info_frame, model, out.objects, info);
         Ok(RuleEvent { event, snapshot })
+    }
+
+    /// An evidence JPEG of `frame` (its full-resolution copy; `None` without one) with
+    /// `objects` boxed, the zone (or every zone and line) outlined and a caption of the camera,
+    /// `what` and the time.
+    pub fn snapshot(
+        &self,
+        frame: &Frame,
+        objects: &[Detection],
+        zone: Option<&str>,
+        what: &str,
+        ts_ms: i64,
+    ) -> Result<Option<Vec<u8>>, AnalyticsError> {
+        let Some(full) = &frame.full else {
+            return Ok(None);
+        };
+        let outlines = self.outlines(full.width, full.height, zone);
+        // Boxes are in source pixels; the full frame is the source size.
+        let caption = format!("{} {what} {}", self.cam.id, fmt_utc(ts_ms));
+        full.with_mat(|m| vision::render_snapshot(m, objects, &outlines, &caption, 85))
+            .map(Some)
+            .map_err(|source| AnalyticsError::Vision {
+                camera: self.cam.id.clone(),
+                source,
+            })
     }
 
     /// Zone polygons (and counting lines) in pixels for drawing; the event's own zone first.

@@ -131,12 +131,20 @@ impl EvidenceUploader {
 
     async fn put_once(&self, id: &str, event_id: &str, jpeg: Vec<u8>) -> Upload {
         let url = format!("{}/api/v1/snapshots/{id}", self.base);
+        // The nil id stands for "no event" (an AI re-check's snapshot): no header then.
+        let event_id = if event_id == Ulid::nil().to_string() {
+            ""
+        } else {
+            event_id
+        };
         let mut req = self
             .client
             .put(&url)
             .header("content-type", "image/jpeg")
-            .header("x-csb-device", &self.device)
-            .header("x-csb-event", event_id);
+            .header("x-csb-device", &self.device);
+        if !event_id.is_empty() {
+            req = req.header("x-csb-event", event_id);
+        }
         if let Some(key) = &self.key {
             req = req.header(
                 UPLOAD_SIGNATURE_HEADER,

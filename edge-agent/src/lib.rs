@@ -4,6 +4,7 @@
 pub mod analytics;
 pub mod bench;
 pub mod bench_outbox;
+pub mod commands;
 pub mod config;
 pub mod evidence;
 pub mod jitter;

@@ -12,6 +12,7 @@ use thiserror::Error;
 use ulid::Ulid;
 
 use crate::analytics::{AnalyticsError, CameraAnalytics, RuleEvent};
+use crate::commands::{CommandDesk, Probe, Shot};
 use crate::config::{AgentConfig, CameraConfig};
 use crate::evidence::EvidenceUploader;
 use crate::model::{Detector, DetectorError};
@@ -324,15 +325,27 @@ pub fn run(
     let mut tick_detected: Vec<u64> = vec![0; cams.len()];
     let mut tick_infer = (0f64, 0u64);
     let mut failure = None;
+    // AI re-checks from the hub, and those looking now.
+    let mut commands = uplink.take_commands();
+    // Each with its evidence candidates: the busiest frame, and the newest empty view.
+    let mut probes: Vec<(Probe, [Option<Vec<u8>>; 2])> = Vec::new();
 
     while !ended.iter().all(|e| *e) {
         if opts.stop.load(Ordering::Relaxed) && opts.pacing == Pacing::Live {
             break;
         }
+        if let Some((rx, desk)) = commands.as_mut() {
+            while let Ok(cmd) = rx.try_recv() {
+                start_probe(cmd, &cams, desk, &mut probes);
+            }
+            finish_probes(cfg, desk, evidence.as_ref(), &rt, &mut probes);
+        }
         match tx.take(Duration::from_millis(200)) {
             Some(Item::Frame(i, frame)) => {
                 let t0 = Instant::now();
-                let r = match analytics[i].process(&frame, frame.ts_ms, &mut detector) {
+                let ungated = probes.iter().any(|(p, _)| p.camera == i);
+                let r = match analytics[i].process_with(&frame, frame.ts_ms, &mut detector, ungated)
+                {
                     Ok(r) => r,
                     Err(AnalyticsError::Detector(e)) => return Err(e.into()),
                     Err(e) => {
@@ -342,6 +355,28 @@ pub fn run(
                     }
                 };
                 report.frames += 1;
+                for (p, jpegs) in probes
+                    .iter_mut()
+                    .filter(|(p, _)| p.camera == i && r.detected)
+                {
+                    let (inside, shot) = p.observe(
+                        &r.detections,
+                        frame.src_width,
+                        frame.src_height,
+                        frame.ts_ms,
+                    );
+                    let slot = match shot {
+                        Shot::Busiest => 0,
+                        Shot::Empty => 1,
+                        Shot::Skip => continue,
+                    };
+                    let what = format!("AI recheck {}", p.zone().unwrap_or(""));
+                    match analytics[i].snapshot(&frame, &inside, p.zone(), &what, frame.ts_ms) {
+                        Ok(Some(j)) => jpegs[slot] = Some(j),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
                 if r.detected {
                     let ms = t0.elapsed().as_secs_f64() * 1000.0;
                     report.infer_ms_total += ms;
@@ -404,6 +439,8 @@ pub fn run(
             last_tick = Instant::now();
         }
     }
+    // Re-checks cut short by the stop are not answered: the hub sends them again, and the
+    // agent's next run looks again.
     // Open problems end with the agent; the hub closes nothing on its own guess.
     for a in &mut analytics {
         report.events +=
@@ -424,6 +461,91 @@ pub fn run(
         return Err(e.into());
     }
     Ok(report)
+}
+
+/// Starts an AI re-check on its camera, or refuses it with the reason.
+fn start_probe(
+    cmd: csb_wire::Command,
+    cams: &[CameraConfig],
+    desk: &CommandDesk,
+    probes: &mut Vec<(Probe, [Option<Vec<u8>>; 2])>,
+) {
+    let csb_wire::CommandOp::Recheck(r) = &cmd.op;
+    let refuse = |reason: String| {
+        tracing::warn!(command = cmd.id, "AI re-check refused: {reason}");
+        desk.reply(csb_wire::CommandReply {
+            v: SCHEMA_VERSION,
+            id: cmd.id.clone(),
+            site: cmd.site.clone(),
+            device: cmd.device.clone(),
+            ts_ms: csb_wire::now_ms(),
+            status: csb_wire::ReplyStatus::Refused,
+            reason: Some(reason),
+            recheck: None,
+        });
+    };
+    let Some(index) = cams.iter().position(|c| c.id == r.camera) else {
+        let known: Vec<&str> = cams.iter().map(|c| c.id.as_str()).collect();
+        return refuse(format!(
+            "no enabled camera `{}` (this agent runs: {})",
+            r.camera,
+            known.join(", ")
+        ));
+    };
+    let (id, case, camera) = (cmd.id.clone(), r.case.clone(), r.camera.clone());
+    match Probe::start(cmd.clone(), index, &cams[index], csb_wire::now_ms()) {
+        Ok(p) => {
+            tracing::info!(
+                command = id,
+                case,
+                camera,
+                zone = p.zone(),
+                watch_s = (p.until_ms - p.started_ms) / 1000,
+                "AI re-check: looking again (motion gating off for the window)"
+            );
+            probes.push((p, [None, None]));
+        }
+        Err(reason) => refuse(reason),
+    }
+}
+
+/// Answers the re-checks whose window has passed: uploads the
+/// snapshot (through the outbox: it reaches the hub even after an outage), then replies.
+fn finish_probes(
+    cfg: &AgentConfig,
+    desk: &CommandDesk,
+    evidence: Option<&EvidenceUploader>,
+    rt: &tokio::runtime::Handle,
+    probes: &mut Vec<(Probe, [Option<Vec<u8>>; 2])>,
+) {
+    let now = csb_wire::now_ms();
+    let mut i = 0;
+    while i < probes.len() {
+        if now < probes[i].0.until_ms {
+            i += 1;
+            continue;
+        }
+        let (p, [busiest, empty]) = probes.swap_remove(i);
+        // The picture that shows the verdict.
+        let jpeg = if p.present() {
+            busiest
+        } else {
+            empty.or(busiest)
+        };
+        let snapshot = match (evidence, jpeg) {
+            (Some(up), Some(jpeg)) => {
+                let id = Ulid::new().to_string();
+                // No event: the snapshot belongs to the command's answer.
+                up.spawn_upload(rt, id.clone(), Ulid::nil().to_string(), jpeg);
+                Some(id)
+            }
+            _ => None,
+        };
+        let reply = p.reply(&cfg.agent.site, &cfg.agent.device, p.finish(now, snapshot));
+        tracing::info!(command = reply.id, status = ?reply.status, present = ?reply.recheck.as_ref().map(|r| r.present),
+            frames = ?reply.recheck.as_ref().map(|r| r.frames), "AI re-check answered");
+        desk.reply(reply);
+    }
 }
 
 /// How often camera health goes out: 10 s, or `CSB_HEALTH_INTERVAL_MS` (100 ms … 1 h) from the

@@ -24,6 +24,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use ulid::Ulid;
 
+use crate::commands::CommandDesk;
 use crate::config::MqttConfig;
 use crate::outbox::{Class, Outbox, OutboxConfig, OutboxError, Record};
 
@@ -118,6 +119,9 @@ pub struct Uplink {
     /// Wakes the sender when something was enqueued or acked.
     wake: Arc<Notify>,
     sender: Option<JoinHandle<()>>,
+    /// The hub's commands: verified and deduplicated here, run by the camera pipeline.
+    desk: Arc<CommandDesk>,
+    commands: Mutex<Option<tokio::sync::mpsc::Receiver<csb_wire::Command>>>,
 }
 
 /// Sent, not yet acked: by id (for acks) and by sequence number (for timeouts).
@@ -261,8 +265,11 @@ impl Uplink {
         let (conn_tx, conn_rx) = watch::channel(0u64);
         let wake = Arc::new(Notify::new());
         let flight = Arc::new(Mutex::new(Flight::default()));
+        let (desk, commands) = CommandDesk::new(site, device, key, client.clone())?;
+        let desk = Arc::new(desk);
 
         let task = {
+            let desk = desk.clone();
             let (stats, client, parts) = (stats.clone(), client.clone(), parts.clone());
             let (site, device, broker) = (site.to_string(), device.to_string(), cfg.broker.clone());
             let (wake, flight) = (wake.clone(), flight.clone());
@@ -308,6 +315,12 @@ impl Uplink {
                                 if let Err(e) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
                                     tracing::warn!("cannot subscribe to hub acks: {e}");
                                 }
+                                // A SUBSCRIBE of its own: the hub's MQTT front serves one
+                                // naming only the ack topic itself.
+                                if let Err(e) = client.try_subscribe(desk.topic(), QoS::AtLeastOnce)
+                                {
+                                    tracing::warn!("cannot subscribe to hub commands: {e}");
+                                }
                             }
                             let _ = conn_tx.send(n);
                         }
@@ -325,6 +338,9 @@ impl Uplink {
                                 on_hub_ack(&p.payload, &from, ob, &flight, &stats);
                                 wake.notify_one();
                             }
+                        }
+                        Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == desk.topic() => {
+                            desk.on_publish(&p.payload);
                         }
                         // We asked to leave: the broker closing the socket next is no error.
                         Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
@@ -385,7 +401,27 @@ impl Uplink {
             key,
             wake,
             sender,
+            desk,
+            commands: Mutex::new(Some(commands)),
         })
+    }
+
+    /// The hub's commands, for the one camera pipeline that runs them (`None` once taken), and
+    /// where their replies go.
+    pub fn take_commands(
+        &self,
+    ) -> Option<(
+        tokio::sync::mpsc::Receiver<csb_wire::Command>,
+        Arc<CommandDesk>,
+    )> {
+        let rx = self.commands.lock().ok()?.take()?;
+        self.desk.set_served();
+        Some((rx, self.desk.clone()))
+    }
+
+    /// The command desk (its counters).
+    pub fn commands(&self) -> &CommandDesk {
+        &self.desk
     }
 
     pub fn outbox(&self) -> Option<&Arc<Outbox>> {

@@ -166,6 +166,8 @@ pub struct HubBuilder {
     data_dir: Option<PathBuf>,
     config: String,
     devices: Vec<String>,
+    /// `(name, role, department)` of API tokens issued before the start.
+    tokens: Vec<(String, String, Option<String>)>,
     secured: bool,
     keep_log: bool,
 }
@@ -194,6 +196,14 @@ impl HubBuilder {
     /// given as `SITE/DEVICE`: see [`Hub::secrets`] and [`Hub::secret_file`].
     pub fn devices(mut self, devices: &[&str]) -> Self {
         self.devices.extend(devices.iter().map(|d| d.to_string()));
+        self
+    }
+
+    /// An API token issued (`cloud-hub token add`) before the hub starts: `role` as the CLI
+    /// takes it, `department` for a handler. See [`Hub::token_of`].
+    pub fn token(mut self, name: &str, role: &str, department: Option<&str>) -> Self {
+        self.tokens
+            .push((name.into(), role.into(), department.map(str::to_string)));
         self
     }
 
@@ -231,6 +241,18 @@ impl HubBuilder {
             assert!(out.contains(&format!("username = \"{d}\"")), "{out}");
             let secret = std::fs::read_to_string(&file).expect("secret file written");
             secrets.insert(d.clone(), secret.trim().to_string());
+        }
+        let mut tokens = HashMap::new();
+        for (name, role, dep) in &self.tokens {
+            let file = dir.path().join(format!("{name}.token"));
+            let mut args = vec!["token", "add", name, "--role", role, "--data-dir", data];
+            if let Some(d) = dep {
+                args.extend(["--department", d]);
+            }
+            args.extend(["--token-out", file.to_str().unwrap()]);
+            hub_cli(&args);
+            let t = std::fs::read_to_string(&file).expect("token file written");
+            tokens.insert(name.clone(), t.trim().to_string());
         }
         let mut config = self.config;
         let (mut ca_file, mut token) = (None, None);
@@ -292,6 +314,7 @@ impl HubBuilder {
             secrets,
             ca_file,
             token,
+            tokens,
             log,
             dir,
             _data: data_tmp,
@@ -316,6 +339,8 @@ pub struct Hub {
     pub secrets: HashMap<String, String>,
     ca_file: Option<PathBuf>,
     token: Option<String>,
+    /// Tokens of [`HubBuilder::token`], by name.
+    tokens: HashMap<String, String>,
     log: Option<PathBuf>,
     /// Holds the config, certificates, secrets and log.
     dir: tempfile::TempDir,
@@ -358,6 +383,37 @@ impl Hub {
         self.token.as_deref().expect("a secured hub")
     }
 
+    /// The API token issued as `name` ([`HubBuilder::token`]).
+    pub fn token_of(&self, name: &str) -> &str {
+        self.tokens
+            .get(name)
+            .unwrap_or_else(|| panic!("no token {name} issued"))
+    }
+
+    /// POSTs `body` as JSON to `path` with the token issued as `name`: the status and the JSON
+    /// answer (`Null` when there is none).
+    pub async fn post_as(
+        &self,
+        name: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let resp = crate::http::client()
+            .post(self.url(path))
+            .bearer_auth(self.token_of(name))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GET `path` as JSON with the token issued as `name`; `None` unless 2xx JSON.
+    pub async fn get_as(&self, name: &str, path: &str) -> Option<serde_json::Value> {
+        get_json_with(&self.url(path), Some(self.token_of(name))).await
+    }
+
     /// GET `url` (with the viewer token of a secured hub); `None` unless 2xx JSON.
     pub async fn get_json(&self, url: &str) -> Option<serde_json::Value> {
         get_json_with(url, self.token.as_deref()).await
@@ -370,6 +426,38 @@ impl Hub {
             .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .unwrap_or_default()
     }
+}
+
+/// A copy of the shipped governance configuration (`configs/governance`) in `dir/governance`,
+/// for a test to change; returns its path (the hub's `governance_dir`).
+pub fn governance_copy(dir: &Path) -> PathBuf {
+    let gov = dir.join("governance");
+    std::fs::create_dir_all(&gov).expect("create the governance copy");
+    for e in std::fs::read_dir(root().join("configs/governance")).expect("configs/governance") {
+        let p = e.expect("a governance file").path();
+        std::fs::copy(&p, gov.join(p.file_name().expect("a file name"))).expect("copy");
+    }
+    gov
+}
+
+/// Replaces the first `from` by `to` in `file` of a governance copy — after the line
+/// `id = "{category}"` when `category` is given (that category's row) — and panics when `from`
+/// is not there, so a changed default cannot make a test pass silently.
+pub fn patch_governance(gov: &Path, file: &str, category: Option<&str>, from: &str, to: &str) {
+    let path = gov.join(file);
+    let text = std::fs::read_to_string(&path).expect("read a governance file");
+    let (head, rest) = match category {
+        Some(c) => {
+            let marker = format!("id = \"{c}\"");
+            let (h, r) = text
+                .split_once(&marker)
+                .unwrap_or_else(|| panic!("no category {c} in {file}"));
+            (format!("{h}{marker}"), r.to_string())
+        }
+        None => (String::new(), text.clone()),
+    };
+    assert!(rest.contains(from), "`{from}` not in {file}");
+    std::fs::write(&path, format!("{head}{}", rest.replacen(from, to, 1))).expect("write");
 }
 
 /// Where a started hub listens, from its ready line.

@@ -7,29 +7,28 @@ use std::time::{Duration, Instant};
 
 use csb_test_support::mqtt::Client;
 use csb_test_support::payloads::{json, topic, EventBuilder};
-use csb_test_support::process::{free_port, root, Hub};
+use csb_test_support::process::{free_port, governance_copy, patch_governance, Hub};
 use serde_json::Value;
 use ulid::Ulid;
 
 /// The shipped governance with illegal parking at a 1-minute limit, registered at once.
 fn governance(dir: &std::path::Path) -> std::path::PathBuf {
-    let gov = dir.join("governance");
-    std::fs::create_dir_all(&gov).unwrap();
-    for e in std::fs::read_dir(root().join("configs/governance")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, gov.join(p.file_name().unwrap())).unwrap();
-    }
-    let cats = gov.join("categories.toml");
-    let text = std::fs::read_to_string(&cats).unwrap();
-    let (head, rest) = text.split_once("id = \"illegal-parking\"").unwrap();
-    let rest = rest
-        .replacen(
-            "limit = { value = 2, unit = \"working_hours\" }",
-            "limit = { value = 1, unit = \"natural_minutes\" }",
-            1,
-        )
-        .replacen("min_duration_s = 120", "min_duration_s = 0", 1);
-    std::fs::write(&cats, format!("{head}id = \"illegal-parking\"{rest}")).unwrap();
+    let gov = governance_copy(dir);
+    let cat = Some("illegal-parking");
+    patch_governance(
+        &gov,
+        "categories.toml",
+        cat,
+        "limit = { value = 2, unit = \"working_hours\" }",
+        "limit = { value = 1, unit = \"natural_minutes\" }",
+    );
+    patch_governance(
+        &gov,
+        "categories.toml",
+        cat,
+        "min_duration_s = 120",
+        "min_duration_s = 0",
+    );
     gov
 }
 

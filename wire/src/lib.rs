@@ -4,11 +4,13 @@
 //! Schemas under `schemas/` at the repo root are generated from these types (see [`schemas`]) so
 //! third-party tools can validate messages without Rust.
 
+pub mod command;
 pub mod payload;
 pub mod sign;
 pub mod topic;
 mod ulid_text;
 
+pub use command::{Command, CommandOp, CommandReply, Recheck, RecheckResult, ReplyStatus};
 pub use payload::*;
 pub use topic::{Channel, Topic, TopicError, TopicRef, PREFIX};
 
@@ -22,6 +24,8 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("telemetry.v1.schema.json", s::<Telemetry>()),
         ("status.v1.schema.json", s::<DeviceStatus>()),
         ("ack.v1.schema.json", s::<Ack>()),
+        ("command.v1.schema.json", s::<Command>()),
+        ("command-reply.v1.schema.json", s::<CommandReply>()),
     ]
 }
 

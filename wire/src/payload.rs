@@ -354,7 +354,7 @@ pub enum PayloadError {
     Level(#[from] TopicError),
 }
 
-fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PayloadError {
+pub(crate) fn field_err(field: impl Into<String>, reason: impl Into<String>) -> PayloadError {
     PayloadError::Field {
         field: field.into(),
         reason: reason.into(),
@@ -379,7 +379,7 @@ pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, Payload
     Ok(value)
 }
 
-fn check_version(v: u32) -> Result<(), PayloadError> {
+pub(crate) fn check_version(v: u32) -> Result<(), PayloadError> {
     if v == SCHEMA_VERSION {
         Ok(())
     } else {
@@ -387,7 +387,7 @@ fn check_version(v: u32) -> Result<(), PayloadError> {
     }
 }
 
-fn check_ts(field: &str, ts_ms: i64) -> Result<(), PayloadError> {
+pub(crate) fn check_ts(field: &str, ts_ms: i64) -> Result<(), PayloadError> {
     // 2000-01-01 .. 2200-01-01: catches seconds-vs-milliseconds mix-ups and zeroed clocks.
     if !(946_684_800_000..=7_258_118_400_000).contains(&ts_ms) {
         return Err(field_err(

@@ -143,6 +143,34 @@ pub struct Stages {
     pub dispatch: ByUrgency,
     pub verify: ByArea,
     pub reminders: Reminders,
+    /// AI 核查 (absent: the defaults).
+    #[serde(default)]
+    pub recheck: RecheckSettings,
+}
+
+/// AI 核查: when a video case is reported handled, its camera looks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecheckSettings {
+    pub enabled: bool,
+    /// How long the camera looks, seconds.
+    pub watch_s: u32,
+    /// How long the hub waits for the answer (the agent may be offline) before an inspector
+    /// verifies on site, seconds.
+    pub wait_s: u32,
+    /// How often an unanswered command is sent again, seconds.
+    pub resend_every_s: u32,
+}
+
+impl Default for RecheckSettings {
+    fn default() -> Self {
+        RecheckSettings {
+            enabled: true,
+            watch_s: 10,
+            wait_s: 600,
+            resend_every_s: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -447,6 +475,21 @@ impl Governance {
             ),
         ] {
             c.limit(row, &format!("{field}.value"), l)?;
+        }
+        let r = &stages.recheck;
+        let max_watch = csb_wire::command::MAX_WATCH_S;
+        if !(1..=max_watch).contains(&r.watch_s) {
+            return Err(c.err("recheck", "watch_s", format!("must be 1..={max_watch}")));
+        }
+        if r.wait_s < r.watch_s.saturating_add(10) || r.wait_s > 86_400 {
+            return Err(c.err(
+                "recheck",
+                "wait_s",
+                "must be at least watch_s + 10 and at most 86400 (a day)",
+            ));
+        }
+        if !(5..=3_600).contains(&r.resend_every_s) {
+            return Err(c.err("recheck", "resend_every_s", "must be 5..=3600"));
         }
 
         let (f, cal): (_, CalendarFile) = read(dir, CALENDAR)?;

@@ -16,14 +16,16 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use csb_wire::{Event, EventKind};
+use csb_wire::{Command, CommandOp, CommandReply, Event, EventKind, SCHEMA_VERSION};
 use thiserror::Error;
 
 use super::config::Governance;
 use super::intake::{self, Locate, Merged, NotASighting, NotMerged, Sighting};
-use super::lifecycle::{Action, Actor, Case, Entry, NewCase, Timer, TransitionError};
+use super::lifecycle::{
+    command_key, Action, Actor, Case, Entry, NewCase, Recheck, RecheckStep, Timer, TransitionError,
+};
 use super::store::{CaseFilter, CaseStore, CaseStoreError, Updated};
-use crate::ingest::pipeline::DurableSink;
+use crate::ingest::pipeline::{DurableSink, ReplySink};
 use crate::storage::store::{LogPos, Store, StoreError, WriteBatch, WriteOutcome};
 use crate::support::clock::SharedClock;
 use crate::support::loglimit::LogLimiter;
@@ -68,12 +70,23 @@ pub struct CaseCounters {
     /// Events read again from the log (after a restart, falling behind or a failed write).
     pub replayed: AtomicU64,
     pub errors: AtomicU64,
+    /// AI re-check commands sent (each resend counted) and those that could not be handed on.
+    pub recheck_sends: AtomicU64,
+    pub recheck_send_failed: AtomicU64,
+    /// Re-checks answered: the problem gone (closed), still there (返工), or the agent could
+    /// not look; and those left unanswered past their deadline (on-site verification).
+    pub recheck_absent: AtomicU64,
+    pub recheck_present: AtomicU64,
+    pub recheck_refused: AtomicU64,
+    pub recheck_unanswered: AtomicU64,
+    /// Replies that matched no waiting re-check (late, repeated, or for another device).
+    pub replies_ignored: AtomicU64,
 }
 
 impl CaseCounters {
     /// Prometheus text of the counters.
     pub fn render_prometheus(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &AtomicU64); 19] = [
             ("csb_hub_case_sightings_total", "Rule events with a known category taken in by the case workflow.", &self.sightings),
             ("csb_hub_cases_opened_total", "Cases opened (from rule events and people's reports).", &self.opened),
             ("csb_hub_cases_auto_registered_total", "Cases registered and dispatched automatically by their category's rule.", &self.auto_registered),
@@ -86,6 +99,13 @@ impl CaseCounters {
             ("csb_hub_case_intake_fell_behind_total", "Times the workflow's queue was full and it read the event log again.", &self.fell_behind),
             ("csb_hub_case_intake_replayed_total", "Events read again from the event log (restart, falling behind, failed write).", &self.replayed),
             ("csb_hub_case_errors_total", "Case store failures in the workflow (retried from the event log).", &self.errors),
+            ("csb_hub_case_recheck_sends_total", "AI re-check commands sent to agents (each resend counted).", &self.recheck_sends),
+            ("csb_hub_case_recheck_send_failed_total", "AI re-check commands that could not be handed to the broker (sent again later).", &self.recheck_send_failed),
+            ("csb_hub_case_recheck_absent_total", "AI re-checks that found the problem gone (case closed).", &self.recheck_absent),
+            ("csb_hub_case_recheck_present_total", "AI re-checks that found the problem still there (返工).", &self.recheck_present),
+            ("csb_hub_case_recheck_refused_total", "AI re-checks the agent refused or could not finish (on-site verification).", &self.recheck_refused),
+            ("csb_hub_case_recheck_unanswered_total", "AI re-checks without an answer by their deadline (on-site verification).", &self.recheck_unanswered),
+            ("csb_hub_case_replies_ignored_total", "Command replies matching no waiting re-check (late, repeated, other device).", &self.replies_ignored),
         ];
         let mut out = String::new();
         for (name, help, v) in rows {
@@ -116,7 +136,34 @@ pub enum Taken {
     },
 }
 
+/// Where the workflow's commands to agents go (the hub publishes them through ingest).
+pub trait Commands: Send + Sync + 'static {
+    /// Never waits: `false` when it cannot be handed on now (it is sent again later).
+    fn send(&self, command: &Command) -> bool;
+}
+
+/// The command asking `r`'s camera to look again, sent at `now`.
+pub fn recheck_command(r: &Recheck, case: &str, now: i64) -> Option<Command> {
+    let (site, device, camera) = r.target()?;
+    Some(Command {
+        v: SCHEMA_VERSION,
+        id: r.command.clone(),
+        site: site.to_string(),
+        device: device.to_string(),
+        ts_ms: now,
+        expires_ms: r.deadline_ms,
+        op: CommandOp::Recheck(csb_wire::Recheck {
+            camera: camera.to_string(),
+            zone: r.zone.clone(),
+            classes: r.classes.clone(),
+            watch_s: r.watch_s,
+            case: Some(case.to_string()),
+        }),
+    })
+}
+
 pub struct Engine<C: CaseStore> {
+    commands: Option<Arc<dyn Commands>>,
     cases: Arc<C>,
     governance: Arc<Governance>,
     clock: SharedClock,
@@ -134,6 +181,7 @@ impl<C: CaseStore> Engine<C> {
         places: Arc<dyn Locate>,
     ) -> Self {
         Engine {
+            commands: None,
             cases,
             governance,
             clock,
@@ -142,6 +190,13 @@ impl<C: CaseStore> Engine<C> {
             counters: Arc::default(),
             limiter: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
         }
+    }
+
+    /// Sends AI re-check commands through `commands` (without, re-checks wait unanswered and
+    /// go to an inspector at their deadline).
+    pub fn with_commands(mut self, commands: Arc<dyn Commands>) -> Self {
+        self.commands = Some(commands);
+        self
     }
 
     pub fn governance(&self) -> &Governance {
@@ -271,6 +326,62 @@ impl<C: CaseStore> Engine<C> {
         }
     }
 
+    fn send_recheck(&self, case: &str, r: &Recheck, now: i64) {
+        let sent = match (&self.commands, recheck_command(r, case, now)) {
+            (Some(out), Some(cmd)) => match csb_wire::Validate::validate(&cmd) {
+                Ok(()) => out.send(&cmd),
+                Err(e) => {
+                    tracing::error!(case, error = %e, "AI re-check command is not valid; not sent");
+                    false
+                }
+            },
+            _ => false,
+        };
+        let c = if sent {
+            &self.counters.recheck_sends
+        } else {
+            &self.counters.recheck_send_failed
+        };
+        c.fetch_add(1, Relaxed);
+        tracing::info!(
+            case,
+            command = r.command,
+            camera = r.camera,
+            attempt = r.sent,
+            sent,
+            "AI re-check asked of the source camera"
+        );
+    }
+
+    /// Applies an agent's answer to the case waiting for it, durably; `None` when no case
+    /// waits for that command (late, repeated, or from another device): nothing changes.
+    pub fn on_reply(&self, reply: &CommandReply) -> Result<Option<Entry>, EngineError> {
+        let Some(id) = self.cases.open_by_key(&command_key(&reply.id))? else {
+            self.counters.replies_ignored.fetch_add(1, Relaxed);
+            return Ok(None);
+        };
+        let now = self.clock.now_ms();
+        let g = &*self.governance;
+        let r = self.cases.update(&id, |c| {
+            Ok::<_, std::convert::Infallible>(c.recheck_answer(reply, now, g))
+        })?;
+        let entry = match r {
+            Updated::Done(Some(e)) => e,
+            _ => {
+                self.counters.replies_ignored.fetch_add(1, Relaxed);
+                return Ok(None);
+            }
+        };
+        let counter = match &entry.action {
+            Action::RecheckDone { present: true, .. } => &self.counters.recheck_present,
+            Action::RecheckDone { present: false, .. } => &self.counters.recheck_absent,
+            _ => &self.counters.recheck_refused,
+        };
+        counter.fetch_add(1, Relaxed);
+        tracing::info!(case = id, command = reply.id, to = ?entry.to, note = entry.note, "AI re-check answered");
+        Ok(Some(entry))
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Case>, EngineError> {
         Ok(self.cases.get(id)?)
     }
@@ -295,9 +406,28 @@ impl<C: CaseStore> Engine<C> {
             let mut progressed = false;
             for id in &due {
                 let r = self.cases.update(id, |c| {
-                    Ok::<_, std::convert::Infallible>(c.fire_timers(now, g))
+                    let fired = c.fire_timers(now, g);
+                    Ok::<_, std::convert::Infallible>((fired, c.recheck_step(now, g)))
                 })?;
-                let Updated::Done(fired) = r else { continue };
+                let Updated::Done((fired, step)) = r else {
+                    continue;
+                };
+                match step {
+                    // Stored first: a crash now sends it again at the next sweep.
+                    Some(RecheckStep::Send(r)) => {
+                        progressed = true;
+                        self.send_recheck(id, &r, now);
+                    }
+                    Some(RecheckStep::GaveUp) => {
+                        progressed = true;
+                        self.counters.recheck_unanswered.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            case = id,
+                            "AI re-check unanswered by its deadline; an inspector verifies on site"
+                        );
+                    }
+                    None => {}
+                }
                 if fired.is_empty() {
                     continue;
                 }
@@ -320,13 +450,15 @@ impl<C: CaseStore> Engine<C> {
     }
 }
 
-/// One stored batch's events for the workflow, and the event log's end after them.
-pub struct FeedItem {
-    events: Vec<Event>,
-    end: LogPos,
+/// What the workflow thread is fed.
+pub enum FeedItem {
+    /// One stored batch's events for the workflow, and the event log's end after them.
+    Events { events: Vec<Event>, end: LogPos },
+    /// An agent's answer to a command.
+    Reply(CommandReply),
 }
 
-/// What ingest hands each durable batch to (see the module docs).
+/// What ingest hands each durable batch and each command reply to (see the module docs).
 pub struct CaseFeed {
     tx: SyncSender<FeedItem>,
     behind: Arc<AtomicBool>,
@@ -366,12 +498,19 @@ impl DurableSink for CaseFeed {
             })
             .cloned()
             .collect();
-        match self.tx.try_send(FeedItem { events, end }) {
+        match self.tx.try_send(FeedItem::Events { events, end }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.behind.store(true, Relaxed),
             // The workflow thread has stopped (shutdown): it reads the log on the next start.
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+}
+
+impl ReplySink for CaseFeed {
+    fn reply(&self, reply: CommandReply) -> bool {
+        // A reply dropped here is not lost: the command is sent again and answered again.
+        self.tx.try_send(FeedItem::Reply(reply)).is_ok()
     }
 }
 
@@ -419,8 +558,12 @@ pub fn run<C: CaseStore, S: Store>(
             catch_up_needed = true;
         }
         if catch_up_needed {
-            // Whatever the queue holds is in the log too.
-            while feed.rx.try_recv().is_ok() {}
+            // Whatever events the queue holds are in the log too; replies are not.
+            while let Ok(item) = feed.rx.try_recv() {
+                if let FeedItem::Reply(r) = item {
+                    answer(&engine, &r);
+                }
+            }
             match catch_up(&engine, &*events, &rt, &mut cursor) {
                 Ok(n) => {
                     catch_up_needed = false;
@@ -438,7 +581,8 @@ pub fn run<C: CaseStore, S: Store>(
         }
         let wait = next_sweep.saturating_duration_since(Instant::now());
         match feed.rx.recv_timeout(wait) {
-            Ok(item) => {
+            Ok(FeedItem::Reply(r)) => answer(&engine, &r),
+            Ok(FeedItem::Events { events, end }) => {
                 // A batch before this one found the queue full: this one is not next.
                 // (The flag was set before this item was sent, so it is seen here.)
                 if feed.behind.swap(false, Relaxed) {
@@ -446,10 +590,10 @@ pub fn run<C: CaseStore, S: Store>(
                     catch_up_needed = true;
                     continue;
                 }
-                if cursor.is_some_and(|c| item.end <= c) {
+                if cursor.is_some_and(|c| end <= c) {
                     continue;
                 }
-                if let Err(e) = take_all(&engine, &item.events) {
+                if let Err(e) = take_all(&engine, &events) {
                     // Not past this batch: read it again from the log shortly.
                     engine.counters.errors.fetch_add(1, Relaxed);
                     tracing::error!(error = %e, "case intake: storing a case failed; reading the log again in 1 s");
@@ -457,7 +601,7 @@ pub fn run<C: CaseStore, S: Store>(
                     catch_up_needed = true;
                     continue;
                 }
-                cursor = Some(item.end);
+                cursor = Some(end);
                 save_cursor(&engine, cursor);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -476,6 +620,14 @@ pub fn run<C: CaseStore, S: Store>(
         tracing::warn!(error = %e, "case store: final flush failed");
     }
     tracing::info!("case workflow stopped");
+}
+
+fn answer<C: CaseStore>(engine: &Engine<C>, reply: &CommandReply) {
+    if let Err(e) = engine.on_reply(reply) {
+        // Not lost: the command is still waiting and is sent (and answered) again.
+        engine.counters.errors.fetch_add(1, Relaxed);
+        tracing::error!(error = %e, command = reply.id, "case workflow: storing a re-check's answer failed");
+    }
 }
 
 fn take_all<C: CaseStore>(engine: &Engine<C>, events: &[Event]) -> Result<(), EngineError> {
@@ -653,6 +805,93 @@ mod tests {
             panic!("a new case")
         };
         assert_ne!(id, id2);
+    }
+
+    /// Commands the engine sent, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Command>>);
+
+    impl Commands for Recorder {
+        fn send(&self, c: &Command) -> bool {
+            self.0.lock().unwrap().push(c.clone());
+            true
+        }
+    }
+
+    #[test]
+    fn the_sweep_sends_re_checks_until_answered_and_the_answer_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let sent = Arc::new(Recorder::default());
+        r.engine = Engine::new(
+            r.engine.cases.clone(),
+            r.engine.governance.clone(),
+            Arc::new(r.clock.clone()),
+            Arc::new(Nowhere),
+        )
+        .with_commands(sent.clone());
+        let e = r.sighting("0505", Ulid::new(), 130, Phase::Start);
+        let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        r.act(&id, &handler, Action::Accept);
+        r.act(&id, &handler, Action::ReportHandled { photos: vec![] });
+        r.engine.sweep().unwrap();
+        r.engine.sweep().unwrap();
+        let cmds = sent.0.lock().unwrap().clone();
+        assert_eq!(cmds.len(), 1, "sent once per interval");
+        let c = &cmds[0];
+        assert_eq!((c.site.as_str(), c.device.as_str()), ("yuexi", "gw-01"));
+        assert_eq!(c.id, format!("{id}-r1"));
+        let CommandOp::Recheck(rc) = &c.op;
+        assert_eq!(rc.camera, "cam-01");
+        assert_eq!(rc.zone.as_deref(), Some("no_parking"));
+        assert_eq!(rc.classes, vec!["car"]);
+        assert_eq!(rc.case.as_deref(), Some(id.as_str()));
+        assert_eq!(c.expires_ms, r.clock.now_ms() + 600_000);
+        r.clock.advance(30_000);
+        r.engine.sweep().unwrap();
+        assert_eq!(sent.0.lock().unwrap().len(), 2, "sent again after 30 s");
+        assert_eq!(r.engine.counters.recheck_sends.load(Relaxed), 2);
+
+        let reply = CommandReply {
+            v: SCHEMA_VERSION,
+            id: c.id.clone(),
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            ts_ms: r.clock.now_ms(),
+            status: csb_wire::ReplyStatus::Done,
+            reason: None,
+            recheck: Some(csb_wire::RecheckResult {
+                present: false,
+                frames: 50,
+                frames_seen: 0,
+                counts: Default::default(),
+                started_ms: r.clock.now_ms() - 10_000,
+                ended_ms: r.clock.now_ms(),
+                snapshot: Some(Ulid::new().to_string()),
+            }),
+        };
+        let entry = r.engine.on_reply(&reply).unwrap().unwrap();
+        assert_eq!(entry.to, State::Closed);
+        assert_eq!(r.engine.on_reply(&reply).unwrap(), None, "answered once");
+        assert_eq!(r.engine.counters.recheck_absent.load(Relaxed), 1);
+        assert_eq!(r.engine.counters.replies_ignored.load(Relaxed), 1);
+        r.clock.advance(60_000);
+        r.engine.sweep().unwrap();
+        assert_eq!(sent.0.lock().unwrap().len(), 2, "nothing more to send");
+        // Durable: what a restarted hub reads.
+        let Rig { engine, .. } = r;
+        drop(engine);
+        let again = open_cases(dir.path());
+        let case = again.get(&id).unwrap().unwrap();
+        assert_eq!(case.state, State::Closed);
+        let rc = case.recheck.unwrap();
+        assert_eq!(
+            (rc.sent, rc.outcome),
+            (2, super::super::lifecycle::RecheckOutcome::Absent)
+        );
     }
 
     #[test]

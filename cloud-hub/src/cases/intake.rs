@@ -37,6 +37,8 @@ pub struct Sighting {
     /// The best object's score; `None` for sensor events (no detector).
     pub confidence: Option<f32>,
     pub duration_ms: i64,
+    /// Labels of the objects seen (an AI re-check looks for these), each once.
+    pub classes: Vec<String>,
 }
 
 /// Why a rule event does not become a sighting.
@@ -81,6 +83,7 @@ impl Sighting {
                 .reduce(f32::max)
                 .filter(|_| rule.rule_type != RuleType::SensorThreshold),
             duration_ms: rule.duration_ms.max(0),
+            classes: labels(e),
         })
     }
 
@@ -92,6 +95,17 @@ impl Sighting {
                 && self.duration_ms >= i64::from(auto.min_duration_s) * 1000,
         )
     }
+}
+
+/// The distinct labels of an event's objects, at most [`csb_wire::command::MAX_CLASSES`].
+fn labels(e: &Event) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for o in &e.objects {
+        if out.len() < csb_wire::command::MAX_CLASSES && !out.contains(&o.label) {
+            out.push(o.label.clone());
+        }
+    }
+    out
 }
 
 /// Where a camera is, in the county's terms.
@@ -189,6 +203,8 @@ pub fn open(
         latest_snapshot: s.snapshot.clone(),
         ended_ms: None,
         spot: Some(s.spot.clone()),
+        zone: s.zone.clone(),
+        classes: s.classes.clone(),
     });
     if auto == Some(true) {
         register_and_dispatch(&mut case, now, g)?;
@@ -252,6 +268,16 @@ pub fn merge(case: &mut Case, s: &Sighting, now: i64, g: &Governance) -> Result<
         sightings.recent_events.remove(0);
     }
     sightings.last_seen_ms = sightings.last_seen_ms.max(s.ts_ms);
+    for c in &s.classes {
+        if sightings.classes.len() < csb_wire::command::MAX_CLASSES
+            && !sightings.classes.contains(c)
+        {
+            sightings.classes.push(c.clone());
+        }
+    }
+    if sightings.zone.is_none() {
+        sightings.zone = s.zone.clone();
+    }
     let new_problem = !sightings.problems.contains(&s.problem);
     if new_problem {
         sightings.problems.push(s.problem.clone());

@@ -170,6 +170,20 @@ pub enum Action {
         /// The problem id merged into this case.
         problem: String,
     },
+    /// AI 核查 asked of the source camera (after 反馈); no state change.
+    RecheckRequested {
+        command: String,
+    },
+    /// The source camera looked again: the problem still there → 返工, gone → 结案.
+    RecheckDone {
+        command: String,
+        present: bool,
+    },
+    /// No usable answer (refused, failed, or none before the deadline): an inspector (or an
+    /// operator) verifies on site; no state change.
+    RecheckUnanswered {
+        command: String,
+    },
 }
 
 impl Action {
@@ -195,6 +209,9 @@ impl Action {
             Action::SlaOverdue => "sla_overdue",
             Action::SlaReminder { .. } => "sla_reminder",
             Action::Merge { .. } => "merge",
+            Action::RecheckRequested { .. } => "recheck_requested",
+            Action::RecheckDone { .. } => "recheck_done",
+            Action::RecheckUnanswered { .. } => "recheck_unanswered",
         }
     }
 
@@ -216,7 +233,10 @@ impl Action {
             Action::SlaWarning
             | Action::SlaOverdue
             | Action::SlaReminder { .. }
-            | Action::Merge { .. } => &[],
+            | Action::Merge { .. }
+            | Action::RecheckRequested { .. }
+            | Action::RecheckDone { .. }
+            | Action::RecheckUnanswered { .. } => &[],
         }
     }
 }
@@ -311,6 +331,12 @@ pub struct Sightings {
     /// Where repeats are looked for: category, camera and the camera's zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot: Option<String>,
+    /// The agent's zone on the camera (an AI re-check looks there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Labels of the objects seen (an AI re-check looks for these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -350,6 +376,9 @@ pub struct Case {
     /// Event-sourced cases: the repeats merged into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sightings: Option<Sightings>,
+    /// AI 核查 of the latest 反馈, for a video case whose camera can look again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<Recheck>,
     #[serde(default)]
     pub sla: SlaMarks,
     /// When the running stage's next timer is due ([`Case::next_due`], kept current by every
@@ -357,6 +386,86 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_ms: Option<i64>,
     pub timeline: Vec<Entry>,
+}
+
+/// AI 核查: the source camera is asked (a command to its agent, sent again until answered or
+/// the deadline passes) to look at the problem's zone again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "CaseRecheck")]
+pub struct Recheck {
+    /// The command's id, `{case}-r{n}`: the agent's reply names it.
+    pub command: String,
+    /// `{site}/{device}/{camera}`.
+    pub camera: String,
+    /// The agent's zone on the camera.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Labels looked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    pub watch_s: u32,
+    pub requested_ms: i64,
+    /// Without an answer by then, an inspector verifies on site.
+    pub deadline_ms: i64,
+    /// Times the command was sent.
+    pub sent: u32,
+    /// When it is sent (again) while unanswered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_send_ms: Option<i64>,
+    pub outcome: RecheckOutcome,
+    /// What the camera saw (its snapshot is the case's "after" evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<csb_wire::RecheckResult>,
+    /// Why there is no result (the agent's reason, or no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[schemars(rename = "CaseRecheckOutcome")]
+pub enum RecheckOutcome {
+    /// Asked; no answer yet.
+    Waiting,
+    /// The problem is gone: closed.
+    Absent,
+    /// Still there: 返工.
+    Present,
+    /// The agent refused or could not look: on-site verification.
+    Refused,
+    /// No answer before the deadline (the agent offline): on-site verification.
+    NoAnswer,
+    /// A person closed, reworked or suspended the case first.
+    Superseded,
+}
+
+impl Recheck {
+    fn due(&self) -> Option<i64> {
+        (self.outcome == RecheckOutcome::Waiting).then(|| {
+            self.next_send_ms
+                .map_or(self.deadline_ms, |t| t.min(self.deadline_ms))
+        })
+    }
+
+    /// `(site, device, camera)` of [`Recheck::camera`].
+    pub fn target(&self) -> Option<(&str, &str, &str)> {
+        let mut it = self.camera.splitn(3, '/');
+        Some((it.next()?, it.next()?, it.next()?))
+    }
+}
+
+/// The [`Case::merge_keys`] key of a waiting re-check's command.
+pub fn command_key(command: &str) -> String {
+    format!("command:{command}")
+}
+
+/// What a sweep found for a case's re-check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecheckStep {
+    /// Send (again) the command of this re-check.
+    Send(Box<Recheck>),
+    /// The deadline passed unanswered: on-site verification.
+    GaveUp,
 }
 
 /// Event ids a case remembers for recognising a replayed event (the log is read again from the
@@ -429,6 +538,7 @@ impl Case {
             handled_on_time: None,
             camera,
             sightings: None,
+            recheck: None,
             sla: SlaMarks {
                 stage: 1,
                 ..SlaMarks::default()
@@ -452,15 +562,26 @@ impl Case {
         self
     }
 
-    /// The keys repeats of its problem are merged on while it is open: each problem id merged
-    /// into it and its spot (category, camera and zone).
+    /// The keys an open case is found by: each problem id merged into it and its spot
+    /// (category, camera and zone) for merging repeats, and its waiting re-check's command
+    /// for the agent's answer.
     pub fn merge_keys(&self) -> Vec<String> {
-        let Some(s) = self.sightings.as_ref().filter(|_| self.state.is_open()) else {
+        if !self.state.is_open() {
             return Vec::new();
-        };
-        let mut keys: Vec<String> = s.problems.iter().map(|p| format!("problem:{p}")).collect();
-        if let Some(spot) = &s.spot {
-            keys.push(format!("spot:{spot}"));
+        }
+        let mut keys = Vec::new();
+        if let Some(s) = &self.sightings {
+            keys.extend(s.problems.iter().map(|p| format!("problem:{p}")));
+            if let Some(spot) = &s.spot {
+                keys.push(format!("spot:{spot}"));
+            }
+        }
+        if let Some(r) = self
+            .recheck
+            .as_ref()
+            .filter(|r| r.outcome == RecheckOutcome::Waiting)
+        {
+            keys.push(command_key(&r.command));
         }
         keys
     }
@@ -628,7 +749,7 @@ impl Case {
             (_, s) => return Err(wrong(s)),
         };
         self.state = to;
-        self.due_ms = self.next_due(g);
+        let handled = matches!(action, Action::ReportHandled { .. });
         let entry = Entry {
             at_ms: now,
             actor: actor.clone(),
@@ -639,7 +760,228 @@ impl Case {
             request_id: request_id.map(str::to_string),
         };
         self.timeline.push(entry.clone());
+        if to != State::Verifying {
+            // A person decided first: a late answer changes nothing.
+            if let Some(r) = self.recheck.as_mut() {
+                if r.outcome == RecheckOutcome::Waiting {
+                    r.outcome = RecheckOutcome::Superseded;
+                    r.next_send_ms = None;
+                }
+            }
+        }
+        if handled {
+            self.start_recheck(now, g);
+        }
+        self.due_ms = self.next_due(g);
         Ok(entry)
+    }
+
+    /// After 反馈 of a video case: asks its camera to look again (sent by the next sweep).
+    fn start_recheck(&mut self, now: i64, g: &Governance) {
+        let settings = &g.stages.recheck;
+        if !settings.enabled || self.source != Source::VideoAi {
+            return;
+        }
+        let Some(camera) = self.camera.clone() else {
+            return;
+        };
+        let n = self
+            .timeline
+            .iter()
+            .filter(|e| matches!(e.action, Action::RecheckRequested { .. }))
+            .count()
+            + 1;
+        let command = format!("{}-r{n}", self.id);
+        let (zone, classes) = self
+            .sightings
+            .as_ref()
+            .map(|s| (s.zone.clone(), s.classes.clone()))
+            .unwrap_or_default();
+        let note = format!(
+            "AI 核查: {camera} looks at zone {} for {} s",
+            zone.as_deref().unwrap_or("(whole frame)"),
+            settings.watch_s
+        );
+        self.recheck = Some(Recheck {
+            command: command.clone(),
+            camera,
+            zone,
+            classes,
+            watch_s: settings.watch_s,
+            requested_ms: now,
+            deadline_ms: now.saturating_add(i64::from(settings.wait_s) * 1000),
+            sent: 0,
+            next_send_ms: Some(now),
+            outcome: RecheckOutcome::Waiting,
+            result: None,
+            reason: None,
+        });
+        self.timeline.push(Entry {
+            at_ms: now,
+            actor: Actor::system(),
+            action: Action::RecheckRequested { command },
+            note,
+            from: self.state,
+            to: self.state,
+            request_id: None,
+        });
+    }
+
+    /// The re-check's due work at `now`: a (re)send, or giving up past the deadline (stored
+    /// with the case in the same write, so each happens once).
+    pub fn recheck_step(&mut self, now: i64, g: &Governance) -> Option<RecheckStep> {
+        if self.state != State::Verifying {
+            return None;
+        }
+        let every = i64::from(g.stages.recheck.resend_every_s.max(1)) * 1000;
+        let r = self
+            .recheck
+            .as_mut()
+            .filter(|r| r.outcome == RecheckOutcome::Waiting)?;
+        let step = if now >= r.deadline_ms {
+            r.outcome = RecheckOutcome::NoAnswer;
+            r.next_send_ms = None;
+            let reason = format!(
+                "no answer from {} by the deadline (sent {} times)",
+                r.camera, r.sent
+            );
+            r.reason = Some(reason.clone());
+            let command = r.command.clone();
+            self.timeline.push(Entry {
+                at_ms: now,
+                actor: Actor::system(),
+                action: Action::RecheckUnanswered { command },
+                note: format!("{reason}: an inspector verifies on site"),
+                from: self.state,
+                to: self.state,
+                request_id: None,
+            });
+            RecheckStep::GaveUp
+        } else if r.next_send_ms.is_some_and(|t| now >= t) {
+            r.sent += 1;
+            let next = now.saturating_add(every);
+            r.next_send_ms = (next < r.deadline_ms).then_some(next);
+            RecheckStep::Send(Box::new(r.clone()))
+        } else {
+            return None;
+        };
+        self.due_ms = self.next_due(g);
+        Some(step)
+    }
+
+    /// Applies an agent's answer to the waiting re-check: absent → 结案, present → 返工 to the
+    /// same department, refused or failed → on-site verification. `None`: not the command
+    /// waited for (late, repeated, or from another device): nothing changes.
+    pub fn recheck_answer(
+        &mut self,
+        reply: &csb_wire::CommandReply,
+        now: i64,
+        g: &Governance,
+    ) -> Option<Entry> {
+        if self.state != State::Verifying {
+            return None;
+        }
+        let r = self.recheck.as_ref()?;
+        let from_camera = r
+            .target()
+            .is_some_and(|(s, d, _)| s == reply.site && d == reply.device);
+        if r.outcome != RecheckOutcome::Waiting || r.command != reply.id || !from_camera {
+            return None;
+        }
+        let actor = Actor {
+            id: format!("agent:{}/{}", reply.site, reply.device),
+            role: Role::Admin,
+            department: None,
+        };
+        let command = r.command.clone();
+        let from = self.state;
+        let (action, note, to) = match (&reply.status, &reply.recheck) {
+            (csb_wire::ReplyStatus::Done, Some(res)) => {
+                let seen = res
+                    .counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} ×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let what = format!(
+                    "in {} of {} frames{}",
+                    res.frames_seen,
+                    res.frames,
+                    if seen.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({seen})")
+                    }
+                );
+                if let Some(s) = &res.snapshot {
+                    if !self.evidence.contains(s) {
+                        self.evidence.push(s.clone());
+                    }
+                }
+                let to = if res.present {
+                    let dep = self
+                        .department
+                        .clone()
+                        .or_else(|| g.category(&self.category).map(|c| c.department.clone()))
+                        .unwrap_or_default();
+                    self.dispatch_to(dep, now, g);
+                    State::Dispatched
+                } else {
+                    self.end_stage();
+                    State::Closed
+                };
+                let rec = self.recheck.as_mut()?;
+                rec.outcome = if res.present {
+                    RecheckOutcome::Present
+                } else {
+                    RecheckOutcome::Absent
+                };
+                rec.result = Some(res.clone());
+                let note = if res.present {
+                    format!("AI 核查: still there {what}: 返工")
+                } else {
+                    format!("AI 核查: gone ({what}): 结案")
+                };
+                (
+                    Action::RecheckDone {
+                        command,
+                        present: res.present,
+                    },
+                    note,
+                    to,
+                )
+            }
+            _ => {
+                let reason = reply
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}", reply.status).to_lowercase());
+                let rec = self.recheck.as_mut()?;
+                rec.outcome = RecheckOutcome::Refused;
+                rec.reason = Some(reason.clone());
+                (
+                    Action::RecheckUnanswered { command },
+                    format!("the agent could not look ({reason}): an inspector verifies on site"),
+                    from,
+                )
+            }
+        };
+        if let Some(rec) = self.recheck.as_mut() {
+            rec.next_send_ms = None;
+        }
+        self.state = to;
+        let entry = Entry {
+            at_ms: now,
+            actor,
+            action,
+            note,
+            from,
+            to,
+            request_id: None,
+        };
+        self.timeline.push(entry.clone());
+        self.due_ms = self.next_due(g);
+        Some(entry)
     }
 
     fn dispatch_to(&mut self, dep: String, now: i64, g: &Governance) {
@@ -677,8 +1019,21 @@ impl Case {
         }
     }
 
-    /// When the running stage's next timer is due (`None`: closed, suspended, or none left).
+    /// When the case's next timer is due — the running stage's, or its re-check's (`None`:
+    /// closed, suspended, or none left).
     pub fn next_due(&self, g: &Governance) -> Option<i64> {
+        if !self.state.is_open() {
+            return None;
+        }
+        let recheck = self.recheck.as_ref().and_then(Recheck::due);
+        match (self.sla_due(g), recheck) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When the running stage's next SLA timer is due.
+    fn sla_due(&self, g: &Governance) -> Option<i64> {
         if !self.state.is_open() {
             return None;
         }
@@ -700,7 +1055,7 @@ impl Case {
     pub fn fire_timers(&mut self, now: i64, g: &Governance) -> Vec<Timer> {
         let mut fired = Vec::new();
         let due_deadline = self.clock.as_ref().and_then(|c| c.deadline(&g.calendar));
-        while let Some(due) = self.next_due(g) {
+        while let Some(due) = self.sla_due(g) {
             if due > now || fired.len() >= 3 {
                 break;
             }
@@ -864,6 +1219,204 @@ mod tests {
         let steps: Vec<_> = c.timeline.iter().map(|e| (e.action.name(), e.to)).collect();
         assert_eq!(steps.len(), 8, "{steps:?}");
         assert!(c.evidence.contains(&"photo-1".to_string()));
+    }
+
+    fn seen_by_camera(g: &Governance, now: i64) -> Case {
+        let mut c = parking(g, now);
+        c.camera = Some("yuexi/gw-01/cam-1".into());
+        c.sightings = Some(Sightings {
+            zone: Some("no-parking".into()),
+            classes: vec!["car".into(), "truck".into()],
+            ..Sightings::default()
+        });
+        let op = who(Role::Operator, None);
+        let police = who(Role::Handler, Some("traffic-police"));
+        c.apply(&op, Action::Register, "", None, now, g).unwrap();
+        c.apply(&op, Action::Dispatch { department: None }, "", None, now, g)
+            .unwrap();
+        c.apply(&police, Action::Accept, "", None, now, g).unwrap();
+        c
+    }
+
+    fn answer(c: &Case, device: &str, present: Option<bool>) -> csb_wire::CommandReply {
+        let r = c.recheck.as_ref().unwrap();
+        csb_wire::CommandReply {
+            v: 1,
+            id: r.command.clone(),
+            site: "yuexi".into(),
+            device: device.into(),
+            ts_ms: r.requested_ms,
+            status: match present {
+                Some(_) => csb_wire::ReplyStatus::Done,
+                None => csb_wire::ReplyStatus::Refused,
+            },
+            reason: present
+                .is_none()
+                .then(|| "camera `cam-1` has no zone `no-parking`".into()),
+            recheck: present.map(|p| csb_wire::RecheckResult {
+                present: p,
+                frames: 40,
+                frames_seen: if p { 38 } else { 0 },
+                counts: if p {
+                    [("truck".into(), 1)].into()
+                } else {
+                    BTreeMap::new()
+                },
+                started_ms: r.requested_ms,
+                ended_ms: r.requested_ms + 10_000,
+                snapshot: Some(format!("snap-after-{}", r.command)),
+            }),
+        }
+    }
+
+    #[test]
+    fn ai_recheck_is_sent_until_answered_and_each_answer_applies_once() {
+        let g = governance();
+        let police = who(Role::Handler, Some("traffic-police"));
+        let t0 = bj("2026-09-21 09:00");
+        let mut c = seen_by_camera(&g, t0);
+        let t1 = bj("2026-09-21 10:00");
+        let handled = Action::ReportHandled { photos: vec![] };
+        c.apply(&police, handled.clone(), "moved", None, t1, &g)
+            .unwrap();
+        let r = c.recheck.clone().unwrap();
+        assert_eq!(
+            (r.command.as_str(), r.outcome, r.zone.as_deref(), r.watch_s),
+            ("case-1-r1", RecheckOutcome::Waiting, Some("no-parking"), 10)
+        );
+        assert_eq!(r.deadline_ms, t1 + 600_000);
+        assert_eq!(c.due_ms, Some(t1), "sent at the next sweep");
+        assert!(c.merge_keys().contains(&command_key("case-1-r1")));
+        assert_eq!(
+            c.timeline.last().unwrap().action.name(),
+            "recheck_requested"
+        );
+        // Sent, then again every 30 s while unanswered; nothing between.
+        assert!(matches!(c.recheck_step(t1, &g), Some(RecheckStep::Send(r)) if r.sent == 1));
+        assert_eq!(c.recheck_step(t1 + 1_000, &g), None);
+        assert_eq!(c.due_ms, Some(t1 + 30_000));
+        assert!(
+            matches!(c.recheck_step(t1 + 30_000, &g), Some(RecheckStep::Send(r)) if r.sent == 2)
+        );
+        // Answers that are not the one waited for change nothing.
+        assert_eq!(
+            c.recheck_answer(&answer(&c, "gw-02", Some(false)), t1, &g),
+            None
+        );
+        let mut other = answer(&c, "gw-01", Some(false));
+        other.id = "case-1-r0".into();
+        assert_eq!(c.recheck_answer(&other, t1, &g), None);
+        // Still there: 返工 to the same department, with the fresh picture.
+        let still = answer(&c, "gw-01", Some(true));
+        let e = c.recheck_answer(&still, t1 + 40_000, &g).unwrap();
+        assert_eq!(
+            (e.from, e.to, e.actor.id.as_str()),
+            (State::Verifying, State::Dispatched, "agent:yuexi/gw-01")
+        );
+        assert_eq!(c.dispatches, vec!["traffic-police", "traffic-police"]);
+        assert!(c.reworked());
+        assert!(c.evidence.contains(&"snap-after-case-1-r1".to_string()));
+        assert_eq!(c.recheck.as_ref().unwrap().outcome, RecheckOutcome::Present);
+        assert!(!c.merge_keys().contains(&command_key("case-1-r1")));
+        assert_eq!(c.recheck_answer(&still, t1 + 41_000, &g), None, "a repeat");
+        assert_eq!(c.recheck_step(t1 + 60_000, &g), None);
+
+        // Again handled; no answer by the deadline → on-site verification, once.
+        let t2 = bj("2026-09-21 11:00");
+        c.apply(&police, handled.clone(), "", None, t2, &g).unwrap();
+        assert_eq!(c.recheck.as_ref().unwrap().command, "case-1-r2");
+        assert!(matches!(c.recheck_step(t2, &g), Some(RecheckStep::Send(_))));
+        assert_eq!(c.recheck_step(t2 + 600_000, &g), Some(RecheckStep::GaveUp));
+        assert_eq!(c.recheck_step(t2 + 700_000, &g), None);
+        assert_eq!(c.state, State::Verifying);
+        assert_eq!(
+            c.recheck.as_ref().unwrap().outcome,
+            RecheckOutcome::NoAnswer
+        );
+        let late = answer(&c, "gw-01", Some(false));
+        assert_eq!(c.recheck_answer(&late, t2 + 700_000, &g), None, "too late");
+        let inspector = who(Role::Inspector, None);
+        c.apply(
+            &inspector,
+            Action::Close,
+            "gone, checked on site",
+            None,
+            t2 + 800_000,
+            &g,
+        )
+        .unwrap();
+        assert_eq!(c.state, State::Closed);
+        assert_eq!(c.next_due(&g), None);
+    }
+
+    #[test]
+    fn ai_recheck_gone_closes_refusals_go_on_site_and_people_may_decide_first() {
+        let g = governance();
+        let police = who(Role::Handler, Some("traffic-police"));
+        let handled = Action::ReportHandled { photos: vec![] };
+        let t0 = bj("2026-09-21 09:00");
+        // Gone: 结案 with the before and after pictures.
+        let mut c = seen_by_camera(&g, t0);
+        c.apply(&police, handled.clone(), "", None, t0, &g).unwrap();
+        let e = c
+            .recheck_answer(&answer(&c, "gw-01", Some(false)), t0 + 12_000, &g)
+            .unwrap();
+        assert_eq!((e.to, c.state), (State::Closed, State::Closed));
+        assert_eq!(c.evidence, vec!["snap-before", "snap-after-case-1-r1"]);
+        assert_eq!(c.next_due(&g), None);
+        // Refused: stays at 核查 for an inspector, with the agent's reason.
+        let mut c = seen_by_camera(&g, t0);
+        c.apply(&police, handled.clone(), "", None, t0, &g).unwrap();
+        let e = c
+            .recheck_answer(&answer(&c, "gw-01", None), t0, &g)
+            .unwrap();
+        assert_eq!(
+            (e.action.name(), e.to),
+            ("recheck_unanswered", State::Verifying)
+        );
+        let r = c.recheck.as_ref().unwrap();
+        assert_eq!(r.outcome, RecheckOutcome::Refused);
+        assert!(r.reason.as_deref().unwrap().contains("no zone"));
+        assert_eq!(
+            c.recheck_step(t0 + 3_600_000, &g),
+            None,
+            "nothing left to send"
+        );
+        // An operator closes before the answer: the late answer changes nothing.
+        let mut c = seen_by_camera(&g, t0);
+        c.apply(&police, handled.clone(), "", None, t0, &g).unwrap();
+        let op = who(Role::Operator, None);
+        c.apply(
+            &op,
+            Action::Close,
+            "seen on the CCTV wall",
+            None,
+            t0 + 1_000,
+            &g,
+        )
+        .unwrap();
+        assert_eq!(
+            c.recheck.as_ref().unwrap().outcome,
+            RecheckOutcome::Superseded
+        );
+        assert_eq!(
+            c.recheck_answer(&answer(&c, "gw-01", Some(true)), t0 + 9_000, &g),
+            None
+        );
+        assert_eq!(c.state, State::Closed);
+        // Without a camera (a citizen's report) or with re-checks off: people verify.
+        let mut c = parking(&g, t0);
+        let op = who(Role::Operator, None);
+        c.apply(&op, Action::Register, "", None, t0, &g).unwrap();
+        c.apply(&op, Action::Dispatch { department: None }, "", None, t0, &g)
+            .unwrap();
+        c.apply(&police, handled.clone(), "", None, t0, &g).unwrap();
+        assert!(c.recheck.is_none());
+        let mut off = g.clone();
+        off.stages.recheck.enabled = false;
+        let mut c = seen_by_camera(&off, t0);
+        c.apply(&police, handled, "", None, t0, &off).unwrap();
+        assert!(c.recheck.is_none());
     }
 
     #[test]

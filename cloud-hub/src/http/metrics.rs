@@ -253,6 +253,30 @@ pub fn render_prometheus(
         &[("", ingest.ack_publish_failed)],
     );
     metric(
+        "csb_hub_commands_sent_total",
+        "counter",
+        "Commands published to agents (AI re-checks; each resend counted).",
+        &[("", ingest.commands_sent)],
+    );
+    metric(
+        "csb_hub_command_publish_failed_total",
+        "counter",
+        "Commands the broker could not take; sent again at the next interval.",
+        &[("", ingest.command_publish_failed)],
+    );
+    metric(
+        "csb_hub_command_replies_total",
+        "counter",
+        "Valid command replies from agents handed to the case workflow.",
+        &[("", ingest.replies)],
+    );
+    metric(
+        "csb_hub_command_replies_dropped_total",
+        "counter",
+        "Command replies dropped because the case workflow was busy (the command is resent).",
+        &[("", ingest.replies_dropped)],
+    );
+    metric(
         "csb_hub_store_failed_total",
         "counter",
         "Valid messages dropped because the store failed repeatedly.",

@@ -136,6 +136,12 @@ pub struct Metrics {
     acked_ids: AtomicU64,
     /// Ack messages the broker could not take at once (see `broker::BrokerLink::publish`).
     ack_publish_failed: AtomicU64,
+    /// Commands published to agents (each resend counted), and those the broker refused.
+    commands_sent: AtomicU64,
+    command_publish_failed: AtomicU64,
+    /// Valid command replies handed to the workflow, and those it had no room for.
+    replies: AtomicU64,
+    replies_dropped: AtomicU64,
     /// Rejected messages whose quarantine entry could not be stored.
     quarantine_failed: AtomicU64,
     /// Old quarantine entries removed to stay within `quarantine_max_entries`.
@@ -183,6 +189,13 @@ pub struct IngestSnapshot {
     pub acks_sent: u64,
     pub acked_ids: u64,
     pub ack_publish_failed: u64,
+    /// Commands published to agents (each resend counted), and those the broker refused.
+    pub commands_sent: u64,
+    pub command_publish_failed: u64,
+    /// Valid command replies handed to the case workflow, and those dropped because it was
+    /// busy (the command is sent again, and answered again).
+    pub replies: u64,
+    pub replies_dropped: u64,
     pub quarantine_failed: u64,
     pub quarantine_pruned: u64,
     /// MQTT CONNECTs refused for a wrong secret or an unknown device (`auth.devices =
@@ -237,6 +250,22 @@ impl Metrics {
     }
     pub fn add_ack_publish_failed(&self) {
         self.ack_publish_failed.fetch_add(1, Relaxed);
+    }
+    pub fn add_command(&self, published: bool) {
+        if published {
+            &self.commands_sent
+        } else {
+            &self.command_publish_failed
+        }
+        .fetch_add(1, Relaxed);
+    }
+    pub fn add_reply(&self, taken: bool) {
+        if taken {
+            &self.replies
+        } else {
+            &self.replies_dropped
+        }
+        .fetch_add(1, Relaxed);
     }
     pub fn add_quarantine_failed(&self, n: u64) {
         self.quarantine_failed.fetch_add(n, Relaxed);
@@ -316,6 +345,10 @@ impl Metrics {
             acks_sent: self.acks_sent.load(Relaxed),
             acked_ids: self.acked_ids.load(Relaxed),
             ack_publish_failed: self.ack_publish_failed.load(Relaxed),
+            commands_sent: self.commands_sent.load(Relaxed),
+            command_publish_failed: self.command_publish_failed.load(Relaxed),
+            replies: self.replies.load(Relaxed),
+            replies_dropped: self.replies_dropped.load(Relaxed),
             quarantine_failed: self.quarantine_failed.load(Relaxed),
             quarantine_pruned: self.quarantine_pruned.load(Relaxed),
             auth_refused: self.mqtt.refused(Refused::BadCredentials)

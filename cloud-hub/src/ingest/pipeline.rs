@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use csb_wire::{
-    decode, Ack, Channel, DeviceStatus, Event, PayloadError, Telemetry, Topic, TopicRef,
-    MAX_ACK_IDS, SCHEMA_VERSION,
+    decode, Ack, Channel, CommandReply, DeviceStatus, Event, PayloadError, Telemetry, Topic,
+    TopicRef, MAX_ACK_IDS, SCHEMA_VERSION,
 };
 use thiserror::Error;
 use ulid::Ulid;
@@ -63,6 +63,9 @@ pub enum Accepted {
     Event(Event),
     Telemetry(Telemetry),
     Status(DeviceStatus),
+    /// An agent's answer to a command (not stored in the logs: the case workflow records what
+    /// it decides, and an answer it missed comes again with the command's next send).
+    Reply(CommandReply),
 }
 
 /// Why a message was refused, with a human-readable detail naming the field or topic part.
@@ -153,7 +156,7 @@ pub fn classify_with(
     })?;
     if !matches!(
         topic.channel,
-        Channel::Event | Channel::Telemetry | Channel::Status
+        Channel::Event | Channel::Telemetry | Channel::Status | Channel::CmdReply
     ) {
         return Err(Rejection {
             reason: RejectReason::BadTopic,
@@ -185,6 +188,11 @@ pub fn classify_with(
             let t: Telemetry = decode(payload).map_err(bad)?;
             check_origin(&topic, &t.site, &t.device)?;
             Ok(Accepted::Telemetry(t))
+        }
+        Channel::CmdReply => {
+            let r: CommandReply = decode(payload).map_err(bad)?;
+            check_origin(&topic, &r.site, &r.device)?;
+            Ok(Accepted::Reply(r))
         }
         _ => {
             let s: DeviceStatus = decode(payload).map_err(bad)?;
@@ -405,6 +413,25 @@ pub trait DurableSink: Send + Sync + 'static {
     fn offer(&self, batch: &Arc<WriteBatch>, outcome: &WriteOutcome);
 }
 
+/// What takes agents' command replies (the case workflow), so ingest never names it.
+pub trait ReplySink: Send + Sync + 'static {
+    /// Must never wait: `false` when there is no room (the reply is dropped and counted; the
+    /// command is sent again and answered again).
+    fn reply(&self, reply: CommandReply) -> bool;
+}
+
+/// A message for one device that ingest publishes through its link, signed with the device's
+/// key when it has one (as acks are): the hub's commands.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub topic: Topic,
+    /// The unsigned JSON object.
+    pub payload: Vec<u8>,
+}
+
+/// Messages waiting for ingest to publish them; senders fail rather than wait when full.
+pub const OUTBOUND_CAPACITY: usize = 1_024;
+
 pub struct Ingest<S: Store> {
     link: BrokerLink,
     store: Arc<S>,
@@ -417,6 +444,8 @@ pub struct Ingest<S: Store> {
     /// Get every batch once it is durable (the digital twin; later the case workflow).
     sinks: Arc<[Arc<dyn DurableSink>]>,
     recycler: Recycler,
+    replies: Option<Arc<dyn ReplySink>>,
+    outbound: Option<tokio::sync::mpsc::Receiver<Outbound>>,
 }
 
 impl<S: Store> Ingest<S> {
@@ -436,7 +465,21 @@ impl<S: Store> Ingest<S> {
             ids: ulid::Generator::new(),
             sinks: Arc::new([]),
             recycler: Recycler::default(),
+            replies: None,
+            outbound: None,
         }
+    }
+
+    /// Hands valid command replies to `sink`.
+    pub fn with_replies(mut self, sink: Arc<dyn ReplySink>) -> Self {
+        self.replies = Some(sink);
+        self
+    }
+
+    /// Publishes what arrives on `rx` (see [`Outbound`]).
+    pub fn with_outbound(mut self, rx: tokio::sync::mpsc::Receiver<Outbound>) -> Self {
+        self.outbound = Some(rx);
+        self
     }
 
     /// Offers each batch to `sink` once it is durable (after any sinks added before).
@@ -469,10 +512,23 @@ impl<S: Store> Ingest<S> {
                     None => std::future::pending().await,
                 }
             };
+            let outbound = async {
+                match self.outbound.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let room = MAX_BATCH.saturating_sub(gathered.as_ref().map_or(0, Prepared::len));
             let messages = tokio::select! {
                 biased;
                 _ = &mut shutdown => break Ok(()),
+                o = outbound => {
+                    match o {
+                        Some(o) => self.publish_outbound(o),
+                        None => self.outbound = None,
+                    }
+                    continue;
+                }
                 // Ack as soon as the write is durable, then write what gathered meanwhile.
                 r = written => {
                     if let Some(p) = pending.take() {
@@ -585,6 +641,10 @@ impl<S: Store> Ingest<S> {
                     batch.telemetry_payloads.push(m.payload);
                 }
                 Ok(Accepted::Status(s)) => batch.statuses.push((s, received_ms)),
+                Ok(Accepted::Reply(r)) => {
+                    let taken = self.replies.as_ref().is_some_and(|sink| sink.reply(r));
+                    self.metrics.add_reply(taken);
+                }
                 Err(r) => {
                     self.log_reject(&m.topic, &r);
                     let id = self
@@ -751,6 +811,32 @@ impl<S: Store> Ingest<S> {
         }
     }
 
+    /// Publishes a hub message to a device, signed with its key when it has one (an agent with
+    /// credentials accepts only signed commands). Never waits: a failure is counted and the
+    /// sender sends again later.
+    fn publish_outbound(&mut self, o: Outbound) {
+        let topic = o.topic.to_string();
+        let key = self.settings.devices.as_ref();
+        let payload = match key.and_then(|r| r.key(&o.topic.site, &o.topic.device)) {
+            None => Ok(o.payload),
+            Some(key) => csb_wire::sign::sign(&topic, &o.payload, &key),
+        };
+        let published = match payload {
+            Ok(p) => match self.link.publish(topic.clone(), p) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "command not published; sent again later");
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "command not signed; not sent");
+                false
+            }
+        };
+        self.metrics.add_command(published);
+    }
+
     fn ack_failed(&mut self, topic: &str, error: &str) {
         self.metrics.add_ack_publish_failed();
         if let Some(suppressed) = self.ack_limiter.allow(Instant::now()) {
@@ -894,7 +980,6 @@ mod tests {
         for t in [
             "csb/v1/yu exi/gw-01/event",
             "csb/v1/yuexi/gw-01/cmd",
-            "csb/v1/yuexi/gw-01/cmd/reply",
             "csb/v1/yuexi/gw-01/bogus",
             "csb/v2/yuexi/gw-01/event",
             "csb/v1/yuexi/event",
@@ -902,6 +987,11 @@ mod tests {
         ] {
             assert_eq!(reason(t, &good), RejectReason::BadTopic, "{t}");
         }
+        // The reply channel is read: an event there is not a reply.
+        assert_eq!(
+            reason("csb/v1/yuexi/gw-01/cmd/reply", &good),
+            RejectReason::Schema
+        );
         assert_eq!(
             classify(b"csb/v1/\xff/gw-01/event", &good, MAX)
                 .unwrap_err()

@@ -1,0 +1,319 @@
+//! Hub → edge commands on `csb/v1/{site}/{device}/cmd` and the edge's replies on
+//! `csb/v1/{site}/{device}/cmd/reply`.
+//!
+//! Delivery is at least once: the hub keeps a command until it has a reply or its deadline
+//! passes, and sends it again now and then meanwhile (the agent may have been offline, the
+//! reply lost). So a command id names one command however often it arrives: an agent runs it
+//! once and answers every repeat with the same reply. With device credentials both directions
+//! are signed like acks and events ([`crate::sign`]); an agent that cannot verify a command
+//! refuses it and says why.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::payload::{check_ts, check_version, field_err, PayloadError, Validate};
+use crate::topic::validate_level;
+
+/// Longest watch window a re-check may ask for.
+pub const MAX_WATCH_S: u32 = 120;
+/// Most classes one re-check names.
+pub const MAX_CLASSES: usize = 16;
+/// Longest `reason` text in a reply.
+pub const MAX_REASON: usize = 500;
+
+/// A command to one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Command {
+    /// Schema version of this payload (currently 1).
+    pub v: u32,
+    /// The command's id, 1–64 of `A-Z a-z 0-9 - _ .`: its reply names it, and a repeat with
+    /// the same id is the same command (run once, answered again).
+    pub id: String,
+    pub site: String,
+    pub device: String,
+    /// When this copy was sent (Unix ms).
+    pub ts_ms: i64,
+    /// After this (Unix ms) the hub no longer waits for the answer: the agent refuses it.
+    pub expires_ms: i64,
+    /// What to do (`"op": "recheck"` and its fields).
+    #[serde(flatten)]
+    pub op: CommandOp,
+}
+
+/// The operations an agent knows. An agent that meets an `op` it does not know refuses it with
+/// the reason (a newer hub, an older agent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CommandOp {
+    /// AI 核查: look at a camera's zone for a while and say whether the problem is still there.
+    Recheck(Recheck),
+}
+
+impl CommandOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandOp::Recheck(_) => "recheck",
+        }
+    }
+}
+
+/// Look at `zone` of `camera` for `watch_s` seconds, running the detector on every frame
+/// (motion gating off), for objects of `classes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Recheck {
+    pub camera: String,
+    /// The agent's zone id on that camera (the rule's zone); absent: the whole frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Labels to look for (the rule's); empty: every class the zone admits.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// How long to look, in seconds (1..=120).
+    pub watch_s: u32,
+    /// The case this serves (for the agent's log and the snapshot's caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
+}
+
+/// The answer to a [`Command`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandReply {
+    /// Schema version of this payload (currently 1).
+    pub v: u32,
+    /// The command's id.
+    pub id: String,
+    pub site: String,
+    pub device: String,
+    /// When the reply was made (Unix ms).
+    pub ts_ms: i64,
+    pub status: ReplyStatus,
+    /// Why a command was refused or failed, for people to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A finished re-check's findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck: Option<RecheckResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    /// Done: the result is in the reply.
+    Done,
+    /// Not run: it could not be verified, had expired, named an unknown camera or zone, or
+    /// asked for an operation this agent does not know.
+    Refused,
+    /// Run, but it could not finish (the camera delivered no frames).
+    Failed,
+}
+
+/// What a re-check saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RecheckResult {
+    /// Whether the problem is still there: objects of the classes were in the zone in at least
+    /// half of the frames looked at.
+    pub present: bool,
+    /// Frames the detector ran on.
+    pub frames: u32,
+    /// Of those, frames with at least one object of the classes in the zone.
+    pub frames_seen: u32,
+    /// Most objects of each class in the zone in one frame (classes seen only).
+    #[serde(default)]
+    pub counts: BTreeMap<String, u32>,
+    /// The window looked at (Unix ms).
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    /// The fresh evidence JPEG (a ULID), uploaded to the hub's `/api/v1/snapshots/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+/// A command id: 1–64 of `A-Z a-z 0-9 - _ .`.
+pub fn check_command_id(field: &str, id: &str) -> Result<(), PayloadError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(field, "must be 1-64 of A-Z a-z 0-9 - _ ."))
+    }
+}
+
+fn check_label(field: String, s: &str) -> Result<(), PayloadError> {
+    if s.is_empty() || s.len() > 64 || s.chars().any(char::is_control) {
+        return Err(field_err(
+            field,
+            "must be 1-64 characters, no control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for Command {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        check_command_id("id", &self.id)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        check_ts("expires_ms", self.expires_ms)?;
+        match &self.op {
+            CommandOp::Recheck(r) => {
+                validate_level("camera", &r.camera)?;
+                if let Some(z) = &r.zone {
+                    check_label("zone".into(), z)?;
+                }
+                if r.classes.len() > MAX_CLASSES {
+                    return Err(field_err(
+                        "classes",
+                        format!("at most {MAX_CLASSES} classes"),
+                    ));
+                }
+                for (i, c) in r.classes.iter().enumerate() {
+                    check_label(format!("classes[{i}]"), c)?;
+                }
+                if !(1..=MAX_WATCH_S).contains(&r.watch_s) {
+                    return Err(field_err("watch_s", format!("must be 1..={MAX_WATCH_S}")));
+                }
+                if let Some(c) = &r.case {
+                    check_command_id("case", c)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for CommandReply {
+    fn validate(&self) -> Result<(), PayloadError> {
+        check_version(self.v)?;
+        check_command_id("id", &self.id)?;
+        validate_level("site", &self.site)?;
+        validate_level("device", &self.device)?;
+        check_ts("ts_ms", self.ts_ms)?;
+        if self.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
+            return Err(field_err("reason", format!("at most {MAX_REASON} bytes")));
+        }
+        match (self.status, &self.recheck) {
+            (ReplyStatus::Done, None) => {
+                return Err(field_err("recheck", "required when status is `done`"))
+            }
+            (ReplyStatus::Refused | ReplyStatus::Failed, Some(_)) => {
+                return Err(field_err("recheck", "only allowed when status is `done`"))
+            }
+            _ => {}
+        }
+        if let Some(r) = &self.recheck {
+            if r.frames_seen > r.frames {
+                return Err(field_err("recheck.frames_seen", "exceeds `frames`"));
+            }
+            if r.counts.len() > MAX_CLASSES {
+                return Err(field_err(
+                    "recheck.counts",
+                    format!("at most {MAX_CLASSES} classes"),
+                ));
+            }
+            for k in r.counts.keys() {
+                check_label(format!("recheck.counts[{k:?}]"), k)?;
+            }
+            check_ts("recheck.started_ms", r.started_ms)?;
+            check_ts("recheck.ended_ms", r.ended_ms)?;
+            if let Some(s) = &r.snapshot {
+                if s.parse::<ulid::Ulid>().is_err() {
+                    return Err(field_err("recheck.snapshot", "must be a ULID"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::{decode, SCHEMA_VERSION};
+
+    fn cmd() -> Command {
+        Command {
+            v: SCHEMA_VERSION,
+            id: "01JCASE-r1".into(),
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            ts_ms: 1_790_000_000_000,
+            expires_ms: 1_790_000_600_000,
+            op: CommandOp::Recheck(Recheck {
+                camera: "cam-01".into(),
+                zone: Some("no-parking-north".into()),
+                classes: vec!["car".into(), "truck".into()],
+                watch_s: 10,
+                case: Some("01JCASE".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn command_round_trips_with_its_op_beside_the_header() {
+        let c = cmd();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""op":"recheck""#), "{json}");
+        assert!(json.contains(r#""camera":"cam-01""#), "{json}");
+        assert_eq!(decode::<Command>(json.as_bytes()).unwrap(), c);
+        // A signed copy still decodes: the signature is one more member at the end.
+        let key = crate::sign::signing_key("s3cret");
+        let signed = crate::sign::sign("t", json.as_bytes(), &key).unwrap();
+        assert_eq!(decode::<Command>(&signed).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_commands_name_the_field() {
+        let mut c = cmd();
+        let CommandOp::Recheck(r) = &mut c.op;
+        r.watch_s = 0;
+        let e = decode::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("watch_s"), "{e}");
+        let mut c = cmd();
+        c.id = "a/b".into();
+        let e = decode::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("`id`"), "{e}");
+        let unknown = br#"{"v":1,"id":"x","site":"s","device":"d","ts_ms":1790000000000,
+            "expires_ms":1790000000000,"op":"reboot"}"#;
+        assert!(decode::<Command>(unknown).is_err());
+    }
+
+    #[test]
+    fn replies_need_a_result_exactly_when_done() {
+        let mut r = CommandReply {
+            v: SCHEMA_VERSION,
+            id: "c1".into(),
+            site: "yuexi".into(),
+            device: "gw-01".into(),
+            ts_ms: 1_790_000_000_000,
+            status: ReplyStatus::Done,
+            reason: None,
+            recheck: None,
+        };
+        let e = decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("recheck"), "{e}");
+        r.recheck = Some(RecheckResult {
+            present: true,
+            frames: 10,
+            frames_seen: 9,
+            counts: [("truck".to_string(), 1)].into(),
+            started_ms: 1_790_000_000_000,
+            ended_ms: 1_790_000_010_000,
+            snapshot: Some(ulid::Ulid::new().to_string()),
+        });
+        decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).unwrap();
+        r.status = ReplyStatus::Refused;
+        assert!(decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).is_err());
+        r.recheck = None;
+        r.reason = Some("x".repeat(MAX_REASON + 1));
+        let e = decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("reason"), "{e}");
+    }
+}
