@@ -479,9 +479,12 @@ async fn rule_events_become_one_dispatched_case_that_each_role_works_on() {
             ("request_extension", "tp-1"),
             ("approve_extension", "chief"),
             ("report_handled", "tp-1"),
+            // The camera was asked to look again (AI 核查); the desk closed it first.
+            ("recheck_requested", "system"),
             ("close", "desk"),
         ]
     );
+    assert_eq!(case["recheck"]["outcome"], "superseded", "{case:#}");
     assert!(case["timeline"]
         .as_array()
         .unwrap()
