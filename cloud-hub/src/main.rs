@@ -168,6 +168,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark: the case workflow at county volume — 100,000 cases loaded, then AI events at
+    /// 1,000/s of which 20 % open or merge into cases while cases are listed with filters:
+    /// event → case visible p99, list p99, SLA sweeps, transitions/s, disk bytes per case.
+    BenchCases {
+        #[command(flatten)]
+        opts: cloud_hub::bench::cases::CasesOptions,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark: the data platform at county volume in one store — events and telemetry
     /// loaded through the store (no MQTT), the twin with synthetic sensors over the county —
     /// then p50/p99 of a 24-hour event aggregate, a 7-day telemetry rollup and geo queries
@@ -777,6 +787,10 @@ fn run() -> anyhow::Result<()> {
         }
         Command::BenchHistory { opts, json } => {
             let report = bench_runtime("warn")?.block_on(cloud_hub::bench::history::run(&opts))?;
+            print_report(json, &report, || report.text())
+        }
+        Command::BenchCases { opts, json } => {
+            let report = cloud_hub::bench::cases::run(&opts)?;
             print_report(json, &report, || report.text())
         }
         Command::BenchPlatform { opts, json } => {

@@ -396,7 +396,8 @@ impl<C: CaseStore> Engine<C> {
     }
 
     /// Fires every timer due now, each once (its mark is stored with the case in the same
-    /// write), and returns what fired per case.
+    /// write), and returns what fired per case. The changes of a page of due cases are made
+    /// durable together (one flush, not one per case) before any command goes out.
     pub fn sweep(&self) -> Result<Vec<(String, Vec<Timer>)>, EngineError> {
         let now = self.clock.now_ms();
         let g = &*self.governance;
@@ -404,8 +405,9 @@ impl<C: CaseStore> Engine<C> {
         loop {
             let due = self.cases.due(now, SWEEP_PAGE)?;
             let mut progressed = false;
+            let mut sends = Vec::new();
             for id in &due {
-                let r = self.cases.update(id, |c| {
+                let r = self.cases.update_unsynced(id, |c| {
                     let fired = c.fire_timers(now, g);
                     Ok::<_, std::convert::Infallible>((fired, c.recheck_step(now, g)))
                 })?;
@@ -413,10 +415,10 @@ impl<C: CaseStore> Engine<C> {
                     continue;
                 };
                 match step {
-                    // Stored first: a crash now sends it again at the next sweep.
+                    // Sent once stored: a crash before sends it again at the next sweep.
                     Some(RecheckStep::Send(r)) => {
                         progressed = true;
-                        self.send_recheck(id, &r, now);
+                        sends.push((id.clone(), r));
                     }
                     Some(RecheckStep::GaveUp) => {
                         progressed = true;
@@ -441,6 +443,12 @@ impl<C: CaseStore> Engine<C> {
                     c.fetch_add(1, Relaxed);
                 }
                 out.push((id.clone(), fired));
+            }
+            if progressed {
+                self.cases.sync()?;
+            }
+            for (id, r) in sends {
+                self.send_recheck(&id, &r, now);
             }
             // A full page may have more behind it; a page that fired nothing would repeat.
             if due.len() < SWEEP_PAGE || !progressed {

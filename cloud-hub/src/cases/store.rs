@@ -7,9 +7,15 @@
 //! transaction keeps two indexes true: open cases by the keys repeats are merged on (problem
 //! id, spot) and open cases by when their next timer is due — so a sweep reads only what is
 //! due, and a timer's firing is stored with its mark, once.
+//!
+//! Listings filter a compact summary of every case held in memory (state, department,
+//! category, town: ~100 B a case) and read only the page they return, so a filter that
+//! matches few of 100,000 cases does not decode them all.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
@@ -40,6 +46,20 @@ pub struct CaseFilter {
 }
 
 impl CaseFilter {
+    fn matches_summary(&self, s: &Summary) -> bool {
+        self.state.is_none_or(|st| s.state == st)
+            && (!self.open_only || s.state.is_open())
+            && self
+                .department
+                .as_deref()
+                .is_none_or(|d| s.department.as_deref() == Some(d))
+            && self.category.as_deref().is_none_or(|k| &*s.category == k)
+            && self
+                .town
+                .as_deref()
+                .is_none_or(|t| s.town.as_deref() == Some(t))
+    }
+
     pub fn matches(&self, c: &Case) -> bool {
         self.state.is_none_or(|s| c.state == s)
             && (!self.open_only || c.state.is_open())
@@ -73,6 +93,19 @@ pub trait CaseStore: Send + Sync + 'static {
         &self,
         id: &str,
         change: impl FnMut(&mut Case) -> Result<T, E>,
+    ) -> Result<Updated<T, E>, CaseStoreError> {
+        let r = self.update_unsynced(id, change)?;
+        if matches!(r, Updated::Done(_)) {
+            self.sync()?;
+        }
+        Ok(r)
+    }
+    /// [`CaseStore::update`] without making it durable: for a run of changes made durable
+    /// together by one [`CaseStore::sync`] (group commit) before anything depends on them.
+    fn update_unsynced<T, E>(
+        &self,
+        id: &str,
+        change: impl FnMut(&mut Case) -> Result<T, E>,
     ) -> Result<Updated<T, E>, CaseStoreError>;
     /// Cases matching `filter`, newest id first, after `after` (an id from a previous page).
     fn list(
@@ -102,6 +135,55 @@ pub struct SledCases {
     keys: sled::Tree,
     due: sled::Tree,
     meta: sled::Tree,
+    /// Every case's summary by id: what listings filter on. Written under its lock together
+    /// with the transaction that changes the case, so it never lags behind the store.
+    summaries: RwLock<Summaries>,
+}
+
+#[derive(Default)]
+struct Summaries {
+    by_id: BTreeMap<Arc<str>, Summary>,
+    names: Names,
+}
+
+impl Summaries {
+    fn remember(&mut self, case: &Case) {
+        let s = summary_of(case, &mut self.names);
+        self.by_id.insert(Arc::from(case.id.as_str()), s);
+    }
+}
+
+/// What a listing filters on. Repeated strings (departments, categories, towns) are shared.
+#[derive(Debug, Clone)]
+struct Summary {
+    state: State,
+    department: Option<Arc<str>>,
+    category: Arc<str>,
+    town: Option<Arc<str>>,
+}
+
+/// Interns the few distinct department, category and town names.
+#[derive(Default)]
+struct Names(BTreeMap<String, Arc<str>>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_string(), a.clone());
+        a
+    }
+}
+
+fn summary_of(c: &Case, names: &mut Names) -> Summary {
+    Summary {
+        state: c.state,
+        department: c.department.as_deref().map(|d| names.get(d)),
+        category: names.get(&c.category),
+        town: c.place.town.as_deref().map(|t| names.get(t)),
+    }
 }
 
 fn sled_err(op: &'static str) -> impl FnOnce(sled::Error) -> CaseStoreError {
@@ -141,13 +223,47 @@ impl SledCases {
         let keys = db.open_tree("case_keys").map_err(sled_err("open"))?;
         let due = db.open_tree("case_due").map_err(sled_err("open"))?;
         let meta = db.open_tree("case_meta").map_err(sled_err("open"))?;
+        let mut summaries = Summaries::default();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(sled_err("open"))?;
+            summaries.remember(&Self::decode(&k, &v)?);
+        }
         Ok(SledCases {
             db,
             tree,
             keys,
             due,
             meta,
+            summaries: RwLock::new(summaries),
         })
+    }
+
+    /// Stores a case without making it durable (a bulk import, made durable by one
+    /// [`CaseStore::sync`]); `false` if its id exists.
+    pub fn import(&self, case: &Case) -> Result<bool, CaseStoreError> {
+        self.create_inner(case)
+    }
+
+    fn create_inner(&self, case: &Case) -> Result<bool, CaseStoreError> {
+        let bytes = Self::encode(case);
+        let mut map = self.summaries.write().unwrap_or_else(|p| p.into_inner());
+        let r = (&self.tree, &self.keys, &self.due).transaction(|(t, k, d)| {
+            if t.get(case.id.as_bytes())?.is_some() {
+                return Err(ConflictableTransactionError::Abort(Stop::<()>::Exists));
+            }
+            t.insert(case.id.as_bytes(), bytes.as_slice())?;
+            Self::reindex(k, d, None, case)
+        });
+        match r {
+            Ok(()) => {
+                map.remember(case);
+                Ok(true)
+            }
+            Err(e) => match Self::tx_error("create", e)? {
+                Stop::Corrupt(e) => Err(e),
+                _ => Ok(false),
+            },
+        }
     }
 
     fn decode(id: &[u8], bytes: &[u8]) -> Result<Case, CaseStoreError> {
@@ -210,24 +326,11 @@ impl SledCases {
 
 impl CaseStore for SledCases {
     fn create(&self, case: &Case) -> Result<bool, CaseStoreError> {
-        let bytes = Self::encode(case);
-        let r = (&self.tree, &self.keys, &self.due).transaction(|(t, k, d)| {
-            if t.get(case.id.as_bytes())?.is_some() {
-                return Err(ConflictableTransactionError::Abort(Stop::<()>::Exists));
-            }
-            t.insert(case.id.as_bytes(), bytes.as_slice())?;
-            Self::reindex(k, d, None, case)
-        });
-        match r {
-            Ok(()) => {
-                self.flush()?;
-                Ok(true)
-            }
-            Err(e) => match Self::tx_error("create", e)? {
-                Stop::Corrupt(e) => Err(e),
-                _ => Ok(false),
-            },
+        let created = self.create_inner(case)?;
+        if created {
+            self.flush()?;
         }
+        Ok(created)
     }
 
     fn get(&self, id: &str) -> Result<Option<Case>, CaseStoreError> {
@@ -238,7 +341,7 @@ impl CaseStore for SledCases {
             .transpose()
     }
 
-    fn update<T, E>(
+    fn update_unsynced<T, E>(
         &self,
         id: &str,
         change: impl FnMut(&mut Case) -> Result<T, E>,
@@ -246,6 +349,8 @@ impl CaseStore for SledCases {
         // sled may run the transaction again on a conflict: the change is pure, so rerunning
         // it on the newer version is what compare-and-swap would do.
         let change = RefCell::new(change);
+        let changed = RefCell::new(None);
+        let mut map = self.summaries.write().unwrap_or_else(|p| p.into_inner());
         let r = (&self.tree, &self.keys, &self.due).transaction(|(t, k, d)| {
             let Some(old_bytes) = t.get(id.as_bytes())? else {
                 return Err(ConflictableTransactionError::Abort(Stop::NotFound));
@@ -259,16 +364,17 @@ impl CaseStore for SledCases {
             if new != old_bytes.as_ref() {
                 t.insert(id.as_bytes(), new)?;
                 Self::reindex(k, d, Some(&old), &case)?;
-                Ok((out, true))
+                *changed.borrow_mut() = Some(case);
             } else {
                 // Nothing changed (a retried request): nothing to write.
-                Ok((out, false))
+                *changed.borrow_mut() = None;
             }
+            Ok(out)
         });
         match r {
-            Ok((out, written)) => {
-                if written {
-                    self.flush()?;
+            Ok(out) => {
+                if let Some(case) = changed.into_inner() {
+                    map.remember(&case);
                 }
                 Ok(Updated::Done(out))
             }
@@ -286,19 +392,24 @@ impl CaseStore for SledCases {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Case>, CaseStoreError> {
-        let iter = match after {
-            Some(a) => self.tree.range(..a.as_bytes()),
-            None => self.tree.iter(),
+        // The page's ids from the summaries, then the cases themselves.
+        let ids: Vec<Arc<str>> = {
+            let map = self.summaries.read().unwrap_or_else(|p| p.into_inner());
+            use std::ops::Bound;
+            let upper = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let range = map.by_id.range::<str, _>((Bound::Unbounded, upper));
+            range
+                .rev()
+                .filter(|(_, s)| filter.matches_summary(s))
+                .take(limit)
+                .map(|(id, _)| id.clone())
+                .collect()
         };
-        let mut out = Vec::new();
-        for kv in iter.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = kv.map_err(sled_err("list"))?;
-            let case = Self::decode(&k, &v)?;
-            if filter.matches(&case) {
-                out.push(case);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Gone meanwhile cannot happen (cases are never deleted); skip rather than fail.
+            if let Some(c) = self.get(&id)? {
+                out.push(c);
             }
         }
         Ok(out)
