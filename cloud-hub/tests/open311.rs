@@ -768,6 +768,13 @@ async fn a_citizens_request_becomes_a_case_routed_by_its_place_and_comes_back_cl
     get(&hub, "requests/whatever.html")
         .await
         .refused(StatusCode::NOT_FOUND, "end it in .json or .xml");
+    get(&hub, "requests/").await.refused(
+        StatusCode::NOT_FOUND,
+        "no Open311 endpoint `/open311/v2/requests/`",
+    );
+    get(&hub, "tokens/abc.xml")
+        .await
+        .refused(StatusCode::NOT_FOUND, "no Open311 endpoint");
 
     // Every refused key was counted with the other HTTP auth refusals.
     let health = hub.get("/api/v1/health").await;

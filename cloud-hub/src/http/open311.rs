@@ -739,7 +739,7 @@ fn service_of(c: &Category, l: Lang) -> Service {
     let register = part(&c.register_when, l);
     let description = match l {
         Lang::Zh => format!(
-            "{}（{codes}）。派遣后 {limit} 内处置。立案条件：{register}",
+            "{}（{codes}）。派遣后 {limit}内处置。立案条件：{register}",
             c.name
         ),
         Lang::En => format!(
@@ -773,7 +773,7 @@ fn service_notice(c: &Category, l: Lang) -> String {
     let limit = limit_text(c.limit, l);
     match l {
         Lang::Zh => format!(
-            "{}：受理立案后派遣至责任部门，派遣后 {limit} 内处置。",
+            "{}：受理立案后派遣至责任部门，派遣后 {limit}内处置。",
             c.name
         ),
         Lang::En => format!(
@@ -1882,6 +1882,25 @@ pub fn routes<S: Store>() -> ApiRouter<ApiState<S>> {
             })),
         )
         .api_route("/open311/v2/requests/{file}", get_with(get::<S>, get_docs))
+        // Any other path under /open311/v2/ answers in the spec's format too (undocumented).
+        .route("/open311/v2/{*rest}", axum::routing::any(unknown))
+}
+
+/// A path under `/open311/v2/` that is no endpoint: 404 as the spec's error list.
+async fn unknown(uri: axum::http::Uri) -> Refusal {
+    let fmt = if uri.path().ends_with(".xml") {
+        Fmt::Xml
+    } else {
+        Fmt::Json
+    };
+    Refusal::not_found(
+        fmt,
+        format!(
+            "no Open311 endpoint `{}`: services.json, services/{{code}}.json, requests.json, \
+             requests/{{id}}.json (or .xml)",
+            clip(uri.path())
+        ),
+    )
 }
 
 /// The XML answers' schema: a document, as text.
