@@ -649,18 +649,27 @@ pub struct RequestsParams {
     _api_key: Option<String>,
 }
 
-/// `{code}.json` / `{id}.xml` in the path.
+/// `{code}.json` / `{code}.xml` in the path.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct FilePath {
-    /// The service code or request id followed by `.json` or `.xml` (the answer's format).
-    #[schemars(regex(pattern = r"^[^/]{1,128}\.(json|xml)$"))]
+pub struct ServicePath {
+    /// The service code (or another of its category's codes, or its id) followed by `.json` or
+    /// `.xml` (the answer's format): `09009.json`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9-]{1,64}\.(json|xml)$"))]
+    file: String,
+}
+
+/// `{id}.json` / `{id}.xml` in the path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RequestPath {
+    /// The request id (the case id, a ULID) followed by `.json` or `.xml` (the answer's
+    /// format).
+    #[schemars(regex(pattern = r"^[0-9A-HJKMNP-TV-Z]{26}\.(json|xml)$"))]
     file: String,
 }
 
 /// The path's code or id and the format its extension asks for (JSON when it names none).
-fn file_of(path: Result<Path<FilePath>, PathRejection>) -> Result<(String, Fmt), Refusal> {
-    let Path(FilePath { file }) =
-        path.map_err(|e| Refusal::bad(Fmt::Json, format!("path: {}", e.body_text())))?;
+fn file_of(file: Result<String, PathRejection>) -> Result<(String, Fmt), Refusal> {
+    let file = file.map_err(|e| Refusal::bad(Fmt::Json, format!("path: {}", e.body_text())))?;
     match Fmt::split(&file) {
         Some((stem, fmt)) => Ok((stem.to_string(), fmt)),
         None => Err(Refusal::not_found(
@@ -996,15 +1005,16 @@ fn services_in<S>(
 /// `GET services/{code}.{json,xml}`.
 pub(crate) async fn service<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<FilePath>, PathRejection>,
+    path: Result<Path<ServicePath>, PathRejection>,
     Query311(p): Query311<LocaleParams>,
 ) -> Result<Reply, Refusal> {
-    service_in(&st, path, p).inspect_err(|e| log_refusal("GET services/{code}", e))
+    service_in(&st, path.map(|Path(p)| p.file), p)
+        .inspect_err(|e| log_refusal("GET services/{code}", e))
 }
 
 fn service_in<S>(
     st: &ApiState<S>,
-    path: Result<Path<FilePath>, PathRejection>,
+    path: Result<String, PathRejection>,
     p: Result<LocaleParams, QueryFault>,
 ) -> Result<Reply, Refusal> {
     let (code, fmt) = file_of(path)?;
@@ -1806,17 +1816,17 @@ async fn list_in<S: Store>(
 pub(crate) async fn get<S: Store>(
     State(st): State<ApiState<S>>,
     headers: HeaderMap,
-    path: Result<Path<FilePath>, PathRejection>,
+    path: Result<Path<RequestPath>, PathRejection>,
     Query311(p): Query311<LocaleParams>,
 ) -> Result<Reply, Refusal> {
-    let r = get_in(st, headers, path, p).await;
+    let r = get_in(st, headers, path.map(|Path(p)| p.file), p).await;
     r.inspect_err(|e| log_refusal("GET requests/{id}", e))
 }
 
 async fn get_in<S: Store>(
     st: ApiState<S>,
     headers: HeaderMap,
-    path: Result<Path<FilePath>, PathRejection>,
+    path: Result<String, PathRejection>,
     p: Result<LocaleParams, QueryFault>,
 ) -> Result<Reply, Refusal> {
     let (id, fmt) = file_of(path)?;
