@@ -837,11 +837,15 @@ fn parse_date(name: &str, s: &str, end_of_day: bool, g: &Governance) -> Result<i
     parse_time_ms(s).map_err(|_| bad())
 }
 
-/// Actions whose notes are for the citizen; 督办, extensions, timers and merges stay internal.
+/// Actions whose notes are for the citizen; 督办, extensions, timers, merges and AI re-checks
+/// (machine notes) stay internal.
 fn public_note(a: &Action) -> bool {
     !matches!(
         a,
         Action::Supervise
+            | Action::RecheckRequested { .. }
+            | Action::RecheckDone { .. }
+            | Action::RecheckUnanswered { .. }
             | Action::RequestExtension { .. }
             | Action::ApproveExtension
             | Action::DenyExtension
@@ -869,7 +873,11 @@ fn status_notes(case: &Case, l: Lang) -> Option<String> {
         .timeline
         .iter()
         .rev()
-        .find(|e| e.actor.id != "system" && public_note(&e.action) && !e.note.trim().is_empty())
+        .find(|e| {
+            // A person: not the hub (`system`) nor an edge agent (`agent:…`).
+            let person = e.actor.id != "system" && !e.actor.id.starts_with("agent:");
+            person && public_note(&e.action) && !e.note.trim().is_empty()
+        })
         .map(|e| e.note.trim().to_string());
     let reason = match case.state {
         CaseState::Rejected => case.timeline.iter().rev().find_map(|e| match e.action {
