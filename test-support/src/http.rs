@@ -1,5 +1,5 @@
 //! Reading a hub over HTTP: JSON and text GETs, polling until something holds, query-string
-//! encoding, NGSI-LD entity ids and a server-sent events reader.
+//! and form encoding, NGSI-LD entity ids and a server-sent events reader.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -74,6 +74,16 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// An `application/x-www-form-urlencoded` body of `pairs`, in order (keys and values encoded
+/// with [`enc`], as a browser form or an Open311 client sends them).
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The `id`s of an array of NGSI-LD entities.

@@ -52,6 +52,11 @@ impl WorkCalendar {
         }
     }
 
+    /// The local time's offset from UTC (Open311 writes times with it).
+    pub fn offset(&self) -> UtcOffset {
+        self.offset
+    }
+
     /// Working minutes in one working day (480 with the default windows): a "working day" limit.
     pub fn minutes_per_day(&self) -> i64 {
         self.windows.iter().map(|w| w.end - w.start).sum()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use csb_wire::{Command, CommandOp, CommandReply, Event, EventKind, SCHEMA_VERSION};
 use thiserror::Error;
 
+use super::citizen::CitizenReport;
 use super::config::Governance;
 use super::intake::{self, Locate, Merged, NotASighting, NotMerged, Sighting};
 use super::lifecycle::{
@@ -297,6 +298,28 @@ impl<C: CaseStore> Engine<C> {
             new.id = self.new_id(now);
         }
         let case = Case::report(new, actor.clone(), now, &self.governance)?;
+        if !self.cases.create(&case)? {
+            return Err(TransitionError::RequestIdReused(case.id).into());
+        }
+        self.counters.opened.fetch_add(1, Relaxed);
+        Ok(case)
+    }
+
+    /// A case reported by a citizen (Open311), at 上报 like [`Engine::report`], with what the
+    /// citizen sent stored in the same write.
+    pub fn report_citizen(
+        &self,
+        new: NewCase,
+        citizen: CitizenReport,
+        actor: &Actor,
+    ) -> Result<Case, EngineError> {
+        let now = self.clock.now_ms();
+        let mut new = new;
+        if new.id.is_empty() {
+            new.id = self.new_id(now);
+        }
+        let mut case = Case::report(new, actor.clone(), now, &self.governance)?;
+        case.citizen = Some(citizen);
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }

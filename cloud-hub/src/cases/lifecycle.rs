@@ -386,6 +386,9 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_ms: Option<i64>,
     pub timeline: Vec<Entry>,
+    /// A citizen's report (Open311): what they wrote, the photo, how to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citizen: Option<super::citizen::CitizenReport>,
 }
 
 /// AI 核查: the source camera is asked (a command to its agent, sent again until answered or
@@ -553,6 +556,7 @@ impl Case {
                 to: State::Reported,
                 request_id: None,
             }],
+            citizen: None,
         }
         .with_due(g))
     }

@@ -3,10 +3,12 @@
 //! evaluation), working time ([`calendar`]), stage clocks with their traffic lights ([`sla`]),
 //! the case with its checked transitions, timers and timeline ([`lifecycle`]), where cases
 //! are kept ([`store`]: the `CaseStore` trait and its sled default), how rule events become
-//! cases ([`intake`]) and the workflow at work in the hub ([`engine`]: intake from the event
-//! log, transitions, the timer sweep). Uses `platform` and below; `http` serves it.
+//! cases ([`intake`]), what a citizen's report carries and where its point lies in the county
+//! ([`citizen`], for Open311) and the workflow at work in the hub ([`engine`]: intake from the
+//! event log, transitions, the timer sweep). Uses `platform` and below; `http` serves it.
 
 pub mod calendar;
+pub mod citizen;
 pub mod config;
 pub mod engine;
 pub mod evaluation;

@@ -43,6 +43,11 @@ impl HttpAccess {
         }
     }
 
+    /// The token `token` is, if it is one (Open311 takes it as its `api_key`).
+    pub(crate) fn authenticate(&self, token: &str) -> Option<TokenInfo> {
+        self.tokens.authenticate(token)
+    }
+
     /// Logs a refusal: method, path, reason and the token's name, never a credential.
     pub(crate) fn log_refusal(
         &self,
@@ -129,6 +134,13 @@ const POLICY: &[Rule] = &[
         method: "POST",
         path: PathMatch::Under("/api/v1/cases"),
         access: Access::Role(Role::Viewer),
+    },
+    // Open311 GeoReport v2 (citizen apps): reads are public, as Open311 servers' are; a POST
+    // proves itself with its `api_key`, which the handler checks (crate::http::open311).
+    Rule {
+        method: "*",
+        path: PathMatch::Under("/open311/v2/"),
+        access: Access::Open,
     },
     // Reserved for management endpoints (tokens, devices, config over HTTP).
     Rule {
@@ -394,6 +406,10 @@ mod access_tests {
             a(Method::GET, "/api/v1/admin/tokens"),
             Access::Role(Role::Admin)
         );
+        // Open311: the handler checks a POST's api_key.
+        assert_eq!(a(Method::GET, "/open311/v2/services.json"), Access::Open);
+        assert_eq!(a(Method::POST, "/open311/v2/requests.xml"), Access::Open);
+        assert_eq!(a(Method::POST, "/open311/v2"), Access::Role(Role::Operator));
     }
 
     #[test]

@@ -259,7 +259,7 @@ fn engine_error(id: &str, e: EngineError) -> ApiError {
 /// Runs a blocking workflow call (sled, fsync) off the async threads, in one of the store
 /// calls' slots and under their time limit (503 when all are taken or it takes too long), as
 /// every other store-backed endpoint does.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     slots: &tokio::sync::Semaphore,
     what: &str,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

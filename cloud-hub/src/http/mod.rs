@@ -10,6 +10,8 @@
 //! - [`devices`], [`county`], [`inventory`], [`health`] — `GET /api/v1/{devices,county,inventory,health}`
 //! - [`ngsi`] — the NGSI-LD API and the change stream `GET /api/v1/twin/stream`
 //! - [`metrics`] — `GET /metrics` (Prometheus text); [`openapi`] — `GET /api/v1/openapi.json`
+//! - [`cases`] — `/api/v1/cases`, `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
+//!   `/open311/v2/` (citizen apps: services, requests; errors in that spec's format)
 //!
 //! Shared by them: [`state`] (what handlers are given, store calls with a slot and a time
 //! limit), [`query`] (typed query parameters), [`error`] (the REST API's one error shape,
@@ -37,6 +39,7 @@ pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod ngsi;
+pub mod open311;
 pub mod openapi;
 pub mod quarantine;
 pub mod query;
@@ -141,6 +144,7 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
         )
         .api_route("/metrics", get_with(met::metrics::<S>, met::metrics_docs))
         .merge(crate::http::ngsi::routes(twin))
+        .merge(crate::http::open311::routes::<S>())
 }
 
 /// The API's OpenAPI document, as `GET /api/v1/openapi.json` serves it.

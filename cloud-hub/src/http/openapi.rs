@@ -122,6 +122,11 @@ pub fn base() -> OpenApi {
                 "Device status, the county model and the inventory (家底)",
             ),
             tag("twin", "The county's digital twin (NGSI-LD)"),
+            tag(
+                "open311",
+                "Open311 GeoReport v2 for citizen apps: services (the governance categories) \
+                 and requests (citizens' cases); errors as the spec's list, JSON or XML",
+            ),
             tag("operations", "Health, metrics and this document"),
         ],
         components: Some(components),

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cloud_hub::{serve, HubConfig, HubError};
-pub use csb_test_support::http::{client, enc, get_text};
+pub use csb_test_support::http::{client, enc, form, get_text};
 pub use csb_test_support::mqtt::{acked_ids, Client};
 pub use csb_test_support::payloads::*;
 pub use csb_test_support::process::{county_dir, free_port};
