@@ -273,6 +273,17 @@ async fn rule_events_become_one_dispatched_case_that_each_role_works_on() {
     assert_eq!(s, StatusCode::CREATED, "{reported}");
     assert_eq!(reported["state"], "reported");
     assert_eq!(reported["source"], "inspector");
+    // What the inspector wrote is stored with the case, not only answered.
+    let rid = reported["id"].as_str().unwrap();
+    let (_, again) = call(
+        &hub,
+        "GET",
+        &format!("/api/v1/cases/{rid}"),
+        &t.viewer,
+        None,
+    )
+    .await;
+    assert_eq!(again["timeline"][0]["note"], "bags by the bin", "{again}");
     let (s, _) = call(
         &hub,
         "POST",

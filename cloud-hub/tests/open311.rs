@@ -388,6 +388,17 @@ async fn a_citizens_request_becomes_a_case_routed_by_its_place_and_comes_back_cl
         json!([{"code": "plate", "value": "皖H·12345"}])
     );
     assert_eq!(case["timeline"][0]["actor"]["id"], "citizen-app");
+    // Leaders see the case, not how to reach the citizen.
+    let seen = rest(
+        &hub,
+        "GET",
+        &format!("/api/v1/cases/{seat_id}"),
+        &t.viewer,
+        None,
+    )
+    .await;
+    assert_eq!(seen["citizen"]["client"], "citizen-app");
+    assert!(seen["citizen"]["contact"].is_null(), "{seen}");
 
     // Another citizen, the same kind of problem in 来榜镇; a third repeats the first one's
     // words from another phone (a duplicate the operator will reject).

@@ -291,13 +291,17 @@ impl<C: CaseStore> Engine<C> {
     }
 
     /// A case reported by a person (inspector, citizen, superior), at 上报.
-    pub fn report(&self, new: NewCase, actor: &Actor) -> Result<Case, EngineError> {
+    /// `note` (what was seen) is the first timeline entry's, stored with the case.
+    pub fn report(&self, new: NewCase, actor: &Actor, note: &str) -> Result<Case, EngineError> {
         let now = self.clock.now_ms();
         let mut new = new;
         if new.id.is_empty() {
             new.id = self.new_id(now);
         }
-        let case = Case::report(new, actor.clone(), now, &self.governance)?;
+        let mut case = Case::report(new, actor.clone(), now, &self.governance)?;
+        if let Some(first) = case.timeline.first_mut() {
+            first.note = note.to_string();
+        }
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }

@@ -276,7 +276,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
     })?
 }
 
-fn view(engine: &Engine<SledCases>, case: Case) -> CaseView {
+/// The case as `actor` may see it: leaders (viewers) do not get a citizen's contact details.
+fn view(engine: &Engine<SledCases>, actor: &Actor, mut case: Case) -> CaseView {
+    if actor.role == CaseRole::Viewer {
+        if let Some(c) = case.citizen.as_mut() {
+            c.contact = Default::default();
+        }
+    }
     let now = engine.now_ms();
     let cal = &engine.governance().calendar;
     CaseView {
@@ -342,7 +348,10 @@ pub(crate) async fn list<S: Store>(
         let next = (found.len() == limit)
             .then(|| found.last().map(|c| c.id.clone()))
             .flatten();
-        let cases: Vec<CaseView> = found.into_iter().map(|c| view(&engine, c)).collect();
+        let cases: Vec<CaseView> = found
+            .into_iter()
+            .map(|c| view(&engine, &actor, c))
+            .collect();
         Ok(Json(CasesBody {
             count: cases.len(),
             cases,
@@ -396,7 +405,7 @@ pub(crate) async fn get<S: Store>(
             .map_err(|e| engine_error(&id, e))?
             .filter(|c| c.visible_to(&actor))
             .ok_or_else(|| not_found(&id))?;
-        Ok(Json(view(&engine, case)))
+        Ok(Json(view(&engine, &actor, case)))
     })
     .await
 }
@@ -468,15 +477,11 @@ pub(crate) async fn report<S: Store>(
             evidence: body.evidence,
             camera: None,
         };
-        let mut case = engine
-            .report(new, &actor)
+        // The note is stored with the case, not only answered.
+        let case = engine
+            .report(new, &actor, &body.note)
             .map_err(|e| engine_error("", e))?;
-        if !body.note.is_empty() {
-            if let Some(first) = case.timeline.first_mut() {
-                first.note = body.note;
-            }
-        }
-        Ok((StatusCode::CREATED, Json(view(&engine, case))))
+        Ok((StatusCode::CREATED, Json(view(&engine, &actor, case))))
     })
     .await
 }
@@ -541,7 +546,7 @@ pub(crate) async fn act<S: Store>(
             .map_err(|e| engine_error(&id, e))?;
         Ok(Json(ActionAnswer {
             entry,
-            case: view(&engine, case),
+            case: view(&engine, &actor, case),
         }))
     })
     .await
