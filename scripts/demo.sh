@@ -110,7 +110,11 @@ cat <<MSG
   Evidence         http://$HTTP_ADDR/api/v1/events/<event id>/snapshot   (illegal parking starts ~10 s in)
   Cases            http://$HTTP_ADDR/api/v1/cases?open=true   (the parked van's illegal-parking case, registered
                    and dispatched to the traffic police once it has stood 10 s (2 min by default); act with
-                   POST /api/v1/cases/<id>/actions {"action": "accept"} as the handler)
+                   POST /api/v1/cases/<id>/actions {"action": "accept"} as the handler, then
+                   {"action": "report_handled"}: the camera looks again (AI 核查) — the van is still
+                   there, so the case comes back as 返工 with a fresh snapshot)
+  Open311          http://$HTTP_ADDR/open311/v2/services.json   (citizen reporting apps; POST requests.json
+                   with api_key=<operator token>)
   Evaluation       http://$HTTP_ADDR/api/v1/evaluation?from=<RFC 3339>&to=<RFC 3339>
   County (sample)  http://$HTTP_ADDR/api/v1/county   (towns, roads, zones, devices)
   Health           http://$HTTP_ADDR/api/v1/health   (open: no token)
