@@ -75,16 +75,20 @@ async fn act(hub: &Hub, who: &str, id: &str, body: Value) -> Value {
     v
 }
 
-/// A JPEG the hub serves as `snapshot`.
-async fn jpeg(hub: &Hub, snapshot: &str) -> Vec<u8> {
-    let r = client()
-        .get(hub.url(&format!("/api/v1/snapshots/{snapshot}")))
-        .bearer_auth(hub.token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "snapshot {snapshot}");
-    let b = r.bytes().await.unwrap().to_vec();
+/// The JPEG the hub serves as `snapshot`, once the agent's upload has arrived (30 s at most).
+async fn served_jpeg(hub: &Hub, snapshot: &str) -> Vec<u8> {
+    let b = eventually(Duration::from_secs(30), || async {
+        let r = client()
+            .get(hub.url(&format!("/api/v1/snapshots/{snapshot}")))
+            .bearer_auth(hub.token())
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())?;
+        Some(r.bytes().await.ok()?.to_vec())
+    })
+    .await
+    .unwrap_or_else(|| panic!("snapshot {snapshot} reaches the hub"));
     assert_eq!(
         &b[..3],
         &[0xFF, 0xD8, 0xFF],
@@ -162,19 +166,7 @@ async fn the_source_camera_verifies_a_handled_case_and_an_inspector_covers_for_i
         .as_str()
         .expect("the opening sighting's snapshot in the evidence")
         .to_string();
-    let before_jpeg = eventually(Duration::from_secs(30), || async {
-        let r = client()
-            .get(hub.url(&format!("/api/v1/snapshots/{before}")))
-            .bearer_auth(hub.token())
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())?;
-        Some(r.bytes().await.ok()?.to_vec())
-    })
-    .await
-    .expect("the van's snapshot reaches the hub");
-    assert_eq!(&before_jpeg[..3], &[0xFF, 0xD8, 0xFF]);
+    let before_jpeg = served_jpeg(&hub, &before).await;
 
     // Repeats (updates every 2 s, the second parked vehicle) merge into it: one case.
     let merged = eventually(Duration::from_secs(60), || async {
@@ -235,18 +227,7 @@ async fn the_source_camera_verifies_a_handled_case_and_an_inspector_covers_for_i
         .unwrap()
         .iter()
         .any(|e| e == after.as_str()));
-    let after_jpeg = eventually(Duration::from_secs(30), || async {
-        let r = client()
-            .get(hub.url(&format!("/api/v1/snapshots/{after}")))
-            .bearer_auth(hub.token())
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())?;
-        Some(r.bytes().await.ok()?.to_vec())
-    })
-    .await
-    .expect("the re-check's snapshot reaches the hub");
+    let after_jpeg = served_jpeg(&hub, &after).await;
     assert_ne!(after_jpeg, before_jpeg, "a fresh picture");
     let done = reworked["timeline"]
         .as_array()
@@ -337,19 +318,8 @@ async fn the_source_camera_verifies_a_handled_case_and_an_inspector_covers_for_i
     let after2 = r["result"]["snapshot"].as_str().unwrap();
     let evidence = closed["evidence"].as_array().unwrap();
     assert!(evidence.iter().any(|e| e == before2) && evidence.iter().any(|e| e == after2));
-    let b = jpeg(&hub, before2).await;
-    let a = eventually(Duration::from_secs(30), || async {
-        let r = client()
-            .get(hub.url(&format!("/api/v1/snapshots/{after2}")))
-            .bearer_auth(hub.token())
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())?;
-        Some(r.bytes().await.ok()?.to_vec())
-    })
-    .await
-    .expect("the after snapshot reaches the hub");
+    let b = served_jpeg(&hub, before2).await;
+    let a = served_jpeg(&hub, after2).await;
     assert_ne!(a, b);
 
     // Counted, and the device's traffic was all signed.
