@@ -53,9 +53,16 @@ pub async fn get_json_with(url: &str, token: Option<&str>) -> Option<Value> {
 
 /// GET `url` as text, whatever the status (e.g. `/metrics`); panics if there is no answer.
 pub async fn get_text(url: &str) -> String {
-    client()
-        .get(url)
-        .send()
+    get_text_with(url, None).await
+}
+
+/// [`get_text`] with an optional bearer token.
+pub async fn get_text_with(url: &str, token: Option<&str>) -> String {
+    let mut req = client().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send()
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
         .text()

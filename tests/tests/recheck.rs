@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use csb_test_support::agent::AgentToml;
-use csb_test_support::http::{client, eventually};
+use csb_test_support::http::{client, eventually, get_text_with};
 use csb_test_support::process::{governance_copy, media, patch_governance, spawn_agent, Hub, Proc};
 use serde_json::{json, Value};
 
@@ -323,15 +323,7 @@ async fn the_source_camera_verifies_a_handled_case_and_an_inspector_covers_for_i
     assert_ne!(a, b);
 
     // Counted, and the device's traffic was all signed.
-    let metrics = client()
-        .get(hub.url("/metrics"))
-        .bearer_auth(hub.token())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text_with(&hub.url("/metrics"), Some(hub.token())).await;
     for (name, at_least) in [
         ("csb_hub_case_recheck_present_total", 1),
         ("csb_hub_case_recheck_absent_total", 1),

@@ -154,13 +154,24 @@ fn check_label(field: String, s: &str) -> Result<(), PayloadError> {
     Ok(())
 }
 
+/// What a command and its reply both carry: version, command id, addressee, time.
+fn check_header(
+    v: u32,
+    id: &str,
+    site: &str,
+    device: &str,
+    ts_ms: i64,
+) -> Result<(), PayloadError> {
+    check_version(v)?;
+    check_command_id("id", id)?;
+    validate_level("site", site)?;
+    validate_level("device", device)?;
+    check_ts("ts_ms", ts_ms)
+}
+
 impl Validate for Command {
     fn validate(&self) -> Result<(), PayloadError> {
-        check_version(self.v)?;
-        check_command_id("id", &self.id)?;
-        validate_level("site", &self.site)?;
-        validate_level("device", &self.device)?;
-        check_ts("ts_ms", self.ts_ms)?;
+        check_header(self.v, &self.id, &self.site, &self.device, self.ts_ms)?;
         check_ts("expires_ms", self.expires_ms)?;
         match &self.op {
             CommandOp::Recheck(r) => {
@@ -191,11 +202,7 @@ impl Validate for Command {
 
 impl Validate for CommandReply {
     fn validate(&self) -> Result<(), PayloadError> {
-        check_version(self.v)?;
-        check_command_id("id", &self.id)?;
-        validate_level("site", &self.site)?;
-        validate_level("device", &self.device)?;
-        check_ts("ts_ms", self.ts_ms)?;
+        check_header(self.v, &self.id, &self.site, &self.device, self.ts_ms)?;
         if self.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
             return Err(field_err("reason", format!("at most {MAX_REASON} bytes")));
         }
