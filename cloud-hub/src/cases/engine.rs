@@ -164,6 +164,8 @@ pub fn recheck_command(r: &Recheck, case: &str, now: i64) -> Option<Command> {
 }
 
 pub struct Engine<C: CaseStore> {
+    /// Every durable change, for the change stream and webhooks.
+    changes: super::changes::Changes,
     commands: Option<Arc<dyn Commands>>,
     cases: Arc<C>,
     governance: Arc<Governance>,
@@ -182,6 +184,7 @@ impl<C: CaseStore> Engine<C> {
         places: Arc<dyn Locate>,
     ) -> Self {
         Engine {
+            changes: super::changes::Changes::default(),
             commands: None,
             cases,
             governance,
@@ -198,6 +201,22 @@ impl<C: CaseStore> Engine<C> {
     pub fn with_commands(mut self, commands: Arc<dyn Commands>) -> Self {
         self.commands = Some(commands);
         self
+    }
+
+    /// The feed of durable case changes.
+    pub fn changes(&self) -> &super::changes::Changes {
+        &self.changes
+    }
+
+    /// Announces the stored case `id` on the feed (after its change is durable).
+    fn announce(&self, id: &str) {
+        match self.cases.get(id) {
+            Ok(Some(c)) => self.changes.publish(&c),
+            // Only the feed misses it; the case itself is stored.
+            Ok(None) | Err(_) => {
+                tracing::warn!(case = id, "a change not announced on the case feed")
+            }
+        }
     }
 
     pub fn governance(&self) -> &Governance {
@@ -264,6 +283,9 @@ impl<C: CaseStore> Engine<C> {
                     if how == Merged::Registered {
                         self.counters.auto_registered.fetch_add(1, Relaxed);
                     }
+                    if how != Merged::Seen {
+                        self.announce(&id);
+                    }
                     return Ok(Taken::Merged { id, how });
                 }
                 // Closed meanwhile: the problem is back, a new case.
@@ -277,6 +299,7 @@ impl<C: CaseStore> Engine<C> {
             return Ok(Taken::Waiting);
         };
         self.cases.create(&case)?;
+        self.changes.publish(&case);
         let registered = case.state != super::lifecycle::State::Reported;
         self.counters.opened.fetch_add(1, Relaxed);
         if registered {
@@ -305,6 +328,7 @@ impl<C: CaseStore> Engine<C> {
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }
+        self.changes.publish(&case);
         self.counters.opened.fetch_add(1, Relaxed);
         Ok(case)
     }
@@ -327,6 +351,7 @@ impl<C: CaseStore> Engine<C> {
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }
+        self.changes.publish(&case);
         self.counters.opened.fetch_add(1, Relaxed);
         Ok(case)
     }
@@ -347,7 +372,10 @@ impl<C: CaseStore> Engine<C> {
                 .map(|e| (e, c.clone()))
         })?;
         match r {
-            Updated::Done(out) => Ok(out),
+            Updated::Done(out) => {
+                self.changes.publish(&out.1);
+                Ok(out)
+            }
             Updated::Refused(e) => Err(e.into()),
             Updated::NotFound => Err(EngineError::NotFound(id.to_string())),
         }
@@ -393,7 +421,10 @@ impl<C: CaseStore> Engine<C> {
             Ok::<_, std::convert::Infallible>(c.recheck_answer(reply, now, g))
         })?;
         let entry = match r {
-            Updated::Done(Some(e)) => e,
+            Updated::Done(Some(e)) => {
+                self.announce(&id);
+                e
+            }
             _ => {
                 self.counters.replies_ignored.fetch_add(1, Relaxed);
                 return Ok(None);
@@ -429,6 +460,8 @@ impl<C: CaseStore> Engine<C> {
         let now = self.clock.now_ms();
         let g = &*self.governance;
         let mut out = Vec::new();
+        // Cases changed on this page, announced once the page is durable.
+        let mut changed: Vec<String> = Vec::new();
         loop {
             let due = self.cases.due(now, SWEEP_PAGE)?;
             let mut progressed = false;
@@ -441,6 +474,9 @@ impl<C: CaseStore> Engine<C> {
                 let Updated::Done((fired, step)) = r else {
                     continue;
                 };
+                if step.is_some() || !fired.is_empty() {
+                    changed.push(id.clone());
+                }
                 match step {
                     // Sent once stored: a crash before sends it again at the next sweep.
                     Some(RecheckStep::Send(r)) => {
@@ -473,6 +509,9 @@ impl<C: CaseStore> Engine<C> {
             }
             if progressed {
                 self.cases.sync()?;
+                for id in changed.drain(..) {
+                    self.announce(&id);
+                }
             }
             for (id, r) in sends {
                 self.send_recheck(&id, &r, now);
@@ -927,6 +966,39 @@ mod tests {
             (rc.sent, rc.outcome),
             (2, super::super::lifecycle::RecheckOutcome::Absent)
         );
+    }
+
+    #[test]
+    fn every_durable_change_is_announced_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let mut rx = r.engine.changes().subscribe();
+        let van = Ulid::new();
+        let e = r.sighting("0505", van, 130, Phase::Start);
+        let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        // A replayed event changes nothing and is not announced.
+        r.engine.take(&e).unwrap();
+        let again = r.sighting("0505", van, 190, Phase::Update);
+        r.engine.take(&again).unwrap();
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        r.act(&id, &handler, Action::Accept);
+        // Past the handling limit: the sweep's timers are announced after they are stored.
+        r.clock.advance(3 * 86_400_000);
+        r.engine.sweep().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            assert_eq!(c.id, id);
+            seen.push((c.seq, c.action.clone(), c.state));
+        }
+        let actions: Vec<&str> = seen.iter().map(|(_, a, _)| a.as_str()).collect();
+        // Opened (dispatched at once); the repeat counted into it (its sightings changed;
+        // the replay did not); accepted; the sweep's timers, once stored.
+        assert_eq!(actions[..3], ["dispatch", "dispatch", "accept"], "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(actions[3].starts_with("sla_"), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
