@@ -1,17 +1,13 @@
 //! The case change feed: every durable change of a case, numbered in the order it was made
-//! durable, for the SSE change stream (`GET /api/v1/cases/stream`, work in progress) and the
-//! department webhooks. Publishing never waits: a subscriber that falls behind the bounded
-//! channel is told how much it missed; the newest changes are kept for `Last-Event-ID`
-//! resumption.
+//! durable, for the SSE change stream (`GET /api/v1/cases/stream`) and the
+//! department webhooks' wake-up. Publishing never waits (see [`Feed`]).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::broadcast;
 
 use super::lifecycle::{Case, State};
+use crate::support::feed::{Feed, Numbered};
 
 /// Changes kept for resumption, and the channel's room per subscriber.
 pub const KEPT: usize = 1_024;
@@ -35,35 +31,35 @@ pub struct CaseChange {
     pub at_ms: i64,
 }
 
+impl Numbered for CaseChange {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 pub struct Changes {
-    tx: broadcast::Sender<Arc<CaseChange>>,
-    /// The newest changes, oldest first; its lock also orders the numbering.
-    recent: Mutex<VecDeque<Arc<CaseChange>>>,
-    seq: AtomicU64,
+    feed: Feed<CaseChange>,
 }
 
 impl Default for Changes {
     fn default() -> Self {
         Changes {
-            tx: broadcast::channel(KEPT).0,
-            recent: Mutex::new(VecDeque::with_capacity(KEPT)),
-            seq: AtomicU64::new(0),
+            feed: Feed::new(KEPT, KEPT),
         }
     }
 }
 
 impl Changes {
     /// Announces `case` as it now is (call after its change is durable).
-    pub fn publish(&self, case: &Case) {
+    pub fn publish(&self, case: &Case) -> Arc<CaseChange> {
         let (action, at_ms) = case
             .timeline
             .last()
             .map_or(("report".to_string(), case.created_ms), |e| {
                 (e.action.name().to_string(), e.at_ms)
             });
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let change = Arc::new(CaseChange {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        self.feed.publish_next(|seq| CaseChange {
+            seq,
             id: case.id.clone(),
             state: case.state,
             category: case.category.clone(),
@@ -71,31 +67,12 @@ impl Changes {
             town: case.place.town.clone(),
             action,
             at_ms,
-        });
-        if recent.len() == KEPT {
-            recent.pop_front();
-        }
-        recent.push_back(change.clone());
-        // No subscriber is no error.
-        let _ = self.tx.send(change);
+        })
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CaseChange>> {
-        self.tx.subscribe()
-    }
-
-    /// The kept changes after `seq`, and whether some after it are no longer kept.
-    pub fn recent_after(&self, seq: u64) -> (Vec<Arc<CaseChange>>, bool) {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let missed = recent.front().is_some_and(|c| c.seq > seq + 1)
-            || (recent.is_empty() && self.seq.load(Ordering::Relaxed) > seq);
-        let after = recent.iter().filter(|c| c.seq > seq).cloned().collect();
-        (after, missed)
-    }
-
-    /// The newest change's number (0: none yet).
-    pub fn last_seq(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed)
+    /// The feed, for streams to follow.
+    pub fn feed(&self) -> &Feed<CaseChange> {
+        &self.feed
     }
 }
 
@@ -118,25 +95,16 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_numbered_kept_and_resumable() {
+    fn changes_are_numbered_in_order_with_the_newest_action() {
         let g = Governance::built_in().unwrap();
         let ch = Changes::default();
-        let mut rx = ch.subscribe();
-        for i in 0..(KEPT + 10) {
-            ch.publish(&case(&g, &format!("c{i}")));
-        }
-        assert_eq!(ch.last_seq(), (KEPT + 10) as u64);
-        // The subscriber fell behind the bounded channel: told, never blocking the publisher.
-        assert!(matches!(
-            rx.try_recv(),
-            Err(broadcast::error::TryRecvError::Lagged(10))
-        ));
-        let (after, missed) = ch.recent_after((KEPT + 5) as u64);
-        assert_eq!(after.len(), 5);
-        assert!(!missed);
-        assert_eq!(after[0].action, "report");
-        let (after, missed) = ch.recent_after(3);
-        assert_eq!(after.len(), KEPT);
-        assert!(missed, "changes 4..=10 are no longer kept");
+        let mut rx = ch.feed().subscribe();
+        let a = ch.publish(&case(&g, "c1"));
+        let b = ch.publish(&case(&g, "c2"));
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(rx.try_recv().unwrap().id, "c1");
+        assert_eq!(rx.try_recv().unwrap().action, "report");
+        let (after, missed) = ch.feed().recent_after(a.seq);
+        assert_eq!((after.len(), missed), (1, false));
     }
 }
