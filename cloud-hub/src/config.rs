@@ -106,6 +106,118 @@ pub struct HubConfig {
     /// refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_tls: Option<MqttTls>,
+    /// `[webhooks]`: the departments told of each change of their cases, and how deliveries
+    /// are tried.
+    pub webhooks: Webhooks,
+}
+
+/// `[webhooks]` section: a department's system is POSTed each change of the cases dispatched
+/// to it, signed with HMAC-SHA256 (`cases::webhook`; docs/cases.md "Webhooks").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// One try's time limit (ms, 100..=120000).
+    pub timeout_ms: u64,
+    /// The wait after a first failure (ms, 100..=86400000); doubled after each further one.
+    pub retry_first_ms: u64,
+    /// The longest wait between tries (ms, retry_first_ms..=86400000).
+    pub retry_max_ms: u64,
+    /// Tries before a delivery is given up (1..=100): the case's timeline says so
+    /// (`notify_failed`), and `csb_hub_webhook_given_up_total` counts it.
+    pub attempts: u32,
+    /// `[[webhooks.hook]]`: one per department.
+    #[serde(rename = "hook", skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Webhook>,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        let r = crate::cases::webhook::Retry::default();
+        Webhooks {
+            timeout_ms: r.timeout_ms,
+            retry_first_ms: r.first_ms,
+            retry_max_ms: r.max_ms,
+            attempts: r.attempts,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl Webhooks {
+    pub fn retry(&self) -> crate::cases::webhook::Retry {
+        crate::cases::webhook::Retry {
+            timeout_ms: self.timeout_ms,
+            first_ms: self.retry_first_ms,
+            max_ms: self.retry_max_ms,
+            attempts: self.attempts,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let field = "webhooks";
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    field,
+                    format!("`{name}` {v} is outside {lo}..={hi}"),
+                ))
+            }
+        };
+        within("timeout_ms", self.timeout_ms, 100, 120_000)?;
+        within("retry_first_ms", self.retry_first_ms, 100, 86_400_000)?;
+        within(
+            "retry_max_ms",
+            self.retry_max_ms,
+            self.retry_first_ms,
+            86_400_000,
+        )?;
+        within("attempts", u64::from(self.attempts), 1, 100)?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            let at = |what: String| invalid("webhooks.hook", format!("entry {}: {what}", i + 1));
+            let id_ok = !h.department.is_empty()
+                && h.department.len() <= 64
+                && h.department
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !id_ok {
+                return Err(at(format!(
+                    "`department` `{}` is not a department id (1–64 of a-z, 0-9, -)",
+                    h.department
+                )));
+            }
+            if !seen.insert(h.department.as_str()) {
+                return Err(at(format!(
+                    "department `{}` has a webhook already",
+                    h.department
+                )));
+            }
+            match reqwest::Url::parse(&h.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => return Err(at(format!("`url` `{}` is not an http(s) URL", h.url))),
+                Err(e) => return Err(at(format!("`url` `{}`: {e}", h.url))),
+            }
+            if h.secret_file.as_os_str().is_empty() {
+                return Err(at("`secret_file` must not be empty".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[[webhooks.hook]]`: where one department is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// A department id of the governance configuration (checked when the hub starts).
+    pub department: String,
+    /// `http://` or `https://`; redirects are not followed.
+    pub url: String,
+    /// The HMAC key, the file's first line (at least 16 bytes), read when the hub starts;
+    /// keep the file readable by the hub's user only.
+    pub secret_file: PathBuf,
 }
 
 /// `[mqtt_tls]` section: PEM files, read once at start-up (a bad file stops the hub with its
@@ -186,6 +298,7 @@ impl Default for HubConfig {
             auth: AuthConfig::default(),
             telemetry_retention: crate::storage::series::Retention::default(),
             mqtt_tls: None,
+            webhooks: Webhooks::default(),
         }
     }
 }
@@ -313,6 +426,7 @@ impl HubConfig {
                 format!("{} is outside 100..=60000", self.case_sweep_ms),
             ));
         }
+        self.webhooks.validate()?;
         if !(1..=3650).contains(&self.twin_history_days) {
             return Err(invalid(
                 "twin_history_days",

@@ -97,6 +97,8 @@ pub enum HubError {
     Ingest(IngestError),
     #[error("{task} task panicked: {reason}")]
     Panicked { task: &'static str, reason: String },
+    #[error("webhook of department `{department}` ([webhooks] in the config): {reason}")]
+    Webhook { department: String, reason: String },
 }
 
 /// A started hub: store open, broker listening, ingest link subscribed. Nothing is consumed or
@@ -121,6 +123,68 @@ pub struct Hub<S: Store = SledStore> {
     )>,
     /// The case workflow and the end of its feed from ingest.
     cases: (Arc<CaseEngine>, cases::engine::FeedRx),
+    /// The departments' webhooks and their delivery queue, when any is configured.
+    webhooks: Option<Webhooks>,
+}
+
+/// What the webhook sending task needs.
+struct Webhooks {
+    rx: tokio::sync::mpsc::Receiver<cases::webhook::Delivery>,
+    hooks: Arc<std::collections::HashMap<String, cases::webhook::Hook>>,
+    retry: cases::webhook::Retry,
+}
+
+/// Checks `[webhooks]` as the hub would start it: each department in the governance
+/// configuration (`governance_dir`, else the built-in defaults), each secret readable
+/// (`cloud-hub check-config`).
+pub fn check_webhooks(config: &HubConfig) -> Result<usize, HubError> {
+    let governance = match &config.governance_dir {
+        Some(dir) => cases::config::Governance::load(dir)?,
+        None => cases::config::Governance::built_in()?,
+    };
+    Ok(load_hooks(config, &governance)?.len())
+}
+
+/// Reads each configured webhook's secret and checks its department exists.
+fn load_hooks(
+    config: &HubConfig,
+    governance: &cases::config::Governance,
+) -> Result<std::collections::HashMap<String, cases::webhook::Hook>, HubError> {
+    let mut hooks = std::collections::HashMap::new();
+    for h in &config.webhooks.hooks {
+        let fail = |reason: String| HubError::Webhook {
+            department: h.department.clone(),
+            reason,
+        };
+        if !governance.departments.iter().any(|d| d.id == h.department) {
+            return Err(fail(format!(
+                "no such department in {}",
+                governance.dir.join(cases::config::DEPARTMENTS).display()
+            )));
+        }
+        let text = std::fs::read_to_string(&h.secret_file).map_err(|e| {
+            fail(format!(
+                "cannot read secret_file {}: {e}",
+                h.secret_file.display()
+            ))
+        })?;
+        let secret = text.lines().next().unwrap_or("").trim();
+        if secret.len() < 16 {
+            return Err(fail(format!(
+                "the secret in {} is shorter than 16 bytes",
+                h.secret_file.display()
+            )));
+        }
+        let url = reqwest::Url::parse(&h.url).map_err(|e| fail(format!("url: {e}")))?;
+        hooks.insert(
+            h.department.clone(),
+            cases::webhook::Hook {
+                url,
+                secret: secret.as_bytes().into(),
+            },
+        );
+    }
+    Ok(hooks)
 }
 
 /// The case workflow on the embedded case store.
@@ -199,11 +263,12 @@ async fn start_cases<S: Store>(
     county: Option<Arc<platform::county::County>>,
     store: &S,
     commands: Arc<dyn cases::engine::Commands>,
-) -> Result<Arc<CaseEngine>, HubError> {
+) -> Result<(Arc<CaseEngine>, Option<Webhooks>), HubError> {
     let governance = match &config.governance_dir {
         Some(dir) => cases::config::Governance::load(dir)?,
         None => cases::config::Governance::built_in()?,
     };
+    let hooks = load_hooks(config, &governance)?;
     let dir = config.data_dir.join("cases");
     let case_store = tokio::task::spawn_blocking(move || cases::store::SledCases::open(&dir))
         .await
@@ -215,22 +280,33 @@ async fn start_cases<S: Store>(
         Some(c) => Arc::new(cases::intake::CountyPlaces(c)),
         None => Arc::new(cases::intake::Nowhere),
     };
-    let engine = Arc::new(
-        cases::engine::Engine::new(
-            Arc::new(case_store),
-            Arc::new(governance),
-            Arc::new(support::clock::SystemClock),
-            places,
-        )
-        .with_commands(commands),
-    );
+    let mut engine = cases::engine::Engine::new(
+        Arc::new(case_store),
+        Arc::new(governance),
+        Arc::new(support::clock::SystemClock),
+        places,
+    )
+    .with_commands(commands);
+    let mut webhooks = None;
+    if !hooks.is_empty() {
+        let (sender, rx) = cases::webhook::queue();
+        let retry = config.webhooks.retry();
+        engine = engine.with_webhooks(hooks.keys().cloned(), Arc::new(sender), retry);
+        tracing::info!(departments = ?hooks.keys().collect::<Vec<_>>(), "department webhooks on");
+        webhooks = Some(Webhooks {
+            rx,
+            hooks: Arc::new(hooks),
+            retry,
+        });
+    }
+    let engine = Arc::new(engine);
     engine.start_at(store.events_end())?;
     tracing::info!(
         governance = %engine.governance().dir.display(),
         categories = engine.governance().categories.len(),
         "case workflow ready"
     );
-    Ok(engine)
+    Ok((engine, webhooks))
 }
 
 /// The workflow's commands to agents, handed to ingest to sign and publish.
@@ -357,7 +433,7 @@ impl<S: Store> Hub<S> {
         };
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(ingest::pipeline::OUTBOUND_CAPACITY);
         let commands = Arc::new(OutboundCommands(out_tx));
-        let engine = start_cases(&config, county.clone(), &*store, commands).await?;
+        let (engine, webhooks) = start_cases(&config, county.clone(), &*store, commands).await?;
         let (case_feed, case_rx) = cases::engine::feed();
         let case_feed = Arc::new(case_feed);
         let ingest = Ingest::new(
@@ -399,6 +475,7 @@ impl<S: Store> Hub<S> {
             county,
             twin,
             cases: (engine, case_rx),
+            webhooks,
         })
     }
 
@@ -445,6 +522,7 @@ impl<S: Store> Hub<S> {
             county,
             twin,
             cases: (engine, case_rx),
+            webhooks,
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -461,6 +539,25 @@ impl<S: Store> Hub<S> {
             state = state.with_county(c);
         }
         state = state.with_cases(engine.clone());
+        // Ends the case change streams at shutdown.
+        let case_feed = engine.clone();
+        // Deliveries still under way at shutdown go again after the restart (their lease).
+        if let Some(w) = webhooks {
+            let e = engine.clone();
+            let done = Arc::new(move |d: cases::webhook::Delivery, outcome| {
+                if let Err(err) = e.delivered(&d, outcome) {
+                    tracing::error!(case = d.case, delivery = d.id, error = %err,
+                        "webhook outcome not recorded; the delivery goes again");
+                }
+            });
+            tokio::spawn(cases::webhook::run(
+                w.rx,
+                w.hooks,
+                w.retry,
+                Arc::new(support::clock::SystemClock),
+                done,
+            ));
+        }
         let (twin, twin_rx) = match twin {
             Some((t, rx)) => (Some(t), Some(rx)),
             None => (None, None),
@@ -519,6 +616,7 @@ impl<S: Store> Hub<S> {
         if let Some(t) = &twin {
             t.close_streams();
         }
+        case_feed.changes().feed().close();
 
         // Stop HTTP first (no new reads), then MQTT (no new data), then let ingest drain.
         let http_result = match http_done {

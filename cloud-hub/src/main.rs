@@ -773,6 +773,9 @@ fn run() -> anyhow::Result<()> {
             let mut county_dir = county;
             if let Some(file) = file {
                 let config = HubConfig::load(&file)?;
+                // As the hub would start them: departments known, secrets readable.
+                cloud_hub::check_webhooks(&config)
+                    .with_context(|| format!("{}: [webhooks]", file.display()))?;
                 print!("{}", config.to_toml()?);
                 county_dir = county_dir.or(config.county_dir);
             }

@@ -49,17 +49,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = client()
-        .request(method.parse().unwrap(), format!("{}{path}", hub.base))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
-    (status, v)
+    csb_test_support::http::call(&hub.base, method, path, token, body).await
 }
 
 async fn act(hub: &TestHub, id: &str, token: &str, body: Value) -> (StatusCode, Value) {

@@ -137,17 +137,7 @@ async fn post_form(hub: &TestHub, path: &str, pairs: &[(&str, &str)]) -> Answer 
 
 /// The REST case API, as the command center uses it.
 async fn rest(hub: &TestHub, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-    let mut req = client()
-        .request(method.parse().unwrap(), format!("{}{path}", hub.base))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert!(status.is_success(), "{method} {path}: {status} {v}");
-    v
+    csb_test_support::http::call_ok(&hub.base, method, path, token, body).await
 }
 
 async fn act(hub: &TestHub, id: &str, token: &str, body: Value) -> Value {

@@ -33,6 +33,47 @@ where
     }
 }
 
+/// `method {base}{path}` with a bearer token and an optional JSON body: the status and the
+/// JSON answer (panics naming the request when the answer is not JSON).
+pub async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let mut req = client()
+        .request(
+            method.parse().expect("an HTTP method"),
+            format!("{base}{path}"),
+        )
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"));
+    (status, v)
+}
+
+/// [`call`] that must succeed (2xx): its JSON answer.
+pub async fn call_ok(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Value {
+    let (status, v) = call(base, method, path, token, body).await;
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
+    v
+}
+
 /// GET `url`; `None` unless 2xx JSON.
 pub async fn get_json(url: &str) -> Option<Value> {
     get_json_with(url, None).await

@@ -32,7 +32,9 @@ pub enum SigError {
     Malformed,
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+/// HMAC-SHA256 (RFC 2104) of the concatenated `parts`: device signatures here, and the hub's
+/// webhook signatures.
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut k = [0u8; BLOCK];
     if key.len() > BLOCK {
@@ -178,7 +180,8 @@ fn trim_end(b: &[u8]) -> &[u8] {
     &b[..n]
 }
 
-fn hex_lower(b: &[u8]) -> String {
+/// Lower-case hex of `b`.
+pub fn hex_lower(b: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {

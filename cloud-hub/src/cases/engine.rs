@@ -11,6 +11,7 @@
 //!
 //! [`intake`]: super::intake
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,11 @@ use super::citizen::CitizenReport;
 use super::config::Governance;
 use super::intake::{self, Locate, Merged, NotASighting, NotMerged, Sighting};
 use super::lifecycle::{
-    command_key, Action, Actor, Case, Entry, NewCase, Recheck, RecheckStep, Timer, TransitionError,
+    command_key, Action, Actor, Case, Entry, NewCase, Notice, Recheck, RecheckStep, Timer,
+    TransitionError,
 };
 use super::store::{CaseFilter, CaseStore, CaseStoreError, Updated};
+use super::webhook::{Delivery, Notify, Retry};
 use crate::ingest::pipeline::{DurableSink, ReplySink};
 use crate::storage::store::{LogPos, Store, StoreError, WriteBatch, WriteOutcome};
 use crate::support::clock::SharedClock;
@@ -82,12 +85,21 @@ pub struct CaseCounters {
     pub recheck_unanswered: AtomicU64,
     /// Replies that matched no waiting re-check (late, repeated, or for another device).
     pub replies_ignored: AtomicU64,
+    /// Changes a slow client of the case change stream missed (it was told to re-read).
+    pub stream_lagged: AtomicU64,
+    /// Webhook deliveries accepted by their department (2xx), tries that failed, deliveries
+    /// given up after every try (a `notify_failed` entry on the case), and deliveries the
+    /// sending queue could not take (tried again at a later sweep).
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed: AtomicU64,
+    pub webhook_given_up: AtomicU64,
+    pub webhook_queue_full: AtomicU64,
 }
 
 impl CaseCounters {
     /// Prometheus text of the counters.
     pub fn render_prometheus(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 19] = [
+        let rows: [(&str, &str, &AtomicU64); 24] = [
             ("csb_hub_case_sightings_total", "Rule events with a known category taken in by the case workflow.", &self.sightings),
             ("csb_hub_cases_opened_total", "Cases opened (from rule events and people's reports).", &self.opened),
             ("csb_hub_cases_auto_registered_total", "Cases registered and dispatched automatically by their category's rule.", &self.auto_registered),
@@ -107,6 +119,11 @@ impl CaseCounters {
             ("csb_hub_case_recheck_refused_total", "AI re-checks the agent refused or could not finish (on-site verification).", &self.recheck_refused),
             ("csb_hub_case_recheck_unanswered_total", "AI re-checks without an answer by their deadline (on-site verification).", &self.recheck_unanswered),
             ("csb_hub_case_replies_ignored_total", "Command replies matching no waiting re-check (late, repeated, other device).", &self.replies_ignored),
+            ("csb_hub_case_stream_lagged_total", "Case changes slow clients of the change stream missed (told to re-read).", &self.stream_lagged),
+            ("csb_hub_webhook_delivered_total", "Case changes delivered to departments' webhooks (2xx).", &self.webhook_delivered),
+            ("csb_hub_webhook_failed_total", "Webhook tries that failed (retried with back-off).", &self.webhook_failed),
+            ("csb_hub_webhook_given_up_total", "Webhook deliveries given up after every try (notify_failed on the case).", &self.webhook_given_up),
+            ("csb_hub_webhook_queue_full_total", "Webhook deliveries the sending queue could not take (tried again later).", &self.webhook_queue_full),
         ];
         let mut out = String::new();
         for (name, help, v) in rows {
@@ -163,8 +180,37 @@ pub fn recheck_command(r: &Recheck, case: &str, now: i64) -> Option<Command> {
     })
 }
 
+/// A case before a change: what [`Engine::owe`] compares the changed case with.
+struct Before {
+    department: Option<String>,
+    len: usize,
+}
+
+impl Before {
+    fn of(c: &Case) -> Before {
+        Before {
+            department: c.department.clone(),
+            len: c.timeline.len(),
+        }
+    }
+
+    /// A case being created.
+    fn none() -> Before {
+        Before {
+            department: None,
+            len: 0,
+        }
+    }
+}
+
 pub struct Engine<C: CaseStore> {
+    /// Every durable change, for the change stream.
+    changes: super::changes::Changes,
     commands: Option<Arc<dyn Commands>>,
+    /// Departments with a webhook, where their deliveries go, and how they are tried.
+    hooked: HashSet<String>,
+    notify: Option<Arc<dyn Notify>>,
+    retry: Retry,
     cases: Arc<C>,
     governance: Arc<Governance>,
     clock: SharedClock,
@@ -182,7 +228,11 @@ impl<C: CaseStore> Engine<C> {
         places: Arc<dyn Locate>,
     ) -> Self {
         Engine {
+            changes: super::changes::Changes::default(),
             commands: None,
+            hooked: HashSet::new(),
+            notify: None,
+            retry: Retry::default(),
             cases,
             governance,
             clock,
@@ -198,6 +248,177 @@ impl<C: CaseStore> Engine<C> {
     pub fn with_commands(mut self, commands: Arc<dyn Commands>) -> Self {
         self.commands = Some(commands);
         self
+    }
+
+    /// Owes each change of a case to the webhooks of `departments` (the one it is dispatched
+    /// to, and the one it left), handed to `notify` by the sweep and tried as `retry` says.
+    pub fn with_webhooks(
+        mut self,
+        departments: impl IntoIterator<Item = String>,
+        notify: Arc<dyn Notify>,
+        retry: Retry,
+    ) -> Self {
+        self.hooked = departments.into_iter().collect();
+        self.notify = Some(notify);
+        self.retry = retry;
+        self
+    }
+
+    /// Records the webhook deliveries a change of `c` owes (in the same write as the change):
+    /// its new timeline entries, to the department it was at (`before`) and the one it is at.
+    fn owe(&self, c: &mut Case, before: &Before, now: i64) {
+        if self.hooked.is_empty() || c.timeline.len() <= before.len {
+            return;
+        }
+        let mut owed = [before.department.clone(), c.department.clone()];
+        if owed[0] == owed[1] {
+            owed[1] = None;
+        }
+        for d in owed.into_iter().flatten() {
+            // An earlier notice still owed covers these entries too.
+            if self.hooked.contains(&d) && !c.notices.iter().any(|n| n.department == d) {
+                c.notices.push(Notice {
+                    department: d,
+                    from: before.len,
+                    attempts: 0,
+                    due_ms: now,
+                    last_error: None,
+                });
+            }
+        }
+        c.due_ms = c.next_due(&self.governance);
+    }
+
+    /// The deliveries of `c` due at `now`, each marked under way (until its lease ends).
+    fn due_deliveries(&self, c: &mut Case, now: i64) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let hooked = &self.hooked;
+        c.notices.retain(|n| {
+            // A webhook removed from the config owes nothing any more.
+            let keep = hooked.contains(&n.department);
+            if !keep {
+                tracing::warn!(
+                    case = c.id,
+                    department = n.department,
+                    "a webhook delivery dropped: the department has no webhook any more"
+                );
+            }
+            keep
+        });
+        for i in 0..c.notices.len() {
+            if c.notices[i].due_ms <= now {
+                out.push(Delivery::of(c, &c.notices[i]));
+                c.notices[i].due_ms = now.saturating_add(self.retry.lease_ms());
+            }
+        }
+        if !out.is_empty() {
+            c.due_ms = c.next_due(&self.governance);
+        }
+        out
+    }
+
+    /// Records how delivery `d` went, on its case: delivered → the notice moves on (or is
+    /// done); failed → counted with its error and tried again after a back-off, or given up
+    /// after the last try with a `notify_failed` timeline entry.
+    pub fn delivered(&self, d: &Delivery, outcome: Result<(), String>) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        let g = &*self.governance;
+        let retry = self.retry;
+        let r = self.cases.update(&d.case, |c| {
+            let Some(i) = c
+                .notices
+                .iter()
+                .position(|n| n.department == d.department && n.from == d.from)
+            else {
+                // Already recorded (a delivery repeated after a restart).
+                return Err(());
+            };
+            let given_up = match &outcome {
+                Ok(()) => {
+                    if d.through >= c.timeline.len() {
+                        c.notices.remove(i);
+                    } else {
+                        let n = &mut c.notices[i];
+                        (n.from, n.attempts, n.due_ms, n.last_error) = (d.through, 0, now, None);
+                    }
+                    false
+                }
+                Err(why) => {
+                    let n = &mut c.notices[i];
+                    n.attempts += 1;
+                    n.last_error = Some(why.clone());
+                    if n.attempts < retry.attempts {
+                        n.due_ms = now.saturating_add(retry.delay_ms(n.attempts));
+                        false
+                    } else {
+                        let attempts = n.attempts;
+                        c.notices.remove(i);
+                        c.timeline.push(Entry {
+                            at_ms: now,
+                            actor: Actor::system(),
+                            action: Action::NotifyFailed {
+                                department: d.department.clone(),
+                                attempts,
+                                error: why.clone(),
+                            },
+                            note: format!(
+                                "the department's webhook did not take entries {}..{} of this \
+                                 timeline; tell it another way",
+                                d.from + 1,
+                                d.through
+                            ),
+                            from: c.state,
+                            to: c.state,
+                            request_id: None,
+                        });
+                        true
+                    }
+                }
+            };
+            c.due_ms = c.next_due(g);
+            Ok(given_up)
+        })?;
+        let Updated::Done(given_up) = r else {
+            return Ok(());
+        };
+        let counter = match (&outcome, given_up) {
+            (Ok(()), _) => &self.counters.webhook_delivered,
+            (Err(_), false) => &self.counters.webhook_failed,
+            (Err(_), true) => &self.counters.webhook_given_up,
+        };
+        counter.fetch_add(1, Relaxed);
+        if let Err(why) = &outcome {
+            tracing::warn!(
+                case = d.case,
+                department = d.department,
+                delivery = d.id,
+                error = why,
+                given_up,
+                "webhook delivery failed"
+            );
+        }
+        if given_up {
+            self.announce(&d.case);
+        }
+        Ok(())
+    }
+
+    /// The feed of durable case changes.
+    pub fn changes(&self) -> &super::changes::Changes {
+        &self.changes
+    }
+
+    /// Announces the stored case `id` on the feed (after its change is durable).
+    fn announce(&self, id: &str) {
+        match self.cases.get(id) {
+            Ok(Some(c)) => {
+                self.changes.publish(&c);
+            }
+            // Only the feed misses it; the case itself is stored.
+            Ok(None) | Err(_) => {
+                tracing::warn!(case = id, "a change not announced on the case feed")
+            }
+        }
     }
 
     pub fn governance(&self) -> &Governance {
@@ -256,13 +477,24 @@ impl<C: CaseStore> Engine<C> {
             let Some(id) = self.cases.open_by_key(&key)? else {
                 continue;
             };
-            match self.cases.update(&id, |c| intake::merge(c, &s, now, g))? {
+            let merged = self.cases.update(&id, |c| {
+                let before = Before::of(c);
+                let r = intake::merge(c, &s, now, g);
+                if r.is_ok() {
+                    self.owe(c, &before, now);
+                }
+                r
+            })?;
+            match merged {
                 Updated::Done(how) => {
                     if how != Merged::Seen {
                         self.counters.merged.fetch_add(1, Relaxed);
                     }
                     if how == Merged::Registered {
                         self.counters.auto_registered.fetch_add(1, Relaxed);
+                    }
+                    if how != Merged::Seen {
+                        self.announce(&id);
                     }
                     return Ok(Taken::Merged { id, how });
                 }
@@ -272,11 +504,13 @@ impl<C: CaseStore> Engine<C> {
             }
         }
         let place = self.places.place(&s.camera, s.zone.as_deref());
-        let Some(case) = intake::open(&s, self.new_id(now), place, now, g)? else {
+        let Some(mut case) = intake::open(&s, self.new_id(now), place, now, g)? else {
             self.counters.waiting.fetch_add(1, Relaxed);
             return Ok(Taken::Waiting);
         };
+        self.owe(&mut case, &Before::none(), now);
         self.cases.create(&case)?;
+        self.changes.publish(&case);
         let registered = case.state != super::lifecycle::State::Reported;
         self.counters.opened.fetch_add(1, Relaxed);
         if registered {
@@ -305,6 +539,7 @@ impl<C: CaseStore> Engine<C> {
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }
+        self.changes.publish(&case);
         self.counters.opened.fetch_add(1, Relaxed);
         Ok(case)
     }
@@ -327,6 +562,7 @@ impl<C: CaseStore> Engine<C> {
         if !self.cases.create(&case)? {
             return Err(TransitionError::RequestIdReused(case.id).into());
         }
+        self.changes.publish(&case);
         self.counters.opened.fetch_add(1, Relaxed);
         Ok(case)
     }
@@ -343,11 +579,16 @@ impl<C: CaseStore> Engine<C> {
         let now = self.clock.now_ms();
         let g = &*self.governance;
         let r = self.cases.update(id, |c| {
-            c.apply(actor, action.clone(), note, request_id, now, g)
-                .map(|e| (e, c.clone()))
+            let before = Before::of(c);
+            let e = c.apply(actor, action.clone(), note, request_id, now, g)?;
+            self.owe(c, &before, now);
+            Ok::<_, TransitionError>((e, c.clone()))
         })?;
         match r {
-            Updated::Done(out) => Ok(out),
+            Updated::Done(out) => {
+                self.changes.publish(&out.1);
+                Ok(out)
+            }
             Updated::Refused(e) => Err(e.into()),
             Updated::NotFound => Err(EngineError::NotFound(id.to_string())),
         }
@@ -390,10 +631,16 @@ impl<C: CaseStore> Engine<C> {
         let now = self.clock.now_ms();
         let g = &*self.governance;
         let r = self.cases.update(&id, |c| {
-            Ok::<_, std::convert::Infallible>(c.recheck_answer(reply, now, g))
+            let before = Before::of(c);
+            let entry = c.recheck_answer(reply, now, g);
+            self.owe(c, &before, now);
+            Ok::<_, std::convert::Infallible>(entry)
         })?;
         let entry = match r {
-            Updated::Done(Some(e)) => e,
+            Updated::Done(Some(e)) => {
+                self.announce(&id);
+                e
+            }
             _ => {
                 self.counters.replies_ignored.fetch_add(1, Relaxed);
                 return Ok(None);
@@ -429,18 +676,32 @@ impl<C: CaseStore> Engine<C> {
         let now = self.clock.now_ms();
         let g = &*self.governance;
         let mut out = Vec::new();
+        // Cases changed on this page, announced once the page is durable.
+        let mut changed: Vec<String> = Vec::new();
         loop {
             let due = self.cases.due(now, SWEEP_PAGE)?;
             let mut progressed = false;
             let mut sends = Vec::new();
+            let mut deliveries = Vec::new();
             for id in &due {
                 let r = self.cases.update_unsynced(id, |c| {
+                    let before = Before::of(c);
                     let fired = c.fire_timers(now, g);
-                    Ok::<_, std::convert::Infallible>((fired, c.recheck_step(now, g)))
+                    let step = c.recheck_step(now, g);
+                    self.owe(c, &before, now);
+                    let owed = self.due_deliveries(c, now);
+                    Ok::<_, std::convert::Infallible>((fired, step, owed))
                 })?;
-                let Updated::Done((fired, step)) = r else {
+                let Updated::Done((fired, step, owed)) = r else {
                     continue;
                 };
+                if !owed.is_empty() {
+                    progressed = true;
+                    deliveries.extend(owed);
+                }
+                if step.is_some() || !fired.is_empty() {
+                    changed.push(id.clone());
+                }
                 match step {
                     // Sent once stored: a crash before sends it again at the next sweep.
                     Some(RecheckStep::Send(r)) => {
@@ -473,9 +734,19 @@ impl<C: CaseStore> Engine<C> {
             }
             if progressed {
                 self.cases.sync()?;
+                for id in changed.drain(..) {
+                    self.announce(&id);
+                }
             }
             for (id, r) in sends {
                 self.send_recheck(&id, &r, now);
+            }
+            // Marked under way once stored: one the queue cannot take now (or lost in a crash)
+            // goes again when its lease ends.
+            for d in deliveries {
+                if !self.notify.as_ref().is_some_and(|n| n.send(d)) {
+                    self.counters.webhook_queue_full.fetch_add(1, Relaxed);
+                }
             }
             // A full page may have more behind it; a page that fired nothing would repeat.
             if due.len() < SWEEP_PAGE || !progressed {
@@ -853,6 +1124,154 @@ mod tests {
         }
     }
 
+    /// Webhook deliveries the sweep handed on, in order.
+    #[derive(Default)]
+    struct Deliveries(Mutex<Vec<Delivery>>);
+
+    impl Notify for Deliveries {
+        fn send(&self, d: Delivery) -> bool {
+            self.0.lock().unwrap().push(d);
+            true
+        }
+    }
+
+    impl Deliveries {
+        fn take(&self) -> Vec<Delivery> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    fn with_hooks(r: &mut Rig, cases: Arc<SledCases>, out: &Arc<Deliveries>) {
+        r.engine = Engine::new(
+            cases,
+            Arc::new(Governance::built_in().unwrap()),
+            Arc::new(r.clock.clone()),
+            Arc::new(Nowhere),
+        )
+        .with_webhooks(
+            ["urban-mgmt".to_string(), "traffic-police".to_string()],
+            out.clone(),
+            Retry {
+                timeout_ms: 1_000,
+                first_ms: 60_000,
+                max_ms: 600_000,
+                attempts: 2,
+            },
+        );
+    }
+
+    fn entries(d: &Delivery) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn webhook_deliveries_are_owed_with_the_change_survive_a_crash_and_move_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let out = Arc::new(Deliveries::default());
+        let cases = r.engine.cases.clone();
+        with_hooks(&mut r, cases, &out);
+        // Opened, registered and dispatched to urban management at once: owed with the case.
+        let e = r.sighting("0505", Ulid::new(), 130, Phase::Start);
+        let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        let c = r.engine.get(&id).unwrap().unwrap();
+        assert_eq!(c.notices.len(), 1);
+        assert_eq!(
+            c.due_ms,
+            Some(r.clock.now_ms()),
+            "due now, in the store's index"
+        );
+        r.engine.sweep().unwrap();
+        let first = out.take();
+        assert_eq!(first.len(), 1);
+        assert_eq!(entries(&first[0]), ["report", "register", "dispatch"]);
+        // The hub dies before the answer is recorded; after a restart the delivery waits
+        // for its lease, then goes again with the same id.
+        let cases = r.engine.cases.clone();
+        drop(std::mem::replace(
+            &mut r.engine,
+            Engine::new(
+                cases.clone(),
+                Arc::new(Governance::built_in().unwrap()),
+                Arc::new(r.clock.clone()),
+                Arc::new(Nowhere),
+            ),
+        ));
+        with_hooks(&mut r, cases, &out);
+        r.engine.sweep().unwrap();
+        assert!(out.take().is_empty(), "under way until its lease ends");
+        r.clock.advance(31_000);
+        r.engine.sweep().unwrap();
+        let again = out.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, first[0].id);
+        // While it is under way the handler accepts: delivered → only the new entry follows.
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        r.act(&id, &handler, Action::Accept);
+        r.engine.delivered(&again[0], Ok(())).unwrap();
+        // A late answer of the same delivery is already recorded: nothing changes.
+        r.engine.delivered(&first[0], Ok(())).unwrap();
+        r.engine.sweep().unwrap();
+        let next = out.take();
+        assert_eq!(next.len(), 1);
+        assert_eq!(entries(&next[0]), ["accept"]);
+        // 回退 leaves urban management: both it and nobody else hear of it (traffic police
+        // only once dispatched there).
+        r.engine.delivered(&next[0], Ok(())).unwrap();
+        r.act(&id, &handler, Action::Return);
+        r.engine.sweep().unwrap();
+        let back = out.take();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].department, "urban-mgmt");
+        assert_eq!(entries(&back[0]), ["return"]);
+        // It fails twice (the attempts): each failure on the case, then a timeline entry.
+        r.engine
+            .delivered(&back[0], Err("HTTP 503 Service Unavailable".into()))
+            .unwrap();
+        let c = r.engine.get(&id).unwrap().unwrap();
+        assert_eq!(c.notices[0].attempts, 1);
+        assert_eq!(
+            c.notices[0].last_error.as_deref(),
+            Some("HTTP 503 Service Unavailable")
+        );
+        assert_eq!(
+            c.due_ms,
+            Some(r.clock.now_ms() + 60_000),
+            "after the back-off"
+        );
+        r.clock.advance(60_000);
+        r.engine.sweep().unwrap();
+        let retry = out.take();
+        assert_eq!(retry[0].id, back[0].id);
+        r.engine
+            .delivered(&retry[0], Err("timeout".into()))
+            .unwrap();
+        let c = r.engine.get(&id).unwrap().unwrap();
+        assert!(c.notices.is_empty());
+        let last = c.timeline.last().unwrap();
+        assert_eq!(
+            last.action,
+            Action::NotifyFailed {
+                department: "urban-mgmt".into(),
+                attempts: 2,
+                error: "timeout".into()
+            }
+        );
+        assert_eq!(r.engine.counters.webhook_given_up.load(Relaxed), 1);
+        assert_eq!(r.engine.counters.webhook_delivered.load(Relaxed), 2);
+        // The give-up entry itself is owed to no one.
+        r.engine.sweep().unwrap();
+        assert!(out.take().is_empty());
+    }
+
     #[test]
     fn the_sweep_sends_re_checks_until_answered_and_the_answer_is_stored() {
         let dir = tempfile::tempdir().unwrap();
@@ -927,6 +1346,39 @@ mod tests {
             (rc.sent, rc.outcome),
             (2, super::super::lifecycle::RecheckOutcome::Absent)
         );
+    }
+
+    #[test]
+    fn every_durable_change_is_announced_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path());
+        let mut rx = r.engine.changes().feed().subscribe();
+        let van = Ulid::new();
+        let e = r.sighting("0505", van, 130, Phase::Start);
+        let Taken::Opened { id, .. } = r.engine.take(&e).unwrap() else {
+            panic!("a case opens")
+        };
+        // A replayed event changes nothing and is not announced.
+        r.engine.take(&e).unwrap();
+        let again = r.sighting("0505", van, 190, Phase::Update);
+        r.engine.take(&again).unwrap();
+        let handler = r.who(Role::Handler, Some("urban-mgmt"));
+        r.act(&id, &handler, Action::Accept);
+        // Past the handling limit: the sweep's timers are announced after they are stored.
+        r.clock.advance(3 * 86_400_000);
+        r.engine.sweep().unwrap();
+        let mut seen = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            assert_eq!(c.id, id);
+            seen.push((c.seq, c.action.clone(), c.state));
+        }
+        let actions: Vec<&str> = seen.iter().map(|(_, a, _)| a.as_str()).collect();
+        // Opened (dispatched at once); the repeat counted into it (its sightings changed;
+        // the replay did not); accepted; the sweep's timers, once stored.
+        assert_eq!(actions[..3], ["dispatch", "dispatch", "accept"], "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(actions[3].starts_with("sla_"), "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]

@@ -184,6 +184,13 @@ pub enum Action {
     RecheckUnanswered {
         command: String,
     },
+    /// The department's webhook refused or did not answer every try: the department was not
+    /// told of the entries since its last delivery (they stay in this timeline).
+    NotifyFailed {
+        department: String,
+        attempts: u32,
+        error: String,
+    },
 }
 
 impl Action {
@@ -212,6 +219,7 @@ impl Action {
             Action::RecheckRequested { .. } => "recheck_requested",
             Action::RecheckDone { .. } => "recheck_done",
             Action::RecheckUnanswered { .. } => "recheck_unanswered",
+            Action::NotifyFailed { .. } => "notify_failed",
         }
     }
 
@@ -236,7 +244,8 @@ impl Action {
             | Action::Merge { .. }
             | Action::RecheckRequested { .. }
             | Action::RecheckDone { .. }
-            | Action::RecheckUnanswered { .. } => &[],
+            | Action::RecheckUnanswered { .. }
+            | Action::NotifyFailed { .. } => &[],
         }
     }
 }
@@ -389,6 +398,26 @@ pub struct Case {
     /// A citizen's report (Open311): what they wrote, the photo, how to reach them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub citizen: Option<super::citizen::CitizenReport>,
+    /// Webhook deliveries owed to departments (`[webhooks]` of the hub's config), stored with
+    /// the change that owes them: a failing endpoint shows here (attempts, last error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<Notice>,
+}
+
+/// A department's webhook owes the timeline entries from `from` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "CaseNotice")]
+pub struct Notice {
+    pub department: String,
+    /// The first timeline entry (index) not yet delivered.
+    pub from: usize,
+    /// Failed tries since the last delivery.
+    pub attempts: u32,
+    /// When the next try is due (Unix ms); while a try is under way, when it counts as lost.
+    pub due_ms: i64,
+    /// Why the last try failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// AI 核查: the source camera is asked (a command to its agent, sent again until answered or
@@ -557,6 +586,7 @@ impl Case {
                 request_id: None,
             }],
             citizen: None,
+            notices: Vec::new(),
         }
         .with_due(g))
     }
@@ -1023,17 +1053,19 @@ impl Case {
         }
     }
 
-    /// When the case's next timer is due — the running stage's, or its re-check's (`None`:
-    /// closed, suspended, or none left).
+    /// When the case's next timer is due — the running stage's, its re-check's, or a webhook
+    /// delivery's (`None`: none left).
     pub fn next_due(&self, g: &Governance) -> Option<i64> {
+        let notice = self.notices.iter().map(|n| n.due_ms).min();
         if !self.state.is_open() {
-            return None;
+            // A closed case may still owe its last change to a department.
+            return notice;
         }
         let recheck = self.recheck.as_ref().and_then(Recheck::due);
-        match (self.sla_due(g), recheck) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.sla_due(g), recheck, notice]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// When the running stage's next SLA timer is due.

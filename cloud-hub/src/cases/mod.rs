@@ -5,9 +5,12 @@
 //! are kept ([`store`]: the `CaseStore` trait and its sled default), how rule events become
 //! cases ([`intake`]), what a citizen's report carries and where its point lies in the county
 //! ([`citizen`], for Open311) and the workflow at work in the hub ([`engine`]: intake from the
-//! event log, transitions, the timer sweep). Uses `platform` and below; `http` serves it.
+//! event log, transitions, the timer sweep) with its feed of durable changes ([`changes`], the
+//! SSE change stream) and the departments' webhooks ([`webhook`]). Uses `platform` and below;
+//! `http` serves it.
 
 pub mod calendar;
+pub mod changes;
 pub mod citizen;
 pub mod config;
 pub mod engine;
@@ -16,3 +19,4 @@ pub mod intake;
 pub mod lifecycle;
 pub mod sla;
 pub mod store;
+pub mod webhook;

@@ -17,6 +17,13 @@ use schemars::{json_schema, JsonSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::http::HeaderMap;
+use axum::response::sse::Event as SseEvent;
+use axum::response::Response;
+
+use crate::cases::changes::CaseChange;
 use crate::cases::engine::{Engine, EngineError};
 use crate::cases::evaluation::{departments_csv, evaluate, Report};
 use crate::cases::lifecycle::{
@@ -28,6 +35,7 @@ use crate::cases::store::{CaseFilter, SledCases};
 use crate::http::error::{clip, ApiError};
 use crate::http::openapi::{content, errors, respond, schema_of, viewer, with_header};
 use crate::http::query::{Check, Checked, Count, Params, Time};
+use crate::http::sse::{last_event_id, Follow, Item, MAX_STREAMS};
 use crate::http::state::{store_call, ApiState, Cases};
 use crate::http::tokens::{Role, TokenInfo};
 use crate::storage::store::Store;
@@ -550,6 +558,111 @@ pub(crate) async fn act<S: Store>(
         }))
     })
     .await
+}
+
+/// Filters of `GET /api/v1/cases/stream`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct StreamParams {
+    /// Changes of cases dispatched to this department. A handler gets its own department's.
+    department: Option<Checked<GovId>>,
+    category: Option<Checked<GovId>>,
+    town: Option<Checked<GovId>>,
+}
+
+pub(crate) fn stream_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("caseStream")
+        .tag("cases")
+        .summary("Server-Sent Events: one `change` per durable change of a case")
+        .description(
+            "Each `change` event is a `CaseChange` (the case's id, state, category, department, \
+             town and the newest timeline entry's action) with its stream position as `id`: send \
+             it back as `Last-Event-ID` to resume. `lagged` says changes were missed (the client \
+             fell behind, or resumed after a restart or too late): re-read `GET /api/v1/cases`, \
+             then carry on. A handler's token streams its own department's cases only. Ends \
+             when the hub shuts down.",
+        );
+    let op = respond(
+        op,
+        200,
+        content(
+            "The event stream; each `change` event's data is a `CaseChange`",
+            "text/event-stream",
+            json_schema!({"type": "string"}),
+        ),
+    );
+    viewer(errors(
+        op,
+        &[
+            (400, "A parameter is malformed (named)"),
+            (
+                503,
+                "The case workflow is not running, or too many change streams are open",
+            ),
+        ],
+    ))
+}
+
+/// A change as streamed, and `lagged` when some were missed.
+fn case_event(item: Item<CaseChange>) -> SseEvent {
+    match item {
+        Item::Change(c) => SseEvent::default()
+            .event("change")
+            .id(c.seq.to_string())
+            .data(serde_json::to_string(&*c).unwrap_or_default()),
+        Item::Lagged(missed) => SseEvent::default().event("lagged").data(
+            serde_json::json!({"missed": missed,
+                   "detail": "changes were missed; re-read GET /api/v1/cases"})
+            .to_string(),
+        ),
+    }
+}
+
+pub(crate) async fn stream<S: Store>(
+    State(st): State<ApiState<S>>,
+    who: Option<Extension<TokenInfo>>,
+    headers: HeaderMap,
+    Params(p, _): Params<StreamParams>,
+) -> Result<Response, ApiError> {
+    let engine = cases(&st)?;
+    let actor = actor(who);
+    let mut department = p.department.map(Checked::into_string);
+    let category = p.category.map(Checked::into_string);
+    let town = p.town.map(Checked::into_string);
+    // A handler follows its own department's cases; asking for another's streams nothing,
+    // as the list answers nothing.
+    let mut nothing = false;
+    if actor.role == CaseRole::Handler {
+        nothing = department.is_some() && department != actor.department;
+        department = actor.department.clone();
+        nothing |= department.is_none();
+    }
+    let Ok(permit) = st.case_streams.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} case change streams are open; retry later"),
+        ));
+    };
+    let wanted = move |c: &CaseChange| {
+        !nothing
+            && department
+                .as_ref()
+                .is_none_or(|d| c.department.as_ref() == Some(d))
+            && category.as_ref().is_none_or(|k| &c.category == k)
+            && town.as_ref().is_none_or(|t| c.town.as_ref() == Some(t))
+    };
+    let counted = engine.clone();
+    let follow = Follow::new(
+        engine.changes().feed(),
+        last_event_id(&headers),
+        wanted,
+        move |n| {
+            counted.counters.stream_lagged.fetch_add(n, Relaxed);
+        },
+        Some(permit),
+    );
+    Ok(follow.respond(case_event))
 }
 
 /// `GET /api/v1/evaluation`: the period and the answer's form.

@@ -45,6 +45,7 @@ pub mod quarantine;
 pub mod query;
 pub mod series;
 pub mod snapshots;
+pub mod sse;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;
@@ -127,6 +128,10 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
             "/api/v1/cases",
             get_with(cas::list::<S>, cas::list_docs)
                 .merge(post_with(cas::report::<S>, cas::report_docs)),
+        )
+        .api_route(
+            "/api/v1/cases/stream",
+            get_with(cas::stream::<S>, cas::stream_docs),
         )
         .api_route("/api/v1/cases/{id}", get_with(cas::get::<S>, cas::get_docs))
         .api_route(

@@ -11,8 +11,7 @@
 //! a `Link` header when the client accepts only that. Errors are NGSI-LD ProblemDetails naming
 //! the parameter. See `docs/twin.md`.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::convert::Infallible;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,16 +23,17 @@ use aide::transform::TransformOperation;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Map, Value};
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::openapi::{content, respond, schema_of, viewer, with_header};
 use crate::http::query::{from_pairs, from_text, Params, QueryFault, Repeats, Style};
+use crate::http::sse::{last_event_id, Follow, Item};
 use crate::platform::ngsi::{parse_geometry, parse_georel, GeoQuery, GeoRel, Query as QQuery};
 use crate::platform::twin::history::Range;
 use crate::platform::twin::{iso_ms, Change, Entity, EntityType, Observed, Twin};
@@ -47,9 +47,7 @@ pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 1000;
 /// Instances per attribute in one temporal answer at most.
 pub const MAX_INSTANCES: usize = 1000;
-/// Open change streams at most; more get 503.
-pub const MAX_STREAMS: usize = 256;
-const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+pub use crate::http::sse::MAX_STREAMS;
 /// Bound on a temporal query's storage reads.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 /// idPattern regexes are compiled with this size limit (a hostile pattern cannot eat memory).
@@ -1164,81 +1162,10 @@ pub fn change_json(c: &Change) -> Value {
     Value::Object(m)
 }
 
-/// What a change stream delivers next.
-#[derive(Debug)]
-enum Item {
-    Change(Arc<Change>),
-    /// Changes were missed: how many, when known (a client that fell behind); unknown for a
-    /// `Last-Event-ID` older than what is kept.
-    Lagged(Option<u64>),
-}
-
-struct StreamState {
-    rx: broadcast::Receiver<Arc<Change>>,
-    backlog: VecDeque<Arc<Change>>,
-    /// Report missed changes before anything else.
-    missed: bool,
-    last: u64,
-    types: Option<HashSet<String>>,
-    ids: Option<HashSet<String>>,
-    closing: watch::Receiver<bool>,
-    twin: Arc<Twin>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl StreamState {
-    fn wanted(&self, c: &Change) -> bool {
-        self.types
-            .as_ref()
-            .is_none_or(|t| t.contains(c.kind.as_str()))
-            && self.ids.as_ref().is_none_or(|i| i.contains(&c.entity))
-    }
-
-    /// The next item, or `None` once the hub shuts down.
-    async fn next(&mut self) -> Option<Item> {
-        if std::mem::take(&mut self.missed) {
-            return Some(Item::Lagged(None));
-        }
-        while let Some(c) = self.backlog.pop_front() {
-            if c.seq > self.last && self.wanted(&c) {
-                self.last = c.seq;
-                return Some(Item::Change(c));
-            }
-        }
-        loop {
-            let r = tokio::select! {
-                // Shutdown: end the stream so HTTP can drain.
-                _ = self.closing.wait_for(|c| *c) => return None,
-                r = self.rx.recv() => r,
-            };
-            match r {
-                Ok(c) => {
-                    // Already sent from the backlog, or filtered out.
-                    if c.seq <= self.last || !self.wanted(&c) {
-                        continue;
-                    }
-                    self.last = c.seq;
-                    return Some(Item::Change(c));
-                }
-                // The broadcast channel overwrote what this client had not read: it never
-                // holds anyone up.
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.twin
-                        .counters
-                        .stream_lagged
-                        .fetch_add(n, Ordering::Relaxed);
-                    return Some(Item::Lagged(Some(n)));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
 /// `change` events carry the stream position as `id` (for `Last-Event-ID`); a client that
 /// missed changes (fell behind, or resumed too late) gets `lagged`: re-read the entities, then
 /// carry on.
-fn sse_event(item: Item) -> SseEvent {
+fn sse_event(item: Item<Change>) -> SseEvent {
     match item {
         Item::Change(c) => SseEvent::default()
             .event("change")
@@ -1250,6 +1177,32 @@ fn sse_event(item: Item) -> SseEvent {
             .to_string(),
         ),
     }
+}
+
+/// Follows the twin's changes of the wanted types and ids.
+fn follow(
+    twin: &Arc<Twin>,
+    resume: Option<u64>,
+    types: Option<HashSet<String>>,
+    ids: Option<HashSet<String>>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Follow<Change> {
+    let counted = twin.clone();
+    Follow::new(
+        twin.feed(),
+        resume,
+        move |c: &Change| {
+            types.as_ref().is_none_or(|t| t.contains(c.kind.as_str()))
+                && ids.as_ref().is_none_or(|i| i.contains(&c.entity))
+        },
+        move |n| {
+            counted
+                .counters
+                .stream_lagged
+                .fetch_add(n, Ordering::Relaxed);
+        },
+        permit,
+    )
 }
 
 async fn stream(
@@ -1270,43 +1223,8 @@ async fn stream(
     let ids =
         p.id.as_deref()
             .map(|v| list(v).into_iter().map(str::to_string).collect());
-    // Subscribe before reading the backlog, so nothing falls between them (duplicates are
-    // skipped by seq).
     let twin = st.twin()?;
-    let rx = twin.subscribe();
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let (backlog, missed, last) = match resume {
-        None => (VecDeque::new(), false, 0),
-        Some(seq) => {
-            let (recent, missed) = twin.recent_after(seq);
-            (recent.into(), missed, seq)
-        }
-    };
-    let state = StreamState {
-        rx,
-        backlog,
-        missed,
-        last,
-        types,
-        ids,
-        closing: twin.closing(),
-        twin: twin.clone(),
-        _permit: Some(permit),
-    };
-    let events = futures_util::stream::unfold(state, |mut s| async move {
-        let item = s.next().await?;
-        Some((Ok::<_, Infallible>(sse_event(item)), s))
-    });
-    Ok(Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(STREAM_KEEPALIVE)
-                .text("keepalive"),
-        )
-        .into_response())
+    Ok(follow(twin, last_event_id(&headers), types, ids, Some(permit)).respond(sse_event))
 }
 
 #[cfg(test)]
@@ -1347,18 +1265,9 @@ mod tests {
         }
     }
 
-    fn stream_state(twin: &Arc<Twin>, last: u64) -> StreamState {
-        StreamState {
-            rx: twin.subscribe(),
-            backlog: VecDeque::new(),
-            missed: false,
-            last,
-            types: Some(["Sensor".to_string()].into()),
-            ids: None,
-            closing: twin.closing(),
-            twin: twin.clone(),
-            _permit: None,
-        }
+    /// Sensors' changes from now on.
+    fn stream_state(twin: &Arc<Twin>) -> Follow<Change> {
+        follow(twin, None, Some(["Sensor".to_string()].into()), None, None)
     }
 
     /// Readings of the demo water-level sensor, one change each.
@@ -1392,7 +1301,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagging_stream_gets_lagged_and_carries_on_and_ends_on_close() {
         let twin = sample_twin();
-        let mut s = stream_state(&twin, 0);
+        let mut s = stream_state(&twin);
         // More than the channel holds, while the client reads nothing: nobody waits on it.
         readings(&twin, crate::platform::twin::STREAM_CAPACITY + 10);
         match s.next().await {
@@ -1408,18 +1317,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Resuming from a position older than the recent buffer says so first.
-        let (recent, missed) = twin.recent_after(0);
+        let (recent, missed) = twin.feed().recent_after(0);
         assert!(missed);
         assert_eq!(
             recent.len(),
             crate::platform::twin::RECENT_CAPACITY.min(crate::platform::twin::STREAM_CAPACITY + 10)
         );
         let last = recent[recent.len() - 2].seq;
-        let (recent, missed) = twin.recent_after(last);
+        let (recent, missed) = twin.feed().recent_after(last);
         assert!(!missed);
         assert_eq!(recent.len(), 1);
         twin.close_streams();
-        let mut s = stream_state(&twin, 0);
+        let mut s = stream_state(&twin);
         assert!(s.next().await.is_none(), "a closed twin ends streams");
     }
 

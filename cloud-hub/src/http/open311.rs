@@ -846,6 +846,7 @@ fn public_note(a: &Action) -> bool {
             | Action::RecheckRequested { .. }
             | Action::RecheckDone { .. }
             | Action::RecheckUnanswered { .. }
+            | Action::NotifyFailed { .. }
             | Action::RequestExtension { .. }
             | Action::ApproveExtension
             | Action::DenyExtension

@@ -40,6 +40,8 @@ pub struct ApiState<S> {
     pub(crate) broker: Option<Arc<crate::ingest::mqtt::probe::BrokerHealth>>,
     /// The case workflow (`/api/v1/cases`).
     pub(crate) cases: Option<Cases>,
+    /// Open case change streams (`/api/v1/cases/stream`).
+    pub(crate) case_streams: Arc<Semaphore>,
 }
 
 impl<S> ApiState<S> {
@@ -62,6 +64,7 @@ impl<S> ApiState<S> {
             twin: None,
             broker: None,
             cases: None,
+            case_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
         }
     }
 
@@ -111,6 +114,7 @@ impl<S> Clone for ApiState<S> {
             twin: self.twin.clone(),
             broker: self.broker.clone(),
             cases: self.cases.clone(),
+            case_streams: self.case_streams.clone(),
         }
     }
 }

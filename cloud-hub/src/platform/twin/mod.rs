@@ -19,21 +19,22 @@ mod build;
 pub mod history;
 mod update;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc;
 use ulid::Ulid;
 
 use crate::ingest::pipeline::DurableSink;
 use crate::platform::county::County;
 use crate::platform::geo::Geometry;
 use crate::storage::store::{WriteBatch, WriteOutcome};
+use crate::support::feed::{self, Numbered};
 use crate::support::loglimit::LogLimiter;
 
 pub use history::{History, HistoryError, Instance};
@@ -226,6 +227,12 @@ pub struct Change {
     pub attrs: Vec<(String, Observed)>,
 }
 
+impl Numbered for Change {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// [`TwinCounters`] at one moment, as `/api/v1/health` shows them (`twin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct CountersSnapshot {
@@ -359,15 +366,12 @@ pub(crate) struct State {
 /// The twin: state, change stream, history.
 pub struct Twin {
     state: RwLock<State>,
-    changes: broadcast::Sender<Arc<Change>>,
-    recent: Mutex<VecDeque<Arc<Change>>>,
+    /// The change stream: subscribers, the newest changes for resuming, the closing signal.
+    feed: feed::Feed<Change>,
     history: Option<History>,
     retention_ms: i64,
     pub counters: TwinCounters,
-    closing: watch::Sender<bool>,
     feed_log: Mutex<LogLimiter>,
-    /// The first stream position of this boot.
-    boot_seq: u64,
     /// Payload bytes of the batches in the feed channel.
     queued_bytes: AtomicU64,
 }
@@ -387,27 +391,20 @@ impl Twin {
             .enumerate()
             .map(|(i, e)| (e.id.clone(), i))
             .collect();
-        let boot_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let (changes, _) = broadcast::channel(STREAM_CAPACITY);
-        let (closing, _) = watch::channel(false);
+        let feed = feed::Feed::new(STREAM_CAPACITY, RECENT_CAPACITY);
         let twin = Twin {
             state: RwLock::new(State {
                 entities,
                 index,
                 links,
                 aux: Aux::default(),
-                next_seq: boot_us,
+                next_seq: feed.boot_seq(),
             }),
-            changes,
-            recent: Mutex::new(VecDeque::new()),
+            feed,
             history,
             retention_ms,
             counters: TwinCounters::default(),
-            closing,
             feed_log: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
-            boot_seq: boot_us,
             queued_bytes: AtomicU64::new(0),
         };
         twin.restore();
@@ -474,31 +471,14 @@ impl Twin {
         self.retention_ms
     }
 
-    /// A receiver of future changes (the SSE stream).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.changes.subscribe()
+    /// The change stream (SSE): subscribe, resume, closing.
+    pub fn feed(&self) -> &feed::Feed<Change> {
+        &self.feed
     }
 
-    /// Changes after `seq` still held for resuming clients, and whether `seq` is older than
-    /// all of them (the client missed some).
-    pub fn recent_after(&self, seq: u64) -> (Vec<Arc<Change>>, bool) {
-        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let missed = match r.front() {
-            Some(first) => first.seq > seq.saturating_add(1),
-            // Nothing buffered: only an id from before this boot has missed anything.
-            None => seq.saturating_add(1) < self.boot_seq,
-        };
-        (r.iter().filter(|c| c.seq > seq).cloned().collect(), missed)
-    }
-
-    /// Resolves once [`Twin::close_streams`] was called: SSE streams end then, so HTTP
-    /// shutdown need not wait for them.
-    pub fn closing(&self) -> watch::Receiver<bool> {
-        self.closing.subscribe()
-    }
-
+    /// Ends the change streams (shutdown).
     pub fn close_streams(&self) {
-        self.closing.send_replace(true);
+        self.feed.close();
     }
 
     /// Applies one durable ingest batch; returns the changes (already published on the stream).
@@ -539,19 +519,7 @@ impl Twin {
         self.counters
             .changes
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
-        {
-            let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for c in &changes {
-                if r.len() == RECENT_CAPACITY {
-                    r.pop_front();
-                }
-                r.push_back(c.clone());
-            }
-        }
-        for c in &changes {
-            // No receiver is fine: nobody is watching.
-            let _ = self.changes.send(c.clone());
-        }
+        self.feed.publish(&changes);
         changes
     }
 
