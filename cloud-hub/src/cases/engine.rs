@@ -1563,6 +1563,13 @@ mod tests {
             }
         };
         wait_for(1).await;
+        // Counted just after the sighting: wait for it too.
+        for _ in 0..200 {
+            if engine.counters.replayed.load(Relaxed) >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let all = CaseFilter::default();
         let cases = engine.list(&all, None, 10).unwrap();
         assert_eq!(cases.len(), 1);
