@@ -39,7 +39,8 @@
 //! about 1.5 bytes a record. A lookup or dedup check visits only segments whose id range holds
 //! the id (ids are ULIDs, so mostly the newest) and whose filter says maybe, then reads one
 //! 3 KiB block of ids. Time scans merge the segments overlapping the range, reading their time
-//! sections in blocks; aggregates use a bounded cache of decoded time columns
+//! sections in blocks and announcing each block's wanted records to the kernel in one read-ahead
+//! (`Desc::prefetch`); aggregates use a bounded cache of decoded time columns
 //! ([`TIME_CACHE_BYTES`], ~6 bytes a record). Opening reads the index files (checksummed),
 //! scans only the last segment and fills that cache with the newest segments; a missing or
 //! damaged index is rebuilt from its segment.
@@ -1877,6 +1878,16 @@ impl RecordLog {
             (c, index.keys.clone())
         };
         let mut wanted: Vec<Option<bool>> = Vec::new();
+        // Whether records of key number `k` are wanted (decided once per key).
+        let mut wants = |k: usize, wanted: &mut Vec<Option<bool>>| {
+            if names.len() <= k {
+                names = self.read_index().keys.clone();
+            }
+            if wanted.len() <= k {
+                wanted.resize(k + 1, None);
+            }
+            *wanted[k].get_or_insert_with(|| names.get(k).is_some_and(|n| want_key(n)))
+        };
         let mut heap: BinaryHeap<((i64, Pos), usize)> = BinaryHeap::new();
         for (i, c) in cursors.iter_mut().enumerate() {
             // Sealed segments start at a key above all of theirs and are read when reached.
@@ -1903,6 +1914,7 @@ impl RecordLog {
             let c = &mut cursors[i];
             if !c.ready {
                 c.fill(self, lo)?;
+                c.prefetch(|k| wants(k as usize, &mut wanted));
                 if let Some(h) = c.head() {
                     heap.push((h.key, i));
                 }
@@ -1913,19 +1925,12 @@ impl RecordLog {
             };
             if c.head().is_none() {
                 c.fill(self, lo)?;
+                c.prefetch(|k| wants(k as usize, &mut wanted));
             }
             if let Some(h) = c.head() {
                 heap.push((h.key, i));
             }
-            let k = item.key_no as usize;
-            if names.len() <= k {
-                names = self.read_index().keys.clone();
-            }
-            if wanted.len() <= k {
-                wanted.resize(k + 1, None);
-            }
-            let want = *wanted[k].get_or_insert_with(|| names.get(k).is_some_and(|n| want_key(n)));
-            if !want {
+            if !wants(item.key_no as usize, &mut wanted) {
                 continue;
             }
             let slot = Slot {
@@ -2142,6 +2147,35 @@ impl Desc {
 
     fn head(&self) -> Option<&Item> {
         self.buf.last()
+    }
+
+    /// Asks the kernel for the bytes the chunk's wanted records span, in one read ahead of
+    /// them: a scan walks a closed segment backwards, which the kernel's read-ahead does not
+    /// follow, so a cold page cache would otherwise cost one disk read per record. The open
+    /// segment's records were just written (cached) and are left alone.
+    fn prefetch(&self, mut want: impl FnMut(u32) -> bool) {
+        if !matches!(self.src, DescSrc::Sealed { .. }) {
+            return;
+        }
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for it in self.buf.iter().filter(|it| want(it.key_no)) {
+            let off = u64::from(it.key.1.off);
+            lo = lo.min(off);
+            hi = hi.max(off + u64::from(it.frame));
+        }
+        if hi > lo {
+            use std::os::fd::AsRawFd;
+            // Advice only: a failure changes nothing but speed.
+            // SAFETY: the descriptor is open for as long as `self.file` lives.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    lo as libc::off_t,
+                    (hi - lo) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
     }
 
     fn take(&mut self) -> Option<Item> {
