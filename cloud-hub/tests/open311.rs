@@ -389,6 +389,21 @@ async fn a_citizens_request_becomes_a_case_routed_by_its_place_and_comes_back_cl
     .await;
     assert_eq!(seen["citizen"]["client"], "citizen-app");
     assert!(seen["citizen"]["contact"].is_null(), "{seen}");
+    // The board filters by source: citizens' cases, and none of them among video cases.
+    let listed = |source: &'static str| {
+        let (hub, token) = (&hub, t.operator.clone());
+        async move {
+            let path = format!("/api/v1/cases?source={source}");
+            rest(hub, "GET", &path, &token, None).await["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed("citizen").await, std::slice::from_ref(&seat_id));
+    assert!(listed("video_ai").await.is_empty());
 
     // Another citizen, the same kind of problem in 来榜镇; a third repeats the first one's
     // words from another phone (a duplicate the operator will reject).

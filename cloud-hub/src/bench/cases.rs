@@ -365,6 +365,7 @@ fn run_in(opts: &CasesOptions, dir: &std::path::Path) -> Result<CasesReport, Ben
                 department: department.map(str::to_string),
                 town: town.map(str::to_string),
                 category: category.map(str::to_string),
+                source: None,
                 open_only,
             };
             let queries = [

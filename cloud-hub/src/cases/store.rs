@@ -22,7 +22,7 @@ use sled::transaction::{
 };
 use thiserror::Error;
 
-use super::lifecycle::{Case, State};
+use super::lifecycle::{Case, Source, State};
 
 #[derive(Debug, Error)]
 pub enum CaseStoreError {
@@ -42,6 +42,8 @@ pub struct CaseFilter {
     pub department: Option<String>,
     pub category: Option<String>,
     pub town: Option<String>,
+    /// Where cases came from (Open311 lists citizens' cases only).
+    pub source: Option<Source>,
     pub open_only: bool,
 }
 
@@ -58,6 +60,7 @@ impl CaseFilter {
                 .town
                 .as_deref()
                 .is_none_or(|t| s.town.as_deref() == Some(t))
+            && self.source.is_none_or(|src| s.source == src)
     }
 
     pub fn matches(&self, c: &Case) -> bool {
@@ -72,6 +75,7 @@ impl CaseFilter {
                 .town
                 .as_ref()
                 .is_none_or(|t| c.place.town.as_ref() == Some(t))
+            && self.source.is_none_or(|src| c.source == src)
     }
 }
 
@@ -157,6 +161,7 @@ impl Summaries {
 #[derive(Debug, Clone)]
 struct Summary {
     state: State,
+    source: Source,
     department: Option<Arc<str>>,
     category: Arc<str>,
     town: Option<Arc<str>>,
@@ -180,6 +185,7 @@ impl Names {
 fn summary_of(c: &Case, names: &mut Names) -> Summary {
     Summary {
         state: c.state,
+        source: c.source,
         department: c.department.as_deref().map(|d| names.get(d)),
         category: names.get(&c.category),
         town: c.place.town.as_deref().map(|t| names.get(t)),
@@ -553,5 +559,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ids(s.list(&town, None, 10).unwrap()), ["01B"]);
+        let citizens = CaseFilter {
+            source: Some(Source::Citizen),
+            ..Default::default()
+        };
+        assert!(s.list(&citizens, None, 10).unwrap().is_empty());
+        let video = CaseFilter {
+            source: Some(Source::VideoAi),
+            ..Default::default()
+        };
+        assert_eq!(s.list(&video, None, 10).unwrap().len(), 2);
     }
 }

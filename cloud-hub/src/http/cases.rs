@@ -86,6 +86,8 @@ pub struct CaseParams {
     department: Option<Checked<GovId>>,
     category: Option<Checked<GovId>>,
     town: Option<Checked<GovId>>,
+    /// Where they came from: `video_ai`, `sensor`, `citizen`, `inspector`, `superior`.
+    source: Option<Source>,
     /// Only cases still open (not closed, rejected or voided).
     open: Option<bool>,
     /// The last id of the previous page: cases created before it.
@@ -335,6 +337,7 @@ pub(crate) async fn list<S: Store>(
         department: p.department.map(Checked::into_string),
         category: p.category.map(Checked::into_string),
         town: p.town.map(Checked::into_string),
+        source: p.source,
         open_only: p.open.unwrap_or(false),
     };
     if actor.role == CaseRole::Handler {

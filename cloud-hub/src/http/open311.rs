@@ -1539,7 +1539,11 @@ fn earlier_copy(
     let since = now - RETRY_WINDOW_MS;
     let (mut after, mut scanned) = (None::<String>, 0);
     loop {
-        let page = engine.list(&CaseFilter::default(), after.as_deref(), PAGE)?;
+        let citizens = CaseFilter {
+            source: Some(Source::Citizen),
+            ..CaseFilter::default()
+        };
+        let page = engine.list(&citizens, after.as_deref(), PAGE)?;
         for c in &page {
             if c.created_ms < since || scanned >= RETRY_SCAN {
                 return Ok(None);
@@ -1754,12 +1758,14 @@ fn select(engine: &Engine<SledCases>, f: &Filters) -> Result<Vec<Case>, EngineEr
     // Case ids are ULIDs of their creation time: the listing starts just after `end`.
     let bound = ulid::Ulid::from_parts(u64::try_from(f.end.saturating_add(1)).unwrap_or(0), 0);
     let mut after = Some(bound.to_string());
+    // Only citizens' cases are read (the summaries filter on the source).
     let filter = CaseFilter {
         category: f
             .categories
             .as_ref()
             .filter(|k| k.len() == 1)
             .and_then(|k| k.first().cloned()),
+        source: Some(Source::Citizen),
         ..CaseFilter::default()
     };
     let (mut out, mut scanned) = (Vec::new(), 0);
