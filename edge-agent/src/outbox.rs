@@ -703,15 +703,24 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// sled's flusher may hold the lock a moment after the previous handle was dropped (a
+    /// reopen in a test on a loaded machine): retry briefly.
     fn open(dir: &Path, max_bytes: u64) -> Arc<Outbox> {
-        Outbox::open(
-            dir,
-            &OutboxConfig {
-                max_bytes,
-                ..OutboxConfig::default()
-            },
-        )
-        .unwrap()
+        let config = OutboxConfig {
+            max_bytes,
+            ..OutboxConfig::default()
+        };
+        let mut tries = 0;
+        loop {
+            match Outbox::open(dir, &config) {
+                Ok(o) => return o,
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("outbox opens: {e}"),
+            }
+        }
     }
 
     #[tokio::test]
