@@ -150,12 +150,12 @@ export async function loadInventory() {
 }
 
 export async function loadOpenCases() {
-  const body = await api<CasesBody>(`/api/v1/cases${q({ open: true, limit: 1000 })}`)
+  const body = await api<CasesBody>(`/api/v1/cases${q({ open: true, limit: 500 })}`)
   openCases.clear()
   for (const c of body.cases) openCases.set(c.id, c)
   let next = body.next
   while (next && openCases.size < OPEN_CASES_MAX) {
-    const more = await api<CasesBody>(`/api/v1/cases${q({ open: true, limit: 1000, after: next })}`)
+    const more = await api<CasesBody>(`/api/v1/cases${q({ open: true, limit: 500, after: next })}`)
     for (const c of more.cases) openCases.set(c.id, c)
     next = more.next
   }
@@ -169,15 +169,18 @@ export function startOfToday(t = Date.now()) {
 }
 
 export async function loadFeedAndCounts() {
-  const since = startOfToday()
-  const [evs, agg, kinds] = await Promise.all([
-    api<EventsBody>(`/api/v1/events${q({ limit: 20 })}`),
-    api<AggregateBody>(`/api/v1/events/aggregate${q({ by: 'event_type', kind: 'rule', from: iso(since) })}`),
-    api<AggregateBody>(`/api/v1/events/aggregate${q({ by: 'kind', from: iso(since) })}`),
-  ])
+  const [evs] = await Promise.all([api<EventsBody>(`/api/v1/events${q({ kind: 'rule', limit: 20 })}`), loadCounts()])
   const t = Date.now()
   const seen = new Map(feed.value.map((e) => [e.id, e]))
   feed.value = evs.events.slice(0, FEED_MAX).map((e) => seen.get(e.id) ?? { ...e, arrived_ms: t, live: false })
+}
+
+async function loadCounts() {
+  const since = startOfToday()
+  const [agg, kinds] = await Promise.all([
+    api<AggregateBody>(`/api/v1/events/aggregate${q({ by: 'event_type', kind: 'rule', from: iso(since) })}`),
+    api<AggregateBody>(`/api/v1/events/aggregate${q({ by: 'kind', from: iso(since) })}`),
+  ])
   const byType: Record<string, number> = {}
   for (const g of agg.groups) byType[g.key[0] || '?'] = g.total
   eventsToday.byType = byType
@@ -285,10 +288,12 @@ async function flushCases() {
   casesVersion.value++
 }
 
+let openedAt = 0
 export function openLive() {
   closeLive()
   const s = new EventSource('/api/v1/live')
   es = s
+  openedAt = Date.now()
   s.addEventListener('open', () => {
     live.connected = true
     backoff = 1000
@@ -332,6 +337,8 @@ export function openLive() {
     if (es !== s) return
     s.close()
     es = null
+    // EventSource cannot see a 401 (an expired session): ask, and go to sign-in if so.
+    void api('/api/v1/session').catch(() => {})
     window.clearTimeout(reopenTimer)
     reopenTimer = window.setTimeout(() => {
       live.reconnects++
@@ -358,6 +365,14 @@ export function startTicker() {
     const silent = now.value - live.lastBeatMs
     const stale = !live.everConnected ? now.value - bootMs > HEARTBEAT_STALE_MS : silent > HEARTBEAT_STALE_MS
     if (stale !== live.stale) live.stale = stale
+    // A stream that went silent without an error (a half-open connection after sleep or a
+    // network change): reopen it (at most every 12 s).
+    if (stale && es && now.value - openedAt > HEARTBEAT_STALE_MS) openLive()
+    // Today's counts of detections (not pushed one by one) are re-read every 30 s.
+    if (now.value - countsAt > 30_000 && live.connected) {
+      countsAt = now.value
+      void loadCounts().catch(() => {})
+    }
     // Device changes are applied to the map at most once a second.
     if (devicesDirty) {
       devicesDirty = false
@@ -376,6 +391,7 @@ export function startTicker() {
   window.addEventListener('online', () => openLive())
 }
 const bootMs = Date.now()
+let countsAt = Date.now()
 
 export function stopAll() {
   closeLive()
