@@ -125,6 +125,8 @@ pub struct Hub<S: Store = SledStore> {
     cases: (Arc<CaseEngine>, cases::engine::FeedRx),
     /// The departments' webhooks and their delivery queue, when any is configured.
     webhooks: Option<Webhooks>,
+    /// Newly stored events, for the web page's live stream.
+    activity: Arc<platform::activity::Activity>,
 }
 
 /// What the webhook sending task needs.
@@ -356,7 +358,12 @@ fn http_access(
         Some(d) => d,
         None => Arc::new(DeviceRegistry::open(&config.data_dir)?),
     };
-    Ok(http::HttpAccess::new(Arc::new(tokens), devices))
+    let sessions = http::session::Sessions::open(&config.data_dir, csb_wire::now_ms());
+    Ok(http::HttpAccess::new(
+        Arc::new(tokens),
+        Arc::new(sessions),
+        devices,
+    ))
 }
 
 impl<S: Store> Hub<S> {
@@ -435,6 +442,7 @@ impl<S: Store> Hub<S> {
         let commands = Arc::new(OutboundCommands(out_tx));
         let (engine, webhooks) = start_cases(&config, county.clone(), &*store, commands).await?;
         let (case_feed, case_rx) = cases::engine::feed();
+        let activity = Arc::new(platform::activity::Activity::default());
         let case_feed = Arc::new(case_feed);
         let ingest = Ingest::new(
             link,
@@ -446,6 +454,7 @@ impl<S: Store> Hub<S> {
             },
         )
         .with_sink(case_feed.clone())
+        .with_sink(activity.clone())
         .with_replies(case_feed)
         .with_outbound(out_rx);
         // Ingest hands each durable batch to the twin (never waiting on it).
@@ -476,6 +485,7 @@ impl<S: Store> Hub<S> {
             twin,
             cases: (engine, case_rx),
             webhooks,
+            activity,
         })
     }
 
@@ -523,6 +533,7 @@ impl<S: Store> Hub<S> {
             twin,
             cases: (engine, case_rx),
             webhooks,
+            activity,
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -539,6 +550,13 @@ impl<S: Store> Hub<S> {
             state = state.with_county(c);
         }
         state = state.with_cases(engine.clone());
+        state = state.with_activity(activity.clone());
+        if !http::web::built() {
+            tracing::warn!(
+                "the web page was not built into this hub: `/` says so; run `make web`, then \
+                 rebuild cloud-hub"
+            );
+        }
         // Ends the case change streams at shutdown.
         let case_feed = engine.clone();
         // Deliveries still under way at shutdown go again after the restart (their lease).
@@ -617,6 +635,7 @@ impl<S: Store> Hub<S> {
             t.close_streams();
         }
         case_feed.changes().feed().close();
+        activity.feed().close();
 
         // Stop HTTP first (no new reads), then MQTT (no new data), then let ingest drain.
         let http_result = match http_done {

@@ -627,6 +627,45 @@ impl Case {
             .then_some(self.clock.as_ref()?.light(now, cal))
     }
 
+    /// What `actor` may ask of this case now (action names as `POST …/actions` takes them):
+    /// each askable action is tried on a copy, so role, department and state are judged by
+    /// [`Case::apply`] itself and the answer cannot drift from it.
+    pub fn actions_for(&self, actor: &Actor, now: i64, g: &Governance) -> Vec<&'static str> {
+        let askable = [
+            Action::Register,
+            Action::Reject {
+                reason: RejectReason::FalsePositive,
+            },
+            Action::Void,
+            Action::Dispatch { department: None },
+            Action::Accept,
+            Action::Return,
+            Action::ReportHandled { photos: Vec::new() },
+            Action::Close,
+            Action::Rework,
+            Action::RequestExtension { value: 1 },
+            Action::ApproveExtension,
+            Action::DenyExtension,
+            Action::Suspend,
+            Action::Resume,
+            Action::Supervise,
+        ];
+        askable
+            .into_iter()
+            .filter(|a| {
+                match self.clone().apply(actor, a.clone(), "", None, now, g) {
+                    Ok(_) => true,
+                    // The routing table has no department for it: the caller names one.
+                    Err(TransitionError::UnknownDepartment(_)) => {
+                        matches!(a, Action::Dispatch { .. })
+                    }
+                    Err(_) => false,
+                }
+            })
+            .map(|a| a.name())
+            .collect()
+    }
+
     /// Whether `actor` may see this case (handlers: their department's only).
     pub fn visible_to(&self, actor: &Actor) -> bool {
         actor.role != Role::Handler

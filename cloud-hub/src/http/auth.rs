@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use csb_wire::sign::{SigningKey, UPLOAD_SIGNATURE_HEADER};
 
 use crate::http::error::{clip, ApiError};
+use crate::http::session::{self, Sessions};
 use crate::http::tokens::{Role, TokenInfo, TokenRegistry};
 use crate::ingest::devices::DeviceRegistry;
 use crate::ingest::metrics::{HttpAuthRefusal, Metrics};
@@ -28,6 +29,8 @@ pub const EVENT_HEADER: &str = "x-csb-event";
 #[derive(Clone)]
 pub struct HttpAccess {
     tokens: Arc<TokenRegistry>,
+    /// The web page's sessions (cookies exchanged for a token).
+    sessions: Arc<Sessions>,
     /// Evidence upload keys: the same credentials the devices use on MQTT.
     devices: Arc<DeviceRegistry>,
     /// Refusals are logged at most a few lines a minute (always counted).
@@ -35,12 +38,25 @@ pub struct HttpAccess {
 }
 
 impl HttpAccess {
-    pub fn new(tokens: Arc<TokenRegistry>, devices: Arc<DeviceRegistry>) -> Self {
+    pub fn new(
+        tokens: Arc<TokenRegistry>,
+        sessions: Arc<Sessions>,
+        devices: Arc<DeviceRegistry>,
+    ) -> Self {
         HttpAccess {
             tokens,
+            sessions,
             devices,
             limiter: Arc::new(Mutex::new(LogLimiter::new(10, Duration::from_secs(60)))),
         }
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenRegistry {
+        &self.tokens
+    }
+
+    pub(crate) fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// The token `token` is, if it is one (Open311 takes it as its `api_key`).
@@ -89,6 +105,8 @@ enum PathMatch {
     Item(&'static str),
     /// The prefix followed by anything.
     Under(&'static str),
+    /// The web page's paths (anything outside the API's prefixes: `crate::http::web`).
+    Page,
 }
 
 struct Rule {
@@ -102,6 +120,24 @@ struct Rule {
 /// (GET, HEAD) need `viewer`, anything else (writes) `operator`. A new endpoint falls under the
 /// default by its method; give it a row here when it needs more (management: `admin`) or less.
 const POLICY: &[Rule] = &[
+    // The web page's files: the page signs in itself (its data comes from the API).
+    Rule {
+        method: "GET",
+        path: PathMatch::Page,
+        access: Access::Open,
+    },
+    // Signing in and out: the handlers check the token and the cookie themselves. Who is
+    // signed in is asked with the cookie (the default, viewer, for any role).
+    Rule {
+        method: "POST",
+        path: PathMatch::Exact("/api/v1/session"),
+        access: Access::Open,
+    },
+    Rule {
+        method: "DELETE",
+        path: PathMatch::Exact("/api/v1/session"),
+        access: Access::Open,
+    },
     Rule {
         method: "GET",
         path: PathMatch::Exact("/api/v1/health"),
@@ -163,6 +199,7 @@ pub fn access_for(method: &Method, path: &str) -> Access {
             .strip_prefix(prefix)
             .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
         PathMatch::Under(prefix) => path.starts_with(prefix),
+        PathMatch::Page => crate::http::web::is_page(path),
     };
     POLICY
         .iter()
@@ -264,6 +301,80 @@ fn check_bearer(
     Ok(who)
 }
 
+/// Checks a web session cookie: the session must be live, its token still issued, its role
+/// enough, and a write must come from the hub's own origin.
+fn check_session(
+    access: &HttpAccess,
+    id: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    needed: Role,
+) -> Result<TokenInfo, (HttpAuthRefusal, String, ApiError)> {
+    let who = access
+        .sessions
+        .lookup(id, csb_wire::now_ms())
+        .and_then(|token| access.tokens.by_hash(&token))
+        .ok_or_else(|| {
+            (
+                HttpAuthRefusal::UnknownSession,
+                String::new(),
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "session ended (signed out, expired, or its token revoked): sign in again",
+                )
+                .with_challenge(CHALLENGE_BEARER),
+            )
+        })?;
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && !same_origin(headers) {
+        return Err((
+            HttpAuthRefusal::CrossOrigin,
+            who.name,
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a write with the session cookie must come from the hub's own page (`Origin` \
+                 differs from `Host`)",
+            ),
+        ));
+    }
+    if !who.role.covers(needed) {
+        let message = format!(
+            "`{method} {}` needs role `{needed}` or higher; `{}` has role `{}`",
+            clip(path),
+            who.name,
+            who.role
+        );
+        return Err((
+            HttpAuthRefusal::InsufficientRole,
+            who.name,
+            ApiError::new(StatusCode::FORBIDDEN, message),
+        ));
+    }
+    Ok(who)
+}
+
+/// Whether a request's `Origin` (or, without one, its `Referer`) is the host it was sent to.
+/// Browsers send `Origin` with every write; a request with neither is not a browser's.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let from = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    match (from, host) {
+        (None, _) => true,
+        (Some(from), Some(host)) => {
+            let rest = from
+                .strip_prefix("http://")
+                .or_else(|| from.strip_prefix("https://"))
+                .unwrap_or("");
+            rest.split('/').next() == Some(host)
+        }
+        (Some(_), None) => false,
+    }
+}
+
 /// What the access middleware holds: the checks (`None` with `http = "off"`) and the counters
 /// its refusals go to.
 #[derive(Clone)]
@@ -282,13 +393,25 @@ pub async fn require_access(State(gate): State<Gate>, mut req: Request, next: Ne
         Access::Open | Access::Device => return next.run(req).await,
         Access::Role(role) => role,
     };
-    match check_bearer(
-        access,
-        req.headers(),
-        req.method(),
-        req.uri().path(),
-        needed,
-    ) {
+    let checked = match session::cookie(req.headers()) {
+        // A bearer token, when sent, is what counts (API clients may carry stale cookies).
+        Some(id) if req.headers().get(header::AUTHORIZATION).is_none() => check_session(
+            access,
+            &id,
+            req.headers(),
+            req.method(),
+            req.uri().path(),
+            needed,
+        ),
+        _ => check_bearer(
+            access,
+            req.headers(),
+            req.method(),
+            req.uri().path(),
+            needed,
+        ),
+    };
+    match checked {
         Ok(who) => {
             // Handlers may want to know who asked (audit of future write endpoints).
             req.extensions_mut().insert(who);
@@ -397,11 +520,22 @@ mod access_tests {
             "/api/v1/events/01J0/snapshot",
             "/api/v1/snapshots/01J0",
             "/metrics",
-            "/nonesuch",
+            "/api/v1/nonesuch",
         ] {
             assert_eq!(a(Method::GET, p), Access::Role(Role::Viewer), "{p}");
             assert_eq!(a(Method::DELETE, p), Access::Role(Role::Operator), "{p}");
         }
+        // The web page's paths are the page's (it signs in itself); writes there are not.
+        for p in ["/", "/cases", "/assets/index-1a2b.js", "/nonesuch"] {
+            assert_eq!(a(Method::GET, p), Access::Open, "{p}");
+            assert_eq!(a(Method::DELETE, p), Access::Role(Role::Operator), "{p}");
+        }
+        assert_eq!(a(Method::POST, "/api/v1/session"), Access::Open);
+        assert_eq!(a(Method::DELETE, "/api/v1/session"), Access::Open);
+        assert_eq!(
+            a(Method::GET, "/api/v1/session"),
+            Access::Role(Role::Viewer)
+        );
         assert_eq!(
             a(Method::GET, "/api/v1/admin/tokens"),
             Access::Role(Role::Admin)

@@ -106,6 +106,10 @@ pub struct CaseView {
     light: Option<Light>,
     /// The running stage's deadline (Unix ms); `null` while suspended or when none runs.
     deadline_ms: Option<i64>,
+    /// The actions the caller may take on the case now (role, department and state checked),
+    /// as `POST /api/v1/cases/{id}/actions` names them. Only in answers about one case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actions: Option<Vec<&'static str>>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -204,7 +208,7 @@ impl<T: JsonSchema> aide::OperationInput for JsonBody<T> {
 }
 
 /// Who is asking: the token's name and role; with auth off, the admin `anonymous`.
-fn actor(who: Option<Extension<TokenInfo>>) -> Actor {
+pub(crate) fn actor(who: Option<Extension<TokenInfo>>) -> Actor {
     match who {
         None => Actor {
             id: "anonymous".into(),
@@ -303,6 +307,17 @@ fn view(engine: &Engine<SledCases>, actor: &Actor, mut case: Case) -> CaseView {
             .filter(|_| case.state.is_open())
             .and_then(|c| c.deadline(cal)),
         case,
+        actions: None,
+    }
+}
+
+/// [`view`], with the actions `actor` may take on the case.
+fn view_one(engine: &Engine<SledCases>, actor: &Actor, case: Case) -> CaseView {
+    let now = engine.now_ms();
+    let actions = case.actions_for(actor, now, engine.governance());
+    CaseView {
+        actions: Some(actions),
+        ..view(engine, actor, case)
     }
 }
 
@@ -416,7 +431,7 @@ pub(crate) async fn get<S: Store>(
             .map_err(|e| engine_error(&id, e))?
             .filter(|c| c.visible_to(&actor))
             .ok_or_else(|| not_found(&id))?;
-        Ok(Json(view(&engine, &actor, case)))
+        Ok(Json(view_one(&engine, &actor, case)))
     })
     .await
 }
@@ -492,7 +507,7 @@ pub(crate) async fn report<S: Store>(
         let case = engine
             .report(new, &actor, &body.note)
             .map_err(|e| engine_error("", e))?;
-        Ok((StatusCode::CREATED, Json(view(&engine, &actor, case))))
+        Ok((StatusCode::CREATED, Json(view_one(&engine, &actor, case))))
     })
     .await
 }
@@ -557,7 +572,7 @@ pub(crate) async fn act<S: Store>(
             .map_err(|e| engine_error(&id, e))?;
         Ok(Json(ActionAnswer {
             entry,
-            case: view(&engine, &actor, case),
+            case: view_one(&engine, &actor, case),
         }))
     })
     .await

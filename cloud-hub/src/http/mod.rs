@@ -10,6 +10,8 @@
 //! - [`devices`], [`county`], [`inventory`], [`health`] — `GET /api/v1/{devices,county,inventory,health}`
 //! - [`ngsi`] — the NGSI-LD API and the change stream `GET /api/v1/twin/stream`
 //! - [`metrics`] — `GET /metrics` (Prometheus text); [`openapi`] — `GET /api/v1/openapi.json`
+//! - [`session`] — `POST`/`GET`/`DELETE /api/v1/session` (the web page's sign-in cookie);
+//!   [`live`] — `GET /api/v1/live` (the page's one stream); [`web`] — the page itself at `/`
 //! - [`cases`] — `/api/v1/cases`, `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
 //!   `/open311/v2/` (citizen apps: services, requests; errors in that spec's format)
 //!
@@ -25,7 +27,8 @@ use aide::axum::routing::{get_with, post_with, put_with};
 use aide::axum::ApiRouter;
 use aide::openapi::OpenApi;
 use axum::extract::DefaultBodyLimit;
-use axum::http::Uri;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 
 pub mod aggregate;
@@ -37,6 +40,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod inventory;
+pub mod live;
 pub mod metrics;
 pub mod ngsi;
 pub mod open311;
@@ -44,11 +48,13 @@ pub mod openapi;
 pub mod quarantine;
 pub mod query;
 pub mod series;
+pub mod session;
 pub mod snapshots;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;
+pub mod web;
 
 pub use crate::http::auth::{access_for, Access, HttpAccess};
 pub use crate::http::error::ApiError;
@@ -66,6 +72,7 @@ use crate::http::metrics as met;
 use crate::http::openapi as doc;
 use crate::http::quarantine as qua;
 use crate::http::series as ser;
+use crate::http::session as ses;
 use crate::http::snapshots as snp;
 use crate::http::telemetry as tel;
 use crate::platform::twin::Twin;
@@ -148,6 +155,13 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
             get_with(doc::document, doc::document_docs),
         )
         .api_route("/metrics", get_with(met::metrics::<S>, met::metrics_docs))
+        .api_route(
+            "/api/v1/session",
+            post_with(ses::sign_in::<S>, ses::sign_in_docs)
+                .get_with(ses::whoami::<S>, ses::whoami_docs)
+                .delete_with(ses::sign_out::<S>, ses::sign_out_docs),
+        )
+        .api_route("/api/v1/live", get_with(live::live::<S>, live::live_docs))
         .merge(crate::http::ngsi::routes(twin))
         .merge(crate::http::open311::routes::<S>())
 }
@@ -166,7 +180,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         access: state.access.clone(),
         metrics: state.metrics.clone(),
     };
-    app.fallback(not_found)
+    app.fallback(page_or_not_found)
         .layer(Extension(document))
         // Outside the routes, so unknown paths are refused alike (no probing for endpoints);
         // a no-op with `http = "off"`.
@@ -175,6 +189,10 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no such endpoint `{}`", uri.path()))
+/// The web page for its paths (`crate::http::web`), the API's 404 for anything else.
+async fn page_or_not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    match web::serve(&method, &uri, &headers) {
+        Some(page) => page,
+        None => ApiError::not_found(format!("no such endpoint `{}`", uri.path())).into_response(),
+    }
 }

@@ -42,6 +42,8 @@ use crate::http::error::ApiError;
 pub const BEARER: &str = "bearerToken";
 /// The security scheme of signed evidence uploads.
 pub const DEVICE_SIGNATURE: &str = "deviceSignature";
+/// The web page's session cookie (`POST /api/v1/session`), wherever a bearer token is taken.
+pub const SESSION_COOKIE: &str = "sessionCookie";
 
 /// Sets up aide's (thread-local) schema generator for one document: JSON Schema 2020-12, as
 /// OpenAPI 3.1 reads it, with named schemas under `#/components/schemas`.
@@ -87,6 +89,20 @@ pub fn base() -> OpenApi {
             extensions: IndexMap::default(),
         }),
     );
+    components.security_schemes.insert(
+        SESSION_COOKIE.into(),
+        ReferenceOr::Item(SecurityScheme::ApiKey {
+            location: openapi::ApiKeyLocation::Cookie,
+            name: crate::http::session::COOKIE.into(),
+            description: Some(
+                "The web page's session (`POST /api/v1/session` with a token): taken wherever a \
+                 bearer token is, with the token's role. Writes with it must come from the \
+                 hub's own origin (`Origin`)."
+                    .into(),
+            ),
+            extensions: IndexMap::default(),
+        }),
+    );
     let tag = |name: &str, description: &str| Tag {
         name: name.into(),
         description: Some(description.into()),
@@ -126,6 +142,18 @@ pub fn base() -> OpenApi {
                 "open311",
                 "Open311 GeoReport v2 for citizen apps: services (the governance categories) \
                  and requests (citizens' cases); errors as the spec's list, JSON or XML",
+            ),
+            tag(
+                "cases",
+                "The governance workflow: cases, their actions, evaluation and change stream",
+            ),
+            tag(
+                "session",
+                "The web page's sign-in (a token exchanged for a session cookie)",
+            ),
+            tag(
+                "live",
+                "The web page's live stream: new events, device states and case changes",
             ),
             tag("operations", "Health, metrics and this document"),
         ],
@@ -291,7 +319,9 @@ pub fn store_errors(op: TransformOperation) -> TransformOperation {
 
 /// A read that needs a bearer token of role viewer or higher with `[auth] http = "required"`.
 pub fn viewer(op: TransformOperation) -> TransformOperation {
-    let op = op.security_requirement(BEARER);
+    let op = op
+        .security_requirement(BEARER)
+        .security_requirement(SESSION_COOKIE);
     respond(
         op,
         401,
@@ -376,7 +406,7 @@ mod tests {
                 let want: Vec<&str> = match access_for(&m, &concrete) {
                     Access::Open => vec![],
                     Access::Device => vec![super::DEVICE_SIGNATURE],
-                    Access::Role(Role::Viewer) => vec![super::BEARER],
+                    Access::Role(Role::Viewer) => vec![super::BEARER, super::SESSION_COOKIE],
                     other => panic!("{method} {path}: {other:?} is not documented yet"),
                 };
                 assert_eq!(schemes, want, "{method} {path}");

@@ -42,6 +42,10 @@ pub struct ApiState<S> {
     pub(crate) cases: Option<Cases>,
     /// Open case change streams (`/api/v1/cases/stream`).
     pub(crate) case_streams: Arc<Semaphore>,
+    /// Newly stored events, for the web page's live stream.
+    pub(crate) activity: Option<Arc<crate::platform::activity::Activity>>,
+    /// Open live streams (`/api/v1/live`).
+    pub(crate) live_streams: Arc<Semaphore>,
 }
 
 impl<S> ApiState<S> {
@@ -65,7 +69,15 @@ impl<S> ApiState<S> {
             broker: None,
             cases: None,
             case_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
+            activity: None,
+            live_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
         }
+    }
+
+    /// Streams newly stored events to the web page (`/api/v1/live`).
+    pub fn with_activity(mut self, activity: Arc<crate::platform::activity::Activity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     /// Serves the case workflow at `/api/v1/cases`.
@@ -115,6 +127,8 @@ impl<S> Clone for ApiState<S> {
             broker: self.broker.clone(),
             cases: self.cases.clone(),
             case_streams: self.case_streams.clone(),
+            activity: self.activity.clone(),
+            live_streams: self.live_streams.clone(),
         }
     }
 }

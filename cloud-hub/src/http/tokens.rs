@@ -66,8 +66,9 @@ pub enum TokenError {
 /// workflow each role has its own actions (`cases::lifecycle`): an inspector reports and
 /// verifies, an operator registers and dispatches, a handler works its department's cases, a
 /// supervisor approves extensions and suspensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "TokenRole")]
 pub enum Role {
     /// Reads: events, telemetry, quarantine, devices, snapshots, metrics, cases (leaders).
     Viewer,
@@ -173,11 +174,11 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex32(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 || !s.is_ascii() {
         return None;
     }
@@ -340,11 +341,22 @@ impl TokenRegistry {
 
     /// The name and role of `token`, when it is a token issued and not revoked.
     pub fn authenticate(&self, token: &str) -> Option<TokenInfo> {
+        self.authenticate_hashed(token).map(|(_, who)| who)
+    }
+
+    /// [`TokenRegistry::authenticate`], with the token's hash (what a web session keeps).
+    pub fn authenticate_hashed(&self, token: &str) -> Option<([u8; 32], TokenInfo)> {
         // Not ours by shape: no need to hash it or look at the file.
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
             return None;
         }
-        self.0.lookup(&hash_token(token), TokenInfo::clone)
+        let h = hash_token(token);
+        self.0.lookup(&h, TokenInfo::clone).map(|who| (h, who))
+    }
+
+    /// Who the token with hash `h` is, while it is issued and not revoked.
+    pub fn by_hash(&self, h: &[u8; 32]) -> Option<TokenInfo> {
+        self.0.lookup(h, TokenInfo::clone)
     }
 }
 

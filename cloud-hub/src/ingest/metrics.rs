@@ -82,10 +82,14 @@ pub enum HttpAuthRefusal {
     UploadUnknownDevice,
     /// An evidence upload whose signature is not its device's (401).
     UploadBadSignature,
+    /// A web session cookie that is unknown, expired, signed out, or whose token was revoked (401).
+    UnknownSession,
+    /// A write with a session cookie from a page of another origin (403): a forged request.
+    CrossOrigin,
 }
 
 impl HttpAuthRefusal {
-    pub const ALL: [HttpAuthRefusal; 7] = [
+    pub const ALL: [HttpAuthRefusal; 9] = [
         HttpAuthRefusal::MissingToken,
         HttpAuthRefusal::MalformedToken,
         HttpAuthRefusal::UnknownToken,
@@ -93,6 +97,8 @@ impl HttpAuthRefusal {
         HttpAuthRefusal::UploadUnsigned,
         HttpAuthRefusal::UploadUnknownDevice,
         HttpAuthRefusal::UploadBadSignature,
+        HttpAuthRefusal::UnknownSession,
+        HttpAuthRefusal::CrossOrigin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +110,8 @@ impl HttpAuthRefusal {
             HttpAuthRefusal::UploadUnsigned => "upload_unsigned",
             HttpAuthRefusal::UploadUnknownDevice => "upload_unknown_device",
             HttpAuthRefusal::UploadBadSignature => "upload_bad_signature",
+            HttpAuthRefusal::UnknownSession => "unknown_session",
+            HttpAuthRefusal::CrossOrigin => "cross_origin",
         }
     }
 

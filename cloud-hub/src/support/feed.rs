@@ -78,6 +78,13 @@ impl<T: Numbered> Feed<T> {
         }
     }
 
+    /// The newest position handed out so far (one before [`Feed::boot_seq`] when none was):
+    /// where a client that has read everything stands.
+    pub fn last(&self) -> u64 {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.1.saturating_sub(1)
+    }
+
     /// A receiver of future changes.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<T>> {
         self.tx.subscribe()
