@@ -86,10 +86,30 @@ import { ref } from 'vue'
 export const uiScale = ref(1)
 function measure() {
   const px = parseFloat(getComputedStyle(document.documentElement).fontSize) || 14
-  const s = Math.round((px / 14) * 20) / 20
+  const s = Math.max(1, Math.round((px / 14) * 20) / 20)
   if (s !== uiScale.value) uiScale.value = s
 }
 measure()
 window.addEventListener('resize', measure)
 /** A font (or mark) size scaled with the page. */
 export const fs = (n: number) => Math.round(n * uiScale.value)
+
+const SCALED = new Set(['fontSize', 'width', 'barMaxWidth', 'barWidth', 'symbolSize', 'itemWidth', 'itemHeight', 'pointSize', 'blurSize', 'shadowBlur', 'left', 'right', 'top', 'bottom', 'itemGap', 'lineHeight', 'padding'])
+/** The option with its pixel sizes (fonts, marks, margins) scaled for big walls; `data` arrays
+ *  are shared, not walked. */
+export function scaleOption<T>(o: T, k = uiScale.value): T {
+  if (k === 1) return o
+  const walk = (v: unknown, key: string): unknown => {
+    if (typeof v === 'number') return SCALED.has(key) ? Math.round(v * k * 10) / 10 : v
+    if (Array.isArray(v)) return key === 'data' || key === 'coords' ? v : v.map((x) => walk(x, key === 'series' ? '' : key))
+    if (v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+      const out: Record<string, unknown> = {}
+      for (const [kk, vv] of Object.entries(v)) out[kk] = kk === 'data' ? vv : walk(vv, kk)
+      return out
+    }
+    return v
+  }
+  const r = walk(o, '') as Record<string, unknown>
+  r.textStyle = { ...(r.textStyle as object), fontSize: Math.round(12 * k) }
+  return r as T
+}

@@ -90,6 +90,7 @@ const zh = {
   'ck.records': '记录数',
   'ck.volume': '数据量',
   'ck.feed': '实时事件',
+  'ck.alarmsOnly': '仅告警',
   'ck.map': '县域态势',
   // status
   'status.online': '在线',
@@ -117,6 +118,8 @@ const zh = {
   'phase.instant': '瞬时',
   // map
   'map.layers': '图层',
+  'map.viewCounty': '全县',
+  'map.viewSeat': '县城',
   'map.devices': '设备',
   'map.cases': '在办案件',
   'map.closed': '已结案',
@@ -310,6 +313,7 @@ const en: Record<Key, string> = {
   'ck.records': 'Records',
   'ck.volume': 'Volume',
   'ck.feed': 'Live events',
+  'ck.alarmsOnly': 'Alarms only',
   'ck.map': 'County situation',
   'status.online': 'Online',
   'status.offline': 'Offline',
@@ -334,6 +338,8 @@ const en: Record<Key, string> = {
   'phase.update': 'ongoing',
   'phase.instant': 'instant',
   'map.layers': 'Layers',
+  'map.viewCounty': 'County',
+  'map.viewSeat': 'County seat',
   'map.devices': 'Devices',
   'map.cases': 'Open cases',
   'map.closed': 'Closed cases',
