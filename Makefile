@@ -6,12 +6,17 @@ CARGO ?= cargo
 # Tests and demo share one release build: one cold compile instead of two.
 PROFILE_FLAGS := --release
 
-.PHONY: setup build demo test bench lint schemas openapi schemathesis fuzz clean-data
+.PHONY: setup web build demo test test-web bench lint schemas openapi schemathesis fuzz clean-data
 
 setup:
 	@bash scripts/setup.sh
 
-build: setup
+# The web page (cloud-hub/web: Vue + ECharts, Vite) into cloud-hub/web/dist, which the hub embeds:
+# built before the hub. See scripts/web.sh.
+web: setup
+	@bash scripts/web.sh
+
+build: setup web
 	$(CARGO) build $(PROFILE_FLAGS) --workspace --bins
 
 demo: build
@@ -19,6 +24,12 @@ demo: build
 
 test: build
 	$(CARGO) test $(PROFILE_FLAGS) --workspace
+	@$(MAKE) --no-print-directory test-web
+
+# The page in Debian's Chromium (node --test + playwright-core) against a real hub fed by a real
+# edge agent on the street footage; screenshots in cloud-hub/web/test-artifacts/.
+test-web: build
+	cd cloud-hub/web && CSB_BIN_DIR=$(CURDIR)/target/release npm test
 
 # Raw model vs full pipeline speed for 1, 2 and 4 cameras, against a real hub's broker started
 # for the purpose; then motion gating on vs off on the parking-lot clip; then hub ingest, raw

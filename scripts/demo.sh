@@ -42,8 +42,9 @@ fi
 DEVICE_ID=yuexi/gw-demo-01
 "$BIN/cloud-hub" device remove "$DEVICE_ID" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
 "$BIN/cloud-hub" device add "$DEVICE_ID" --data-dir "$DATA_DIR" --secret-out "$LOG_DIR/device.secret" > /dev/null
-# Fresh tokens for the REST API on every run: a leader (viewer), the command center's operator,
-# and the traffic police's handler (the demo camera's no-parking zone routes to them).
+# Fresh tokens for the REST API and the web page on every run, one per role: a leader (viewer),
+# the command center's operator, the traffic police's handler (the demo camera's no-parking zone
+# routes to them), an inspector, the duty supervisor and an admin.
 issue_token() { # name role [department]
   "$BIN/cloud-hub" token revoke "$1" --data-dir "$DATA_DIR" > /dev/null 2>&1 || true
   rm -f "$LOG_DIR/$1.token"
@@ -54,6 +55,9 @@ issue_token() { # name role [department]
 TOKEN=$(issue_token demo-viewer viewer)
 OPERATOR_TOKEN=$(issue_token demo-operator operator)
 HANDLER_TOKEN=$(issue_token demo-police handler traffic-police)
+INSPECTOR_TOKEN=$(issue_token demo-inspector inspector)
+SUPERVISOR_TOKEN=$(issue_token demo-supervisor supervisor)
+ADMIN_TOKEN=$(issue_token demo-admin admin)
 # The shipped governance defaults, with one change so the demo shows a case within a minute:
 # illegal parking registers itself after 10 s parked instead of 2 min.
 GOV_DIR="$LOG_DIR/governance"
@@ -96,10 +100,17 @@ cat <<MSG
 
   城市超脑 City Super Brain — demo running (Ctrl-C to stop)
 
-  REST API tokens  viewer    $TOKEN   ($LOG_DIR/demo-viewer.token)
-                   operator  $OPERATOR_TOKEN   ($LOG_DIR/demo-operator.token)
-                   handler   $HANDLER_TOKEN   (traffic police; $LOG_DIR/demo-police.token)
-  Every request but /api/v1/health needs it, e.g.:
+  Web page         http://$HTTP_ADDR/   (驾驶舱 cockpit · 孪生地图 map · 案件 cases · 家底 inventory)
+                   sign in with one of these tokens; the page shows what that role may do
+
+  Tokens           viewer      $TOKEN   (leaders: read only)
+                   operator    $OPERATOR_TOKEN   (指挥中心: register, dispatch, close)
+                   handler     $HANDLER_TOKEN   (traffic police: accept, report handled)
+                   inspector   $INSPECTOR_TOKEN   (监督员: report, verify)
+                   supervisor  $SUPERVISOR_TOKEN   (值班长: extensions, suspend, 督办)
+                   admin       $ADMIN_TOKEN
+                   (also in $LOG_DIR/demo-*.token)
+  Every API request but /api/v1/health needs one, e.g.:
     $API http://$HTTP_ADDR/api/v1/events?limit=5
 
   Events (REST)    http://$HTTP_ADDR/api/v1/events

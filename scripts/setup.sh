@@ -7,6 +7,8 @@
 #   3. Models named in models/manifest.toml: copied from ../shared/models, or from MODEL_SRC
 #      (a folder, a file or a URL), sha256 verified
 #   4. Street footage and test images from Debian's opencv-doc package into .cache/media/
+#   5. The web page's tools: Node.js (>= 18) and npm, and Chromium for its browser tests, from
+#      Debian (the page's npm packages come from its lockfile: scripts/web.sh)
 # Environment: MODEL_SRC, ALLOW_MODEL_MISMATCH=1 (accept a re-export with another sha256),
 #              SKIP_APT=1 (packages are managed by hand).
 set -euo pipefail
@@ -27,7 +29,8 @@ PKGS=(pkg-config clang libclang-dev libopencv-dev
       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
       gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
-      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl)
+      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl
+      nodejs npm chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -115,4 +118,9 @@ if [ ! -f "$CACHE/media/vtest.avi" ] || [ ! -f "$CACHE/media/pexels_double_decke
   done
   rm -rf "$tmp" "$deb"
 fi
-say "ready: ORT $ORT_LIB, models in models/, footage in .cache/media/"
+# ---------- 5. Web page tools ----------
+# npm may come from elsewhere (nvm, NodeSource): what counts is a Node.js the build supports.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+[ "$node_major" -ge 18 ] || die "Node.js >= 18 is needed for the web page (found: $(node --version 2>/dev/null || echo none))"
+command -v npm >/dev/null || die "npm not found (Debian package npm)"
+say "ready: ORT $ORT_LIB, models in models/, footage in .cache/media/, Node.js $(node --version)"
