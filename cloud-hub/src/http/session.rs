@@ -31,7 +31,7 @@ use crate::http::tokens::{hex, unhex32, TokenInfo};
 use crate::ingest::metrics::HttpAuthRefusal;
 use crate::storage::store::Store;
 
-/// The session cookie's name.
+/// The session cookie's name (also written out in `crate::http::openapi`'s security scheme).
 pub const COOKIE: &str = "csb_session";
 /// How long a session lasts after sign-in (a wall screen signs in about once a month).
 pub const LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
@@ -406,6 +406,13 @@ mod tests {
         // A broken file is no session, not a failure.
         std::fs::write(dir.path().join(FILE), b"{").unwrap();
         assert_eq!(Sessions::open(dir.path(), 3_000).lookup(&id, 3_000), None);
+    }
+
+    #[test]
+    fn the_documented_cookie_is_this_one() {
+        let doc = serde_json::to_value(crate::http::openapi()).unwrap();
+        let scheme = &doc["components"]["securitySchemes"]["sessionCookie"];
+        assert_eq!(scheme["name"], COOKIE, "{scheme}");
     }
 
     #[test]
