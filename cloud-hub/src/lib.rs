@@ -358,7 +358,7 @@ fn http_access(
         Some(d) => d,
         None => Arc::new(DeviceRegistry::open(&config.data_dir)?),
     };
-    let sessions = http::session::Sessions::open(&config.data_dir, csb_wire::now_ms());
+    let sessions = http::sessions::Sessions::open(&config.data_dir, csb_wire::now_ms());
     Ok(http::HttpAccess::new(
         Arc::new(tokens),
         Arc::new(sessions),

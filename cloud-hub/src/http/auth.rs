@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use csb_wire::sign::{SigningKey, UPLOAD_SIGNATURE_HEADER};
 
 use crate::http::error::{clip, ApiError};
-use crate::http::session::{self, Sessions};
+use crate::http::sessions::{self, Sessions};
 use crate::http::tokens::{Role, TokenInfo, TokenRegistry};
 use crate::ingest::devices::DeviceRegistry;
 use crate::ingest::metrics::{HttpAuthRefusal, Metrics};
@@ -393,7 +393,7 @@ pub async fn require_access(State(gate): State<Gate>, mut req: Request, next: Ne
         Access::Open | Access::Device => return next.run(req).await,
         Access::Role(role) => role,
     };
-    let checked = match session::cookie(req.headers()) {
+    let checked = match sessions::cookie(req.headers()) {
         // A bearer token, when sent, is what counts (API clients may carry stale cookies).
         Some(id) if req.headers().get(header::AUTHORIZATION).is_none() => check_session(
             access,

@@ -10,7 +10,8 @@
 //! - [`devices`], [`county`], [`inventory`], [`health`] — `GET /api/v1/{devices,county,inventory,health}`
 //! - [`ngsi`] — the NGSI-LD API and the change stream `GET /api/v1/twin/stream`
 //! - [`metrics`] — `GET /metrics` (Prometheus text); [`openapi`] — `GET /api/v1/openapi.json`
-//! - [`session`] — `POST`/`GET`/`DELETE /api/v1/session` (the web page's sign-in cookie);
+//! - [`session`] — `POST`/`GET`/`DELETE /api/v1/session` (the web page's sign-in cookie; the
+//!   sessions themselves are [`sessions`]);
 //!   [`live`] — `GET /api/v1/live` (the page's one stream); [`web`] — the page itself at `/`
 //! - [`cases`] — `/api/v1/cases`, `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
 //!   `/open311/v2/` (citizen apps: services, requests; errors in that spec's format)
@@ -49,6 +50,7 @@ pub mod quarantine;
 pub mod query;
 pub mod series;
 pub mod session;
+pub mod sessions;
 pub mod snapshots;
 pub mod sse;
 pub mod state;

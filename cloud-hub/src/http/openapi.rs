@@ -93,9 +93,7 @@ pub fn base() -> OpenApi {
         SESSION_COOKIE.into(),
         ReferenceOr::Item(SecurityScheme::ApiKey {
             location: openapi::ApiKeyLocation::Cookie,
-            // `crate::http::session::COOKIE` (named here, not imported: session documents itself
-            // with this module).
-            name: "csb_session".into(),
+            name: crate::http::sessions::COOKIE.into(),
             description: Some(
                 "The web page's session (`POST /api/v1/session` with a token): taken wherever a \
                  bearer token is, with the token's role. Writes with it must come from the \
