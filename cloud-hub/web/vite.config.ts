@@ -46,6 +46,7 @@ export default defineConfig({
     assetsInlineLimit: 0,
     chunkSizeWarningLimit: 1500,
     modulePreload: { polyfill: false },
+    minify: process.env.CSB_NOMINIFY ? false : 'esbuild',
   },
   server: {
     proxy: {

@@ -398,3 +398,15 @@ export function stopAll() {
   window.clearInterval(ticker)
   ticker = undefined
 }
+
+// A benchmark hook (tests/bench.mjs), off unless localStorage `csb.bench` is "1": it feeds
+// synthetic device deltas through the same path as the stream's `devices` events.
+try {
+  if (localStorage.getItem('csb.bench') === '1')
+    (window as unknown as { __csbBench: unknown }).__csbBench = Object.freeze({
+      devices: (changes: { entity: string; type: string; attrs: Record<string, unknown> }[]) => onDevices({ changes }),
+      ids: () => [...devices.keys()],
+    })
+} catch {
+  /* storage blocked */
+}

@@ -98,7 +98,10 @@ export async function apiJson(base, path, token, init = {}) {
  * The hub + agent stack for the whole suite.
  * @param {{agent?: boolean}} opts
  */
+let stackNote = ''
 export async function startStack(opts = { agent: true }) {
+  const countyDir = opts.county ?? join(REPO, 'configs/county')
+  const httpAuth = opts.httpAuth ?? 'required'
   if (!existsSync(HUB_BIN)) throw new Error(`no hub binary at ${HUB_BIN} (build it, or set CSB_BIN_DIR / CSB_HUB_BIN)`)
   const root = mkdtempSync(join(tmpdir(), 'csb-web-test-'))
   const dataDir = join(root, 'hub')
@@ -119,7 +122,7 @@ export async function startStack(opts = { agent: true }) {
     }
   }
   writeFileSync(catsPath, lines.join('\n'))
-  writeFileSync(join(root, 'hub.toml'), `governance_dir = "${gov}"\n[auth]\nhttp = "required"\n`)
+  writeFileSync(join(root, 'hub.toml'), `governance_dir = "${gov}"\n[auth]\nhttp = "${httpAuth}"\n`)
 
   const tokens = {}
   for (const [name, role, dept] of [
@@ -147,7 +150,7 @@ export async function startStack(opts = { agent: true }) {
   const startHub = async () => {
     hub = spawn(
       HUB_BIN,
-      ['serve', '--config', join(root, 'hub.toml'), '--mqtt-addr', `127.0.0.1:${mqttPort}`, '--http-addr', `127.0.0.1:${httpPort}`, '--data-dir', dataDir, '--county', join(REPO, 'configs/county')],
+      ['serve', '--config', join(root, 'hub.toml'), '--mqtt-addr', `127.0.0.1:${mqttPort}`, '--http-addr', `127.0.0.1:${httpPort}`, '--data-dir', dataDir, '--county', countyDir],
       { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
     )
     hub.stderr.on('data', () => {})
@@ -159,12 +162,17 @@ export async function startStack(opts = { agent: true }) {
   // server for dist/ that forwards the API to the hub (same origin for the page either way).
   let pageUrl = hubUrl
   let proxy = null
+  // The hub's own copy is used when it is the page in dist/ (a hub built after `npm run build`);
+  // a hub without it, or with an older one, gets dist/ served beside it.
   const index = await fetch(hubUrl + '/').then((r) => (r.ok ? r.text() : ''), () => '')
-  if (!/\/assets\/index-[\w-]+\.js/.test(index) || process.env.CSB_WEB_FROM_DIST) {
+  const distIndex = existsSync(join(WEB, 'dist/index.html')) ? readFileSync(join(WEB, 'dist/index.html'), 'utf8') : null
+  const embedded = /\/assets\/index-[\w-]+\.js/.test(index)
+  if (!embedded || (distIndex !== null && distIndex !== index) || process.env.CSB_WEB_FROM_DIST) {
     if (!existsSync(join(WEB, 'dist/index.html'))) throw new Error('no dist/: run `npm run build` first')
     proxy = await startStaticProxy(join(WEB, 'dist'), hubUrl)
     pageUrl = proxy.url
   }
+  stackNote = pageUrl === hubUrl ? 'page served by the hub' : 'page served from dist/ beside the hub (API forwarded)'
 
   let agent = null
   let stopping = false
@@ -198,6 +206,7 @@ export async function startStack(opts = { agent: true }) {
   }
 
   const stack = {
+    note: stackNote,
     root,
     dataDir,
     hubUrl,

@@ -22,7 +22,7 @@ let caseId
 before(async () => {
   stack = await startStack({ agent: true })
   browser = await launchBrowser()
-  console.log(`# hub ${stack.hubUrl}  page ${stack.pageUrl}  data ${stack.dataDir}`)
+  console.log(`# hub ${stack.hubUrl}  page ${stack.pageUrl} (${stack.note})  data ${stack.dataDir}`)
 }, { timeout: 60_000 })
 
 after(async () => {
