@@ -89,6 +89,9 @@ pub struct RssStage {
     pub hub_rss_open_bytes: u64,
     /// The hub's RSS after answering the queries over HTTP.
     pub hub_rss_queried_bytes: u64,
+    /// Of it: anonymous memory (the heap) and mapped files (the binary's own pages).
+    pub hub_rss_queried_anon_bytes: u64,
+    pub hub_rss_queried_file_bytes: u64,
     /// What the hub's health reports as its index memory, after the queries.
     pub hub_index_bytes: u64,
     /// The queries over HTTP (request to parsed answer).
@@ -120,13 +123,16 @@ impl HistoryReport {
         for st in &self.rss_stages {
             out += &format!(
                 "{:>9} events: hub open {:.2} s, RSS {:.1} MB open ({:.3}×), {:.1} MB after \
-                 queries ({:.3}×), index {:.1} MB; load {:.0} events/s, {:.0} disk bytes/event\n",
+                 queries ({:.3}×; heap {:.1}, files {:.1}), index {:.1} MB; load {:.0} events/s, \
+                 {:.0} disk bytes/event\n",
                 st.events,
                 st.hub_open_s,
                 mb(st.hub_rss_open_bytes),
                 st.hub_rss_open_bytes as f64 / first.hub_rss_open_bytes.max(1) as f64,
                 mb(st.hub_rss_queried_bytes),
                 st.hub_rss_queried_bytes as f64 / first.hub_rss_queried_bytes.max(1) as f64,
+                mb(st.hub_rss_queried_anon_bytes),
+                mb(st.hub_rss_queried_file_bytes),
                 mb(st.hub_index_bytes),
                 st.load_events_per_s,
                 st.disk_bytes as f64 / st.events.max(1) as f64,
@@ -286,6 +292,7 @@ async fn rss_stage(
     let http_queries = http_queries(&hub.http, n, opts.days, opts.queries).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_queried = rss()?;
+    let (anon, file) = rss_parts(hub.pid()).unwrap_or_default();
     let index_bytes = async {
         let h: serde_json::Value = reqwest::get(format!("{}/api/v1/health", hub.http))
             .await
@@ -306,9 +313,27 @@ async fn rss_stage(
         hub_open_s,
         hub_rss_open_bytes: rss_open,
         hub_rss_queried_bytes: rss_queried,
+        hub_rss_queried_anon_bytes: anon,
+        hub_rss_queried_file_bytes: file,
         hub_index_bytes: index_bytes,
         http_queries,
     })
+}
+
+/// A process's resident anonymous memory and resident mapped files (`RssAnon`, `RssFile`).
+fn rss_parts(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    Some((kb("RssAnon:")?, kb("RssFile:")?))
 }
 
 /// [`event_queries`]' four queries through the hub's HTTP API.
