@@ -12,8 +12,9 @@
 # names the operation (`GET /api/v1/events`) and prints a curl command reproducing it.
 # ST_CHECKS=all adds schemathesis's stricter checks (schema-valid data accepted, invalid data
 # refused: they flag cross-parameter rules such as from < to and ids that do not exist) for
-# exploring. `GET /api/v1/twin/stream` and `GET /api/v1/cases/stream` are left out: their 200 is
-# an endless event stream (tests/… and cloud-hub/tests/{twin,case_notify}.rs drive them).
+# exploring. `GET /api/v1/twin/stream`, `GET /api/v1/cases/stream` and `GET /api/v1/live` are left
+# out: their 200 is an endless event stream (cloud-hub/tests/{twin,case_notify,web}.rs and the
+# browser tests drive them).
 #
 # Schemathesis is installed from PyPI, pinned, into a virtualenv under target/ (not
 # system-wide). Needs: target/release/cloud-hub (make build), python3 with venv, and
@@ -193,6 +194,7 @@ run_st() {
     --workers "$WORKERS" --request-timeout 15 \
     --exclude-path /api/v1/twin/stream \
     --exclude-path /api/v1/cases/stream \
+    --exclude-path /api/v1/live \
     --no-color --report junit,ndjson --report-dir "$WORK/report-$name" \
     "$@") 2>&1 | tee "$WORK/$name.txt"
   local rc=${PIPESTATUS[0]}
