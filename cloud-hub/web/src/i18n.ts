@@ -518,11 +518,13 @@ function dtf(opts: Intl.DateTimeFormatOptions): Intl.DateTimeFormat {
 export const fmtTime = (ms: number | null | undefined) =>
   ms == null ? '—' : dtf({ hour: '2-digit', minute: '2-digit', second: '2-digit' }).format(ms)
 export const fmtHm = (ms: number | null | undefined) => (ms == null ? '—' : dtf({ hour: '2-digit', minute: '2-digit' }).format(ms))
+// English dates spell the month ("7 Dec"): "07/12" reads as July to half the readers.
 export const fmtDateTime = (ms: number | null | undefined) =>
   ms == null
     ? '—'
-    : dtf({ month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' }).format(ms)
-export const fmtDay = (ms: number) => dtf({ month: '2-digit', day: '2-digit' }).format(ms)
+    : dtf({ month: locale.value === 'en' ? 'short' : '2-digit', day: locale.value === 'en' ? 'numeric' : '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit' }).format(ms)
+export const fmtDay = (ms: number) =>
+  dtf({ month: locale.value === 'en' ? 'short' : '2-digit', day: locale.value === 'en' ? 'numeric' : '2-digit' }).format(ms)
 export const fmtFullDate = (ms: number) =>
   dtf({ year: 'numeric', month: 'long', day: 'numeric', weekday: 'long' }).format(ms)
 

@@ -142,10 +142,6 @@ export async function loadInventory() {
   inventory.value = inv
   devices.clear()
   for (const d of inv.devices) devices.set(d.id, d)
-  for (const [id, attrs] of liveAttrs) {
-    const d = devices.get(id)
-    if (d && typeof attrs.status === 'string') d.status = attrs.status as DeviceRow['status']
-  }
   devicesVersion.value++
 }
 
@@ -254,8 +250,11 @@ function onEvent(e: Event) {
 function onDevices(body: { changes: { entity: string; type: string; attrs: Record<string, unknown> }[] }) {
   for (const c of body.changes ?? []) {
     const id = wireIdOf(c.entity)
-    const prev = liveAttrs.get(id) ?? {}
-    liveAttrs.set(id, { ...prev, ...c.attrs })
+    // Attributes beyond the status (camera state, fps, …) for the details panel; the status
+    // itself lives in the device row.
+    const { status: _s, ...rest } = c.attrs
+    void _s
+    if (Object.keys(rest).length) liveAttrs.set(id, { ...liveAttrs.get(id), ...rest })
     const d = devices.get(id)
     if (d && typeof c.attrs.status === 'string') {
       d.status = c.attrs.status as DeviceRow['status']

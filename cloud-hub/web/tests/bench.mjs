@@ -152,12 +152,16 @@ try {
     return (await cdp.send('Runtime.getHeapUsage')).usedSize
   }
   const h0 = await heap()
-  const end = Date.now() + MINUTES * 60_000
-  while (Date.now() < end) {
-    await tick()
-    await sleep(1000)
+  const samples = [+(h0 / 1048576).toFixed(2)]
+  for (let m = 0; m < MINUTES; m++) {
+    for (let s = 0; s < 60; s++) {
+      await tick()
+      await sleep(1000)
+    }
+    samples.push(+((await heap()) / 1048576).toFixed(2))
   }
   const h1 = await heap()
+  out.heap_mb_each_minute = samples
   out.heap_minutes = MINUTES
   out.heap_start_mb = +(h0 / 1048576).toFixed(1)
   out.heap_end_mb = +(h1 / 1048576).toFixed(1)
