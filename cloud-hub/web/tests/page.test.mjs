@@ -242,6 +242,7 @@ test('screenshots of every view at 1920×1080, 1366×768 and 3840×2160 in zh an
         for (const v of VIEWS) {
           await openView(g.page, v.path, v.view)
           if (v.view === 'cases') {
+            await g.page.waitForSelector('[data-case-id]', { timeout: 10_000 }).catch(() => {})
             // A video AI case shows its evidence snapshot; else the newest case.
             const first = (await g.page.$('[data-case-id][data-source="video_ai"]')) ?? (await g.page.$('[data-case-id]'))
             if (first) {
