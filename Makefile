@@ -29,7 +29,7 @@ test: build
 # The page in Debian's Chromium (node --test + playwright-core) against a real hub fed by a real
 # edge agent on the street footage; screenshots in cloud-hub/web/test-artifacts/.
 test-web: build
-	cd cloud-hub/web && CSB_BIN_DIR=$(CURDIR)/target/release npm test
+	cd cloud-hub/web && CSB_BIN_DIR=$(CURDIR)/target/release CSB_WEB_EMBEDDED=1 npm test
 
 # Raw model vs full pipeline speed for 1, 2 and 4 cameras, against a real hub's broker started
 # for the purpose; then motion gating on vs off on the parking-lot clip; then hub ingest, raw

@@ -144,8 +144,28 @@ async fn sign_in_case_actions_and_the_live_stream() {
         .await
         .unwrap();
     assert_eq!(me["name"], "desk");
-    let (status, _) = hub.get_status("/api/v1/session").await;
-    assert_eq!(status, 401, "no cookie, no token: not signed in");
+    let (status, nobody) = hub.get_status("/api/v1/session").await;
+    assert_eq!(status, 200, "asking who one is is never refused: {nobody}");
+    assert_eq!(
+        nobody["signed_in"], false,
+        "no cookie, no token: not signed in"
+    );
+    assert!(nobody["role"].is_null());
+    // The map's frame: the county outline as GeoJSON (the real one, from ../shared).
+    let r = with_cookie(&hub, reqwest::Method::GET, "/api/v1/county/outline", &op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/geo+json");
+    let outline: Value = r.json().await.unwrap();
+    assert_eq!(outline["type"], "Feature");
+    assert_eq!(outline["properties"]["adcode"], 340828);
+    assert!(
+        ["Polygon", "MultiPolygon"].contains(&outline["geometry"]["type"].as_str().unwrap()),
+        "{}",
+        outline["geometry"]["type"]
+    );
     let tp = session_of(&sign_in(&hub, &police).await);
     let leader = session_of(&sign_in(&hub, &viewer).await);
 
@@ -321,21 +341,33 @@ async fn sign_in_case_actions_and_the_live_stream() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let r = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &leader)
+    let r: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &leader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["signed_in"], false, "{r}");
+    let r = with_cookie(&hub, reqwest::Method::GET, "/api/v1/events", &leader)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 401, "the ended session reads nothing");
 
     // A restarted hub keeps the sessions it had.
     agent.cut().await;
     hub.stop().await;
     let hub = TestHub::start_with(dir.path(), port, config).await;
-    let r = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &op)
+    let r: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &op)
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r["signed_in"], true, "{r}");
+    assert_eq!(r["name"], "desk");
     let metrics = client()
         .get(format!("{}/metrics", hub.base))
         .header("cookie", format!("csb_session={op}"))

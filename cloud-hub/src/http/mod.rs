@@ -130,6 +130,10 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
             get_with(cty::county::<S>, cty::county_docs),
         )
         .api_route(
+            "/api/v1/county/outline",
+            get_with(cty::outline::<S>, cty::outline_docs),
+        )
+        .api_route(
             "/api/v1/inventory",
             get_with(inv::inventory::<S>, inv::inventory_docs),
         )

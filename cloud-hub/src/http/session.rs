@@ -14,12 +14,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::ApiError;
-use crate::http::openapi::{content, errors, respond, schema_of, viewer};
+use crate::http::openapi::{content, errors, respond, schema_of};
 use crate::http::sessions::{cookie, COOKIE, LIFETIME_MS};
 use crate::http::state::ApiState;
 use crate::http::tokens::TokenInfo;
@@ -47,9 +47,12 @@ fn set_cookie(id: &str, headers: &HeaderMap) -> HeaderValue {
 /// Who is signed in.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionInfo {
+    /// Whether the request carried a live session cookie (or a valid bearer token). `false`:
+    /// sign in with `POST /api/v1/session`.
+    signed_in: bool,
     /// The token's name.
-    name: String,
-    role: crate::http::tokens::Role,
+    name: Option<String>,
+    role: Option<crate::http::tokens::Role>,
     /// A handler's department.
     department: Option<String>,
     /// `false` when the hub runs with HTTP auth off: everyone is `admin`, no sign-in.
@@ -59,8 +62,9 @@ pub struct SessionInfo {
 impl SessionInfo {
     fn of(who: TokenInfo) -> Self {
         SessionInfo {
-            name: who.name,
-            role: who.role,
+            signed_in: true,
+            name: Some(who.name),
+            role: Some(who.role),
             department: who.department,
             auth: true,
         }
@@ -68,10 +72,21 @@ impl SessionInfo {
 
     fn anonymous() -> Self {
         SessionInfo {
-            name: "anonymous".into(),
-            role: crate::http::tokens::Role::Admin,
+            signed_in: true,
+            name: Some("anonymous".into()),
+            role: Some(crate::http::tokens::Role::Admin),
             department: None,
             auth: false,
+        }
+    }
+
+    fn nobody() -> Self {
+        SessionInfo {
+            signed_in: false,
+            name: None,
+            role: None,
+            department: None,
+            auth: true,
         }
     }
 }
@@ -159,10 +174,11 @@ pub(crate) fn whoami_docs(op: TransformOperation) -> TransformOperation {
         .tag("session")
         .summary("Who is signed in")
         .description(
-            "The caller of the session cookie (or bearer token). With HTTP auth off: \
-             `anonymous`, `admin`, `auth: false`.",
+            "The caller of the session cookie (or bearer token); `signed_in: false` without one \
+             (a page asks before it shows its sign-in, so this is never a 401). With HTTP auth \
+             off: `anonymous`, `admin`, `auth: false`.",
         );
-    let op = respond(
+    respond(
         op,
         200,
         content(
@@ -170,19 +186,32 @@ pub(crate) fn whoami_docs(op: TransformOperation) -> TransformOperation {
             "application/json",
             schema_of::<SessionInfo>(),
         ),
-    );
-    viewer(op)
+    )
 }
 
 pub(crate) async fn whoami<S: Store>(
     State(st): State<ApiState<S>>,
-    who: Option<Extension<TokenInfo>>,
+    headers: HeaderMap,
 ) -> Json<SessionInfo> {
-    match (who, &st.access) {
-        (Some(Extension(w)), Some(_)) => Json(SessionInfo::of(w)),
-        // Auth off (the middleware lets everything through unnamed).
-        _ => Json(SessionInfo::anonymous()),
-    }
+    let Some(access) = &st.access else {
+        return Json(SessionInfo::anonymous());
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let who = match bearer {
+        Some(token) => access.tokens().authenticate(&token),
+        None => cookie(&headers).and_then(|id| {
+            access
+                .sessions()
+                .lookup(&id, csb_wire::now_ms())
+                .and_then(|t| access.tokens().by_hash(&t))
+        }),
+    };
+    Json(who.map_or_else(SessionInfo::nobody, SessionInfo::of))
 }
 
 pub(crate) fn sign_out_docs(op: TransformOperation) -> TransformOperation {

@@ -1,7 +1,10 @@
 // The hub's public REST API (docs/openapi.json), same origin, cookie-authenticated.
 
 export type Role = 'viewer' | 'inspector' | 'handler' | 'operator' | 'supervisor' | 'admin'
+/** `GET /api/v1/session` answers 200 even when nobody is signed in (`signed_in: false`, no
+ *  name or role), so the page asks without a 401 in the console. */
 export interface SessionInfo {
+  signed_in?: boolean
   name: string
   role: Role
   department: string | null

@@ -90,7 +90,8 @@ export function eventSource(e: Event): DeviceRow | undefined {
 // ---- loading ----
 export async function loadSession(): Promise<SessionInfo | null> {
   try {
-    session.value = await api<SessionInfo>('/api/v1/session', { quiet401: true })
+    const s = await api<SessionInfo>('/api/v1/session', { quiet401: true })
+    session.value = s.signed_in === false ? null : s
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       // A hub without sessions (older build): its API is open.
@@ -337,7 +338,11 @@ export function openLive() {
     s.close()
     es = null
     // EventSource cannot see a 401 (an expired session): ask, and go to sign-in if so.
-    void api('/api/v1/session').catch(() => {})
+    void api<SessionInfo>('/api/v1/session')
+      .then((who) => {
+        if (who.signed_in === false) session.value = null
+      })
+      .catch(() => {})
     window.clearTimeout(reopenTimer)
     reopenTimer = window.setTimeout(() => {
       live.reconnects++
