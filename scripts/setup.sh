@@ -29,8 +29,11 @@ PKGS=(pkg-config clang libclang-dev libopencv-dev
       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
       gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
-      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl
-      nodejs npm chromium)
+      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl chromium)
+# Node.js and npm from Debian only when missing: a NodeSource `nodejs` bundles npm and conflicts
+# with Debian's npm package.
+command -v node >/dev/null || PKGS+=(nodejs)
+command -v npm >/dev/null || PKGS+=(npm)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
