@@ -127,6 +127,13 @@ async fn sign_in_case_actions_and_the_live_stream() {
     }
 
     // Sign-in: a wrong token is refused; a right one gets the cookie.
+    let r = client()
+        .post(format!("{}/api/v1/session", hub.base))
+        .json(&json!([null]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a body that is not {{\"token\": …}}");
     let r = sign_in(&hub, "csb_not-a-token").await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("set-cookie").is_none());

@@ -135,8 +135,14 @@ pub(crate) async fn sign_in<S: Store>(
     headers: HeaderMap,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(e.status(), format!("body: {}", e.body_text())))?;
+    // 415 without a JSON content type; anything else wrong with the body is a 400.
+    let Json(body) = body.map_err(|e| {
+        let status = match e.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, format!("body: {}", e.body_text()))
+    })?;
     let Some(access) = &st.access else {
         return Ok(Json(SessionInfo::anonymous()).into_response());
     };
