@@ -59,6 +59,10 @@ impl HttpAccess {
         &self.sessions
     }
 
+    pub(crate) fn sessions_arc(&self) -> Arc<Sessions> {
+        self.sessions.clone()
+    }
+
     /// The token `token` is, if it is one (Open311 takes it as its `api_key`).
     pub(crate) fn authenticate(&self, token: &str) -> Option<TokenInfo> {
         self.tokens.authenticate(token)
@@ -216,7 +220,7 @@ const CHALLENGE_SCOPE: &str = "Bearer realm=\"csb-hub\", error=\"insufficient_sc
 pub(crate) const CHALLENGE_SIGNATURE: &str = "CSB-Signature realm=\"csb-hub\"";
 
 /// The token of an `Authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Result<&str, HttpAuthRefusal> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, HttpAuthRefusal> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(HttpAuthRefusal::MissingToken)?;

@@ -159,9 +159,11 @@ pub(crate) async fn sign_in<S: Store>(
             "token not recognised (never issued, or revoked)",
         ));
     };
-    let id = access
-        .sessions()
-        .create(token, csb_wire::now_ms())
+    // The session file is written and synced: off the async threads.
+    let sessions = access.sessions_arc();
+    let id = tokio::task::spawn_blocking(move || sessions.create(token, csb_wire::now_ms()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| {
             tracing::error!(error = %e, "web session not stored");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -202,14 +204,10 @@ pub(crate) async fn whoami<S: Store>(
     let Some(access) = &st.access else {
         return Json(SessionInfo::anonymous());
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string());
+    // A malformed `Authorization` is nobody, as no header is (this answer never refuses).
+    let bearer = crate::http::auth::bearer(&headers).ok();
     let who = match bearer {
-        Some(token) => access.tokens().authenticate(&token),
+        Some(token) => access.tokens().authenticate(token),
         None => cookie(&headers).and_then(|id| {
             access
                 .sessions()
@@ -233,9 +231,10 @@ pub(crate) async fn sign_out<S: Store>(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let (Some(access), Some(id)) = (&st.access, cookie(&headers)) {
-        access
-            .sessions()
-            .remove(&id)
+        let sessions = access.sessions_arc();
+        tokio::task::spawn_blocking(move || sessions.remove(&id))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
     Ok((
