@@ -60,6 +60,17 @@ fn with_cookie(
     r
 }
 
+/// `GET path` with the session cookie, as JSON.
+async fn get_json(hub: &TestHub, path: &str, cookie: &str) -> Value {
+    with_cookie(hub, reqwest::Method::GET, path, cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn live(hub: &TestHub, cookie: &str, last: Option<&str>) -> SseReader {
     let mut r = with_cookie(hub, reqwest::Method::GET, "/api/v1/live", cookie)
         .timeout(Duration::from_secs(60));
@@ -143,13 +154,7 @@ async fn sign_in_case_actions_and_the_live_stream() {
     let me: Value = r.json().await.unwrap();
     assert_eq!(me["role"], "operator");
     assert_eq!(me["auth"], true);
-    let me: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &op)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = get_json(&hub, "/api/v1/session", &op).await;
     assert_eq!(me["name"], "desk");
     let (status, nobody) = hub.get_status("/api/v1/session").await;
     assert_eq!(status, 200, "asking who one is is never refused: {nobody}");
@@ -224,13 +229,7 @@ async fn sign_in_case_actions_and_the_live_stream() {
     let seen: Value = case_as(&leader).await.unwrap().json().await.unwrap();
     assert!(actions(&seen).is_empty(), "a viewer may do nothing: {seen}");
     // The list does not carry them (a page of cases stays cheap).
-    let list: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/cases", &op)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&hub, "/api/v1/cases", &op).await;
     assert!(list["cases"][0].get("actions").is_none());
 
     act(&hub, &op, &id, json!({"action": "register"})).await;
@@ -348,13 +347,7 @@ async fn sign_in_case_actions_and_the_live_stream() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let r: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &leader)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(&hub, "/api/v1/session", &leader).await;
     assert_eq!(r["signed_in"], false, "{r}");
     let r = with_cookie(&hub, reqwest::Method::GET, "/api/v1/events", &leader)
         .send()
@@ -366,13 +359,7 @@ async fn sign_in_case_actions_and_the_live_stream() {
     agent.cut().await;
     hub.stop().await;
     let hub = TestHub::start_with(dir.path(), port, config).await;
-    let r: Value = with_cookie(&hub, reqwest::Method::GET, "/api/v1/session", &op)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(&hub, "/api/v1/session", &op).await;
     assert_eq!(r["signed_in"], true, "{r}");
     assert_eq!(r["name"], "desk");
     let metrics = client()
