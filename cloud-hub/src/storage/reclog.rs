@@ -35,10 +35,11 @@
 //! every frame) and writes its index file `{seq:010}.idx` ([`segindex`]: ids sorted with their
 //! positions, (ts, position) sorted, per-key statistics, a Bloom filter of the ids) atomically,
 //! then the log keeps of it only a summary: time, receipt and id ranges, every 128th id and
-//! time, key numbers, and the Bloom filter while the segment is inside the dedup window —
-//! about 1.5 bytes a record. A lookup or dedup check visits only segments whose id range holds
-//! the id (ids are ULIDs, so mostly the newest) and whose filter says maybe, then reads one
-//! 3 KiB block of ids. Time scans merge the segments overlapping the range, reading their time
+//! time, key numbers — about 0.25 bytes a record — and, for the newest segments inside the
+//! dedup window, the Bloom filter (1.25 bytes a record, at most [`PINNED_BLOOM_BYTES`] in all).
+//! A lookup or dedup check visits only segments whose id range holds the id (ids are ULIDs, so
+//! mostly the newest) and whose filter says maybe — in memory, or one 64-byte block read from
+//! the index file — then reads one 3 KiB block of ids. Time scans merge the segments overlapping the range, reading their time
 //! sections in blocks and announcing each block's wanted records to the kernel in one read-ahead
 //! (`Desc::prefetch`); aggregates use a bounded cache of decoded time columns
 //! ([`TIME_CACHE_BYTES`], ~6 bytes a record). Opening reads the index files (checksummed),
@@ -90,6 +91,11 @@ const RANGE_CHUNK: usize = 65_536;
 /// Decoded time columns kept for aggregates by default (see the module docs): a month of a
 /// million events, or the newest ~1.3 M records.
 pub const TIME_CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// Bloom filters of the newest segments inside the dedup window kept in memory by default
+/// (~1.7 M ids, 10 bits each): new ids fall in their ranges most. Older segments' filters are
+/// read from their index files, one 64-byte block per check, so this memory does not grow
+/// with the window's volume.
+pub const PINNED_BLOOM_BYTES: usize = 2 * 1024 * 1024;
 /// Closed segments waiting for their index beyond this make the writer write one itself: the
 /// in-memory indexes stay bounded even if the background thread falls behind.
 const MAX_UNSEALED: usize = 2;
@@ -166,6 +172,9 @@ pub struct LogOptions {
     /// reads them); filled with the newest segments after open and as segments close. 0 for
     /// a log that is not aggregated over (it then reads them per call).
     pub time_cache_bytes: usize,
+    /// Memory for the Bloom filters of the newest segments in the dedup window
+    /// ([`PINNED_BLOOM_BYTES`]); the rest are checked on disk.
+    pub pinned_bloom_bytes: usize,
     /// `true`: a background thread seals closed segments and applies retention. `false`: only
     /// [`RecordLog::maintain`] does (tests that need a fixed clock), and the writer seals
     /// a segment itself when more than two wait.
@@ -178,6 +187,7 @@ impl Default for LogOptions {
             segment_bytes: SEGMENT_BYTES,
             retention: Retention::default(),
             time_cache_bytes: TIME_CACHE_BYTES,
+            pinned_bloom_bytes: PINNED_BLOOM_BYTES,
             background: true,
         }
     }
@@ -195,8 +205,10 @@ pub struct Maintained {
     pub ids_kept: u32,
     /// Kept ids forgotten, their window having passed.
     pub ids_forgotten: u32,
-    /// Bloom filters let go of, their segments having left the dedup window.
+    /// Bloom filters let go of (their segments left the dedup window, or newer ones took
+    /// their place in [`LogOptions::pinned_bloom_bytes`]), and filters read back in.
     pub filters_released: u32,
+    pub filters_pinned: u32,
 }
 
 /// Retention totals since the log was opened (metrics).
@@ -276,6 +288,39 @@ impl SourceStats {
 
 /// Per global key number, the statistics of some records (`None`: none of that key).
 type KeyStats = Vec<Option<SourceStats>>;
+
+/// Which sealed segments' Bloom filters to let go of and which to read back: the newest by
+/// receipt inside the dedup window, as many as fit `budget`, plus any holding ids of a clock
+/// ahead of ours (every new id falls in their range, so each would cost a read per record).
+fn bloom_plan<'a>(
+    sealed: impl Iterator<Item = &'a Arc<Sealed>>,
+    now: i64,
+    window_ms: i64,
+    budget: usize,
+) -> (Vec<Arc<Sealed>>, Vec<Arc<Sealed>>) {
+    let mut v: Vec<&Arc<Sealed>> = sealed.filter(|s| s.h.records > 0).collect();
+    v.sort_by_key(|s| std::cmp::Reverse((s.h.max_received, s.seq)));
+    let (mut release, mut pin) = (Vec::new(), Vec::new());
+    let mut left = budget;
+    for s in v {
+        let want = if segindex::clock_ahead(&s.h) {
+            true
+        } else if pin_bloom(&s.h, now, window_ms) && s.bloom_bytes() <= left {
+            left -= s.bloom_bytes();
+            true
+        } else {
+            // Newest first: once one does not fit, older ones do not either.
+            left = 0;
+            false
+        };
+        match (want, s.bloom.is_some()) {
+            (true, false) => pin.push(s.clone()),
+            (false, true) => release.push(s.clone()),
+            _ => {}
+        }
+    }
+    (release, pin)
+}
 
 fn merge_stats(into: &mut KeyStats, key: u32, s: &SourceStats) {
     let k = key as usize;
@@ -520,6 +565,7 @@ struct Core {
     retention: Mutex<Retention>,
     keep_from: Mutex<Option<KeepFrom>>,
     cache: Mutex<TimeCache>,
+    pinned_bloom_bytes: usize,
     /// Serialises sealing and dropping: the sealed set and its statistics change only there.
     maint: Mutex<()>,
     wake: Mutex<Wake>,
@@ -982,28 +1028,46 @@ impl Core {
         let _m = self.maint.lock().unwrap_or_else(|p| p.into_inner());
         let r = self.retention();
         let window_start = now.saturating_sub(r.dedup_window_ms);
-        // Filters and kept ids whose window passed.
-        let (release, forget): (Vec<Arc<Sealed>>, Vec<Arc<Sealed>>) = {
+        // Filters to let go of or read back (see `bloom_plan`), kept ids whose window passed.
+        let (release, pin, forget) = {
             let index = self.read_index();
-            let release = index
-                .sealed
-                .values()
-                .filter(|s| s.readable && s.bloom.is_some())
-                .filter(|s| !pin_bloom(&s.h, now, r.dedup_window_ms))
-                .cloned()
-                .collect();
-            let forget = index
+            let (release, pin) = bloom_plan(
+                index.sealed.values(),
+                now,
+                r.dedup_window_ms,
+                self.pinned_bloom_bytes,
+            );
+            let forget: Vec<Arc<Sealed>> = index
                 .sealed
                 .values()
                 .filter(|s| !s.readable && s.h.max_received < window_start)
                 .cloned()
                 .collect();
-            (release, forget)
+            (release, pin, forget)
         };
-        if !release.is_empty() || !forget.is_empty() {
+        // Read outside the index lock; a filter that cannot be read stays on disk.
+        let pinned: Vec<Sealed> = pin
+            .iter()
+            .filter_map(|s| match s.with_bloom() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a segment's Bloom filter; it is checked on disk");
+                    None
+                }
+            })
+            .collect();
+        if !release.is_empty() || !forget.is_empty() || !pinned.is_empty() {
             let mut index = self.write_index();
             for s in &release {
-                index.sealed.insert(s.seq, Arc::new(s.without_bloom()));
+                // Unless it went meanwhile (retention runs under `maint` too, so it cannot).
+                if index.sealed.contains_key(&s.seq) {
+                    index.sealed.insert(s.seq, Arc::new(s.without_bloom()));
+                }
+            }
+            for s in pinned.iter() {
+                if index.sealed.contains_key(&s.seq) {
+                    index.sealed.insert(s.seq, Arc::new(s.clone()));
+                }
             }
             for s in &forget {
                 index.sealed.remove(&s.seq);
@@ -1015,6 +1079,7 @@ impl Core {
                 tracing::warn!(path = %s.idx_path.display(), error = %e, "cannot remove a kept id index");
             }
         }
+        out.filters_pinned = pinned.len() as u32;
         out.filters_released = release.len() as u32;
         out.ids_forgotten = forget.len() as u32;
         self.apply_retention(now, &r, &mut out)?;
@@ -1225,6 +1290,7 @@ impl RecordLog {
                 tick: 0,
                 map: HashMap::new(),
             }),
+            pinned_bloom_bytes: opts.pinned_bloom_bytes,
             maint: Mutex::new(()),
             wake: Mutex::new(Wake::default()),
             wake_cv: Condvar::new(),
@@ -1296,12 +1362,8 @@ impl RecordLog {
             let loaded = match idx_seqs.binary_search(&seq) {
                 Ok(_) => {
                     let mut index = core.write_index();
-                    let r = Sealed::load(
-                        seq,
-                        &idx,
-                        |k| index.key_id(k),
-                        |h| pin_bloom(h, now, window),
-                    );
+                    // Filters are pinned by the first maintenance pass, newest first.
+                    let r = Sealed::load(seq, &idx, |k| index.key_id(k), |_| false);
                     Some(match r {
                         Ok((s, _)) if s.h.seg_size != size => Err(format!(
                             "it indexes {} bytes, the segment has {size}",
@@ -1319,7 +1381,7 @@ impl RecordLog {
                         tracing::warn!(path = %idx.display(), why, "segment index rebuilt from its segment");
                     }
                     rec.indexes_rebuilt += 1;
-                    match Self::rebuild_index(&core, seq, &path, &file, size, now, window)? {
+                    match Self::rebuild_index(&core, seq, &path, &file, size)? {
                         Some(found) => found,
                         None => {
                             // Could not write it (e.g. a full disk): indexed in memory and
@@ -1391,8 +1453,6 @@ impl RecordLog {
         path: &Path,
         file: &File,
         size: u64,
-        now: i64,
-        window: i64,
     ) -> Result<Option<(Sealed, Vec<(u32, SourceStats)>)>, LogError> {
         let mut b = Builder::default();
         let mut seen: HashSet<u128, ahash::RandomState> = HashSet::default();
@@ -1427,7 +1487,8 @@ impl RecordLog {
             idx,
             idx_path.clone(),
             |_| g.next().unwrap_or(0),
-            |h| pin_bloom(h, now, window),
+            // As for the index files read at open: the first maintenance pass pins.
+            |_| false,
         )
         .map(Some)
         .map_err(|detail| LogError::Index {
@@ -2811,6 +2872,7 @@ mod tests {
                 segment_bytes: 8 * 1024,
                 retention,
                 time_cache_bytes: TIME_CACHE_BYTES,
+                pinned_bloom_bytes: PINNED_BLOOM_BYTES,
                 // The tests' own clock decides what retention drops.
                 background: false,
             },
@@ -3033,6 +3095,77 @@ mod tests {
         let (log, got) = small(dir.path(), retention);
         assert_eq!(got.records, left + 1);
         all_duplicates(&log, &recent);
+    }
+
+    /// Sequence numbers of the sealed segments whose Bloom filter is in memory.
+    fn pinned(log: &RecordLog) -> Vec<u32> {
+        let index = log.read_index();
+        let mut v: Vec<u32> = index
+            .sealed
+            .values()
+            .filter(|s| s.bloom.is_some())
+            .map(|s| s.seq)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn bloom_filters_in_memory_stay_within_their_budget_and_dedup_holds_from_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = now_ms();
+        let payload = vec![b'b'; 300];
+        let recs: Vec<NewRecord<'_>> = (0..300).map(|i| nth(i, now - DAY, &payload)).collect();
+        let open = || {
+            RecordLog::open_with(
+                dir.path(),
+                LogOptions {
+                    segment_bytes: 8 * 1024,
+                    retention: Retention::default(),
+                    time_cache_bytes: 0,
+                    // Two of these segments' filters (one 64-byte block each).
+                    pinned_bloom_bytes: 128,
+                    background: false,
+                },
+            )
+            .expect("open")
+            .0
+        };
+        let log = open();
+        for batch in recs.chunks(10) {
+            log.append(batch).expect("append");
+        }
+        log.maintain(now).expect("maintain");
+        let sealed: Vec<u32> = log.read_index().sealed.keys().copied().collect();
+        assert!(sealed.len() >= 8, "{sealed:?}");
+        // The two newest, whatever was pinned when each was sealed.
+        assert_eq!(pinned(&log), sealed[sealed.len() - 2..].to_vec());
+        assert!(log.index_bytes() > 0);
+        // Every id is still refused, those of unpinned segments by their filters on disk; new
+        // ids between stored ones are not.
+        all_duplicates(&log, &recs);
+        let fresh: Vec<NewRecord<'_>> = (0..300)
+            .map(|i| NewRecord {
+                id: nth(i, now - DAY, &payload).id + 1,
+                ..nth(i, now - DAY, &payload)
+            })
+            .collect();
+        assert_eq!(log.append(&fresh[..20]).expect("append").stored, 20);
+        // Reopened: nothing pinned until a maintenance pass, which pins the newest again.
+        drop(log);
+        let log = open();
+        assert!(pinned(&log).is_empty());
+        all_duplicates(&log, &recs[..50]);
+        let m = log.maintain(now).expect("maintain");
+        assert_eq!(m.filters_pinned, 2, "{m:?}");
+        assert_eq!(pinned(&log).len(), 2);
+        // Past the window, none stay; the ids stay refused (their segments are still here).
+        let m = log
+            .maintain(now + DEDUP_WINDOW_MS + 2 * DAY)
+            .expect("maintain");
+        assert_eq!(m.filters_released, 2, "{m:?}");
+        assert!(pinned(&log).is_empty());
+        all_duplicates(&log, &recs);
     }
 
     #[test]

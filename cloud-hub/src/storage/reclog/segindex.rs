@@ -117,11 +117,24 @@ impl Bloom {
 
     pub fn may_contain(&self, id: u128) -> bool {
         let (a, b) = bloom_hash(id);
-        let block = &self.blocks[Self::block_of(a, self.blocks.len())];
+        Self::block_may_contain(&self.blocks[Self::block_of(a, self.blocks.len())], b)
+    }
+
+    fn block_may_contain(block: &[u64; 8], b: u64) -> bool {
         (0..BLOOM_PROBES).all(|i| {
             let bit = (b >> (i * 9)) & 511;
             block[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
         })
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Bloom {
+        let mut blocks = vec![[0u64; 8]; bytes.len() / 64].into_boxed_slice();
+        for (i, block) in blocks.iter_mut().enumerate() {
+            for (j, w) in block.iter_mut().enumerate() {
+                *w = u64_at(bytes, i * 64 + j * 8);
+            }
+        }
+        Bloom { blocks }
     }
 
     fn bytes(&self) -> usize {
@@ -396,13 +409,16 @@ pub struct Sealed {
     pub bloom: Option<Arc<Bloom>>,
 }
 
-/// Whether a segment's Bloom filter stays in memory: its records were received inside the
+/// Whether a segment's Bloom filter may stay in memory: its records were received inside the
 /// dedup window (edges may still resend them), or it holds ids of a clock ahead of ours
-/// (which would put every new id in its range).
+/// (which would put every new id in its range). Which of these do is the log's choice.
 pub fn pin_bloom(h: &IdxHeader, now_ms: i64, window_ms: i64) -> bool {
-    h.records > 0
-        && (h.max_received >= now_ms.saturating_sub(window_ms)
-            || h.max_id_ms() > h.max_received.saturating_add(86_400_000))
+    h.records > 0 && (h.max_received >= now_ms.saturating_sub(window_ms) || clock_ahead(h))
+}
+
+/// Whether a segment holds ids more than a day ahead of their receipt.
+pub fn clock_ahead(h: &IdxHeader) -> bool {
+    h.records > 0 && h.max_id_ms() > h.max_received.saturating_add(86_400_000)
 }
 
 impl Sealed {
@@ -433,13 +449,10 @@ impl Sealed {
             })
             .collect();
         let bloom = pin(&h).then(|| {
-            let mut blocks = vec![[0u64; 8]; h.bloom_blocks as usize].into_boxed_slice();
-            for (i, block) in blocks.iter_mut().enumerate() {
-                for (j, w) in block.iter_mut().enumerate() {
-                    *w = u64_at(bytes, h.bloom_off as usize + i * 64 + j * 8);
-                }
-            }
-            Arc::new(Bloom { blocks })
+            let at = h.bloom_off as usize;
+            Arc::new(Bloom::from_bytes(
+                &bytes[at..at + h.bloom_blocks as usize * 64],
+            ))
         });
         let mut global = Vec::with_capacity(keys.len());
         let mut stats = Vec::with_capacity(keys.len());
@@ -499,11 +512,38 @@ impl Sealed {
             + self.bloom.as_ref().map_or(0, |b| b.bytes())
     }
 
-    /// Whether `id` may be here: in the id range and, with a filter, in the filter.
+    /// Whether `id` may be here: in the id range and in the Bloom filter — the pinned one, or
+    /// else its one 64-byte block read from the index file (a read error answers "maybe": the
+    /// exact check that follows reports it).
     pub fn may_hold(&self, id: u128) -> bool {
-        self.h.records > 0
-            && (self.h.min_id..=self.h.max_id).contains(&id)
-            && self.bloom.as_ref().is_none_or(|b| b.may_contain(id))
+        if self.h.records == 0 || !(self.h.min_id..=self.h.max_id).contains(&id) {
+            return false;
+        }
+        if let Some(b) = &self.bloom {
+            return b.may_contain(id);
+        }
+        let (a, b) = bloom_hash(id);
+        let n = self.h.bloom_blocks as usize;
+        let mut buf = [0u8; 64];
+        let at = self.h.bloom_off + Bloom::block_of(a, n.max(1)) as u64 * 64;
+        if n == 0 || self.idx.read_exact_at(&mut buf, at).is_err() {
+            return true;
+        }
+        Bloom::block_may_contain(&Bloom::from_bytes(&buf).blocks[0], b)
+    }
+
+    /// Bytes its Bloom filter takes when pinned.
+    pub fn bloom_bytes(&self) -> usize {
+        self.h.bloom_blocks as usize * 64
+    }
+
+    /// A copy with its Bloom filter read from the index file and kept in memory.
+    pub fn with_bloom(&self) -> Result<Sealed, LogError> {
+        let bytes = self.read(self.h.bloom_off, self.bloom_bytes())?;
+        Ok(Sealed {
+            bloom: Some(Arc::new(Bloom::from_bytes(&bytes))),
+            ..self.clone()
+        })
     }
 
     fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, LogError> {
@@ -647,7 +687,7 @@ impl Sealed {
         }
     }
 
-    /// A copy without the Bloom filter (the segment left the dedup window).
+    /// A copy without the Bloom filter in memory (checked on disk from now on).
     pub fn without_bloom(&self) -> Sealed {
         Sealed {
             bloom: None,
