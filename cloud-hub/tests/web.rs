@@ -3,7 +3,8 @@
 //! - sign-in: a token is exchanged for an HttpOnly, SameSite=Strict cookie that then
 //!   authenticates calls with the token's role; a write with the cookie from another origin is
 //!   refused; signing out ends the session; sessions survive a hub restart;
-//! - a case read through the API says which actions the caller may take;
+//! - a case read through the API says which actions the caller may take; who may act on it
+//!   may add a photo (`POST /api/v1/cases/{id}/photos`), which the next action names;
 //! - the live stream (`/api/v1/live`): `hello`, then stored rule events, coalesced device
 //!   states and case changes, each with its position in all three feeds; a handler sees its
 //!   own department's cases only; `Last-Event-ID` resumes where the client stopped;
@@ -336,6 +337,60 @@ async fn sign_in_case_actions_and_the_live_stream() {
     );
     drop(again);
     drop(op_live);
+
+    // A photo of the work, from the handler now working on the case: stored and served; then
+    // named by the report. Who may not act on the case now may not add one.
+    let photo = |cookie: &str, ctype: &str, body: &'static [u8]| {
+        with_cookie(
+            &hub,
+            reqwest::Method::POST,
+            &format!("/api/v1/cases/{id}/photos"),
+            cookie,
+        )
+        .header("content-type", ctype.to_string())
+        .body(body)
+        .send()
+    };
+    const JPEG: &[u8] = b"\xFF\xD8\xFF\xE0 a photo of the cleared pavement";
+    let r = photo(tp.as_str(), "image/jpeg", JPEG).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let stored: Value = r.json().await.unwrap();
+    let pid = stored["id"].as_str().unwrap().to_string();
+    let r = with_cookie(
+        &hub,
+        reqwest::Method::GET,
+        stored["url"].as_str().unwrap(),
+        &tp,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-csb-device"], format!("cases/{id}").as_str());
+    assert_eq!(&r.bytes().await.unwrap()[..], JPEG);
+    for (who, ctype, body, status) in [
+        (&leader, "image/jpeg", JPEG, 403),
+        (&op, "image/jpeg", JPEG, 409),
+        (&tp, "image/png", JPEG, 415),
+        (&tp, "image/jpeg", &b"GIF89a"[..], 400),
+        (&tp, "image/jpeg", &b""[..], 400),
+    ] {
+        let r = photo(who.as_str(), ctype, body).await.unwrap();
+        assert_eq!(r.status(), status, "{ctype} {body:?}");
+    }
+    let c = act(
+        &hub,
+        &tp,
+        &id,
+        json!({"action": "report_handled", "photos": [pid]}),
+    )
+    .await;
+    assert_eq!(c["case"]["state"], "verifying", "{c}");
+    assert!(c["case"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == pid.as_str()));
 
     // Signing out ends the session (the cookie is cleared too).
     let r = with_cookie(&hub, reqwest::Method::DELETE, "/api/v1/session", &leader)

@@ -21,7 +21,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use axum::http::HeaderMap;
 use axum::response::sse::Event as SseEvent;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use ulid::Ulid;
 
 use crate::cases::changes::CaseChange;
 use crate::cases::engine::{Engine, EngineError};
@@ -33,12 +34,16 @@ use crate::cases::lifecycle::{
 use crate::cases::sla::Light;
 use crate::cases::store::{CaseFilter, SledCases};
 use crate::http::error::{clip, ApiError};
-use crate::http::openapi::{content, errors, respond, schema_of, viewer, with_header};
+use crate::http::openapi::{
+    content, errors, respond, schema_of, store_errors, viewer, with_header,
+};
 use crate::http::query::{Check, Checked, Count, Params, Time};
+use crate::http::snapshots::{check_jpeg, jpeg_request_body, SnapshotStored};
 use crate::http::sse::{last_event_id, Follow, Item, MAX_STREAMS};
 use crate::http::state::{store_call, ApiState, Cases};
 use crate::http::tokens::{Role, TokenInfo};
-use crate::storage::store::Store;
+use crate::ingest::metrics::UploadReject;
+use crate::storage::store::{NewSnapshot, Store};
 
 /// Cases per page by default, and at most.
 const DEFAULT_CASES: usize = 50;
@@ -576,6 +581,142 @@ pub(crate) async fn act<S: Store>(
         }))
     })
     .await
+}
+
+pub(crate) fn add_photo_docs(mut op: TransformOperation) -> TransformOperation {
+    op.inner_mut().request_body = Some(aide::openapi::ReferenceOr::Item(jpeg_request_body(
+        "The photo, a JPEG of 1..=`snapshot_max_bytes` bytes; `Content-Type: image/jpeg`.",
+    )));
+    let op = op
+        .id("addCasePhoto")
+        .tag("cases")
+        .summary("Add a photo to a case (a handler's proof of work, an inspector's picture)")
+        .description(
+            "Stores the JPEG durably and answers its snapshot id, to be named in the next \
+             action's `photos` (e.g. `report_handled`); it is served at \
+             `/api/v1/snapshots/{id}`. Only someone who may act on the case now may add one.",
+        );
+    let op = respond(
+        op,
+        201,
+        with_header(
+            content("Stored", "application/json", schema_of::<SnapshotStored>()),
+            "Location",
+            "`/api/v1/snapshots/{id}`",
+            true,
+        ),
+    );
+    store_errors(viewer(errors(
+        op,
+        &[
+            (
+                400,
+                "The id is not a case id, or the body is empty or not a JPEG",
+            ),
+            (403, "This role may not act on cases"),
+            (404, "No such case (or another department's, for a handler)"),
+            (409, "Nothing the caller may do on the case in its state"),
+            (413, "The body exceeds `snapshot_max_bytes`"),
+            (415, "`Content-Type` is not `image/jpeg`"),
+            (500, "The case store failed (logged)"),
+            (503, "The case workflow is not running"),
+        ],
+    )))
+}
+
+/// `POST /api/v1/cases/{id}/photos`: a JPEG from someone who may act on the case, stored as a
+/// snapshot (site `cases`, device the case id) before the answer.
+pub(crate) async fn add_photo<S: Store>(
+    State(st): State<ApiState<S>>,
+    who: Option<Extension<TokenInfo>>,
+    path: Result<Path<CasePath>, PathRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let id = case_id(path)?;
+    let engine = cases(&st)?;
+    let actor = actor(who);
+    let jpeg = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("image/jpeg"));
+    if !jpeg {
+        st.metrics.reject_upload(UploadReject::ContentType);
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "header `Content-Type` must be `image/jpeg`",
+        ));
+    }
+    let max = st.snapshot_max_bytes;
+    // Reads at most `max` bytes (the route's DefaultBodyLimit).
+    let body = Bytes::from_request(req, &()).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            st.metrics.reject_upload(UploadReject::TooLarge);
+            ApiError::new(
+                e.status(),
+                format!("photo exceeds snapshot_max_bytes = {max}"),
+            )
+        } else {
+            ApiError::new(e.status(), format!("body: {}", e.body_text()))
+        }
+    })?;
+    check_jpeg(&body).map_err(|(reason, e)| {
+        st.metrics.reject_upload(reason);
+        e
+    })?;
+    if actor.role == CaseRole::Viewer {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a viewer may not add photos to cases",
+        ));
+    }
+    let check = {
+        let (engine, actor, id) = (engine.clone(), actor.clone(), id.clone());
+        move || {
+            let case = engine
+                .get(&id)
+                .map_err(|e| engine_error(&id, e))?
+                .filter(|c| c.visible_to(&actor))
+                .ok_or_else(|| not_found(&id))?;
+            if case
+                .actions_for(&actor, engine.now_ms(), engine.governance())
+                .is_empty()
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "case `{id}` is {:?}: nothing you may do on it now, so no photo for it",
+                        case.state
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    };
+    blocking(&st.store_slots, "case read", check).await?;
+    let snap = NewSnapshot {
+        id: Ulid::new(),
+        site: "cases".into(),
+        device: id.clone(),
+        event: None,
+        received_ms: csb_wire::now_ms(),
+        bytes: Vec::from(body),
+    };
+    let (snap_id, len) = (snap.id, snap.bytes.len());
+    store_call(&st.store_slots, "photo upload", st.store.put_snapshot(snap))
+        .await
+        .inspect_err(|_| st.metrics.add_snapshot_store_failed())?;
+    st.metrics.add_snapshot_stored(len as u64);
+    tracing::info!(case = %id, actor = %actor.id, photo = %snap_id, bytes = len, "case photo stored");
+    Ok((
+        StatusCode::CREATED,
+        [(
+            axum::http::header::LOCATION,
+            format!("/api/v1/snapshots/{snap_id}"),
+        )],
+        Json(SnapshotStored::created(snap_id, len)),
+    )
+        .into_response())
 }
 
 /// Filters of `GET /api/v1/cases/stream`.

@@ -155,6 +155,11 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
             "/api/v1/cases/{id}/actions",
             post_with(cas::act::<S>, cas::act_docs),
         )
+        .api_route(
+            "/api/v1/cases/{id}/photos",
+            post_with(cas::add_photo::<S>, cas::add_photo_docs)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .api_route("/api/v1/health", get_with(hl::health::<S>, hl::health_docs))
         .api_route(
             "/api/v1/openapi.json",

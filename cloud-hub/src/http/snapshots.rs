@@ -52,6 +52,63 @@ pub struct SnapshotStored {
     note: Option<&'static str>,
 }
 
+impl SnapshotStored {
+    /// A newly stored snapshot's answer.
+    pub(crate) fn created(id: Ulid, bytes: usize) -> SnapshotStored {
+        SnapshotStored {
+            id: id.to_string(),
+            bytes,
+            url: format!("/api/v1/snapshots/{id}"),
+            note: None,
+        }
+    }
+}
+
+/// A request body of one JPEG, `description` saying what it is.
+pub(crate) fn jpeg_request_body(description: &str) -> RequestBody {
+    RequestBody {
+        description: Some(description.into()),
+        content: IndexMap::from_iter([(
+            "image/jpeg".to_string(),
+            MediaType {
+                schema: Some(SchemaObject {
+                    json_schema: json_schema!({
+                        "type": "string",
+                        "contentMediaType": "image/jpeg",
+                        "format": "binary",
+                    }),
+                    example: None,
+                    external_docs: None,
+                }),
+                ..MediaType::default()
+            },
+        )]),
+        required: true,
+        extensions: IndexMap::default(),
+    }
+}
+
+/// Why `body` is not an evidence JPEG: empty, or not starting with the JPEG magic.
+pub(crate) fn check_jpeg(body: &[u8]) -> Result<(), (UploadReject, ApiError)> {
+    if body.is_empty() {
+        return Err((
+            UploadReject::Empty,
+            ApiError::bad_request("empty body: send the JPEG bytes"),
+        ));
+    }
+    if !body.starts_with(&JPEG_MAGIC) {
+        let head: Vec<String> = body.iter().take(4).map(|b| format!("{b:02X}")).collect();
+        return Err((
+            UploadReject::NotJpeg,
+            ApiError::bad_request(format!(
+                "body is not a JPEG: it starts with {} instead of FF D8 FF",
+                head.join(" ")
+            )),
+        ));
+    }
+    Ok(())
+}
+
 /// A JPEG answer: 200 `image/jpeg` and its headers.
 pub(crate) fn jpeg_docs(op: TransformOperation) -> TransformOperation {
     let r = content(
@@ -123,30 +180,10 @@ pub(crate) fn put_snapshot_docs(mut op: TransformOperation) -> TransformOperatio
         "The event (ULID) the snapshot belongs to",
         json_schema!({"type": "string", "pattern": "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"}),
     ));
-    o.request_body = Some(ReferenceOr::Item(RequestBody {
-        description: Some(
-            "The JPEG: starts with FF D8 FF, 1..=`snapshot_max_bytes` bytes (hub config, default \
-             2 MiB). `Content-Type` must be `image/jpeg` when given."
-                .into(),
-        ),
-        content: IndexMap::from_iter([(
-            "image/jpeg".to_string(),
-            MediaType {
-                schema: Some(SchemaObject {
-                    json_schema: json_schema!({
-                        "type": "string",
-                        "contentMediaType": "image/jpeg",
-                        "format": "binary",
-                    }),
-                    example: None,
-                    external_docs: None,
-                }),
-                ..MediaType::default()
-            },
-        )]),
-        required: true,
-        extensions: IndexMap::default(),
-    }));
+    o.request_body = Some(ReferenceOr::Item(jpeg_request_body(
+        "The JPEG: starts with FF D8 FF, 1..=`snapshot_max_bytes` bytes (hub config, default \
+         2 MiB). `Content-Type` must be `image/jpeg` when given.",
+    )));
     let stored = |description: &str| {
         content(
             description,
@@ -355,22 +392,7 @@ pub async fn put_snapshot<S: Store>(
             ))
         })?;
     }
-    if body.is_empty() {
-        return Err(refuse(
-            UploadReject::Empty,
-            ApiError::bad_request("empty body: PUT the JPEG bytes"),
-        ));
-    }
-    if !body.starts_with(&JPEG_MAGIC) {
-        let head: Vec<String> = body.iter().take(4).map(|b| format!("{b:02X}")).collect();
-        return Err(refuse(
-            UploadReject::NotJpeg,
-            ApiError::bad_request(format!(
-                "body is not a JPEG: it starts with {} instead of FF D8 FF",
-                head.join(" ")
-            )),
-        ));
-    }
+    check_jpeg(&body).map_err(|(reason, e)| refuse(reason, e))?;
     let len = body.len();
     let snapshot = NewSnapshot {
         id,
@@ -394,13 +416,8 @@ pub async fn put_snapshot<S: Store>(
             tracing::debug!(%id, bytes = len, "snapshot stored");
             Ok((
                 StatusCode::CREATED,
-                [(header::LOCATION, location.clone())],
-                Json(SnapshotStored {
-                    id: id.to_string(),
-                    bytes: len,
-                    url: location,
-                    note: None,
-                }),
+                [(header::LOCATION, location)],
+                Json(SnapshotStored::created(id, len)),
             )
                 .into_response())
         }

@@ -181,10 +181,26 @@ test('an operator registers and dispatches a case in the UI; the handler then se
     await hd.page.waitForSelector(`[data-case-id="${caseId}"]`, { timeout: 15_000 })
     await hd.page.click(`[data-case-id="${caseId}"]`)
     await hd.page.waitForSelector('[data-action="accept"]', { timeout: 10_000 })
+    // …accepts it, and reports it handled with a photo taken on site (a picture of the page
+    // itself stands in for the camera's).
+    await hd.page.click('[data-action="accept"]')
+    await hd.page.waitForSelector('.state-badge[data-state="handling"]', { timeout: 10_000 })
+    await hd.page.click('[data-action="report_handled"]')
+    const photo = await hd.page.screenshot({ type: 'jpeg', quality: 60 })
+    await hd.page.setInputFiles('[data-field="photos"]', { name: 'site.jpg', mimeType: 'image/jpeg', buffer: photo })
+    await hd.page.waitForSelector('[data-testid="photo-count"]')
+    await hd.page.fill('[data-field="note"]', '已清理 cleared')
+    await hd.page.click('[data-testid="action-submit"]')
+    await hd.page.waitForSelector('.state-badge[data-state="verifying"]', { timeout: 15_000 })
+    const handled = await stack.api(`/api/v1/cases/${caseId}`, 'operator')
+    const report = handled.timeline.find((e) => e.action === 'report_handled')
+    assert.equal(report?.photos?.length, 1, 'the report names the photo')
+    const shown = await hd.page.waitForSelector(`.evidence img[src="/api/v1/snapshots/${report.photos[0]}"]`, { timeout: 10_000 })
+    assert.ok(await shown.evaluate((img) => img.complete && img.naturalWidth > 0), 'the photo is shown under "after"')
 
     // The API agrees.
     const c = await stack.api(`/api/v1/cases/${caseId}`, 'operator')
-    assert.equal(c.state, 'dispatched')
+    assert.equal(c.state, 'verifying')
     assert.equal(c.department, 'traffic-police')
     assert.ok(c.timeline.some((e) => e.action === 'register'))
     assert.ok(c.timeline.some((e) => e.action === 'dispatch' && e.actor?.id === 't-operator'))
