@@ -114,10 +114,23 @@ test('the map shows the county outline with device points', { timeout: 60_000 },
   try {
     await signIn(g, stack.pageUrl, stack.tokens.operator, '/map')
     await g.page.waitForSelector('[data-view="map"]')
+    // The whole county: one bubble per town with its devices' count.
+    const towns = await until(
+      async () => {
+        const o = await g.page.evaluate(() => window.__csb?.option('map'))
+        const t = o?.series?.find((s) => s.id === 'dev-towns')
+        return t?.data.length ? t : null
+      },
+      20_000,
+      'town bubbles on the map',
+    )
+    assert.ok(towns.data.reduce((n, d) => n + d.value[2], 0) >= 19, 'every placed device counted in a town')
+    // Zoomed in on the county seat: each device.
+    await g.page.click('[data-testid="view-seat"]')
     const opt = await until(
       async () => {
         const o = await g.page.evaluate(() => window.__csb?.option('map'))
-        return o && o.series?.some((s) => s.id?.startsWith('dev-') && s.data.length) ? o : null
+        return o && o.series?.some((s) => s.id?.startsWith('dev-') && s.id !== 'dev-towns' && s.data.length) ? o : null
       },
       20_000,
       'device points on the map',
@@ -126,7 +139,7 @@ test('the map shows the county outline with device points', { timeout: 60_000 },
     assert.ok(features.includes('__outline__'), `county outline among the map's regions: ${features.slice(0, 5)}`)
     assert.ok(features.filter((f) => !f.startsWith('__')).length >= 20, 'the towns')
     assert.equal(opt.geo[0].map, 'csb-county')
-    const points = opt.series.filter((s) => s.id.startsWith('dev-')).reduce((n, s) => n + s.data.length, 0)
+    const points = opt.series.filter((s) => s.id.startsWith('dev-') && s.id !== 'dev-towns').reduce((n, s) => n + s.data.length, 0)
     assert.ok(points >= 19, `device points: ${points}`)
     const online = opt.series.find((s) => s.id === 'dev-online')
     await until(
@@ -295,7 +308,7 @@ test('killing the hub turns the page stale; restarting it makes it live again wi
     await g.page.waitForSelector('[data-testid="data-status"][data-stale="0"]')
     await g.page.evaluate(() => ((window).__noReload = 1))
     // While the hub is down the page's requests fail: those errors are expected then.
-    const down = (e) => /ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|ERR_INCOMPLETE_CHUNKED_ENCODING|status of 502|status of 503/.test(e.text)
+    const down = (e) => /ERR_CONNECTION_REFUSED|ERR_CONNECTION_RESET|ERR_EMPTY_RESPONSE|ERR_INCOMPLETE_CHUNKED_ENCODING|status of 502|status of 503/.test(e.text)
     g.allow.push(down)
     await stack.killHub()
     const t0 = Date.now()
