@@ -551,6 +551,7 @@ impl<S: Store> Hub<S> {
         }
         state = state.with_cases(engine.clone());
         state = state.with_activity(activity.clone());
+        state = state.with_enrolment(config.data_dir.clone());
         if !http::web::built() {
             tracing::warn!(
                 "the web page was not built into this hub: `/` says so; run `make web`, then \

@@ -79,7 +79,8 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         stale_after_s: u32,
     },
-    /// Device credentials (for `[auth] devices = "required"`): add, list, remove.
+    /// Device credentials (for `[auth] devices = "required"`): add, enrol (a one-time token for
+    /// `edge-agent provision`), list, remove.
     Device {
         #[command(subcommand)]
         action: DeviceCommand,
@@ -205,6 +206,21 @@ enum DeviceCommand {
         /// instead of printing it.
         #[arg(long)]
         secret_out: Option<PathBuf>,
+    },
+    /// Issue a one-time enrolment token for SITE/DEVICE: the technician runs `edge-agent
+    /// provision --hub URL --token TOKEN` at the new box, which exchanges it (once, before it
+    /// expires) for the device's credentials. Only the token's hash is kept.
+    Enrol {
+        /// e.g. yuexi/gw-07
+        id: String,
+        #[arg(long, env = "CSB_HUB_DATA_DIR", default_value = "./data/hub")]
+        data_dir: PathBuf,
+        /// How long the token stays valid, in seconds (default a day).
+        #[arg(long, default_value_t = 86_400)]
+        ttl_s: u64,
+        /// The hub's HTTP address as the box reaches it, for the printed command.
+        #[arg(long, default_value = "http://HUB:8080")]
+        hub_url: String,
     },
     /// List the devices with credentials (never their secrets).
     List {
@@ -636,6 +652,28 @@ fn device(action: DeviceCommand) -> anyhow::Result<()> {
                     writeln!(out, "# {secret}")?;
                 }
             }
+        }
+        DeviceCommand::Enrol {
+            id,
+            data_dir,
+            ttl_s,
+            hub_url,
+        } => {
+            use cloud_hub::ingest::enrol;
+            let ttl_ms = i64::try_from(ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let t = enrol::issue(&data_dir, &id, ttl_ms, csb_wire::now_ms())?;
+            let expires = when(Some(t.expires_ms));
+            writeln!(
+                out,
+                "# one-time enrolment token for {id}, valid until {expires} (UTC+8):"
+            )?;
+            writeln!(out, "{}", t.token)?;
+            writeln!(out, "# at the box:")?;
+            writeln!(
+                out,
+                "edge-agent provision --hub {hub_url} --token {} --config /etc/csb/agent.toml",
+                t.token
+            )?;
         }
         DeviceCommand::List { data_dir } => {
             for (id, rec) in devices::load(&data_dir)? {

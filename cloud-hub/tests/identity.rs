@@ -1,8 +1,10 @@
 //! Device identity end to end (`auth.devices = "required"`), real MQTT over TCP: devices A and B
 //! have credentials; A, logged in as A, can store its own signed events but cannot speak for B
 //! (B's topic, A's key), nor send unsigned payloads: both are quarantined as `spoofed`, counted,
-//! never stored or acked. A wrong password and a CONNECT without credentials are refused. With
-//! `[mqtt_tls]`, plain MQTT is refused and devices connect over TLS.
+//! never stored or acked. A wrong password and a CONNECT without credentials are refused. A
+//! device may subscribe to its own `ack` and `cmd` topics only: another device's, or any
+//! wildcard, is refused (SUBACK 0x80) and counted. With `[mqtt_tls]`, plain MQTT is refused and
+//! devices connect over TLS.
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 use cloud_hub::ingest::devices;
 use cloud_hub::DeviceAuth;
 use common::*;
+use csb_test_support::raw_mqtt::{ConnectOptions, RawClient};
 use csb_wire::sign::{sign, signing_key};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +125,73 @@ async fn a_device_cannot_speak_for_another_and_bad_logins_are_refused() {
     })
     .await;
 
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_subscribes_to_its_own_topics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_a = devices::add(dir.path(), "yuexi/gw-a").unwrap();
+    let secret_b = devices::add(dir.path(), "yuexi/gw-b").unwrap();
+    let hub = TestHub::start_with(dir.path(), free_port(), |c| {
+        c.auth.devices = DeviceAuth::Required;
+    })
+    .await;
+    let login = |user: &str, secret: &str| ConnectOptions::new().login(user, secret);
+    let mut a = RawClient::connected(hub.mqtt, "yuexi-gw-a", &login("yuexi/gw-a", &secret_a)).await;
+    assert!(a.subscribe(&topic("gw-a", "ack")).await.is_ok());
+    assert!(a.subscribe(&topic("gw-a", "cmd")).await.is_ok());
+    for other in [
+        topic("gw-b", "ack"),
+        topic("gw-b", "cmd"),
+        "csb/v1/+/+/ack".to_string(),
+        "csb/v1/yuexi/gw-a/#".to_string(),
+        "#".to_string(),
+        topic("gw-b", "event"),
+    ] {
+        assert!(
+            a.subscribe(&other).await.is_err(),
+            "{other} must be refused"
+        );
+    }
+    let health = hub
+        .wait_health("6 denied", |h| h["mqtt"]["subscriptions_denied"] == 6)
+        .await;
+    assert_eq!(health["mqtt"]["subscriptions_denied"], 6, "{health:#}");
+    assert!(
+        hub.metrics()
+            .await
+            .contains("csb_hub_mqtt_subscriptions_denied_total 6"),
+        "counted in /metrics"
+    );
+
+    // B's traffic does not reach A; A's own acks do (its session is intact).
+    let mut b = RawClient::connected(hub.mqtt, "yuexi-gw-b", &login("yuexi/gw-b", &secret_b)).await;
+    b.subscribe(&topic("gw-b", "ack")).await.expect("its own");
+    let t_b = topic("gw-b", "event");
+    let ev_b = event("gw-b", "cam-01", T0, &[(0, "person")]);
+    b.publish(
+        &t_b,
+        sign(&t_b, &json(&ev_b), &signing_key(&secret_b)).unwrap(),
+    )
+    .await;
+    let ack: csb_wire::Ack = csb_wire::decode(&b.receive(&topic("gw-b", "ack")).await).unwrap();
+    assert!(ack.ids.contains(&ev_b.id), "{ack:?}");
+    let t_a = topic("gw-a", "event");
+    let ev_a = event("gw-a", "cam-01", T0 + 1, &[(0, "person")]);
+    a.publish(
+        &t_a,
+        sign(&t_a, &json(&ev_a), &signing_key(&secret_a)).unwrap(),
+    )
+    .await;
+    let ack: csb_wire::Ack = csb_wire::decode(&a.receive(&topic("gw-a", "ack")).await).unwrap();
+    assert!(ack.ids.contains(&ev_a.id), "{ack:?}");
+    assert!(
+        a.received_within(&topic("gw-b", "ack"), Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "A reads none of B's acks"
+    );
     hub.stop().await;
 }
 

@@ -12,6 +12,7 @@ pub mod model;
 pub mod outbox;
 pub mod perception;
 pub mod pipeline;
+pub mod provision;
 pub mod queue;
 pub mod replay;
 pub mod rules;

@@ -73,6 +73,25 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Enrol this box with the hub: exchange a one-time token (`cloud-hub device enrol
+    /// SITE/DEVICE`) for the device's credentials, write the secret (mode 0600) and set
+    /// `[mqtt] username` and `secret_file` in the config. Exit codes: 0 enrolled, 2 the hub
+    /// refused the token (unknown, used, expired, another device's), 3 the hub is unreachable,
+    /// 1 anything else.
+    Provision {
+        /// The hub's HTTP address, e.g. http://10.0.0.5:8080
+        #[arg(long)]
+        hub: String,
+        /// The one-time token (or set CSB_ENROL_TOKEN, which stays out of the shell history).
+        #[arg(long, env = "CSB_ENROL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The agent config to enrol (its [agent] site and device) and update.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where to keep the secret (default: device.secret beside the config).
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
     /// Delivery testing: generate synthetic detection events through the real outbox and
     /// uplink (no cameras), appending each id to `--id-log` once it is durable; continues from
     /// the log after a crash. Runs until stopped.
@@ -244,6 +263,37 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Run { config } => run(config),
+        Cmd::Provision {
+            hub,
+            token,
+            config,
+            secret_file,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let r = rt.block_on(edge_agent::provision::provision(
+                &hub,
+                &token,
+                &config,
+                secret_file.as_deref(),
+            ));
+            match r {
+                Ok(e) => {
+                    out!("enrolled as {}", e.username);
+                    out!("secret written to {} (mode 0600)", e.secret_file.display());
+                    out!(
+                        "{} updated: [mqtt] username, secret_file",
+                        e.config.display()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("edge-agent: error: {e}");
+                    std::process::exit(e.exit_code())
+                }
+            }
+        }
         Cmd::BenchOutbox {
             cycles,
             window,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, LastWill, Packet, PubAck, Publish, Subscribe, Unsubscribe,
+    ConnAck, Connect, LastWill, Packet, PubAck, Publish, Subscribe, SubscribeReasonCode,
+    Unsubscribe,
 };
 use rumqttc::mqttbytes::QoS;
 use rumqttc::ConnectReturnCode;
@@ -178,15 +179,21 @@ impl RawClient {
         self.send(&encode(Packet::Publish(p))).await;
     }
 
-    /// Subscribes at QoS 1 and waits for the SUBACK.
-    pub async fn subscribe(&mut self, filter: &str) {
+    /// Subscribes at QoS 1 and waits for the SUBACK; its return code (`Ok(QoS)` granted, `Err`
+    /// refused).
+    pub async fn subscribe(&mut self, filter: &str) -> Result<QoS, ()> {
         let pkid = self.pkid();
         let mut s = Subscribe::new(filter, QoS::AtLeastOnce);
         s.pkid = pkid;
         self.send(&encode(Packet::Subscribe(s))).await;
         loop {
             match self.next(ANSWER_TIMEOUT).await {
-                Ok(Some(Packet::SubAck(a))) if a.pkid == pkid => return,
+                Ok(Some(Packet::SubAck(a))) if a.pkid == pkid => {
+                    return match a.return_codes.first() {
+                        Some(SubscribeReasonCode::Success(q)) => Ok(*q),
+                        _ => Err(()),
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("the hub closed the connection before SUBACK of {filter}"),
                 Err(()) => panic!("no SUBACK for {filter} within {ANSWER_TIMEOUT:?}"),

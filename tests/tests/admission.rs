@@ -445,7 +445,10 @@ async fn acks_reach_devices_persistent_sessions_and_observers() {
 
     // A device with a clean session: the front answers its SUBSCRIBE and routes its acks.
     let mut device = RawClient::connected(h.mqtt, "edge-gw-r", &ConnectOptions::new()).await;
-    device.subscribe(&topic("gw-r", "ack")).await;
+    device
+        .subscribe(&topic("gw-r", "ack"))
+        .await
+        .expect("granted");
     assert_eq!(health(&h).await["mqtt"]["routed_sessions"], 1);
     let (id, payload) = event("gw-r", None);
     device.publish(&topic("gw-r", "event"), payload).await;
@@ -459,7 +462,7 @@ async fn acks_reach_devices_persistent_sessions_and_observers() {
     let mut persistent = ConnectOptions::new();
     persistent.clean_session = false;
     let mut p = RawClient::connected(h.mqtt, "edge-gw-p", &persistent).await;
-    p.subscribe(&topic("gw-p", "ack")).await;
+    p.subscribe(&topic("gw-p", "ack")).await.expect("granted");
     let (pid, payload) = event("gw-p", None);
     p.publish(&topic("gw-p", "event"), payload).await;
     assert_eq!(
@@ -471,7 +474,7 @@ async fn acks_reach_devices_persistent_sessions_and_observers() {
     // Someone watching every ack through rumqttd sees the routed device's acks too, while the
     // device still gets its own.
     let mut observer = RawClient::connected(h.mqtt, "ops-watch", &ConnectOptions::new()).await;
-    observer.subscribe("csb/v1/+/+/ack").await;
+    observer.subscribe("csb/v1/+/+/ack").await.expect("granted");
     let (id2, payload) = event("gw-r", None);
     device.publish(&topic("gw-r", "event"), payload).await;
     assert_eq!(
@@ -525,7 +528,9 @@ async fn normal_sessions_log_quietly_and_oversized_packets_are_counted() {
 
     // Clean session: publish, subscribe to its acks, unsubscribe, DISCONNECT.
     let mut c = RawClient::connected(h.mqtt, "edge-gw-calm", &ConnectOptions::new()).await;
-    c.subscribe(&topic("gw-calm", "ack")).await;
+    c.subscribe(&topic("gw-calm", "ack"))
+        .await
+        .expect("granted");
     let (id, payload) = event("gw-calm", None);
     c.publish(&topic("gw-calm", "event"), payload).await;
     assert!(!c.receive(&topic("gw-calm", "ack")).await.is_empty());

@@ -7,7 +7,9 @@
 //!   `spoofed`, counted, nothing stored for B, nothing acked (B's outbox keeps it all);
 //! - a wrong secret: refused at CONNECT and counted;
 //! - the right secret over plain TCP: refused before MQTT and counted;
-//! - the HTTP API answers only with a token.
+//! - the HTTP API answers only with a token;
+//! - a new box enrols with a one-time token (`cloud-hub device enrol`, `edge-agent provision`)
+//!   once, before it expires, and only the box it was issued for.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -207,4 +209,132 @@ async fn only_the_device_itself_over_tls_gets_its_events_stored() {
     p.terminate(Duration::from_secs(10));
     // Neither got anything stored: still A's 200 only.
     assert_eq!(health(&http).await["ingest"]["events_accepted"], 200);
+}
+
+/// `edge-agent provision` run at the box, as a technician would.
+fn provision(http: &str, token: &str, config: &Path) -> std::process::Output {
+    std::process::Command::new(csb_test_support::process::bin("edge-agent"))
+        .args(["provision", "--hub", http, "--config"])
+        .arg(config)
+        .env("CSB_ENROL_TOKEN", token)
+        .output()
+        .expect("run edge-agent provision")
+}
+
+/// The token line of `cloud-hub device enrol`.
+fn enrol(data_dir: &Path, id: &str, extra: &[&str]) -> String {
+    let out = hub_cli(
+        &[
+            &[
+                "device",
+                "enrol",
+                id,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
+    out.lines()
+        .find(|l| l.starts_with("csbe_"))
+        .unwrap_or_else(|| panic!("no token in: {out}"))
+        .to_string()
+}
+
+/// A new box enrols with a one-time token (`cloud-hub device enrol` → `edge-agent provision`)
+/// and works at once on a hub that requires credentials and TLS; the token does not work
+/// twice, nor once expired, nor for another box; an unreachable hub is its own exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_enrols_with_a_one_time_token_once_before_it_expires() {
+    let sec = Hub::builder().secured().start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = sec.ca_file().to_path_buf();
+    let unenrolled = |device: &str, name: &str| {
+        AgentToml::new(device, sec.mqtt_port)
+            .mqtt("keep_alive_s = 5")
+            .mqtt(&format!("ca_file = {:?}", ca.display().to_string()))
+            .outbox_dir(d.join(format!("outbox-{name}")))
+            .outbox("ack_timeout_s = 3")
+            .simulated_sensor("wl-new", 500, Wave::new(10.0, 5.0, 60.0))
+            .write_as(d, &format!("{name}.toml"))
+    };
+
+    let token = enrol(&sec.data_dir, "yuexi/gw-new", &[]);
+    let cfg = unenrolled("gw-new", "new");
+    let out = provision(&sec.http, &token, &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edited = std::fs::read_to_string(&cfg).unwrap();
+    assert!(edited.contains("username = \"yuexi/gw-new\""), "{edited}");
+    let secret = d.join("device.secret");
+    assert!(edited.contains("device.secret"), "{edited}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the secret is the agent's alone");
+    }
+    // A working device: its events are stored over TLS with the issued credentials.
+    let mut agent = spawn_synth(&cfg, &d.join("new.log"), 50, 100);
+    wait_health(&sec.http, "the new box's 50 events", |h| {
+        h["ingest"]["events_accepted"] == 50
+    })
+    .await;
+    assert_eq!(stored(&sec.http, sec.token(), "gw-new").await, 50);
+    agent.terminate(Duration::from_secs(10));
+
+    // The same token again (another box, or the same one twice): refused, exit code 2.
+    let again = provision(&sec.http, &token, &unenrolled("gw-new", "again"));
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already used"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // A token for another box: refused without using it up; the right box then enrols.
+    let other = enrol(&sec.data_dir, "yuexi/gw-other", &[]);
+    let wrong_box = provision(&sec.http, &other, &unenrolled("gw-stranger", "stranger"));
+    assert_eq!(wrong_box.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong_box.stderr).contains("yuexi/gw-other"));
+    assert!(
+        provision(&sec.http, &other, &unenrolled("gw-other", "other"))
+            .status
+            .success()
+    );
+
+    // Expired: refused, and no credentials were issued.
+    let late = enrol(&sec.data_dir, "yuexi/gw-late", &["--ttl-s", "1"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = provision(&sec.http, &late, &unenrolled("gw-late", "late"));
+    assert_eq!(expired.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&expired.stderr).contains("expired"));
+    let listed = hub_cli(&[
+        "device",
+        "list",
+        "--data-dir",
+        sec.data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        !listed.contains("gw-late") && listed.contains("yuexi/gw-new"),
+        "{listed}"
+    );
+    let h = health(&sec.http).await;
+    assert_eq!(
+        h["http_auth"]["refused_by_reason"]["enrolment_refused"], 2,
+        "{h:#}"
+    );
+
+    // No hub there: exit code 3, the config untouched.
+    let cfg_down = unenrolled("gw-down", "down");
+    let before = std::fs::read_to_string(&cfg_down).unwrap();
+    let port = csb_test_support::process::free_port();
+    let down = provision(&format!("http://127.0.0.1:{port}"), &late, &cfg_down);
+    assert_eq!(down.status.code(), Some(3));
+    assert_eq!(std::fs::read_to_string(&cfg_down).unwrap(), before);
 }

@@ -142,6 +142,12 @@ const POLICY: &[Rule] = &[
         path: PathMatch::Exact("/api/v1/health"),
         access: Access::Open,
     },
+    // A new gateway has no credentials yet: its one-time token is checked by the handler.
+    Rule {
+        method: "POST",
+        path: PathMatch::Exact("/api/v1/provision"),
+        access: Access::Open,
+    },
     // The API's description (no data in it): clients and tools read it before they have a token.
     Rule {
         method: "GET",

@@ -188,6 +188,12 @@ pub fn render_prometheus(
         &[("", mqtt.front.oversized_packets)],
     );
     metric(
+        "csb_hub_mqtt_subscriptions_denied_total",
+        "counter",
+        "SUBSCRIBE filters refused (SUBACK 0x80): a device reaching past its own ack and cmd topics.",
+        &[("", mqtt.front.subscriptions_denied)],
+    );
+    metric(
         "csb_hub_mqtt_takeovers_total",
         "counter",
         "MQTT sessions ended because their client id connected again.",

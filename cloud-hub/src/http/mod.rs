@@ -13,7 +13,9 @@
 //! - [`session`] — `POST`/`GET`/`DELETE /api/v1/session` (the web page's sign-in cookie; the
 //!   sessions themselves are [`sessions`]);
 //!   [`live`] — `GET /api/v1/live` (the page's one stream); [`web`] — the page itself at `/`
-//! - [`cases`] — `/api/v1/cases`, `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
+//! - [`provision`] — `POST /api/v1/provision` (a gateway's one-time enrolment token for its
+//!   device credentials)
+//! - [`cases`] — `/api/v1/cases` (and a case's photos), `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
 //!   `/open311/v2/` (citizen apps: services, requests; errors in that spec's format)
 //!
 //! Shared by them: [`state`] (what handlers are given, store calls with a slot and a time
@@ -46,6 +48,7 @@ pub mod metrics;
 pub mod ngsi;
 pub mod open311;
 pub mod openapi;
+pub mod provision;
 pub mod quarantine;
 pub mod query;
 pub mod series;
@@ -72,6 +75,7 @@ use crate::http::health as hl;
 use crate::http::inventory as inv;
 use crate::http::metrics as met;
 use crate::http::openapi as doc;
+use crate::http::provision as prov;
 use crate::http::quarantine as qua;
 use crate::http::series as ser;
 use crate::http::session as ses;
@@ -173,6 +177,10 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
                 .delete_with(ses::sign_out::<S>, ses::sign_out_docs),
         )
         .api_route("/api/v1/live", get_with(live::live::<S>, live::live_docs))
+        .api_route(
+            "/api/v1/provision",
+            post_with(prov::provision::<S>, prov::provision_docs),
+        )
         .merge(crate::http::ngsi::routes(twin))
         .merge(crate::http::open311::routes::<S>())
 }

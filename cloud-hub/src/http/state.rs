@@ -46,6 +46,9 @@ pub struct ApiState<S> {
     pub(crate) activity: Option<Arc<crate::platform::activity::Activity>>,
     /// Open live streams (`/api/v1/live`).
     pub(crate) live_streams: Arc<Semaphore>,
+    /// The hub's data directory, where enrolment tokens are redeemed for device credentials
+    /// (`/api/v1/provision`); `None`: no enrolment.
+    pub(crate) data_dir: Option<std::path::PathBuf>,
 }
 
 impl<S> ApiState<S> {
@@ -71,7 +74,14 @@ impl<S> ApiState<S> {
             case_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
             activity: None,
             live_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
+            data_dir: None,
         }
+    }
+
+    /// Enrols gateways with one-time tokens kept in `data_dir` (`/api/v1/provision`).
+    pub fn with_enrolment(mut self, data_dir: std::path::PathBuf) -> Self {
+        self.data_dir = Some(data_dir);
+        self
     }
 
     /// Streams newly stored events to the web page (`/api/v1/live`).
@@ -129,6 +139,7 @@ impl<S> Clone for ApiState<S> {
             case_streams: self.case_streams.clone(),
             activity: self.activity.clone(),
             live_streams: self.live_streams.clone(),
+            data_dir: self.data_dir.clone(),
         }
     }
 }

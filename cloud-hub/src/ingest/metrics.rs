@@ -86,10 +86,12 @@ pub enum HttpAuthRefusal {
     UnknownSession,
     /// A write with a session cookie from a page of another origin (403): a forged request.
     CrossOrigin,
+    /// `POST /api/v1/provision` with an enrolment token that is unknown, used or expired (401).
+    EnrolmentRefused,
 }
 
 impl HttpAuthRefusal {
-    pub const ALL: [HttpAuthRefusal; 9] = [
+    pub const ALL: [HttpAuthRefusal; 10] = [
         HttpAuthRefusal::MissingToken,
         HttpAuthRefusal::MalformedToken,
         HttpAuthRefusal::UnknownToken,
@@ -99,6 +101,7 @@ impl HttpAuthRefusal {
         HttpAuthRefusal::UploadBadSignature,
         HttpAuthRefusal::UnknownSession,
         HttpAuthRefusal::CrossOrigin,
+        HttpAuthRefusal::EnrolmentRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +115,7 @@ impl HttpAuthRefusal {
             HttpAuthRefusal::UploadBadSignature => "upload_bad_signature",
             HttpAuthRefusal::UnknownSession => "unknown_session",
             HttpAuthRefusal::CrossOrigin => "cross_origin",
+            HttpAuthRefusal::EnrolmentRefused => "enrolment_refused",
         }
     }
 

@@ -214,6 +214,9 @@ pub struct FrontCounters {
     pub routed_sessions: AtomicI64,
     /// Sessions closed for a packet over `mqtt_max_payload_bytes` (rumqttd would refuse it).
     pub oversized_packets: AtomicU64,
+    /// With device authentication: SUBSCRIBE filters refused (SUBACK 0x80) for reaching past
+    /// the device's own `ack` and `cmd` topics.
+    pub subscriptions_denied: AtomicU64,
 }
 
 /// The counters as `/api/v1/health` shows them.
@@ -234,6 +237,7 @@ pub struct FrontSnapshot {
     pub acks_route_dropped: u64,
     pub routed_sessions: i64,
     pub oversized_packets: u64,
+    pub subscriptions_denied: u64,
 }
 
 impl FrontCounters {
@@ -262,6 +266,7 @@ impl FrontCounters {
             acks_route_dropped: self.acks_route_dropped.load(Relaxed),
             routed_sessions: self.routed_sessions.load(Relaxed),
             oversized_packets: self.oversized_packets.load(Relaxed),
+            subscriptions_denied: self.subscriptions_denied.load(Relaxed),
         }
     }
 }
@@ -328,6 +333,7 @@ impl Front {
                 .map(|_| Mutex::new(LogLimiter::new(5, Duration::from_secs(60))))
                 .collect(),
             oversized_log: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
+            denied_log: Mutex::new(LogLimiter::new(5, Duration::from_secs(60))),
             settings,
             counters,
             wills,
@@ -387,6 +393,7 @@ struct Shared {
     next_gen: AtomicU64,
     logs: Vec<Mutex<LogLimiter>>,
     oversized_log: Mutex<LogLimiter>,
+    denied_log: Mutex<LogLimiter>,
     wills: Wills,
     health: Arc<BrokerHealth>,
     routes: Arc<AckRoutes>,
@@ -995,8 +1002,59 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A SUBSCRIBE or UNSUBSCRIBE: answered here (with a route) or passed to rumqttd. `Err`
-    /// when the connection ended meanwhile.
+    /// Whether the session may subscribe to `filter`: with device authentication, only its
+    /// own device's `ack` and `cmd` topics, exactly (no wildcard: one could match another
+    /// device's traffic); without it, anything.
+    fn may_subscribe(&self, filter: &str) -> bool {
+        let Some(user) = &self.user else {
+            return true;
+        };
+        match csb_wire::topic::TopicRef::parse(filter) {
+            Ok(t) => {
+                matches!(t.channel, csb_wire::Channel::Ack | csb_wire::Channel::Cmd)
+                    && user.split_once('/') == Some((t.site, t.device))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Refuses every filter of a SUBSCRIBE reaching past the device's own topics (SUBACK 0x80
+    /// for each: the packet is answered whole, never half passed on), counted and logged.
+    async fn deny(&mut self, pkid: u16, filters: &[(String, u8)]) -> Result<(), EndedBy> {
+        let denied: Vec<&str> = filters
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .filter(|f| !self.may_subscribe(f))
+            .collect();
+        let shared = self.shared;
+        shared
+            .counters
+            .subscriptions_denied
+            .fetch_add(denied.len() as u64, Relaxed);
+        let allowed = shared
+            .denied_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            let shown: Vec<String> = denied
+                .iter()
+                .take(4)
+                .map(|f| f.chars().take(200).collect())
+                .collect();
+            tracing::warn!(
+                device = self.user.as_deref().unwrap_or(""),
+                filters = ?shown,
+                suppressed_since_last = suppressed,
+                "MQTT subscription refused: a device may subscribe only to its own ack and cmd topics"
+            );
+        }
+        let ack = packet::suback_refused(pkid, filters.len());
+        self.inject_tx.send(ack).await.map_err(|_| EndedBy::Client)
+    }
+
+    /// A SUBSCRIBE or UNSUBSCRIBE: answered here (with a route or a refusal) or passed to
+    /// rumqttd. `Err` when the connection ended meanwhile.
     async fn on_subscription<W: AsyncWrite + Unpin>(
         &mut self,
         packet: Bytes,
@@ -1004,6 +1062,11 @@ impl<'a> Session<'a> {
     ) -> Result<(), EndedBy> {
         let routes = &self.shared.routes;
         match packet::read_subscription(&packet) {
+            Ok(Subscription::Subscribe(pkid, filters))
+                if filters.iter().any(|(f, _)| !self.may_subscribe(f)) =>
+            {
+                return self.deny(pkid, &filters).await;
+            }
             Ok(Subscription::Subscribe(pkid, filters))
                 if filters.len() == 1 && self.takes_route(&filters[0].0) =>
             {

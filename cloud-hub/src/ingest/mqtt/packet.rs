@@ -392,6 +392,28 @@ pub fn suback(pkid: u16, qos: u8) -> Bytes {
     Bytes::copy_from_slice(&[0x90, 3, hi, lo, qos])
 }
 
+/// SUBACK refusing every one of `n` filters (return code 0x80).
+pub fn suback_refused(pkid: u16, n: usize) -> Bytes {
+    let [hi, lo] = pkid.to_be_bytes();
+    let mut b = BytesMut::with_capacity(n + 8);
+    b.extend_from_slice(&[0x90]);
+    // Remaining length: packet id and one code per filter (a SUBSCRIBE fits in the front's
+    // inspected size, so this does too).
+    let mut len = 2 + n;
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        if len == 0 {
+            b.extend_from_slice(&[byte]);
+            break;
+        }
+        b.extend_from_slice(&[byte | 0x80]);
+    }
+    b.extend_from_slice(&[hi, lo]);
+    b.extend(std::iter::repeat_n(0x80u8, n));
+    b.freeze()
+}
+
 pub fn unsuback(pkid: u16) -> Bytes {
     let [hi, lo] = pkid.to_be_bytes();
     Bytes::copy_from_slice(&[0xb0, 2, hi, lo])
