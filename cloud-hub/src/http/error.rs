@@ -59,6 +59,20 @@ impl ApiError {
     }
 }
 
+/// A small JSON body as axum read it: 415 without a JSON content type, any other problem with
+/// it a 400 (documented), never axum's own 422.
+pub fn small_json<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| {
+        let status = match e.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, format!("body: {}", e.body_text()))
+    })
+}
+
 /// At most 64 characters of client input, for error messages.
 pub fn clip(s: &str) -> String {
     s.chars().take(64).collect()

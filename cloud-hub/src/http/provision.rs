@@ -12,7 +12,7 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::http::error::ApiError;
+use crate::http::error::{small_json, ApiError};
 use crate::http::openapi::{content, errors, respond, schema_of};
 use crate::http::state::ApiState;
 use crate::ingest::devices::DeviceError;
@@ -80,13 +80,7 @@ pub(crate) async fn provision<S: Store>(
     State(st): State<ApiState<S>>,
     body: Result<Json<ProvisionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| {
-        let status = match e.status() {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, format!("body: {}", e.body_text()))
-    })?;
+    let body = small_json(body)?;
     let Some(dir) = st.data_dir.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

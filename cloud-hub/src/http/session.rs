@@ -18,7 +18,7 @@ use axum::Json;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::http::error::ApiError;
+use crate::http::error::{small_json, ApiError};
 use crate::http::openapi::{content, errors, respond, schema_of};
 use crate::http::sessions::{cookie, COOKIE, LIFETIME_MS};
 use crate::http::state::ApiState;
@@ -135,14 +135,7 @@ pub(crate) async fn sign_in<S: Store>(
     headers: HeaderMap,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    // 415 without a JSON content type; anything else wrong with the body is a 400.
-    let Json(body) = body.map_err(|e| {
-        let status = match e.status() {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, format!("body: {}", e.body_text()))
-    })?;
+    let body = small_json(body)?;
     let Some(access) = &st.access else {
         return Ok(Json(SessionInfo::anonymous()).into_response());
     };

@@ -392,23 +392,26 @@ pub fn suback(pkid: u16, qos: u8) -> Bytes {
     Bytes::copy_from_slice(&[0x90, 3, hi, lo, qos])
 }
 
+/// MQTT's variable-length "remaining length": 7 bits a byte, high bit set while more follow.
+fn remaining_length(b: &mut BytesMut, mut n: usize) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            b.extend_from_slice(&[byte]);
+            return;
+        }
+        b.extend_from_slice(&[byte | 0x80]);
+    }
+}
+
 /// SUBACK refusing every one of `n` filters (return code 0x80).
 pub fn suback_refused(pkid: u16, n: usize) -> Bytes {
     let [hi, lo] = pkid.to_be_bytes();
     let mut b = BytesMut::with_capacity(n + 8);
     b.extend_from_slice(&[0x90]);
-    // Remaining length: packet id and one code per filter (a SUBSCRIBE fits in the front's
-    // inspected size, so this does too).
-    let mut len = 2 + n;
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        if len == 0 {
-            b.extend_from_slice(&[byte]);
-            break;
-        }
-        b.extend_from_slice(&[byte | 0x80]);
-    }
+    // The packet id and one code per filter.
+    remaining_length(&mut b, 2 + n);
     b.extend_from_slice(&[hi, lo]);
     b.extend(std::iter::repeat_n(0x80u8, n));
     b.freeze()
@@ -424,16 +427,7 @@ pub fn publish_qos0(topic: &str, payload: &[u8]) -> Bytes {
     let body = 2 + topic.len() + payload.len();
     let mut b = BytesMut::with_capacity(body + 5);
     b.extend_from_slice(&[0x30]);
-    let mut n = body;
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        if n == 0 {
-            b.extend_from_slice(&[byte]);
-            break;
-        }
-        b.extend_from_slice(&[byte | 0x80]);
-    }
+    remaining_length(&mut b, body);
     b.extend_from_slice(&(topic.len() as u16).to_be_bytes());
     b.extend_from_slice(topic.as_bytes());
     b.extend_from_slice(payload);
