@@ -97,6 +97,9 @@ pub async fn provision(
             .unwrap_or(Path::new("."))
             .join("device.secret"),
     };
+    // Absolute in the config: a relative path there is read relative to the config's folder,
+    // not to where this command ran.
+    let secret_path = std::path::absolute(&secret_path).map_err(io(&secret_path))?;
 
     let url = format!("{}/api/v1/provision", hub.trim_end_matches('/'));
     let client = reqwest::Client::builder()
