@@ -249,6 +249,24 @@ test('a viewer sees no action buttons', { timeout: 60_000 }, async () => {
   }
 })
 
+test("the hub's own timeline notes read in Chinese", { timeout: 120_000 }, async () => {
+  // The rules' case on the footage (illegal parking): registered and dispatched by the system.
+  const ai = await until(async () => (await stack.api('/api/v1/cases?source=video_ai', 'operator')).cases[0], 90_000, 'a video AI case', 2000)
+  const c = await stack.api(`/api/v1/cases/${ai.id}`, 'operator')
+  assert.ok(c.timeline.some((e) => e.actor?.id === 'system' && e.note === 'automatic: routing table'), 'dispatched by the routing table')
+  const g = await guardedPage(browser)
+  try {
+    await signIn(g, stack.pageUrl, stack.tokens.operator, `/cases?id=${ai.id}`)
+    await g.page.waitForSelector('[data-testid="timeline"] li .tl-note')
+    const notes = await g.page.$$eval('[data-testid="timeline"] .tl-note', (ns) => ns.map((n) => n.textContent))
+    assert.ok(notes.includes('自动派遣：按派遣路由表'), notes.join(' | '))
+    assert.ok(!notes.some((n) => /automatic|the same problem/.test(n)), notes.join(' | '))
+    assertClean(assert, g, 'system notes')
+  } finally {
+    await g.context.close()
+  }
+})
+
 test('screenshots of every view at 1920×1080, 1366×768 and 3840×2160 in zh and en', { timeout: 420_000 }, async () => {
   const dir = artifactsDir()
   // Richer pictures: wait (a while) for the rules' own case (illegal parking, ~10 s parked).
