@@ -101,15 +101,7 @@ try {
       50,
     )
   }
-  out.cockpit_drawn_ms = await drawn('/', 'ck-map')
-  out.map_drawn_ms = await drawn('/map', 'map')
-  await drawn('/', 'ck-map')
-
-  // ---- 60 s of 1 Hz updates: the longest main-thread task ----
-  await g.page.evaluate(() => {
-    window.__lt = []
-    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
-  })
+  // 500 random device status changes, as the live stream would bring them.
   const tick = () =>
     g.page.evaluate(() => {
       const ids = window.__csbBench.ids()
@@ -120,6 +112,40 @@ try {
       }
       window.__csbBench.devices(changes)
     })
+  out.cockpit_drawn_ms = await drawn('/', 'ck-map')
+  out.map_drawn_ms = await drawn('/map', 'map')
+
+  // ---- 60 s of 1 Hz updates on the twin map zoomed in, where every device is its own point ----
+  await g.page.click('[data-testid="view-seat"]')
+  await until(
+    () =>
+      g.page.evaluate((nDev) => {
+        const o = window.__csb?.option('map')
+        const n = o?.series.filter((s) => s.id?.startsWith('dev-') && s.id !== 'dev-towns').reduce((a, s) => a + s.data.length, 0) ?? 0
+        return n >= nDev || null
+      }, Math.min(DEVICES, 4000)),
+    30_000,
+    'every device drawn on the zoomed-in map',
+  )
+  await g.page.evaluate(() => {
+    window.__lt = []
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
+  })
+  for (let s = 0; s < 60; s++) {
+    await tick()
+    await sleep(1000)
+  }
+  const ltMap = await g.page.evaluate(() => window.__lt)
+  out.map_points_longtasks_over_50ms_in_60s = ltMap.length
+  out.map_points_longest_task_ms = ltMap.length ? Math.round(Math.max(...ltMap)) : '< 50 (none reported)'
+  await drawn('/', 'ck-map')
+
+  // ---- 60 s of 1 Hz updates on the cockpit: the longest main-thread task (and the warm-up
+  // before the heap is measured on the same page) ----
+  await g.page.evaluate(() => {
+    window.__lt = []
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
+  })
   for (let s = 0; s < 60; s++) {
     await tick()
     await sleep(1000)
@@ -146,31 +172,6 @@ try {
   out.longtasks_over_50ms_in_60s = lt.length
   out.longest_task_ms = lt.length ? Math.round(Math.max(...lt)) : '< 50 (none reported)'
 
-  // ---- the same on the twin map zoomed in, where every device is its own point ----
-  await drawn('/map', 'map')
-  await g.page.click('[data-testid="view-seat"]')
-  await until(
-    () =>
-      g.page.evaluate((nDev) => {
-        const o = window.__csb?.option('map')
-        const n = o?.series.filter((s) => s.id?.startsWith('dev-') && s.id !== 'dev-towns').reduce((a, s) => a + s.data.length, 0) ?? 0
-        return n >= nDev || null
-      }, Math.min(DEVICES, 4000)),
-    30_000,
-    'every device drawn on the zoomed-in map',
-  )
-  await g.page.evaluate(() => {
-    window.__lt = []
-    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
-  })
-  for (let s = 0; s < 60; s++) {
-    await tick()
-    await sleep(1000)
-  }
-  const ltMap = await g.page.evaluate(() => window.__lt)
-  out.map_points_longtasks_over_50ms_in_60s = ltMap.length
-  out.map_points_longest_task_ms = ltMap.length ? Math.round(Math.max(...ltMap)) : '< 50 (none reported)'
-  await drawn('/', 'ck-map')
 
   // ---- heap growth over MINUTES of updates ----
   const heap = async () => {
@@ -180,6 +181,29 @@ try {
     return (await cdp.send('Runtime.getHeapUsage')).usedSize
   }
   const h0 = await heap()
+  // BENCH_HEAP_DIFF=1: which constructors grew over the minutes (heap snapshots at both ends).
+  const census = async () => {
+    if (!process.env.BENCH_HEAP_DIFF) return null
+    let json = ''
+    const onChunk = (c) => (json += c.chunk)
+    cdp.on('HeapProfiler.addHeapSnapshotChunk', onChunk)
+    await cdp.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false })
+    cdp.off('HeapProfiler.addHeapSnapshotChunk', onChunk)
+    const snap = JSON.parse(json)
+    const f = snap.snapshot.meta.node_fields
+    const types = snap.snapshot.meta.node_types[0]
+    const [iType, iName, iSize, n] = [f.indexOf('type'), f.indexOf('name'), f.indexOf('self_size'), f.length]
+    const by = new Map()
+    for (let i = 0; i < snap.nodes.length; i += n) {
+      const k = `${types[snap.nodes[i + iType]]}:${snap.strings[snap.nodes[i + iName]].slice(0, 60)}`
+      const e = by.get(k) ?? [0, 0]
+      e[0]++
+      e[1] += snap.nodes[i + iSize]
+      by.set(k, e)
+    }
+    return by
+  }
+  const c0 = await census()
   const samples = [+(h0 / 1048576).toFixed(2)]
   for (let m = 0; m < MINUTES; m++) {
     for (let s = 0; s < 60; s++) {
@@ -189,6 +213,11 @@ try {
     samples.push(+((await heap()) / 1048576).toFixed(2))
   }
   const h1 = await heap()
+  const c1 = await census()
+  if (c0 && c1) {
+    const grew = [...c1].map(([k, [n, b]]) => [k, n - (c0.get(k)?.[0] ?? 0), b - (c0.get(k)?.[1] ?? 0)]).sort((a, b) => b[2] - a[2]).slice(0, 25)
+    console.log('heap growth by constructor (count, bytes):\n' + grew.map(([k, n, b]) => `${String(b).padStart(9)} B ${String(n).padStart(7)}  ${k}`).join('\n'))
+  }
   out.heap_mb_each_minute = samples
   out.heap_minutes = MINUTES
   out.heap_start_mb = +(h0 / 1048576).toFixed(1)
