@@ -101,6 +101,12 @@ try {
       50,
     )
   }
+  // Long tasks (> 50 ms) of the page now loaded, gathered in window.__lt.
+  const observeLongTasks = () =>
+    g.page.evaluate(() => {
+      window.__lt = []
+      new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
+    })
   // 500 random device status changes, as the live stream would bring them.
   const tick = () =>
     g.page.evaluate(() => {
@@ -127,10 +133,7 @@ try {
     30_000,
     'every device drawn on the zoomed-in map',
   )
-  await g.page.evaluate(() => {
-    window.__lt = []
-    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
-  })
+  await observeLongTasks()
   for (let s = 0; s < 60; s++) {
     await tick()
     await sleep(1000)
@@ -142,10 +145,7 @@ try {
 
   // ---- 60 s of 1 Hz updates on the cockpit: the longest main-thread task (and the warm-up
   // before the heap is measured on the same page) ----
-  await g.page.evaluate(() => {
-    window.__lt = []
-    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__lt.push(e.duration))).observe({ type: 'longtask' })
-  })
+  await observeLongTasks()
   for (let s = 0; s < 60; s++) {
     await tick()
     await sleep(1000)
