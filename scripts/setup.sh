@@ -29,7 +29,7 @@ PKGS=(pkg-config clang libclang-dev libopencv-dev
       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
       gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-rtsp
-      mosquitto-clients python3 python3-pip python3-venv ca-certificates curl chromium)
+      mosquitto-clients faketime python3 python3-pip python3-venv ca-certificates curl chromium)
 # Node.js and npm from Debian only when missing: a NodeSource `nodejs` bundles npm and conflicts
 # with Debian's npm package.
 command -v node >/dev/null || PKGS+=(nodejs)
@@ -56,17 +56,22 @@ case "$(uname -m)" in
            ORT_SHA=da05378364c44d4407e463982d2bf8d5e4cfea873283757e48beeb41df97b7f3 ;;
   *) die "no pinned onnxruntime wheel for $(uname -m)" ;;
 esac
-ORT_LIB="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
-if [ ! -f "$ORT_LIB" ]; then
-  # The cp311 wheel is pinned whatever the local Python: only its shared library is used.
-  WHEEL="$CACHE/dl/onnxruntime-$ORT_VERSION-cp311-cp311-$ORT_PLATFORM.whl"
-  if [ ! -f "$WHEEL" ]; then
-    say "downloading onnxruntime $ORT_VERSION wheel ($ORT_PLATFORM)"
-    python3 -m pip download -q --no-deps --only-binary=:all: --platform "$ORT_PLATFORM" \
-      --python-version 3.11 --implementation cp "onnxruntime==$ORT_VERSION" -d "$CACHE/dl"
+# fetch_ort VERSION PLATFORM SHA256 DIR: the wheel's libonnxruntime.so.VERSION into DIR (the cp311
+# wheel is pinned whatever the local Python: only its shared library is used).
+fetch_ort() {
+  local version=$1 platform=$2 sha=$3 dir=$4
+  [ -f "$dir/libonnxruntime.so.$version" ] && return 0
+  mkdir -p "$dir"
+  local wheel
+  wheel=$(ls "$CACHE/dl/onnxruntime-$version-cp311-cp311-"*"$platform"*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    say "downloading onnxruntime $version wheel ($platform)"
+    python3 -m pip download -q --no-deps --only-binary=:all: --platform "$platform" \
+      --python-version 3.11 --implementation cp "onnxruntime==$version" -d "$CACHE/dl"
+    wheel=$(ls "$CACHE/dl/onnxruntime-$version-cp311-cp311-"*"$platform"*.whl | head -1)
   fi
-  echo "$ORT_SHA  $WHEEL" | sha256sum -c --quiet - || { rm -f "$WHEEL"; die "onnxruntime wheel checksum mismatch (deleted); run again"; }
-  python3 - "$WHEEL" "$CACHE/onnxruntime" <<'PY'
+  echo "$sha  $wheel" | sha256sum -c --quiet - || { rm -f "$wheel"; die "onnxruntime $version wheel checksum mismatch (deleted); run again"; }
+  python3 - "$wheel" "$dir" <<'PY'
 import sys, zipfile, os
 whl, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(whl) as z:
@@ -77,9 +82,16 @@ with zipfile.ZipFile(whl) as z:
                 dst.write(src.read())
             os.chmod(os.path.join(out, base), 0o755)
 PY
-  [ -f "$ORT_LIB" ] || die "libonnxruntime.so.$ORT_VERSION not found in $WHEEL"
-  rm -f "$WHEEL"
-fi
+  [ -f "$dir/libonnxruntime.so.$version" ] || die "libonnxruntime.so.$version not found in $wheel"
+  rm -f "$wheel"
+}
+ORT_LIB="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+fetch_ort "$ORT_VERSION" "$ORT_PLATFORM" "$ORT_SHA" "$CACHE/onnxruntime"
+# A runtime too old for the agent, for `edge-agent doctor`'s wrong-version test (tests/doctor.rs).
+case "$(uname -m)" in
+  x86_64)  fetch_ort 1.20.1 manylinux_2_28_x86_64 5eec64c0269dcdb8d9a9a53dc4d64f87b9e0c19801d9321246a53b7eb5a7d1bc "$CACHE/onnxruntime-old" ;;
+  aarch64) fetch_ort 1.20.1 manylinux_2_28_aarch64 f6243e34d74423bdd1edf0ae9596dd61023b260f546ee17d701723915f06a9f7 "$CACHE/onnxruntime-old" ;;
+esac
 ln -sfn "libonnxruntime.so.$ORT_VERSION" "$CACHE/onnxruntime/libonnxruntime.so"
 
 # ---------- 3. Models ----------

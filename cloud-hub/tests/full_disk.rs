@@ -8,69 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use csb_test_support::disk::Tmpfs;
 use csb_wire::Event;
-
-/// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: the hub's files may still be open when a failing test unwinds.
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Fills the volume with one file until it is full; returns the file.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let block = vec![0xa5u8; 64 * 1024];
-    loop {
-        match f.write_all(&block) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling the volume: {e}"),
-        }
-    }
-    // Whatever fits of a small write too, so not even a short frame finds room.
-    while f.write_all(&block[..512]).is_ok() {}
-    let _ = f.flush();
-    path
-}
 
 async fn stored(hub: &TestHub, e: &Event) -> bool {
     let (status, _) = hub.get_status(&format!("/api/v1/events/{}", e.id)).await;
@@ -109,7 +51,7 @@ async fn a_full_disk_turns_health_degraded_acks_nothing_unstored_and_recovers() 
     assert!(metric(&hub, "csb_hub_store_free_bytes ").await > 1e6);
 
     // No space: nothing acked, health degraded with the reason.
-    let filler = fill(volume.path());
+    let filler = volume.fill();
     let during: Vec<Event> = (0..30)
         .map(|i| event("gw-01", "cam-01", T0 + 1000 + i, &[(0, "person")]))
         .collect();

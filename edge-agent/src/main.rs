@@ -92,6 +92,20 @@ enum Cmd {
         #[arg(long)]
         secret_file: Option<PathBuf>,
     },
+    /// Check everything a gateway needs, one line per check with a fix for each problem: config,
+    /// ONNX Runtime, model and its self-test, GStreamer plugins, each camera, the hub's MQTT port,
+    /// TLS certificate, device login and HTTP API, clock skew, disk space and the outbox backlog.
+    /// Exit codes: 0 nothing failed (warnings allowed), 1 a check failed.
+    Doctor {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one JSON object (checks with stable ids) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Seconds each network step may take.
+        #[arg(long, default_value_t = 5)]
+        timeout_s: u64,
+    },
     /// Delivery testing: generate synthetic detection events through the real outbox and
     /// uplink (no cameras), appending each id to `--id-log` once it is durable; continues from
     /// the log after a crash. Runs until stopped.
@@ -293,6 +307,34 @@ fn real_main() -> Result<()> {
                     std::process::exit(e.exit_code())
                 }
             }
+        }
+        Cmd::Doctor {
+            config,
+            json,
+            timeout_s,
+        } => {
+            let mut opts = edge_agent::doctor::Options::new(config);
+            opts.timeout = Duration::from_secs(timeout_s.max(1));
+            let report = if json {
+                edge_agent::doctor::run(&opts, &mut |_| {})
+            } else {
+                out!("edge-agent doctor: {}", opts.config.display());
+                // Each line as soon as its check is done: cameras and the network take seconds.
+                edge_agent::doctor::run(&opts, &mut |c| {
+                    use std::io::Write as _;
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "{}",
+                        edge_agent::doctor::render_line(c)
+                    );
+                })
+            };
+            if json {
+                out!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                out!("{}", edge_agent::doctor::render_summary(&report));
+            }
+            std::process::exit(report.exit_code() as i32)
         }
         Cmd::BenchOutbox {
             cycles,

@@ -54,7 +54,7 @@ pub enum UplinkError {
 }
 
 /// Reads the device secret and CA of `cfg`, if configured.
-fn security(cfg: &MqttConfig) -> Result<(Option<String>, Option<Vec<u8>>), UplinkError> {
+pub(crate) fn security(cfg: &MqttConfig) -> Result<(Option<String>, Option<Vec<u8>>), UplinkError> {
     let read = |field: &'static str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| UplinkError::File {
             field,

@@ -8,6 +8,7 @@
 //! - [`process`]: the built binaries and fixtures, a `cloud-hub serve` process from
 //!   [`process::HubBuilder`], `edge-agent` processes.
 //! - [`agent`]: edge agent config files.
+//! - [`disk`]: a small tmpfs to fill, for full-disk tests.
 //! - [`http`]: reading a hub over HTTP, polling, server-sent events.
 //! - [`oracle`]: expected values worked out independently of the hub (rollups, distances).
 //! - [`fuzz`]: scratch files for the config fuzz targets.
@@ -23,6 +24,8 @@ pub mod fuzz;
 pub mod oracle;
 pub mod payloads;
 
+#[cfg(feature = "net")]
+pub mod disk;
 #[cfg(feature = "net")]
 pub mod http;
 #[cfg(feature = "net")]

@@ -24,6 +24,16 @@ pub enum DetectorError {
     Manifest(#[from] ManifestError),
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     Runtime { path: PathBuf, message: String },
+    #[error(
+        "ONNX Runtime {found} at {path} is too old: this agent needs 1.{need} or newer (its C API \
+         version {need}). Fix: run `make setup` (installs the pinned runtime into \
+         .cache/onnxruntime/) or point ORT_DYLIB_PATH / [model] ort_library at a newer one"
+    )]
+    RuntimeVersion {
+        path: PathBuf,
+        found: String,
+        need: u32,
+    },
     #[error("cannot read model file {path}: {source}")]
     ReadModel {
         path: PathBuf,
@@ -75,33 +85,52 @@ impl Default for DetectorOptions {
     }
 }
 
+/// Why loading the runtime failed, kept for later callers.
+#[derive(Debug, Clone)]
+enum LoadFailure {
+    /// The library is an ONNX Runtime without our API version.
+    TooOld(String),
+    Other(String),
+}
+
 /// ONNX Runtime is loaded once per process; later callers share the environment.
-static ORT_ENV: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> =
+static ORT_ENV: OnceLock<Result<(PathBuf, ort::environment::Environment), LoadFailure>> =
     OnceLock::new();
 
 fn environment(explicit: Option<&Path>) -> Result<ort::environment::Environment, DetectorError> {
     let lib = locate::ort_library(explicit)?;
     let res = ORT_ENV.get_or_init(|| {
-        let env = ort::init_from(&lib)
+        match super::runtime::probe(&lib) {
+            Ok(info) if !info.supported => return Err(LoadFailure::TooOld(info.version)),
+            Ok(_) => {}
+            Err(e) => return Err(LoadFailure::Other(e)),
+        }
+        ort::init_from(&lib)
             .map_err(|e| e.to_string())
             .and_then(|b| {
                 b.with_name("edge-agent")
                     .with_telemetry(false)
                     .build()
                     .map_err(|e| e.to_string())
-            });
-        env.map(|e| (lib.clone(), e))
+            })
+            .map(|e| (lib.clone(), e))
+            .map_err(LoadFailure::Other)
     });
     match res {
         Ok((_, env)) => Ok(env.clone()),
-        Err(message) => Err(DetectorError::Runtime {
+        Err(LoadFailure::TooOld(found)) => Err(DetectorError::RuntimeVersion {
+            path: lib,
+            found: found.clone(),
+            need: super::runtime::API_VERSION,
+        }),
+        Err(LoadFailure::Other(message)) => Err(DetectorError::Runtime {
             path: lib,
             message: message.clone(),
         }),
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -121,6 +150,7 @@ pub struct Detector {
     labels: Vec<String>,
     model_ref: ModelRef,
     model_path: PathBuf,
+    models_dir: PathBuf,
     score_threshold: f32,
     input: Vec<f32>,
 }
@@ -200,6 +230,7 @@ impl Detector {
             labels,
             model_ref,
             model_path: path,
+            models_dir,
             score_threshold: opts.score_threshold,
             input: Vec::new(),
             entry,
@@ -213,6 +244,16 @@ impl Detector {
 
     pub fn model_ref(&self) -> &ModelRef {
         &self.model_ref
+    }
+
+    /// The manifest entry this detector was built from.
+    pub fn entry(&self) -> &ModelEntry {
+        &self.entry
+    }
+
+    /// The folder of the manifest (labels and self-test images are relative to it).
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
     }
 
     pub fn model_path(&self) -> &Path {

@@ -74,12 +74,14 @@ fn first_existing(candidates: Vec<PathBuf>) -> Result<PathBuf, Looked> {
 /// to the binary, then system library folders.
 pub fn ort_library(explicit: Option<&Path>) -> Result<PathBuf, LocateError> {
     let mut c = Vec::new();
-    if let Some(p) = explicit {
-        c.push(p.to_path_buf());
+    // A path the user named (flag, config or ORT_DYLIB_PATH) is the only candidate: falling
+    // back silently would run another runtime than the one asked for.
+    if let Some(p) = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+    {
+        c.push(p);
     } else {
-        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-            c.push(PathBuf::from(p));
-        }
         for r in roots() {
             c.push(r.join(".cache/onnxruntime/libonnxruntime.so"));
         }

@@ -49,6 +49,35 @@ pub struct ModelEntry {
     pub labels: String,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// A picture with detections the model must give on it: `doctor` runs it, and a model is
+    /// not taken into service without passing it.
+    pub selftest: Option<SelfTest>,
+}
+
+/// The self-test of a model: an image and what must be found in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTest {
+    /// Image file, relative to the manifest (also looked for in the install's `.cache/media`).
+    pub image: String,
+    pub expect: Vec<Expected>,
+}
+
+/// One detection a self-test requires: this label, at least this score, overlapping this box
+/// (source pixels) at IoU >= `min_iou`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    pub label: String,
+    pub min_score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    #[serde(default = "default_min_iou")]
+    pub min_iou: f32,
+}
+
+fn default_min_iou() -> f32 {
+    0.5
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,6 +156,27 @@ impl Manifest {
                     "model `{}`: sha256 must be 64 hex digits",
                     e.name
                 )));
+            }
+            if let Some(t) = &e.selftest {
+                if t.expect.is_empty() {
+                    return Err(bad(format!(
+                        "model `{}`: selftest.expect must list at least one detection",
+                        e.name
+                    )));
+                }
+                for (i, x) in t.expect.iter().enumerate() {
+                    let [x1, y1, x2, y2] = x.bbox;
+                    let sane = x1 < x2
+                        && y1 < y2
+                        && (0.0..=1.0).contains(&x.min_score)
+                        && (0.0..=1.0).contains(&x.min_iou);
+                    if !sane {
+                        return Err(bad(format!(
+                            "model `{}`: selftest.expect[{i}] needs box x1 < x2, y1 < y2 and min_score, min_iou in 0..=1",
+                            e.name
+                        )));
+                    }
+                }
             }
         }
         Ok(m)
