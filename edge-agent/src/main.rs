@@ -106,6 +106,54 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         timeout_s: u64,
     },
+    /// What the running agent is doing, from the status file it rewrites every health tick
+    /// beside its outbox: uplink, outbox, each camera and sensor. Exit codes: 0 running and
+    /// healthy, 1 running but degraded (uplink down, a camera not running), 3 not running.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The outbox: what waits for the hub's ack (by class, oldest records, drops); `--purge`
+    /// deletes records after confirmation. Needs the agent stopped to list or purge.
+    Queue {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// How many of the oldest records to list.
+        #[arg(long, default_value_t = 20)]
+        list: usize,
+        /// Delete what is queued (asks first; records the hub never stored are lost).
+        #[arg(long)]
+        purge: bool,
+        /// Purge only this class: event, telemetry or evidence.
+        #[arg(long, requires = "purge")]
+        class: Option<String>,
+        /// Do not ask before purging.
+        #[arg(long, requires = "purge")]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grab frames from a camera URL or file, detect on each, report fps and inference time
+    /// and write the last frame with its detections drawn.
+    Probe {
+        uri: String,
+        #[arg(long, default_value_t = 50)]
+        frames: u64,
+        /// Annotated picture to write.
+        #[arg(long, default_value = "probe.jpg")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Camera zones and counting lines.
+    Zones {
+        #[command(subcommand)]
+        cmd: ZonesCmd,
+    },
     /// Delivery testing: generate synthetic detection events through the real outbox and
     /// uplink (no cameras), appending each id to `--id-log` once it is durable; continues from
     /// the log after a crash. Runs until stopped.
@@ -238,6 +286,36 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ZonesCmd {
+    /// Draw a camera's configured zones and lines over a live frame from it, to a JPEG.
+    Preview {
+        /// The camera's id in the config.
+        camera: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Picture to write (default zones-CAMERA.jpg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Asks on the terminal; anything but "yes" declines. No terminal: declines.
+fn ask(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("{question}\nnot a terminal: pass --yes to confirm");
+        return false;
+    }
+    eprint!("{question} Type yes to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    line.trim() == "yes"
+}
+
 /// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
 macro_rules! out {
     ($($arg:tt)*) => {{
@@ -335,6 +413,107 @@ fn real_main() -> Result<()> {
                 out!("{}", edge_agent::doctor::render_summary(&report));
             }
             std::process::exit(report.exit_code() as i32)
+        }
+        Cmd::Status { config, json } => {
+            let cfg = AgentConfig::load(&config)?;
+            let code = edge_agent::tools::status::run(&cfg, json, &mut std::io::stdout().lock())?;
+            std::process::exit(code as i32)
+        }
+        Cmd::Queue {
+            config,
+            list,
+            purge,
+            class,
+            yes,
+            json,
+        } => {
+            let cfg = AgentConfig::load(&config)?;
+            let class = match class.as_deref() {
+                None => None,
+                Some("event") => Some(edge_agent::outbox::Class::Event),
+                Some("telemetry") => Some(edge_agent::outbox::Class::Telemetry),
+                Some("evidence") => Some(edge_agent::outbox::Class::Evidence),
+                Some(other) => anyhow::bail!("--class {other}: use event, telemetry or evidence"),
+            };
+            let o = edge_agent::tools::queue::Options {
+                list,
+                purge,
+                class,
+                yes,
+                json,
+            };
+            let code =
+                edge_agent::tools::queue::run(&cfg, &o, &mut std::io::stdout().lock(), &mut ask)?;
+            std::process::exit(code as i32)
+        }
+        Cmd::Probe {
+            uri,
+            frames,
+            out,
+            json,
+            model,
+        } => {
+            use std::io::IsTerminal;
+            let progress = !json && std::io::stderr().is_terminal();
+            let r = edge_agent::tools::probe::probe(
+                &uri,
+                frames.max(1),
+                &out,
+                &model.options(),
+                progress,
+            )?;
+            if json {
+                out!("{}", serde_json::to_string(&r)?);
+            } else {
+                let objs: Vec<String> = r.objects.iter().map(|(l, n)| format!("{n} {l}")).collect();
+                out!(
+                    "{}: {} frames of {}×{} at {:.1} fps; inference p50 {:.1} ms, p95 {:.1} ms",
+                    r.uri,
+                    r.frames,
+                    r.width,
+                    r.height,
+                    r.fps,
+                    r.inference_ms_p50,
+                    r.inference_ms_p95
+                );
+                out!(
+                    "last frame: {}",
+                    if objs.is_empty() {
+                        "no objects".to_string()
+                    } else {
+                        objs.join(", ")
+                    }
+                );
+                out!("picture with the detections drawn: {}", r.picture.display());
+            }
+            Ok(())
+        }
+        Cmd::Zones {
+            cmd:
+                ZonesCmd::Preview {
+                    camera,
+                    config,
+                    out,
+                    json,
+                },
+        } => {
+            let cfg = AgentConfig::load(&config)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("zones-{camera}.jpg")));
+            let r = edge_agent::tools::probe::zones_preview(&cfg, &camera, &out)?;
+            if json {
+                out!("{}", serde_json::to_string(&r)?);
+            } else {
+                out!(
+                    "{}: {} zone(s) and {} line(s) drawn on a {}×{} frame: {}",
+                    r.camera,
+                    r.zones,
+                    r.lines,
+                    r.width,
+                    r.height,
+                    r.picture.display()
+                );
+            }
+            Ok(())
         }
         Cmd::BenchOutbox {
             cycles,

@@ -566,6 +566,22 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The oldest sequence numbers of one class, at most `limit` (for `edge-agent queue`'s purge).
+    pub fn seqs(&self, class: Class, limit: usize) -> Result<Vec<u64>, OutboxError> {
+        self.tree(class)
+            .iter()
+            .keys()
+            .take(limit)
+            .map(|k| {
+                k.map(|k| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])))
+                    .map_err(|source| OutboxError::Db {
+                        dir: self.dir.clone(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+
     /// Records below this sequence number are on disk.
     pub fn durable_next(&self) -> u64 {
         self.durable_next.load(Ordering::Acquire)

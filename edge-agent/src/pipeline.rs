@@ -548,21 +548,7 @@ fn finish_probes(
     }
 }
 
-/// How often camera health goes out: 10 s, or `CSB_HEALTH_INTERVAL_MS` (100 ms … 1 h) from the
-/// environment, e.g. for tests that cannot wait 10 s per sample.
-pub(crate) fn health_interval() -> Duration {
-    const DEFAULT: Duration = Duration::from_secs(10);
-    let Ok(v) = std::env::var("CSB_HEALTH_INTERVAL_MS") else {
-        return DEFAULT;
-    };
-    match v.trim().parse::<u64>() {
-        Ok(ms) if (100..=3_600_000).contains(&ms) => Duration::from_millis(ms),
-        _ => {
-            tracing::warn!("CSB_HEALTH_INTERVAL_MS={v:?} is not 100..=3600000 ms; using 10 s");
-            DEFAULT
-        }
-    }
-}
+pub(crate) use crate::localstatus::health_interval;
 
 /// Per-camera fps, drop, outage and reconnect counts and the age of the newest frame as
 /// telemetry, and the camera states as retained status.

@@ -493,21 +493,7 @@ impl Source {
         self.seq += 1;
         // The full-resolution branch keeps only its newest frame; it is at most a frame or two
         // apart from this one, which is fine for a snapshot.
-        if let Some(fs) = &self.full_sink {
-            if let Some(sample) = fs.try_pull_sample(gst::ClockTime::ZERO) {
-                if let Some(info) = sample
-                    .caps()
-                    .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
-                {
-                    self.last_full = Some(FullFrame {
-                        width: info.width(),
-                        height: info.height(),
-                        stride: info.stride()[0].max(0) as usize,
-                        sample,
-                    });
-                }
-            }
-        }
+        self.pull_full(gst::ClockTime::ZERO);
         Ok(Frame {
             seq: self.seq,
             pts_ms: buffer.pts().map(|p| p.mseconds()),
@@ -520,6 +506,35 @@ impl Source {
             data: map.as_slice()[..needed].to_vec(),
             full: self.last_full.clone(),
         })
+    }
+
+    /// Takes the full-resolution branch's newest frame, if one comes within `wait`.
+    fn pull_full(&mut self, wait: gst::ClockTime) {
+        let Some(fs) = &self.full_sink else { return };
+        if let Some(sample) = fs.try_pull_sample(wait) {
+            if let Some(info) = sample
+                .caps()
+                .and_then(|c| gst_video::VideoInfo::from_caps(c).ok())
+            {
+                self.last_full = Some(FullFrame {
+                    width: info.width(),
+                    height: info.height(),
+                    stride: info.stride()[0].max(0) as usize,
+                    sample,
+                });
+            }
+        }
+    }
+
+    /// The newest full-resolution frame (sources opened with `full_frames`), waiting up to
+    /// `timeout` when none has come yet: that branch runs on its own thread and may lag.
+    pub fn full_frame(&mut self, timeout: Duration) -> Option<FullFrame> {
+        if self.last_full.is_none() {
+            self.pull_full(gst::ClockTime::from_mseconds(timeout.as_millis() as u64));
+        } else {
+            self.pull_full(gst::ClockTime::ZERO);
+        }
+        self.last_full.clone()
     }
 
     /// Restarts a finite stream from the beginning (looping files).

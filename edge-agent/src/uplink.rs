@@ -122,6 +122,8 @@ pub struct Uplink {
     /// The hub's commands: verified and deduplicated here, run by the camera pipeline.
     desk: Arc<CommandDesk>,
     commands: Mutex<Option<tokio::sync::mpsc::Receiver<csb_wire::Command>>>,
+    /// When this uplink started, for the local status file.
+    started_ms: i64,
 }
 
 /// Sent, not yet acked: by id (for acks) and by sequence number (for timeouts).
@@ -403,6 +405,7 @@ impl Uplink {
             sender,
             desk,
             commands: Mutex::new(Some(commands)),
+            started_ms: csb_wire::now_ms(),
         })
     }
 
@@ -592,6 +595,7 @@ impl Uplink {
             }
             Err(_) => return Ok(()),
         };
+        self.write_local_status(&now, true);
         if self.stats.connected.load(Ordering::Relaxed) {
             let p = status_payload(
                 &self.site,
@@ -620,8 +624,36 @@ impl Uplink {
         }
     }
 
+    /// The local status file (`edge-agent status`), beside the outbox. A failure to write it
+    /// is logged, never fatal: it is for the technician, not for delivery.
+    fn write_local_status(&self, parts: &StatusParts, running: bool) {
+        let Some(ob) = &self.outbox else { return };
+        let s = crate::localstatus::LocalStatus {
+            pid: std::process::id(),
+            site: self.site.clone(),
+            device: self.device.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms: self.started_ms,
+            updated_ms: csb_wire::now_ms(),
+            interval_ms: crate::localstatus::health_interval().as_millis() as u64,
+            running,
+            broker: self.broker.clone(),
+            connected: self.stats.connected.load(Ordering::Relaxed),
+            connects: self.stats.connects.load(Ordering::Relaxed),
+            hub_acks: self.stats.hub_acks.load(Ordering::Relaxed),
+            cameras: parts.cameras.clone(),
+            sensors: parts.sensors.clone(),
+            outbox: parts.outbox.clone().or_else(|| Some(outbox_status(ob))),
+        };
+        if let Err(e) = crate::localstatus::write(ob.dir(), &s) {
+            tracing::warn!(dir = %ob.dir().display(), "cannot write the local status file: {e}");
+        }
+    }
+
     /// Publishes the offline status, disconnects cleanly and stops the event loop (bounded).
     pub async fn shutdown(self) {
+        let last = self.parts.lock().map(|p| p.clone()).unwrap_or_default();
+        self.write_local_status(&last, false);
         if self.stats.connected.load(Ordering::Relaxed) {
             if let Ok(p) = status_payload(
                 &self.site,

@@ -206,6 +206,35 @@ impl MotionGate {
     }
 }
 
+/// `bgr` resized to `w`×`h` (bilinear), as tightly packed BGR bytes: a full frame made into the
+/// detector's input when a picture and its detections must come from the same frame.
+pub fn resize_bgr(bgr: &Mat, w: u32, h: u32) -> Result<Vec<u8>, VisionError> {
+    let mut small = Mat::default();
+    imgproc::resize(
+        bgr,
+        &mut small,
+        Size::new(w as i32, h as i32),
+        0.0,
+        0.0,
+        imgproc::INTER_LINEAR,
+    )?;
+    Ok(small.data_bytes()?.to_vec())
+}
+
+/// Where a label of `text` starting at `p` fits inside the picture.
+fn fit_label(img: &Mat, text: &str, p: Point, scale: f64) -> Point {
+    let mut base = 0;
+    let size = imgproc::get_text_size(text, imgproc::FONT_HERSHEY_SIMPLEX, scale, 1, &mut base)
+        .unwrap_or_default();
+    Point::new(
+        p.x.clamp(2, (img.cols() - size.width - 2).max(2)),
+        p.y.clamp(
+            size.height + 24,
+            (img.rows() - base - 2).max(size.height + 24),
+        ),
+    )
+}
+
 /// A polygon to outline on a snapshot, in source pixels.
 #[derive(Debug, Clone)]
 pub struct Outline {
@@ -250,10 +279,11 @@ pub fn render_snapshot(
         polys.push(pts.clone());
         imgproc::polylines(&mut img, &polys, true, outline, 2, imgproc::LINE_AA, 0)?;
         if let Some(p) = pts.iter().next() {
+            let at = fit_label(&img, &z.label, Point::new(p.x + 4, p.y + 16), 0.5);
             imgproc::put_text(
                 &mut img,
                 &z.label,
-                Point::new(p.x + 4, p.y + 16),
+                at,
                 font,
                 0.5,
                 outline,

@@ -515,3 +515,226 @@ fn doctor_fails_exactly_the_check_of_each_injected_fault() {
     drop(volume);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Runs `edge-agent ARGS` with the runtime and models found; returns (exit code, stdout, stderr).
+fn agent_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("edge-agent"))
+        .args(args)
+        .env(
+            "ORT_DYLIB_PATH",
+            root().join(".cache/onnxruntime/libonnxruntime.so"),
+        )
+        .env("CSB_MODELS_DIR", root().join("models"))
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run edge-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn is_jpeg(p: &Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| b.len() > 10_000 && b.starts_with(&[0xff, 0xd8]))
+}
+
+/// `probe`, `zones preview`, `status` and `queue` on real footage, a real hub and a running
+/// agent.
+#[test]
+fn the_technicians_tools_see_what_the_agent_sees() {
+    let hub = Hub::builder().devices(&[LOGIN]).secured().start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // probe: frames decoded and detected, people found, the annotated picture written.
+    let pic = d.join("probe.jpg");
+    let (code, out, err) = agent_cli(&[
+        "probe",
+        media("vtest.avi").to_str().unwrap(),
+        "--frames",
+        "20",
+        "--threads",
+        "1",
+        "--json",
+        "--out",
+        pic.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = json(&out);
+    assert_eq!(r["frames"], 20, "{r}");
+    assert_eq!(
+        (r["width"].as_u64(), r["height"].as_u64()),
+        (Some(768), Some(576))
+    );
+    let persons = r["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o[0] == "person")
+        .and_then(|o| o[1].as_u64())
+        .unwrap_or(0);
+    assert!(persons >= 3, "the street has people: {r}");
+    assert!(r["inference_ms_p50"].as_f64().unwrap() > 0.0);
+    assert!(is_jpeg(&pic));
+    // A dead URL: a clear error naming it, non-zero exit.
+    let dead = format!("rtsp://127.0.0.1:{}/nothing", free_port());
+    let (code, _, err) = agent_cli(&["probe", &dead, "--frames", "5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&dead), "{err}");
+
+    // The agent's config: one camera with a zone and a line, the live hub.
+    let outbox = d.join("outbox");
+    let cfg = AgentToml::new(DEVICE, hub.mqtt_port)
+        .mqtt("keep_alive_s = 5")
+        .login(LOGIN, &hub.secret_file(LOGIN), Some(hub.ca_file()))
+        .outbox_dir(&outbox)
+        .hub(&hub.http)
+        .model("intra_threads = 1")
+        .camera(
+            "cam-street",
+            media("vtest.avi").to_str().unwrap(),
+            "loop = true\n\
+             [[cameras.analytics.zones]]\nid = \"kerb\"\npolygon = [[0.1, 0.5], [0.9, 0.5], [0.9, 0.9], [0.1, 0.9]]\n\
+             [[cameras.analytics.lines]]\nid = \"gate\"\nfrom = [0.5, 0.2]\nto = [0.5, 0.8]\n",
+        )
+        .write(d);
+    let cfg_s = cfg.to_str().unwrap();
+
+    // zones preview: both shapes drawn on a real frame; an unknown camera names the known ones.
+    let zpic = d.join("zones.jpg");
+    let (code, out, err) = agent_cli(&[
+        "zones",
+        "preview",
+        "cam-street",
+        "--config",
+        cfg_s,
+        "--json",
+        "--out",
+        zpic.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let z = json(&out);
+    assert_eq!(
+        (z["zones"].as_u64(), z["lines"].as_u64()),
+        (Some(1), Some(1)),
+        "{z}"
+    );
+    assert!(is_jpeg(&zpic));
+    let (code, _, err) = agent_cli(&["zones", "preview", "cam-nope", "--config", cfg_s]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cam-nope") && err.contains("cam-street"),
+        "{err}"
+    );
+
+    // status before any run: not running (3).
+    let (code, out, _) = agent_cli(&["status", "--config", cfg_s]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("not running"), "{out}");
+
+    // A running agent: status says running, connected, the camera running, within seconds.
+    let mut agent = csb_test_support::process::spawn_agent(&cfg, 500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let (code, out, _) = agent_cli(&["status", "--config", cfg_s, "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let cam_running = v["cameras"][0]["state"] == "running";
+        if code == 0 && v["connected"] == true && cam_running {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never said running: exit {code} {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(s["alive"], true);
+    assert_eq!(s["device"], DEVICE);
+    assert!(
+        s["cameras"][0]["health"]["fps_in"].as_f64().unwrap_or(0.0) > 0.0,
+        "{s}"
+    );
+    let (code, text, _) = agent_cli(&["status", "--config", cfg_s]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("running (pid") && text.contains("cam-street"),
+        "{text}"
+    );
+    // The queue of a running agent: shown from its status, never purged under it.
+    let (code, out, _) = agent_cli(&["queue", "--config", cfg_s]);
+    assert_eq!(code, 0);
+    assert!(out.contains("held by the running agent"), "{out}");
+    let (code, _, err) = agent_cli(&["queue", "--config", cfg_s, "--purge", "--yes"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop it first"), "{err}");
+    // doctor beside the running agent: its own login does not end the agent's session, and
+    // the backlog is judged from what the agent reports.
+    let d2 = doctor(&cfg, &[], &[]);
+    assert_eq!(d2.code, 0, "{:#}", d2.report);
+    let b = d2.check("outbox-backlog");
+    assert_eq!(b["status"], "ok", "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("running agent"),
+        "{b}"
+    );
+    let (code, _, _) = agent_cli(&["status", "--config", cfg_s]);
+    assert_eq!(code, 0, "the agent is still connected after doctor's login");
+    agent
+        .terminate(Duration::from_secs(20))
+        .expect("agent stops on SIGTERM");
+    let (code, out, _) = agent_cli(&["status", "--config", cfg_s]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("stopped cleanly"), "{out}");
+
+    // queue on a backlog (synth with the hub unreachable): listed oldest first, a purge is
+    // refused without confirmation, then done with --yes.
+    // (synth runs no camera; one is configured because an agent needs something to run.)
+    let backlog = AgentToml::new(DEVICE, free_port())
+        .outbox_dir(d.join("outbox-backlog"))
+        .camera("cam-street", media("vtest.avi").to_str().unwrap(), "")
+        .write_as(d, "backlog.toml");
+    let ids = d.join("ids.log");
+    let mut synth = spawn_synth(&backlog, &ids, 500, 1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&ids).map_or(0, |s| s.lines().count()) < 500 {
+        assert!(Instant::now() < deadline, "synth did not queue 500 events");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    synth.terminate(Duration::from_secs(10));
+    let b = backlog.to_str().unwrap();
+    let (code, out, err) = agent_cli(&["queue", "--config", b, "--json", "--list", "5"]);
+    assert_eq!(code, 0, "{err}");
+    let q = json(&out);
+    assert_eq!(q["pending_events"], 500, "{q}");
+    let first_id = std::fs::read_to_string(&ids)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(q["records"][0]["id"], first_id.trim(), "oldest first: {q}");
+    assert_eq!(q["records"].as_array().unwrap().len(), 5);
+    let (code, out, err) = agent_cli(&["queue", "--config", b, "--purge"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("500 records (500 events)"),
+        "the question names what is lost: {err}"
+    );
+    assert!(out.contains("nothing purged"), "{out}");
+    let (code, out, _) = agent_cli(&["queue", "--config", b, "--json"]);
+    assert_eq!(
+        (code, json(&out)["pending_events"].as_u64()),
+        (0, Some(500))
+    );
+    let (code, out, err) = agent_cli(&["queue", "--config", b, "--purge", "--yes", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["purged"], 500);
+    let (_, out, _) = agent_cli(&["queue", "--config", b, "--json"]);
+    assert_eq!(json(&out)["pending"], 0);
+}

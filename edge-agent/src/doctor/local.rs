@@ -409,35 +409,57 @@ pub fn outbox_backlog(cfg: &AgentConfig) -> Verdict {
     if !dir.join("conf").exists() && !dir.join("db").exists() {
         return Verdict::ok(format!("empty (no outbox yet at {})", dir.display()));
     }
-    let ob = match Outbox::open(&dir, &cfg.outbox) {
-        Ok(o) => o,
-        Err(e) => {
-            let s = e.to_string();
-            if s.contains("lock") {
-                return Verdict::skipped(format!(
-                    "the outbox at {} is in use by the running agent: `edge-agent status` shows its queue",
-                    dir.display()
-                ));
-            }
-            return Verdict::failed(s, "see `edge-agent queue` for what it holds; a damaged outbox can be moved aside (the agent starts a new one)");
+    match Outbox::open(&dir, &cfg.outbox) {
+        Ok(ob) => {
+            let s = ob.snapshot();
+            ob.close();
+            judge_backlog(cfg, s.pending, s.pending_events, s.bytes, s.oldest_age_ms, "")
         }
-    };
-    let s = ob.snapshot();
-    ob.close();
-    let age = Duration::from_millis(s.oldest_age_ms);
-    let full = s.bytes as f64 / cfg.outbox.max_bytes as f64;
+        // The running agent holds it: judge what it last reported.
+        Err(e) if e.to_string().contains("lock") => match crate::localstatus::read(&dir) {
+            Ok(st) if st.alive(csb_wire::now_ms()) => match &st.outbox {
+                Some(o) => judge_backlog(
+                    cfg,
+                    o.pending,
+                    o.pending_events,
+                    o.bytes,
+                    o.oldest_age_ms,
+                    &format!(" (from the running agent, pid {})", st.pid),
+                ),
+                None => Verdict::skipped("the running agent has not reported its outbox yet"),
+            },
+            _ => Verdict::skipped(format!(
+                "the outbox at {} is held by another process and no live agent status is beside it",
+                dir.display()
+            )),
+        },
+        Err(e) => Verdict::failed(
+            e.to_string(),
+            "see `edge-agent queue` for what it holds; a damaged outbox can be moved aside (the agent starts a new one)",
+        ),
+    }
+}
+
+fn judge_backlog(
+    cfg: &AgentConfig,
+    pending: u64,
+    events: u64,
+    bytes: u64,
+    oldest_ms: u64,
+    whose: &str,
+) -> Verdict {
+    let age = Duration::from_millis(oldest_ms);
+    let full = bytes as f64 / cfg.outbox.max_bytes as f64;
     let what = format!(
-        "{} waiting ({} events), {} of {} ({:.0} %), oldest {}",
-        s.pending,
-        s.pending_events,
-        mib(s.bytes),
+        "{pending} waiting ({events} events), {} of {} ({:.0} %), oldest {}{whose}",
+        mib(bytes),
         mib(cfg.outbox.max_bytes),
         full * 100.0,
         human_age(age)
     );
     let drain_fix = "the uplink is not draining it: fix broker-reachable / broker-login above; records leave as soon as the hub acks them";
-    if s.pending == 0 {
-        Verdict::ok("empty: everything was delivered")
+    if pending == 0 {
+        Verdict::ok(format!("empty: everything was delivered{whose}"))
     } else if full >= 0.8 || age.as_secs() >= cfg.outbox.max_age_s / 2 {
         Verdict::failed(
             format!(
