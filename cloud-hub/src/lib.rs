@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod cases;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod platform;
@@ -52,6 +53,7 @@ use ingest::devices::{DeviceError, DeviceRegistry};
 use ingest::mqtt::broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
 use ingest::mqtt::front::{AuthHook, LoginCheck};
 use ingest::{Ingest, IngestError, IngestSettings};
+use fleet::config::FleetConfig;
 
 /// Client id of the hub's in-process broker link.
 pub const INGEST_LINK_ID: &str = "hub-ingest";
@@ -86,6 +88,8 @@ pub enum HubError {
     CaseEngine(#[from] cases::engine::EngineError),
     #[error("API tokens: {0}")]
     Tokens(#[from] TokenError),
+    #[error("fleet configuration: {0}")]
+    Fleet(#[from] fleet::config::FleetError),
     #[error("HTTP listener: {0}")]
     HttpListener(std::io::Error),
     #[error("HTTP server on {addr} failed: {cause}")]
@@ -127,6 +131,8 @@ pub struct Hub<S: Store = SledStore> {
     webhooks: Option<Webhooks>,
     /// Newly stored events, for the web page's live stream.
     activity: Arc<platform::activity::Activity>,
+    /// Fleet configuration and the agents' answers to its pushes.
+    fleet: (Arc<FleetConfig>, tokio::sync::mpsc::Receiver<csb_wire::CommandReply>),
 }
 
 /// What the webhook sending task needs.
@@ -311,11 +317,13 @@ async fn start_cases<S: Store>(
     Ok((engine, webhooks))
 }
 
-/// The workflow's commands to agents, handed to ingest to sign and publish.
+/// Commands to agents (the workflow's re-checks, the fleet's configurations), handed to
+/// ingest to sign and publish.
+#[derive(Clone)]
 struct OutboundCommands(tokio::sync::mpsc::Sender<ingest::pipeline::Outbound>);
 
-impl cases::engine::Commands for OutboundCommands {
-    fn send(&self, c: &csb_wire::Command) -> bool {
+impl OutboundCommands {
+    fn hand_on(&self, c: &csb_wire::Command) -> bool {
         let Ok(topic) = csb_wire::Topic::new(&c.site, &c.device, csb_wire::Channel::Cmd) else {
             return false;
         };
@@ -325,6 +333,64 @@ impl cases::engine::Commands for OutboundCommands {
         self.0
             .try_send(ingest::pipeline::Outbound { topic, payload })
             .is_ok()
+    }
+}
+
+impl cases::engine::Commands for OutboundCommands {
+    fn send(&self, c: &csb_wire::Command) -> bool {
+        self.hand_on(c)
+    }
+}
+
+impl fleet::Commands for OutboundCommands {
+    fn send(&self, c: &csb_wire::Command) -> bool {
+        self.hand_on(c)
+    }
+}
+
+/// Agents' command replies: configuration answers to the fleet, the rest (re-checks) to the
+/// case workflow. Never waits (ingest's contract): a full queue drops the reply, and the
+/// command is sent and answered again.
+struct ReplyRouter {
+    cases: Arc<cases::engine::CaseFeed>,
+    fleet: tokio::sync::mpsc::Sender<csb_wire::CommandReply>,
+}
+
+impl ingest::pipeline::ReplySink for ReplyRouter {
+    fn reply(&self, reply: csb_wire::CommandReply) -> bool {
+        if reply.id.starts_with(fleet::config::ID_PREFIX) {
+            self.fleet.try_send(reply).is_ok()
+        } else {
+            ingest::pipeline::ReplySink::reply(&*self.cases, reply)
+        }
+    }
+}
+
+/// Answers waiting for the fleet task.
+const FLEET_REPLIES: usize = 256;
+/// How often pending configurations are sent again (an offline agent gets one soon after it
+/// is back).
+const FLEET_RESEND: Duration = Duration::from_secs(5);
+
+/// Takes the agents' answers and sends pending configurations again; ends when ingest (the
+/// only sender of answers) has stopped.
+async fn run_fleet(fleet: Arc<FleetConfig>, mut replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = replies.recv() => {
+                let Some(r) = r else { break };
+                let f = fleet.clone();
+                // The record is synced to disk: not on a runtime thread.
+                match tokio::task::spawn_blocking(move || f.on_reply(&r)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("fleet: an agent's answer not recorded ({e}); it answers the next send again"),
+                    Err(e) => tracing::error!("fleet: {e}"),
+                }
+            }
+            _ = tick.tick() => fleet.sweep(),
+        }
     }
 }
 
@@ -440,6 +506,13 @@ impl<S: Store> Hub<S> {
         };
         let (out_tx, out_rx) = tokio::sync::mpsc::channel(ingest::pipeline::OUTBOUND_CAPACITY);
         let commands = Arc::new(OutboundCommands(out_tx));
+        let fleet = Arc::new(FleetConfig::open(
+            &config.data_dir,
+            commands.clone(),
+            Arc::new(support::clock::SystemClock),
+            FLEET_RESEND,
+        )?);
+        let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_REPLIES);
         let (engine, webhooks) = start_cases(&config, county.clone(), &*store, commands).await?;
         let (case_feed, case_rx) = cases::engine::feed();
         let activity = Arc::new(platform::activity::Activity::default());
@@ -455,7 +528,10 @@ impl<S: Store> Hub<S> {
         )
         .with_sink(case_feed.clone())
         .with_sink(activity.clone())
-        .with_replies(case_feed)
+        .with_replies(Arc::new(ReplyRouter {
+            cases: case_feed,
+            fleet: fleet_tx,
+        }))
         .with_outbound(out_rx);
         // Ingest hands each durable batch to the twin (never waiting on it).
         let (ingest, twin) = match twin {
@@ -486,6 +562,7 @@ impl<S: Store> Hub<S> {
             cases: (engine, case_rx),
             webhooks,
             activity,
+            fleet: (fleet, fleet_rx),
         })
     }
 
@@ -534,6 +611,7 @@ impl<S: Store> Hub<S> {
             cases: (engine, case_rx),
             webhooks,
             activity,
+            fleet: (fleet, fleet_rx),
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -552,6 +630,9 @@ impl<S: Store> Hub<S> {
         state = state.with_cases(engine.clone());
         state = state.with_activity(activity.clone());
         state = state.with_enrolment(config.data_dir.clone());
+        state = state.with_fleet(fleet.clone());
+        // Ends when ingest (the only sender of answers) has stopped.
+        let fleet_task = tokio::spawn(run_fleet(fleet, fleet_rx));
         if !http::web::built() {
             tracing::warn!(
                 "the web page was not built into this hub: `/` says so; run `make web`, then \
@@ -669,6 +750,9 @@ impl<S: Store> Hub<S> {
                 }
             }
         };
+        if tokio::time::timeout(Duration::from_secs(5), fleet_task).await.is_err() {
+            tracing::warn!("fleet task still busy at shutdown");
+        }
         if let Some(task) = twin_task {
             if tokio::time::timeout(TWIN_DRAIN_TIMEOUT, task)
                 .await

@@ -155,6 +155,26 @@ impl CameraAnalytics {
         Ok(result)
     }
 
+    /// Checks that `cam`'s rules build (call before [`CameraAnalytics::reconfigure`], for every
+    /// camera of a change, so a change applies to all of them or to none).
+    pub fn rules_for(cam: &CameraConfig) -> Result<RuleEngine, AnalyticsError> {
+        RuleEngine::new(cam.analytics.clone()).map_err(|source| AnalyticsError::Rules {
+            camera: cam.id.clone(),
+            source,
+        })
+    }
+
+    /// Runs `cam`'s class filter and `rules` from the next frame on, keeping the tracker and
+    /// the motion gate (no object loses its track, no frame is missed). Problems open under
+    /// the old rules end now: their zones or thresholds may be gone.
+    pub fn reconfigure(&mut self, cam: &CameraConfig, rules: RuleEngine) -> Vec<RuleEvent> {
+        let ended = self.finish();
+        self.rules = rules;
+        self.cam.classes = cam.classes.clone();
+        self.cam.analytics = cam.analytics.clone();
+        ended
+    }
+
     /// Ends every open problem (end of a recording, camera stopped, shutdown).
     pub fn finish(&mut self) -> Vec<RuleEvent> {
         let Some((frame, model, ts_ms)) = self.last.clone() else {

@@ -157,8 +157,8 @@ impl CommandDesk {
                     .ok()
                     .and_then(|v| v.get("op").and_then(|o| o.as_str()).map(str::to_string));
                 let why = match op {
-                    Some(op) if op != "recheck" => {
-                        format!("unknown operation `{op}` (this agent knows `recheck`)")
+                    Some(op) if op != "recheck" && op != "config" => {
+                        format!("unknown operation `{op}` (this agent knows `recheck`, `config`)")
                     }
                     _ => format!("unreadable command: {e}"),
                 };
@@ -176,14 +176,17 @@ impl CommandDesk {
             );
         }
         let now = csb_wire::now_ms();
-        let CommandOp::Recheck(r) = &cmd.op;
-        let needed = now + i64::from(r.watch_s) * 1000;
-        if needed > cmd.expires_ms {
+        // A re-check must be able to finish looking before its deadline.
+        let takes_s = match &cmd.op {
+            CommandOp::Recheck(r) => r.watch_s,
+            CommandOp::Config(_) => 0,
+        };
+        if now + i64::from(takes_s) * 1000 > cmd.expires_ms {
             return self.refuse(
                 &id,
                 format!(
-                    "expired: it must be answered by {} and looking takes {} s",
-                    cmd.expires_ms, r.watch_s
+                    "expired: it must be answered by {} and running it takes {takes_s} s",
+                    cmd.expires_ms
                 ),
                 true,
             );
@@ -220,6 +223,7 @@ impl CommandDesk {
             status: ReplyStatus::Refused,
             reason: Some(clip(reason)),
             recheck: None,
+            config: None,
         };
         if remember {
             self.reply(reply);
@@ -272,7 +276,7 @@ impl CommandDesk {
     }
 }
 
-fn clip(mut s: String) -> String {
+pub fn clip(mut s: String) -> String {
     if s.len() > csb_wire::command::MAX_REASON {
         let mut cut = csb_wire::command::MAX_REASON - 3;
         while !s.is_char_boundary(cut) {
@@ -324,7 +328,9 @@ impl Probe {
         cam: &CameraConfig,
         now: i64,
     ) -> Result<Probe, String> {
-        let CommandOp::Recheck(r) = &cmd.op;
+        let CommandOp::Recheck(r) = &cmd.op else {
+            return Err(format!("`{}` is not a re-check", cmd.op.name()));
+        };
         let zone = match &r.zone {
             None => None,
             Some(z) => Some(
@@ -458,12 +464,15 @@ impl Probe {
             status,
             reason,
             recheck: result,
+            config: None,
         }
     }
 
     pub fn zone(&self) -> Option<&str> {
-        let CommandOp::Recheck(r) = &self.command.op;
-        r.zone.as_deref()
+        match &self.command.op {
+            CommandOp::Recheck(r) => r.zone.as_deref(),
+            CommandOp::Config(_) => None,
+        }
     }
 }
 

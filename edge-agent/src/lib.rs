@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod evidence;
 pub mod jitter;
 pub mod localstatus;
+pub mod managed;
 pub mod model;
 pub mod outbox;
 pub mod perception;

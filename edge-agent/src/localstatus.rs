@@ -53,6 +53,9 @@ pub struct LocalStatus {
     pub cameras: Vec<CameraStatus>,
     pub sensors: Vec<SensorStatus>,
     pub outbox: Option<OutboxStatus>,
+    /// The hub's managed configuration version running (none: the local config only).
+    #[serde(default)]
+    pub config_version: Option<u64>,
 }
 
 impl LocalStatus {
@@ -121,6 +124,7 @@ mod tests {
             cameras: vec![],
             sensors: vec![],
             outbox: None,
+            config_version: None,
         }
     }
 

@@ -267,7 +267,26 @@ pub fn run(
     rt: tokio::runtime::Handle,
     opts: RunOptions,
 ) -> Result<RunReport, PipelineError> {
-    let cams: Vec<CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
+    let mut cams: Vec<CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
+    // The hub's managed settings, as last applied (kept beside the outbox across restarts).
+    let state_dir = cfg.outbox_dir();
+    let mut config_version = None;
+    match crate::managed::load(&state_dir) {
+        Ok(Some(p)) => match crate::managed::merged(&cams, &p, Some(detector.labels())) {
+            Ok(m) => {
+                tracing::info!(version = p.version, "running the hub's managed camera settings");
+                cams = m;
+                config_version = Some(p.version);
+            }
+            Err(e) => tracing::warn!(
+                version = p.version,
+                "the hub's managed settings no longer fit this agent ({e}); running the local config until the hub sends new ones"
+            ),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}; running the local config"),
+    }
+    rt.block_on(uplink.set_config_version(config_version))?;
     let target = detector.input_size();
     // One slot per camera: its next frame waits while the current one is inferred (decode and
     // inference overlap); anything older is replaced, so detection stays live.
@@ -336,7 +355,27 @@ pub fn run(
         }
         if let Some((rx, desk)) = commands.as_mut() {
             while let Ok(cmd) = rx.try_recv() {
-                start_probe(cmd, &cams, desk, &mut probes);
+                match &cmd.op {
+                    csb_wire::CommandOp::Recheck(_) => start_probe(cmd, &cams, desk, &mut probes),
+                    csb_wire::CommandOp::Config(_) => {
+                        let mut ctx = ConfigCtx {
+                            state_dir: &state_dir,
+                            labels: detector.labels(),
+                            desk,
+                            uplink,
+                            evidence: evidence.as_ref(),
+                            rt: &rt,
+                            stop: &opts.stop,
+                        };
+                        report.events += apply_config(
+                            &cmd,
+                            &mut ctx,
+                            &mut cams,
+                            &mut analytics,
+                            &mut config_version,
+                        )?;
+                    }
+                }
             }
             finish_probes(cfg, desk, evidence.as_ref(), &rt, &mut probes);
         }
@@ -463,6 +502,87 @@ pub fn run(
     Ok(report)
 }
 
+/// What applying a configuration needs besides the cameras.
+struct ConfigCtx<'a> {
+    state_dir: &'a std::path::Path,
+    labels: &'a [String],
+    desk: &'a CommandDesk,
+    uplink: &'a Uplink,
+    evidence: Option<&'a EvidenceUploader>,
+    rt: &'a tokio::runtime::Handle,
+    stop: &'a AtomicBool,
+}
+
+/// Applies a fleet configuration (`CommandOp::Config`) to the running cameras, all of its
+/// cameras or none: checked against this agent's cameras and model, kept on disk, then swapped
+/// into each listed camera's analytics between two frames (no camera restarts, no frame is
+/// lost); answered `done` with the version only after it is on disk. Returns the rule events
+/// it published (problems ended by the change).
+fn apply_config(
+    cmd: &csb_wire::Command,
+    ctx: &mut ConfigCtx<'_>,
+    cams: &mut Vec<CameraConfig>,
+    analytics: &mut [CameraAnalytics],
+    version: &mut Option<u64>,
+) -> Result<u64, PipelineError> {
+    let csb_wire::CommandOp::Config(push) = &cmd.op else {
+        return Ok(0);
+    };
+    let answer = |status: csb_wire::ReplyStatus, reason: Option<String>, v: Option<u64>| {
+        ctx.desk.reply(csb_wire::CommandReply {
+            v: SCHEMA_VERSION,
+            id: cmd.id.clone(),
+            site: cmd.site.clone(),
+            device: cmd.device.clone(),
+            ts_ms: csb_wire::now_ms(),
+            status,
+            reason: reason.map(crate::commands::clip),
+            recheck: None,
+            config: v.map(|version| csb_wire::ConfigApplied { version }),
+        })
+    };
+    // Versions only go up: an old or repeated one is answered with what runs.
+    if let Some(v) = version.filter(|v| push.version <= *v) {
+        answer(csb_wire::ReplyStatus::Done, None, Some(v));
+        return Ok(0);
+    }
+    let refuse = |reason: String| {
+        tracing::warn!(command = cmd.id, version = push.version, "configuration refused: {reason}");
+        answer(csb_wire::ReplyStatus::Refused, Some(reason), None);
+        Ok(0)
+    };
+    let merged = match crate::managed::merged(cams, push, Some(ctx.labels)) {
+        Ok(m) => m,
+        Err(e) => return refuse(e),
+    };
+    let mut engines = Vec::new();
+    for s in &push.cameras {
+        let Some(i) = merged.iter().position(|c| c.id == s.id) else {
+            continue;
+        };
+        match CameraAnalytics::rules_for(&merged[i]) {
+            Ok(e) => engines.push((i, e)),
+            Err(e) => return refuse(e.to_string()),
+        }
+    }
+    if let Err(e) = crate::managed::save(ctx.state_dir, push) {
+        tracing::error!("{e}");
+        answer(csb_wire::ReplyStatus::Failed, Some(e.to_string()), None);
+        return Ok(0);
+    }
+    let mut published = 0;
+    for (i, engine) in engines {
+        let ended = analytics[i].reconfigure(&merged[i], engine);
+        published += publish_rule_events(ended, ctx.uplink, ctx.evidence, ctx.rt, ctx.stop)?;
+    }
+    *cams = merged;
+    *version = Some(push.version);
+    ctx.rt.block_on(ctx.uplink.set_config_version(*version))?;
+    tracing::info!(command = cmd.id, version = push.version, cameras = push.cameras.len(), "configuration applied");
+    answer(csb_wire::ReplyStatus::Done, None, Some(push.version));
+    Ok(published)
+}
+
 /// Starts an AI re-check on its camera, or refuses it with the reason.
 fn start_probe(
     cmd: csb_wire::Command,
@@ -470,7 +590,9 @@ fn start_probe(
     desk: &CommandDesk,
     probes: &mut Vec<(Probe, [Option<Vec<u8>>; 2])>,
 ) {
-    let csb_wire::CommandOp::Recheck(r) = &cmd.op;
+    let csb_wire::CommandOp::Recheck(r) = &cmd.op else {
+        return;
+    };
     let refuse = |reason: String| {
         tracing::warn!(command = cmd.id, "AI re-check refused: {reason}");
         desk.reply(csb_wire::CommandReply {
@@ -482,6 +604,7 @@ fn start_probe(
             status: csb_wire::ReplyStatus::Refused,
             reason: Some(reason),
             recheck: None,
+            config: None,
         });
     };
     let Some(index) = cams.iter().position(|c| c.id == r.camera) else {

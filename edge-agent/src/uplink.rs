@@ -167,6 +167,7 @@ struct StatusParts {
     cameras: Vec<CameraStatus>,
     sensors: Vec<SensorStatus>,
     outbox: Option<OutboxStatus>,
+    config_version: Option<u64>,
 }
 
 fn status_payload(
@@ -186,6 +187,7 @@ fn status_payload(
         cameras: parts.cameras,
         sensors: parts.sensors,
         outbox: parts.outbox,
+        config_version: parts.config_version,
     };
     let json = serde_json::to_vec(&s).map_err(|source| UplinkError::Encode {
         what: "status",
@@ -579,6 +581,11 @@ impl Uplink {
         self.update_status(|p| p.cameras = cams).await
     }
 
+    /// Records the managed configuration version now running and republishes the status.
+    pub async fn set_config_version(&self, v: Option<u64>) -> Result<(), UplinkError> {
+        self.update_status(|p| p.config_version = v).await
+    }
+
     /// Records sensor states and republishes the retained status.
     pub async fn set_sensors(&self, sensors: Vec<SensorStatus>) -> Result<(), UplinkError> {
         self.update_status(|p| p.sensors = sensors).await
@@ -644,6 +651,7 @@ impl Uplink {
             cameras: parts.cameras.clone(),
             sensors: parts.sensors.clone(),
             outbox: parts.outbox.clone().or_else(|| Some(outbox_status(ob))),
+            config_version: parts.config_version,
         };
         if let Err(e) = crate::localstatus::write(ob.dir(), &s) {
             tracing::warn!(dir = %ob.dir().display(), "cannot write the local status file: {e}");

@@ -361,6 +361,7 @@ impl StatusBuilder {
             cameras: Vec::new(),
             sensors: Vec::new(),
             outbox: None,
+            config_version: None,
         })
     }
 

@@ -398,13 +398,33 @@ impl Hub {
         path: &str,
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
+        self.send_as(reqwest::Method::POST, name, path, body).await
+    }
+
+    /// PUT `body` as JSON to `path` with the token issued as `name`: status and JSON answer.
+    pub async fn put_as(
+        &self,
+        name: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.send_as(reqwest::Method::PUT, name, path, body).await
+    }
+
+    async fn send_as(
+        &self,
+        method: reqwest::Method,
+        name: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let resp = crate::http::client()
-            .post(self.url(path))
+            .request(method.clone(), self.url(path))
             .bearer_auth(self.token_of(name))
             .json(body)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }

@@ -49,14 +49,91 @@ pub struct Command {
 pub enum CommandOp {
     /// AI 核查: look at a camera's zone for a while and say whether the problem is still there.
     Recheck(Recheck),
+    /// Fleet configuration: run these camera settings from now on (and after restarts).
+    Config(ConfigPush),
 }
 
 impl CommandOp {
     pub fn name(&self) -> &'static str {
         match self {
             CommandOp::Recheck(_) => "recheck",
+            CommandOp::Config(_) => "config",
         }
     }
+}
+
+/// Most cameras one configuration names.
+pub const MAX_CAMERAS: usize = 64;
+/// Most labels a camera's class filter names.
+pub const MAX_CAMERA_CLASSES: usize = 100;
+
+/// A device's managed configuration, version `version`: each listed camera runs these settings
+/// instead of its local config file's; cameras not listed keep their local settings. The agent
+/// validates it against what it has (its cameras, its model's labels), applies it without
+/// restarting any camera, keeps it on disk, and answers `done` with the version it runs, or
+/// `refused` with the reason. Versions only go up: an older one than the agent runs is
+/// answered with the version it runs, not applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigPush {
+    /// This device's configuration version at the hub: 1, 2, …
+    pub version: u64,
+    #[serde(default)]
+    pub cameras: Vec<CameraSettings>,
+}
+
+/// The centrally managed settings of one camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSettings {
+    /// The camera's id in the agent's config.
+    pub id: String,
+    /// Only objects with these labels are reported; empty = every class.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Zones, counting lines and rules (the agent config's `[cameras.analytics]`).
+    #[serde(default)]
+    pub analytics: crate::rules::RulesConfig,
+}
+
+impl ConfigPush {
+    /// The checks both sides make (field paths from the push's root, e.g.
+    /// `cameras[0].analytics.rules[1].kind.dwell.zone`); the agent then checks it against its
+    /// own cameras and model.
+    pub fn check(&self) -> Result<(), PayloadError> {
+        if self.version == 0 {
+            return Err(field_err("version", "must be at least 1"));
+        }
+        if self.cameras.len() > MAX_CAMERAS {
+            return Err(field_err("cameras", format!("at most {MAX_CAMERAS} cameras")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.cameras.iter().enumerate() {
+            validate_level("camera", &c.id).map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
+            if !seen.insert(c.id.as_str()) {
+                return Err(field_err(format!("cameras[{i}].id"), format!("camera `{}` is listed twice", c.id)));
+            }
+            if c.classes.len() > MAX_CAMERA_CLASSES {
+                return Err(field_err(
+                    format!("cameras[{i}].classes"),
+                    format!("at most {} classes", MAX_CAMERA_CLASSES),
+                ));
+            }
+            for (j, l) in c.classes.iter().enumerate() {
+                check_label(format!("cameras[{i}].classes[{j}]"), l)?;
+            }
+            c.analytics
+                .validate()
+                .map_err(|e| field_err(format!("cameras[{i}].analytics.{}", e.field), e.reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// What an applied configuration reply says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigApplied {
+    /// The configuration version the agent runs now.
+    pub version: u64,
 }
 
 /// Look at `zone` of `camera` for `watch_s` seconds, running the detector on every frame
@@ -95,6 +172,9 @@ pub struct CommandReply {
     /// A finished re-check's findings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recheck: Option<RecheckResult>,
+    /// An applied configuration's version (`op: config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigApplied>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -195,6 +275,7 @@ impl Validate for Command {
                     check_command_id("case", c)?;
                 }
             }
+            CommandOp::Config(c) => c.check()?,
         }
         Ok(())
     }
@@ -206,11 +287,17 @@ impl Validate for CommandReply {
         if self.reason.as_ref().is_some_and(|r| r.len() > MAX_REASON) {
             return Err(field_err("reason", format!("at most {MAX_REASON} bytes")));
         }
-        match (self.status, &self.recheck) {
-            (ReplyStatus::Done, None) => {
-                return Err(field_err("recheck", "required when status is `done`"))
+        match (self.status, &self.recheck, &self.config) {
+            (ReplyStatus::Done, None, None) => {
+                return Err(field_err(
+                    "recheck",
+                    "`recheck` or `config` is required when status is `done`",
+                ))
             }
-            (ReplyStatus::Refused | ReplyStatus::Failed, Some(_)) => {
+            (ReplyStatus::Done, Some(_), Some(_)) => {
+                return Err(field_err("config", "a reply answers one command: `recheck` or `config`"))
+            }
+            (ReplyStatus::Refused | ReplyStatus::Failed, Some(_), _) => {
                 return Err(field_err("recheck", "only allowed when status is `done`"))
             }
             _ => {}
@@ -279,7 +366,9 @@ mod tests {
     #[test]
     fn bad_commands_name_the_field() {
         let mut c = cmd();
-        let CommandOp::Recheck(r) = &mut c.op;
+        let CommandOp::Recheck(r) = &mut c.op else {
+            unreachable!("a re-check")
+        };
         r.watch_s = 0;
         let e = decode::<Command>(&serde_json::to_vec(&c).unwrap()).unwrap_err();
         assert!(e.to_string().contains("watch_s"), "{e}");
@@ -303,6 +392,7 @@ mod tests {
             status: ReplyStatus::Done,
             reason: None,
             recheck: None,
+            config: None,
         };
         let e = decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).unwrap_err();
         assert!(e.to_string().contains("recheck"), "{e}");

@@ -6,11 +6,15 @@
 
 pub mod command;
 pub mod payload;
+pub mod rules;
 pub mod sign;
 pub mod topic;
 mod ulid_text;
 
-pub use command::{Command, CommandOp, CommandReply, Recheck, RecheckResult, ReplyStatus};
+pub use command::{
+    CameraSettings, Command, CommandOp, CommandReply, ConfigApplied, ConfigPush, Recheck,
+    RecheckResult, ReplyStatus,
+};
 pub use payload::*;
 pub use topic::{Channel, Topic, TopicError, TopicRef, PREFIX};
 

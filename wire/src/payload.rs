@@ -243,6 +243,10 @@ pub struct DeviceStatus {
     /// The agent's durable outbox: what waits for the hub's ack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxStatus>,
+    /// The hub's managed configuration version this agent runs (`CommandOp::Config`); absent
+    /// while it runs only its local config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<u64>,
 }
 
 /// Backlog of the edge's durable outbox (docs/outbox.md).

@@ -356,6 +356,7 @@ impl Device {
             cameras: vec![],
             sensors: vec![],
             outbox: None,
+            config_version: None,
         };
         serde_json::to_vec(&s).unwrap_or_default()
     }

@@ -1298,7 +1298,9 @@ mod tests {
         let c = &cmds[0];
         assert_eq!((c.site.as_str(), c.device.as_str()), ("yuexi", "gw-01"));
         assert_eq!(c.id, format!("{id}-r1"));
-        let CommandOp::Recheck(rc) = &c.op;
+        let CommandOp::Recheck(rc) = &c.op else {
+            unreachable!("a re-check")
+        };
         assert_eq!(rc.camera, "cam-01");
         assert_eq!(rc.zone.as_deref(), Some("no_parking"));
         assert_eq!(rc.classes, vec!["car"]);
@@ -1326,6 +1328,7 @@ mod tests {
                 ended_ms: r.clock.now_ms(),
                 snapshot: Some(Ulid::new().to_string()),
             }),
+            config: None,
         };
         let entry = r.engine.on_reply(&reply).unwrap().unwrap();
         assert_eq!(entry.to, State::Closed);

@@ -1341,6 +1341,7 @@ mod tests {
                 ended_ms: r.requested_ms + 10_000,
                 snapshot: Some(format!("snap-after-{}", r.command)),
             }),
+            config: None,
         }
     }
 

@@ -41,6 +41,7 @@ pub mod county;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod health;
 pub mod inventory;
 pub mod live;
@@ -71,6 +72,7 @@ use crate::http::cases as cas;
 use crate::http::county as cty;
 use crate::http::devices as dev;
 use crate::http::events as ev;
+use crate::http::fleet as flt;
 use crate::http::health as hl;
 use crate::http::inventory as inv;
 use crate::http::metrics as met;
@@ -180,6 +182,11 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
         .api_route(
             "/api/v1/provision",
             post_with(prov::provision::<S>, prov::provision_docs),
+        )
+        .api_route("/api/v1/fleet/configs", get_with(flt::list::<S>, flt::list_docs))
+        .api_route(
+            "/api/v1/fleet/configs/{site}/{device}",
+            get_with(flt::get::<S>, flt::get_docs).put_with(flt::set::<S>, flt::set_docs),
         )
         .merge(crate::http::ngsi::routes(twin))
         .merge(crate::http::open311::routes::<S>())

@@ -49,6 +49,8 @@ pub struct ApiState<S> {
     /// The hub's data directory, where enrolment tokens are redeemed for device credentials
     /// (`/api/v1/provision`); `None`: no enrolment.
     pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// Fleet configuration (`/api/v1/fleet/configs`).
+    pub(crate) fleet: Option<Arc<crate::fleet::config::FleetConfig>>,
 }
 
 impl<S> ApiState<S> {
@@ -75,7 +77,14 @@ impl<S> ApiState<S> {
             activity: None,
             live_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
             data_dir: None,
+            fleet: None,
         }
+    }
+
+    /// Serves fleet configuration at `/api/v1/fleet/configs`.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::config::FleetConfig>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Enrols gateways with one-time tokens kept in `data_dir` (`/api/v1/provision`).
@@ -140,6 +149,7 @@ impl<S> Clone for ApiState<S> {
             activity: self.activity.clone(),
             live_streams: self.live_streams.clone(),
             data_dir: self.data_dir.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }

@@ -608,6 +608,7 @@ mod tests {
                 cameras: vec![],
                 sensors: vec![],
                 outbox: None,
+                config_version: None,
             },
             received_ms,
         }

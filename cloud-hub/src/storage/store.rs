@@ -2647,6 +2647,7 @@ pub(crate) mod tests {
             }],
             sensors: vec![],
             outbox: None,
+            config_version: None,
         };
         // An offline last will carries its connect-time timestamp, older than the online status
         // sent right after: arrival order, not ts_ms, decides which is current.
@@ -2870,6 +2871,7 @@ pub(crate) mod tests {
                 last_error: Some("field `level` missing".into()),
             }],
             outbox: None,
+            config_version: None,
         };
         s.write(WriteBatch {
             statuses: vec![(status.clone(), T0 + 5)],

@@ -7,17 +7,7 @@ pub type Pt = (f64, f64);
 /// Distance under which a point counts as lying on a polygon edge (pixels for pixel polygons).
 pub const EDGE_EPS: f64 = 1e-6;
 
-/// Signed area (shoelace); positive when the vertices run clockwise on screen (y down).
-pub fn polygon_area(poly: &[Pt]) -> f64 {
-    let n = poly.len();
-    (0..n)
-        .map(|i| {
-            let (a, b) = (poly[i], poly[(i + 1) % n]);
-            a.0 * b.1 - b.0 * a.1
-        })
-        .sum::<f64>()
-        / 2.0
-}
+pub use csb_wire::rules::polygon_area;
 
 /// Cross product of `b - a` and `p - a`: > 0 when `p` is to the right of `a → b` as seen on an
 /// image (y down), < 0 to the left, 0 on the line through them.

@@ -60,6 +60,7 @@ fn status(state: DeviceState, cams: &[(&str, CameraState, f32)]) -> DeviceStatus
             .collect(),
         sensors: vec![],
         outbox: None,
+        config_version: None,
     }
 }
 

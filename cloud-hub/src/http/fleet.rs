@@ -1,0 +1,188 @@
+//! Fleet configuration over HTTP: `GET /api/v1/fleet/configs` (every device: desired and
+//! applied version, in sync / pending / rejected), `GET` and `PUT
+//! /api/v1/fleet/configs/{site}/{device}` (one device's record with its audit trail; a new
+//! desired version of its camera settings, checked with the agents' own validator, stored, then
+//! pushed).
+
+use aide::transform::TransformOperation;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::config::{DeviceConfig, FleetConfig, FleetError, SyncState};
+use crate::http::cases::{blocking, JsonBody};
+use crate::http::error::ApiError;
+use crate::http::openapi::{content, errors, respond, schema_of, viewer};
+use crate::http::state::ApiState;
+use crate::http::tokens::TokenInfo;
+use crate::storage::store::Store;
+
+/// A device's configuration record and where it stands.
+#[derive(Serialize, JsonSchema)]
+pub struct DeviceConfigView {
+    #[serde(flatten)]
+    pub record: DeviceConfig,
+    pub state: SyncState,
+}
+
+impl From<DeviceConfig> for DeviceConfigView {
+    fn from(record: DeviceConfig) -> Self {
+        DeviceConfigView {
+            state: record.state(),
+            record,
+        }
+    }
+}
+
+/// One row of the fleet list.
+#[derive(Serialize, JsonSchema)]
+pub struct FleetRow {
+    pub device: String,
+    pub desired_version: Option<u64>,
+    pub applied_version: Option<u64>,
+    pub state: SyncState,
+    /// Why the agent refused the desired version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The desired version's time of setting, or the last answer's.
+    pub updated_ms: Option<i64>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct FleetList {
+    pub count: usize,
+    pub in_sync: usize,
+    pub pending: usize,
+    pub rejected: usize,
+    pub devices: Vec<FleetRow>,
+}
+
+/// A new desired configuration for one device.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// Each listed camera runs these settings (zones, lines, rules, class filter) instead of its
+    /// local ones; cameras not listed keep their local settings.
+    pub cameras: Vec<csb_wire::CameraSettings>,
+}
+
+fn fleet_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<FleetConfig>, ApiError> {
+    st.fleet.clone().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fleet configuration is not running")
+    })
+}
+
+fn device_of(path: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
+    let Path((site, device)) = path.map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))?;
+    Ok(format!("{site}/{device}"))
+}
+
+fn fleet_error(e: FleetError) -> ApiError {
+    match e {
+        FleetError::Device(_) | FleetError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+        FleetError::Store { .. } | FleetError::Read { .. } => {
+            tracing::error!("{e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+pub(crate) fn list_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("listFleetConfigs")
+        .tag("fleet")
+        .summary("Every device's configuration: desired vs applied version, in sync, pending or rejected");
+    errors(viewer(op), &[(503, "Fleet configuration is not running")])
+}
+
+pub(crate) async fn list<S: Store>(State(st): State<ApiState<S>>) -> Result<Json<FleetList>, ApiError> {
+    let fleet = fleet_of(&st)?;
+    let devices: Vec<FleetRow> = fleet
+        .list()
+        .into_iter()
+        .map(|r| FleetRow {
+            state: r.state(),
+            desired_version: r.desired.as_ref().map(|d| d.version),
+            applied_version: r.applied_version,
+            reason: r
+                .rejected
+                .as_ref()
+                .filter(|x| r.desired.as_ref().is_some_and(|d| d.version == x.version))
+                .map(|x| x.reason.clone()),
+            updated_ms: r.audit.last().map(|a| a.at_ms),
+            device: r.device,
+        })
+        .collect();
+    let count = |s: SyncState| devices.iter().filter(|d| d.state == s).count();
+    Ok(Json(FleetList {
+        count: devices.len(),
+        in_sync: count(SyncState::InSync),
+        pending: count(SyncState::Pending),
+        rejected: count(SyncState::Rejected),
+        devices,
+    }))
+}
+
+pub(crate) fn get_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("getFleetConfig")
+        .tag("fleet")
+        .summary("One device's configuration: the desired settings, what the agent applied or why it refused, the audit trail");
+    errors(
+        viewer(op),
+        &[
+            (400, "The path is not SITE/DEVICE"),
+            (404, "No configuration was ever set for this device"),
+            (503, "Fleet configuration is not running"),
+        ],
+    )
+}
+
+pub(crate) async fn get<S: Store>(
+    State(st): State<ApiState<S>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<DeviceConfigView>, ApiError> {
+    let device = device_of(path)?;
+    let fleet = fleet_of(&st)?;
+    match fleet.get(&device) {
+        Some(r) => Ok(Json(r.into())),
+        None => Err(ApiError::not_found(format!("no configuration set for {device}"))),
+    }
+}
+
+pub(crate) fn set_docs(op: TransformOperation) -> TransformOperation {
+    let op = op
+        .id("setFleetConfig")
+        .tag("fleet")
+        .summary("Set a device's camera settings: the next version, checked with the agents' validator, stored, pushed until the agent answers");
+    let op = respond(op, 202, content("Stored and being pushed", "application/json", schema_of::<DeviceConfigView>()));
+    errors(
+        viewer(op),
+        &[
+            (400, "Not SITE/DEVICE, or the settings are invalid (the message names the field)"),
+            (403, "This role may not change configurations (operator or admin)"),
+            (415, "`Content-Type` is not `application/json`"),
+            (500, "The record could not be stored (logged)"),
+            (503, "Fleet configuration is not running"),
+        ],
+    )
+}
+
+pub(crate) async fn set<S: Store>(
+    State(st): State<ApiState<S>>,
+    who: Option<Extension<TokenInfo>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<SetConfig>,
+) -> Result<(StatusCode, Json<DeviceConfigView>), ApiError> {
+    let device = device_of(path)?;
+    let fleet = fleet_of(&st)?;
+    let by = who.map_or_else(|| "anonymous".to_string(), |Extension(t)| t.name);
+    let rec = blocking(&st.store_slots, "fleet configuration", move || {
+        fleet.set(&device, body.cameras, &by).map_err(fleet_error)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(rec.into())))
+}
