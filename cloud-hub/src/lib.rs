@@ -48,12 +48,12 @@ pub use ingest::metrics::{Metrics, UploadReject};
 pub use storage::quarantine::RejectReason;
 pub use storage::store::{SledStore, Store, StoreError};
 
+use fleet::config::FleetConfig;
 use http::tokens::{TokenError, TokenRegistry};
 use ingest::devices::{DeviceError, DeviceRegistry};
 use ingest::mqtt::broker::{Broker, BrokerError, BrokerSettings, BrokerTls};
 use ingest::mqtt::front::{AuthHook, LoginCheck};
 use ingest::{Ingest, IngestError, IngestSettings};
-use fleet::config::FleetConfig;
 
 /// Client id of the hub's in-process broker link.
 pub const INGEST_LINK_ID: &str = "hub-ingest";
@@ -132,7 +132,10 @@ pub struct Hub<S: Store = SledStore> {
     /// Newly stored events, for the web page's live stream.
     activity: Arc<platform::activity::Activity>,
     /// Fleet configuration and the agents' answers to its pushes.
-    fleet: (Arc<FleetConfig>, tokio::sync::mpsc::Receiver<csb_wire::CommandReply>),
+    fleet: (
+        Arc<FleetConfig>,
+        tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
+    ),
 }
 
 /// What the webhook sending task needs.
@@ -374,7 +377,10 @@ const FLEET_RESEND: Duration = Duration::from_secs(5);
 
 /// Takes the agents' answers and sends pending configurations again; ends when ingest (the
 /// only sender of answers) has stopped.
-async fn run_fleet(fleet: Arc<FleetConfig>, mut replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>) {
+async fn run_fleet(
+    fleet: Arc<FleetConfig>,
+    mut replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -750,7 +756,10 @@ impl<S: Store> Hub<S> {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), fleet_task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), fleet_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("fleet task still busy at shutdown");
         }
         if let Some(task) = twin_task {

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 /// layer; `main.rs` is the CLI on top. `cases` and `web` are reserved for the governance
 /// workflows and the embedded page.
 const LAYERS: &[&str] = &[
-    "support", "storage", "ingest", "platform", "fleet", "cases", "http", "web", "app", "bench", "cli",
+    "support", "storage", "ingest", "platform", "fleet", "cases", "http", "web", "app", "bench",
+    "cli",
 ];
 
 fn layer_of_top(top: &str) -> &'static str {

@@ -100,14 +100,18 @@ pub fn merged(
                 .map(|(j, l)| (format!("cameras[{i}].classes[{j}]"), l))
                 .collect();
             for (j, z) in s.analytics.zones.iter().enumerate() {
-                named.extend(z.classes.iter().enumerate().map(|(k, l)| {
-                    (format!("cameras[{i}].analytics.zones[{j}].classes[{k}]"), l)
-                }));
+                named.extend(
+                    z.classes.iter().enumerate().map(|(k, l)| {
+                        (format!("cameras[{i}].analytics.zones[{j}].classes[{k}]"), l)
+                    }),
+                );
             }
             for (j, l) in s.analytics.lines.iter().enumerate() {
-                named.extend(l.classes.iter().enumerate().map(|(k, c)| {
-                    (format!("cameras[{i}].analytics.lines[{j}].classes[{k}]"), c)
-                }));
+                named.extend(
+                    l.classes.iter().enumerate().map(|(k, c)| {
+                        (format!("cameras[{i}].analytics.lines[{j}].classes[{k}]"), c)
+                    }),
+                );
             }
             if let Some((field, l)) = named.into_iter().find(|(_, l)| !known(l)) {
                 return Err(format!(
@@ -144,7 +148,10 @@ mod tests {
         let p = push(3, "cam-a", &["car"]);
         save(d.path(), &p).unwrap();
         assert_eq!(load(d.path()).unwrap(), Some(p.clone()));
-        let cams = vec![CameraConfig::new("cam-a", "/a"), CameraConfig::new("cam-b", "/b")];
+        let cams = vec![
+            CameraConfig::new("cam-a", "/a"),
+            CameraConfig::new("cam-b", "/b"),
+        ];
         let labels: Vec<String> = ["person", "car"].iter().map(|s| s.to_string()).collect();
         let m = merged(&cams, &p, Some(&labels)).unwrap();
         assert_eq!(m[0].classes, vec!["car".to_string()]);
@@ -152,6 +159,9 @@ mod tests {
         let e = merged(&cams, &push(4, "cam-x", &[]), None).unwrap_err();
         assert!(e.contains("cam-x") && e.contains("cam-a, cam-b"), "{e}");
         let e = merged(&cams, &push(4, "cam-a", &["elephant2"]), Some(&labels)).unwrap_err();
-        assert!(e.starts_with("cameras[0].classes[0]") && e.contains("elephant2"), "{e}");
+        assert!(
+            e.starts_with("cameras[0].classes[0]") && e.contains("elephant2"),
+            "{e}"
+        );
     }
 }

@@ -547,7 +547,11 @@ fn apply_config(
         return Ok(0);
     }
     let refuse = |reason: String| {
-        tracing::warn!(command = cmd.id, version = push.version, "configuration refused: {reason}");
+        tracing::warn!(
+            command = cmd.id,
+            version = push.version,
+            "configuration refused: {reason}"
+        );
         answer(csb_wire::ReplyStatus::Refused, Some(reason), None);
         Ok(0)
     };
@@ -578,7 +582,12 @@ fn apply_config(
     *cams = merged;
     *version = Some(push.version);
     ctx.rt.block_on(ctx.uplink.set_config_version(*version))?;
-    tracing::info!(command = cmd.id, version = push.version, cameras = push.cameras.len(), "configuration applied");
+    tracing::info!(
+        command = cmd.id,
+        version = push.version,
+        cameras = push.cameras.len(),
+        "configuration applied"
+    );
     answer(csb_wire::ReplyStatus::Done, None, Some(push.version));
     Ok(published)
 }

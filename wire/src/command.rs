@@ -104,13 +104,20 @@ impl ConfigPush {
             return Err(field_err("version", "must be at least 1"));
         }
         if self.cameras.len() > MAX_CAMERAS {
-            return Err(field_err("cameras", format!("at most {MAX_CAMERAS} cameras")));
+            return Err(field_err(
+                "cameras",
+                format!("at most {MAX_CAMERAS} cameras"),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, c) in self.cameras.iter().enumerate() {
-            validate_level("camera", &c.id).map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
+            validate_level("camera", &c.id)
+                .map_err(|e| field_err(format!("cameras[{i}].id"), e.to_string()))?;
             if !seen.insert(c.id.as_str()) {
-                return Err(field_err(format!("cameras[{i}].id"), format!("camera `{}` is listed twice", c.id)));
+                return Err(field_err(
+                    format!("cameras[{i}].id"),
+                    format!("camera `{}` is listed twice", c.id),
+                ));
             }
             if c.classes.len() > MAX_CAMERA_CLASSES {
                 return Err(field_err(
@@ -295,7 +302,10 @@ impl Validate for CommandReply {
                 ))
             }
             (ReplyStatus::Done, Some(_), Some(_)) => {
-                return Err(field_err("config", "a reply answers one command: `recheck` or `config`"))
+                return Err(field_err(
+                    "config",
+                    "a reply answers one command: `recheck` or `config`",
+                ))
             }
             (ReplyStatus::Refused | ReplyStatus::Failed, Some(_), _) => {
                 return Err(field_err("recheck", "only allowed when status is `done`"))

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use csb_wire::{CameraSettings, Command, CommandOp, CommandReply, ConfigPush, ReplyStatus, SCHEMA_VERSION};
+use csb_wire::{
+    CameraSettings, Command, CommandOp, CommandReply, ConfigPush, ReplyStatus, SCHEMA_VERSION,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -116,7 +118,11 @@ impl DeviceConfig {
         };
         if self.applied_version == Some(d.version) {
             SyncState::InSync
-        } else if self.rejected.as_ref().is_some_and(|r| r.version == d.version) {
+        } else if self
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.version == d.version)
+        {
             SyncState::Rejected
         } else {
             SyncState::Pending
@@ -199,12 +205,14 @@ impl FleetConfig {
     ) -> Result<Self, FleetError> {
         let path = data_dir.join(FILE);
         let devices = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice::<FleetFile>(&b)
-                .map_err(|e| FleetError::Read {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-                .devices,
+            Ok(b) => {
+                serde_json::from_slice::<FleetFile>(&b)
+                    .map_err(|e| FleetError::Read {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?
+                    .devices
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
                 return Err(FleetError::Read {
@@ -237,9 +245,11 @@ impl FleetConfig {
             message: e.to_string(),
         })?;
         let tmp = self.path.with_extension("json.tmp");
-        crate::ingest::devices::replace_private(&self.path, &tmp, &json).map_err(|e| FleetError::Store {
-            path: self.path.clone(),
-            message: e.to_string(),
+        crate::ingest::devices::replace_private(&self.path, &tmp, &json).map_err(|e| {
+            FleetError::Store {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }
         })
     }
 
@@ -253,18 +263,33 @@ impl FleetConfig {
 
     /// Makes `cameras` the next desired version of `device`, stored durably before it is
     /// acknowledged, and sends it.
-    pub fn set(&self, device: &str, cameras: Vec<CameraSettings>, by: &str) -> Result<DeviceConfig, FleetError> {
+    pub fn set(
+        &self,
+        device: &str,
+        cameras: Vec<CameraSettings>,
+        by: &str,
+    ) -> Result<DeviceConfig, FleetError> {
         device_ok(device)?;
         let now = self.clock.now_ms();
         let mut all = self.lock();
-        let mut rec = all.get(device).cloned().unwrap_or_else(|| DeviceConfig::new(device));
-        let version = rec.desired.as_ref().map_or(0, |d| d.version).max(rec.applied_version.unwrap_or(0)) + 1;
+        let mut rec = all
+            .get(device)
+            .cloned()
+            .unwrap_or_else(|| DeviceConfig::new(device));
+        let version = rec
+            .desired
+            .as_ref()
+            .map_or(0, |d| d.version)
+            .max(rec.applied_version.unwrap_or(0))
+            + 1;
         let push = ConfigPush {
             version,
             cameras: cameras.clone(),
         };
         push.check().map_err(|e| match e {
-            csb_wire::PayloadError::Field { field, reason } => FleetError::Invalid { field, reason },
+            csb_wire::PayloadError::Field { field, reason } => {
+                FleetError::Invalid { field, reason }
+            }
             other => FleetError::Invalid {
                 field: "cameras".into(),
                 reason: other.to_string(),
@@ -292,11 +317,16 @@ impl FleetConfig {
     /// `resend_every`. The record of the send is kept in memory (a restart just sends again).
     fn send_due(&self, device: &str, now: i64) {
         let mut all = self.lock();
-        let Some(rec) = all.get_mut(device) else { return };
+        let Some(rec) = all.get_mut(device) else {
+            return;
+        };
         if rec.state() != SyncState::Pending {
             return;
         }
-        if rec.last_sent_ms.is_some_and(|t| now - t < self.resend_every.as_millis() as i64) {
+        if rec
+            .last_sent_ms
+            .is_some_and(|t| now - t < self.resend_every.as_millis() as i64)
+        {
             return;
         }
         let Some(cmd) = rec.command(now) else { return };
@@ -332,7 +362,11 @@ impl FleetConfig {
     pub fn on_reply(&self, reply: &CommandReply) -> Result<(), FleetError> {
         use std::sync::atomic::Ordering::Relaxed;
         let device = format!("{}/{}", reply.site, reply.device);
-        let Some(version) = reply.id.strip_prefix(ID_PREFIX).and_then(|v| v.parse::<u64>().ok()) else {
+        let Some(version) = reply
+            .id
+            .strip_prefix(ID_PREFIX)
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
             self.counters.replies_ignored.fetch_add(1, Relaxed);
             return Ok(());
         };
@@ -355,8 +389,15 @@ impl FleetConfig {
                 self.counters.applied.fetch_add(1, Relaxed);
             }
             ReplyStatus::Refused | ReplyStatus::Failed => {
-                let reason = reply.reason.clone().unwrap_or_else(|| "no reason given".into());
-                if rec.rejected.as_ref().is_some_and(|r| r.version == version && r.reason == reason) {
+                let reason = reply
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "no reason given".into());
+                if rec
+                    .rejected
+                    .as_ref()
+                    .is_some_and(|r| r.version == version && r.reason == reason)
+                {
                     return Ok(());
                 }
                 // An answer to an older version than the desired one changes nothing now.
@@ -364,7 +405,11 @@ impl FleetConfig {
                     self.counters.replies_ignored.fetch_add(1, Relaxed);
                     return Ok(());
                 }
-                let what = if reply.status == ReplyStatus::Refused { "refused" } else { "failed" };
+                let what = if reply.status == ReplyStatus::Refused {
+                    "refused"
+                } else {
+                    "failed"
+                };
                 rec.rejected = Some(Rejection {
                     version,
                     reason: reason.clone(),
@@ -411,7 +456,13 @@ mod tests {
         .unwrap()
     }
 
-    fn reply(device: &str, id: &str, status: ReplyStatus, version: Option<u64>, reason: Option<&str>) -> CommandReply {
+    fn reply(
+        device: &str,
+        id: &str,
+        status: ReplyStatus,
+        version: Option<u64>,
+        reason: Option<&str>,
+    ) -> CommandReply {
         let (site, device) = device.split_once('/').unwrap();
         CommandReply {
             v: SCHEMA_VERSION,
@@ -431,19 +482,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sent = Arc::new(Sent::default());
         let clock = ManualClock::at(1_000_000);
-        let f = FleetConfig::open(dir.path(), sent.clone(), Arc::new(clock.clone()), Duration::from_secs(5)).unwrap();
+        let f = FleetConfig::open(
+            dir.path(),
+            sent.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let r = f.set("yuexi/gw-1", vec![cam("cam-1", 0.5)], "ops").unwrap();
         assert_eq!(r.desired.as_ref().unwrap().version, 1);
         assert_eq!(r.state(), SyncState::Pending);
         assert_eq!(sent.0.lock().unwrap().len(), 1, "sent at once");
         assert_eq!(sent.0.lock().unwrap()[0].id, "cfg-1");
         f.sweep();
-        assert_eq!(sent.0.lock().unwrap().len(), 1, "not again before resend_every");
+        assert_eq!(
+            sent.0.lock().unwrap().len(),
+            1,
+            "not again before resend_every"
+        );
         clock.advance(5_000);
         f.sweep();
-        assert_eq!(sent.0.lock().unwrap().len(), 2, "again while unanswered (the agent may be offline)");
+        assert_eq!(
+            sent.0.lock().unwrap().len(),
+            2,
+            "again while unanswered (the agent may be offline)"
+        );
 
-        f.on_reply(&reply("yuexi/gw-1", "cfg-1", ReplyStatus::Done, Some(1), None)).unwrap();
+        f.on_reply(&reply(
+            "yuexi/gw-1",
+            "cfg-1",
+            ReplyStatus::Done,
+            Some(1),
+            None,
+        ))
+        .unwrap();
         let r = f.get("yuexi/gw-1").unwrap();
         assert_eq!((r.state(), r.applied_version), (SyncState::InSync, Some(1)));
         clock.advance(60_000);
@@ -453,15 +525,34 @@ mod tests {
         // An invalid one is refused at the hub with the field, and changes nothing.
         let mut bad = cam("cam-1", 0.5);
         bad.analytics.zones[0].polygon.truncate(2);
-        let e = f.set("yuexi/gw-1", vec![bad], "ops").unwrap_err().to_string();
-        assert!(e.starts_with("cameras[0].analytics.zones[0].polygon"), "{e}");
+        let e = f
+            .set("yuexi/gw-1", vec![bad], "ops")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cameras[0].analytics.zones[0].polygon"),
+            "{e}"
+        );
         assert_eq!(f.get("yuexi/gw-1").unwrap().desired.unwrap().version, 1);
 
         // Version 2, refused by the agent: the reason is kept; a restart keeps everything.
         f.set("yuexi/gw-1", vec![cam("cam-9", 0.4)], "ops").unwrap();
-        f.on_reply(&reply("yuexi/gw-1", "cfg-2", ReplyStatus::Refused, None, Some("cameras[0].id: no enabled camera `cam-9`"))).unwrap();
+        f.on_reply(&reply(
+            "yuexi/gw-1",
+            "cfg-2",
+            ReplyStatus::Refused,
+            None,
+            Some("cameras[0].id: no enabled camera `cam-9`"),
+        ))
+        .unwrap();
         drop(f);
-        let f = FleetConfig::open(dir.path(), sent.clone(), Arc::new(clock.clone()), Duration::from_secs(5)).unwrap();
+        let f = FleetConfig::open(
+            dir.path(),
+            sent.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let r = f.get("yuexi/gw-1").unwrap();
         assert_eq!(r.state(), SyncState::Rejected);
         assert!(r.rejected.unwrap().reason.contains("cam-9"));

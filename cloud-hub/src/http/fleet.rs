@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::fleet::config::{DeviceConfig, FleetConfig, FleetError, SyncState};
 use crate::http::cases::{blocking, JsonBody};
 use crate::http::error::ApiError;
-use crate::http::openapi::{content, errors, respond, schema_of, viewer};
+use crate::http::openapi::{content, errors, operator, respond, schema_of, viewer};
 use crate::http::state::ApiState;
 use crate::http::tokens::TokenInfo;
 use crate::storage::store::Store;
@@ -71,12 +71,16 @@ pub struct SetConfig {
 
 fn fleet_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<FleetConfig>, ApiError> {
     st.fleet.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fleet configuration is not running")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fleet configuration is not running",
+        )
     })
 }
 
 fn device_of(path: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
-    let Path((site, device)) = path.map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))?;
+    let Path((site, device)) =
+        path.map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))?;
     Ok(format!("{site}/{device}"))
 }
 
@@ -91,14 +95,15 @@ fn fleet_error(e: FleetError) -> ApiError {
 }
 
 pub(crate) fn list_docs(op: TransformOperation) -> TransformOperation {
-    let op = op
-        .id("listFleetConfigs")
-        .tag("fleet")
-        .summary("Every device's configuration: desired vs applied version, in sync, pending or rejected");
+    let op = op.id("listFleetConfigs").tag("fleet").summary(
+        "Every device's configuration: desired vs applied version, in sync, pending or rejected",
+    );
     errors(viewer(op), &[(503, "Fleet configuration is not running")])
 }
 
-pub(crate) async fn list<S: Store>(State(st): State<ApiState<S>>) -> Result<Json<FleetList>, ApiError> {
+pub(crate) async fn list<S: Store>(
+    State(st): State<ApiState<S>>,
+) -> Result<Json<FleetList>, ApiError> {
     let fleet = fleet_of(&st)?;
     let devices: Vec<FleetRow> = fleet
         .list()
@@ -149,7 +154,9 @@ pub(crate) async fn get<S: Store>(
     let fleet = fleet_of(&st)?;
     match fleet.get(&device) {
         Some(r) => Ok(Json(r.into())),
-        None => Err(ApiError::not_found(format!("no configuration set for {device}"))),
+        None => Err(ApiError::not_found(format!(
+            "no configuration set for {device}"
+        ))),
     }
 }
 
@@ -158,12 +165,22 @@ pub(crate) fn set_docs(op: TransformOperation) -> TransformOperation {
         .id("setFleetConfig")
         .tag("fleet")
         .summary("Set a device's camera settings: the next version, checked with the agents' validator, stored, pushed until the agent answers");
-    let op = respond(op, 202, content("Stored and being pushed", "application/json", schema_of::<DeviceConfigView>()));
+    let op = respond(
+        op,
+        202,
+        content(
+            "Stored and being pushed",
+            "application/json",
+            schema_of::<DeviceConfigView>(),
+        ),
+    );
     errors(
-        viewer(op),
+        operator(op),
         &[
-            (400, "Not SITE/DEVICE, or the settings are invalid (the message names the field)"),
-            (403, "This role may not change configurations (operator or admin)"),
+            (
+                400,
+                "Not SITE/DEVICE, or the settings are invalid (the message names the field)",
+            ),
             (415, "`Content-Type` is not `application/json`"),
             (500, "The record could not be stored (logged)"),
             (503, "Fleet configuration is not running"),

@@ -155,13 +155,19 @@ pub(crate) async fn inventory<S: Store>(
     let statuses = store_call(&st.store_slots, "device list", st.store.devices()).await?;
     let data = store_call(&st.store_slots, "source list", st.store.sources()).await?;
     let now_ms = csb_wire::now_ms();
-    let inv = crate::platform::inventory::build(
+    let mut inv = crate::platform::inventory::build(
         st.county.as_deref(),
         &statuses,
         &data,
         now_ms,
         stale_after_ms,
     );
+    // Desired configuration versions come from the fleet (a layer above the inventory).
+    if let Some(fleet) = &st.fleet {
+        for d in &mut inv.devices {
+            d.config_desired = fleet.get(&d.id).and_then(|r| r.desired.map(|x| x.version));
+        }
+    }
     if !csv {
         return Ok(Json(inv).into_response());
     }

@@ -183,7 +183,10 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
             "/api/v1/provision",
             post_with(prov::provision::<S>, prov::provision_docs),
         )
-        .api_route("/api/v1/fleet/configs", get_with(flt::list::<S>, flt::list_docs))
+        .api_route(
+            "/api/v1/fleet/configs",
+            get_with(flt::list::<S>, flt::list_docs),
+        )
         .api_route(
             "/api/v1/fleet/configs/{site}/{device}",
             get_with(flt::get::<S>, flt::get_docs).put_with(flt::set::<S>, flt::set_docs),

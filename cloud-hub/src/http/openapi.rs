@@ -317,6 +317,18 @@ pub fn store_errors(op: TransformOperation) -> TransformOperation {
     )
 }
 
+/// A change that needs a bearer token of role operator or higher: documented like
+/// [`viewer`] (the same schemes), plus its 403 for lower roles.
+pub fn operator(op: TransformOperation) -> TransformOperation {
+    errors(
+        viewer(op),
+        &[(
+            403,
+            "The token's role may not make this change (operator or admin)",
+        )],
+    )
+}
+
 /// A read that needs a bearer token of role viewer or higher with `[auth] http = "required"`.
 pub fn viewer(op: TransformOperation) -> TransformOperation {
     let op = op
@@ -407,6 +419,10 @@ mod tests {
                     Access::Open => vec![],
                     Access::Device => vec![super::DEVICE_SIGNATURE],
                     Access::Role(Role::Viewer) => vec![super::BEARER, super::SESSION_COOKIE],
+                    Access::Role(Role::Operator) => {
+                        assert!(op["responses"]["403"].is_object(), "{method} {path}: 403");
+                        vec![super::BEARER, super::SESSION_COOKIE]
+                    }
                     other => panic!("{method} {path}: {other:?} is not documented yet"),
                 };
                 assert_eq!(schemes, want, "{method} {path}");

@@ -86,6 +86,12 @@ pub struct DeviceRow {
     pub firmware: Option<String>,
     /// What the gateway itself reports running (`agent_version` of its status).
     pub reported_version: Option<String>,
+    /// The hub's managed configuration version the gateway reports running (its status).
+    #[serde(default)]
+    pub config_applied: Option<u64>,
+    /// The configuration version the hub wants it to run (fleet configuration), when set.
+    #[serde(default)]
+    pub config_desired: Option<u64>,
     pub town: Option<String>,
     pub department: Option<String>,
     pub installed: Option<String>,
@@ -159,6 +165,8 @@ fn row(id: String, kind: DeviceKind, placed: Option<&Placed>) -> DeviceRow {
         model: placed.and_then(|p| p.model.clone()),
         firmware: None,
         reported_version: None,
+        config_applied: None,
+        config_desired: None,
         town: placed.and_then(|p| p.town.clone()),
         department: placed.and_then(|p| p.department.clone()),
         installed: placed.and_then(|p| p.installed.clone()),
@@ -224,6 +232,7 @@ pub fn build(
             _ => None,
         };
         gw.reported_version = s.agent_version.clone();
+        gw.config_applied = s.config_version;
         gw.last_seen_ms = Some(d.received_ms);
         for c in &s.cameras {
             let id = format!("{gw_id}/{}", c.id);
@@ -413,6 +422,8 @@ impl Inventory {
             "model",
             "firmware",
             "reported_version",
+            "config_applied",
+            "config_desired",
             "town",
             "department",
             "installed",
@@ -436,6 +447,8 @@ impl Inventory {
                     opt(&d.model),
                     opt(&d.firmware),
                     opt(&d.reported_version),
+                    opt_num(d.config_applied),
+                    opt_num(d.config_desired),
                     opt(&d.town),
                     opt(&d.department),
                     opt(&d.installed),

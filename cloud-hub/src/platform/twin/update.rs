@@ -3,7 +3,7 @@
 //!
 //! | entity | attribute | from | policy |
 //! |---|---|---|---|
-//! | Gateway | `status` (`online`/`offline`), `agentVersion` | status (incl. the last will) | on change |
+//! | Gateway | `status` (`online`/`offline`), `agentVersion`, `configVersion` (the fleet configuration it runs) | status (incl. the last will) | on change |
 //! | Gateway | `outboxPending` | status `outbox.pending` | ≤ 1/min |
 //! | Camera | `status` (`online` when its gateway is online and it is `starting`/`running`), `cameraState`, `lastError` | the gateway's status | on change |
 //! | Camera | `fps` | status `cameras[].fps`, telemetry `{cam}.fps` | ≤ 1/min |
@@ -194,6 +194,9 @@ fn status(c: &mut Changes, s: &DeviceStatus, at: i64) {
     c.set(g, "status", online(up), at, Policy::OnChange);
     if let Some(v) = &s.agent_version {
         c.set(g, "agentVersion", json!(v), at, Policy::OnChange);
+    }
+    if let Some(v) = s.config_version {
+        c.set(g, "configVersion", json!(v), at, Policy::OnChange);
     }
     if let Some(o) = &s.outbox {
         c.set(
