@@ -816,8 +816,15 @@ fn synth(config: PathBuf, count: usize, rate: u32, id_log: PathBuf) -> Result<()
     ))?;
     tracing::info!(
         generated = n,
-        "synthetic events generated; delivering until stopped"
+        "synthetic events generated; delivering and answering commands until stopped"
     );
+    let cams: Vec<_> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
+    rt.block_on(edge_agent::synth::serve_commands(
+        &uplink,
+        cams,
+        &cfg.outbox_dir(),
+        stop.clone(),
+    ))?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -125,6 +125,54 @@ pub fn merged(
     Ok(out)
 }
 
+/// What to do with a pushed configuration.
+#[derive(Debug)]
+pub enum Decision {
+    /// A repeat or an older version: answer with the version running.
+    Running(u64),
+    /// It cannot run here: answer `refused` with the reason.
+    Refuse(String),
+    /// Apply: the cameras with the push laid over them.
+    Apply(Vec<CameraConfig>),
+}
+
+/// Decides on `push` for an agent running version `running` with `cams` (and, with a model,
+/// its `labels`).
+pub fn decide(
+    push: &ConfigPush,
+    running: Option<u64>,
+    cams: &[CameraConfig],
+    labels: Option<&[String]>,
+) -> Decision {
+    if let Some(v) = running.filter(|v| push.version <= *v) {
+        return Decision::Running(v);
+    }
+    match merged(cams, push, labels) {
+        Ok(m) => Decision::Apply(m),
+        Err(e) => Decision::Refuse(e),
+    }
+}
+
+/// The answer to configuration command `cmd`.
+pub fn reply(
+    cmd: &csb_wire::Command,
+    status: csb_wire::ReplyStatus,
+    reason: Option<String>,
+    version: Option<u64>,
+) -> csb_wire::CommandReply {
+    csb_wire::CommandReply {
+        v: csb_wire::SCHEMA_VERSION,
+        id: cmd.id.clone(),
+        site: cmd.site.clone(),
+        device: cmd.device.clone(),
+        ts_ms: csb_wire::now_ms(),
+        status,
+        reason: reason.map(crate::commands::clip),
+        recheck: None,
+        config: version.map(|version| csb_wire::ConfigApplied { version }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -528,36 +528,25 @@ fn apply_config(
     let csb_wire::CommandOp::Config(push) = &cmd.op else {
         return Ok(0);
     };
-    let answer = |status: csb_wire::ReplyStatus, reason: Option<String>, v: Option<u64>| {
-        ctx.desk.reply(csb_wire::CommandReply {
-            v: SCHEMA_VERSION,
-            id: cmd.id.clone(),
-            site: cmd.site.clone(),
-            device: cmd.device.clone(),
-            ts_ms: csb_wire::now_ms(),
-            status,
-            reason: reason.map(crate::commands::clip),
-            recheck: None,
-            config: v.map(|version| csb_wire::ConfigApplied { version }),
-        })
-    };
-    // Versions only go up: an old or repeated one is answered with what runs.
-    if let Some(v) = version.filter(|v| push.version <= *v) {
-        answer(csb_wire::ReplyStatus::Done, None, Some(v));
-        return Ok(0);
-    }
-    let refuse = |reason: String| {
-        tracing::warn!(
-            command = cmd.id,
-            version = push.version,
-            "configuration refused: {reason}"
-        );
-        answer(csb_wire::ReplyStatus::Refused, Some(reason), None);
-        Ok(0)
-    };
-    let merged = match crate::managed::merged(cams, push, Some(ctx.labels)) {
-        Ok(m) => m,
-        Err(e) => return refuse(e),
+    use crate::managed::{decide, reply, Decision};
+    use csb_wire::ReplyStatus;
+    let answer = |status, reason, v| ctx.desk.reply(reply(cmd, status, reason, v));
+    let merged = match decide(push, *version, cams, Some(ctx.labels)) {
+        // Versions only go up: an old or repeated one is answered with what runs.
+        Decision::Running(v) => {
+            answer(ReplyStatus::Done, None, Some(v));
+            return Ok(0);
+        }
+        Decision::Refuse(reason) => {
+            tracing::warn!(
+                command = cmd.id,
+                version = push.version,
+                "configuration refused: {reason}"
+            );
+            answer(ReplyStatus::Refused, Some(reason), None);
+            return Ok(0);
+        }
+        Decision::Apply(m) => m,
     };
     let mut engines = Vec::new();
     for s in &push.cameras {
@@ -566,12 +555,15 @@ fn apply_config(
         };
         match CameraAnalytics::rules_for(&merged[i]) {
             Ok(e) => engines.push((i, e)),
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => {
+                answer(ReplyStatus::Refused, Some(e.to_string()), None);
+                return Ok(0);
+            }
         }
     }
     if let Err(e) = crate::managed::save(ctx.state_dir, push) {
         tracing::error!("{e}");
-        answer(csb_wire::ReplyStatus::Failed, Some(e.to_string()), None);
+        answer(ReplyStatus::Failed, Some(e.to_string()), None);
         return Ok(0);
     }
     let mut published = 0;
@@ -588,7 +580,7 @@ fn apply_config(
         cameras = push.cameras.len(),
         "configuration applied"
     );
-    answer(csb_wire::ReplyStatus::Done, None, Some(push.version));
+    answer(ReplyStatus::Done, None, Some(push.version));
     Ok(published)
 }
 

@@ -123,3 +123,63 @@ pub async fn run(
     }
     Ok(generated)
 }
+
+/// Answers the hub's commands as an agent without a camera pipeline does (delivery and fleet
+/// tests, the fleet configuration benchmark): configurations are checked against `cams`, kept
+/// beside the outbox and reported like a real agent's (no analytics to swap); re-checks are
+/// refused. Runs until `stop` is set.
+pub async fn serve_commands(
+    uplink: &Uplink,
+    mut cams: Vec<crate::config::CameraConfig>,
+    state_dir: &Path,
+    stop: Arc<AtomicBool>,
+) -> Result<(), SynthError> {
+    use crate::managed::{decide, reply, Decision};
+    use csb_wire::{CommandOp, ReplyStatus};
+    let Some((mut rx, desk)) = uplink.take_commands() else {
+        return Ok(());
+    };
+    let mut running = match crate::managed::load(state_dir) {
+        Ok(p) => p.map(|p| p.version),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    uplink.set_config_version(running).await?;
+    while !stop.load(Ordering::Relaxed) {
+        let cmd = match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
+        let push = match &cmd.op {
+            CommandOp::Config(p) => p,
+            CommandOp::Recheck(_) => {
+                let why = "a synthetic agent runs no camera pipeline".to_string();
+                desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None));
+                continue;
+            }
+        };
+        match decide(push, running, &cams, None) {
+            Decision::Running(v) => desk.reply(reply(&cmd, ReplyStatus::Done, None, Some(v))),
+            Decision::Refuse(why) => desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None)),
+            Decision::Apply(m) => {
+                let (dir, p) = (state_dir.to_path_buf(), push.clone());
+                let saved = tokio::task::spawn_blocking(move || crate::managed::save(&dir, &p))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = saved {
+                    desk.reply(reply(&cmd, ReplyStatus::Failed, Some(e), None));
+                    continue;
+                }
+                cams = m;
+                running = Some(push.version);
+                uplink.set_config_version(running).await?;
+                desk.reply(reply(&cmd, ReplyStatus::Done, None, running));
+            }
+        }
+    }
+    Ok(())
+}
