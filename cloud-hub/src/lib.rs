@@ -132,10 +132,14 @@ pub struct Hub<S: Store = SledStore> {
     /// Newly stored events, for the web page's live stream.
     activity: Arc<platform::activity::Activity>,
     /// Fleet configuration and the agents' answers to its pushes.
-    fleet: (
-        Arc<FleetConfig>,
-        tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
-    ),
+    fleet: FleetParts,
+}
+
+/// The fleet configuration, the agents' answers to its pushes, and news of devices coming online.
+struct FleetParts {
+    fleet: Arc<FleetConfig>,
+    replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
+    online: tokio::sync::mpsc::Receiver<String>,
 }
 
 /// What the webhook sending task needs.
@@ -377,10 +381,12 @@ const FLEET_RESEND: Duration = Duration::from_secs(5);
 
 /// Takes the agents' answers and sends pending configurations again; ends when ingest (the
 /// only sender of answers) has stopped.
-async fn run_fleet(
-    fleet: Arc<FleetConfig>,
-    mut replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
-) {
+async fn run_fleet(parts: FleetParts) {
+    let FleetParts {
+        fleet,
+        mut replies,
+        mut online,
+    } = parts;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -395,6 +401,7 @@ async fn run_fleet(
                     Err(e) => tracing::error!("fleet: {e}"),
                 }
             }
+            Some(device) = online.recv() => fleet.came_online(&device),
             _ = tick.tick() => fleet.sweep(),
         }
     }
@@ -519,6 +526,7 @@ impl<S: Store> Hub<S> {
             FLEET_RESEND,
         )?);
         let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_REPLIES);
+        let (online_tx, online_rx) = tokio::sync::mpsc::channel(FLEET_REPLIES);
         let (engine, webhooks) = start_cases(&config, county.clone(), &*store, commands).await?;
         let (case_feed, case_rx) = cases::engine::feed();
         let activity = Arc::new(platform::activity::Activity::default());
@@ -534,6 +542,7 @@ impl<S: Store> Hub<S> {
         )
         .with_sink(case_feed.clone())
         .with_sink(activity.clone())
+        .with_sink(Arc::new(fleet::config::OnlineFeed(online_tx)))
         .with_replies(Arc::new(ReplyRouter {
             cases: case_feed,
             fleet: fleet_tx,
@@ -568,7 +577,11 @@ impl<S: Store> Hub<S> {
             cases: (engine, case_rx),
             webhooks,
             activity,
-            fleet: (fleet, fleet_rx),
+            fleet: FleetParts {
+                fleet,
+                replies: fleet_rx,
+                online: online_rx,
+            },
         })
     }
 
@@ -617,7 +630,7 @@ impl<S: Store> Hub<S> {
             cases: (engine, case_rx),
             webhooks,
             activity,
-            fleet: (fleet, fleet_rx),
+            fleet,
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -636,9 +649,9 @@ impl<S: Store> Hub<S> {
         state = state.with_cases(engine.clone());
         state = state.with_activity(activity.clone());
         state = state.with_enrolment(config.data_dir.clone());
-        state = state.with_fleet(fleet.clone());
+        state = state.with_fleet(fleet.fleet.clone());
         // Ends when ingest (the only sender of answers) has stopped.
-        let fleet_task = tokio::spawn(run_fleet(fleet, fleet_rx));
+        let fleet_task = tokio::spawn(run_fleet(fleet));
         if !http::web::built() {
             tracing::warn!(
                 "the web page was not built into this hub: `/` says so; run `make web`, then \

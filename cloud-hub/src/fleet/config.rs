@@ -344,6 +344,24 @@ impl FleetConfig {
         }
     }
 
+    /// `device` has just connected (its online status was stored): a pending configuration goes
+    /// to it now, whatever the resend interval (copies sent while it was away were lost).
+    pub fn came_online(&self, device: &str) {
+        let pending = {
+            let mut all = self.lock();
+            match all.get_mut(device) {
+                Some(r) if r.state() == SyncState::Pending => {
+                    r.last_sent_ms = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if pending {
+            self.send_due(device, self.clock.now_ms());
+        }
+    }
+
     /// Sends every pending configuration that is due.
     pub fn sweep(&self) {
         let now = self.clock.now_ms();
@@ -424,6 +442,24 @@ impl FleetConfig {
         self.persist(&next)?;
         *all = next;
         Ok(())
+    }
+}
+
+/// Tells the fleet task which devices came online, from each durably stored batch (ingest's
+/// `DurableSink`). Never waits: a full queue drops the news (the periodic resend still comes).
+pub struct OnlineFeed(pub tokio::sync::mpsc::Sender<String>);
+
+impl crate::ingest::pipeline::DurableSink for OnlineFeed {
+    fn offer(
+        &self,
+        batch: &Arc<crate::storage::store::WriteBatch>,
+        _: &crate::storage::store::WriteOutcome,
+    ) {
+        for (s, _) in &batch.statuses {
+            if s.state == csb_wire::DeviceState::Online {
+                let _ = self.0.try_send(format!("{}/{}", s.site, s.device));
+            }
+        }
     }
 }
 
@@ -508,6 +544,19 @@ mod tests {
             "again while unanswered (the agent may be offline)"
         );
 
+        f.came_online("yuexi/gw-1");
+        assert_eq!(
+            sent.0.lock().unwrap().len(),
+            3,
+            "at once when the device connects"
+        );
+        f.came_online("yuexi/gw-other");
+        assert_eq!(
+            sent.0.lock().unwrap().len(),
+            3,
+            "nothing pending for that one"
+        );
+
         f.on_reply(&reply(
             "yuexi/gw-1",
             "cfg-1",
@@ -520,7 +569,7 @@ mod tests {
         assert_eq!((r.state(), r.applied_version), (SyncState::InSync, Some(1)));
         clock.advance(60_000);
         f.sweep();
-        assert_eq!(sent.0.lock().unwrap().len(), 2, "in sync: nothing sent");
+        assert_eq!(sent.0.lock().unwrap().len(), 3, "in sync: nothing sent");
 
         // An invalid one is refused at the hub with the field, and changes nothing.
         let mut bad = cam("cam-1", 0.5);
