@@ -5,7 +5,7 @@
 //!   either camera (frame sequence numbers never go back), and the hub shows it applied.
 //! - A configuration the hub's validator accepts but the agent cannot run (a class its model
 //!   does not know) is refused by the agent, and the hub shows the agent's reason; one the
-//!   validator refuses never leaves the hub (400 naming the field).
+//!   validator refuses never leaves the hub (422 naming the field).
 //! - A push while the agent is down converges when it comes back; the applied version
 //!   survives the restart (kept beside the outbox).
 

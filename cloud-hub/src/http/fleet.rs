@@ -60,6 +60,16 @@ pub struct FleetList {
     pub devices: Vec<FleetRow>,
 }
 
+/// `{site}/{device}` in the path.
+#[derive(Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub struct DevicePath {
+    /// The gateway's site (first topic level), e.g. `yuexi`.
+    pub site: String,
+    /// The gateway's device id, e.g. `gw-01`.
+    pub device: String,
+}
+
 /// A new desired configuration for one device.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,15 +88,18 @@ fn fleet_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<FleetConfig>, ApiError
     })
 }
 
-fn device_of(path: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
-    let Path((site, device)) =
-        path.map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))?;
-    Ok(format!("{site}/{device}"))
+fn device_of(path: Result<Path<DevicePath>, PathRejection>) -> Result<String, ApiError> {
+    let Path(p) = path.map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))?;
+    Ok(format!("{}/{}", p.site, p.device))
 }
 
 fn fleet_error(e: FleetError) -> ApiError {
     match e {
-        FleetError::Device(_) | FleetError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+        FleetError::Device(_) => ApiError::bad_request(e.to_string()),
+        // As the other JSON bodies' field errors (cases): the field is named.
+        FleetError::Invalid { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         FleetError::Store { .. } | FleetError::Read { .. } => {
             tracing::error!("{e}");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -148,7 +161,7 @@ pub(crate) fn get_docs(op: TransformOperation) -> TransformOperation {
 
 pub(crate) async fn get<S: Store>(
     State(st): State<ApiState<S>>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
 ) -> Result<Json<DeviceConfigView>, ApiError> {
     let device = device_of(path)?;
     let fleet = fleet_of(&st)?;
@@ -177,11 +190,13 @@ pub(crate) fn set_docs(op: TransformOperation) -> TransformOperation {
     errors(
         operator(op),
         &[
-            (
-                400,
-                "Not SITE/DEVICE, or the settings are invalid (the message names the field)",
-            ),
+            (400, "The path is not SITE/DEVICE"),
+            (413, "The body is over the request size limit"),
             (415, "`Content-Type` is not `application/json`"),
+            (
+                422,
+                "A body field is wrong, or the settings are invalid (the message names the field)",
+            ),
             (500, "The record could not be stored (logged)"),
             (503, "Fleet configuration is not running"),
         ],
@@ -191,7 +206,7 @@ pub(crate) fn set_docs(op: TransformOperation) -> TransformOperation {
 pub(crate) async fn set<S: Store>(
     State(st): State<ApiState<S>>,
     who: Option<Extension<TokenInfo>>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: Result<Path<DevicePath>, PathRejection>,
     JsonBody(body): JsonBody<SetConfig>,
 ) -> Result<(StatusCode, Json<DeviceConfigView>), ApiError> {
     let device = device_of(path)?;
