@@ -125,7 +125,7 @@ async fn a_pushed_zone_reaches_a_running_agent_without_a_gap_and_an_offline_one_
             &settings(json!([[0.0, 0.0], [1.0, 0.0]]), json!([])),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(
         body.to_string()
             .contains("cameras[0].analytics.zones[0].polygon"),
