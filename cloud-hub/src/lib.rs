@@ -401,8 +401,16 @@ async fn run_fleet(parts: FleetParts) {
                     Err(e) => tracing::error!("fleet: {e}"),
                 }
             }
-            Some(device) = online.recv() => fleet.came_online(&device),
-            _ = tick.tick() => fleet.sweep(),
+            // Both take the fleet's lock, which a change holds while it syncs the file: off the
+            // runtime threads.
+            Some(device) = online.recv() => {
+                let f = fleet.clone();
+                let _ = tokio::task::spawn_blocking(move || f.came_online(&device)).await;
+            }
+            _ = tick.tick() => {
+                let f = fleet.clone();
+                let _ = tokio::task::spawn_blocking(move || f.sweep()).await;
+            }
         }
     }
 }
