@@ -159,6 +159,7 @@ pub fn reply(
     status: csb_wire::ReplyStatus,
     reason: Option<String>,
     version: Option<u64>,
+    model: Option<csb_wire::model::ModelVersion>,
 ) -> csb_wire::CommandReply {
     csb_wire::CommandReply {
         v: csb_wire::SCHEMA_VERSION,
@@ -169,7 +170,7 @@ pub fn reply(
         status,
         reason: reason.map(crate::commands::clip),
         recheck: None,
-        config: version.map(|version| csb_wire::ConfigApplied { version }),
+        config: version.map(|version| csb_wire::ConfigApplied { version, model }),
     }
 }
 
@@ -186,6 +187,7 @@ mod tests {
                 classes: classes.iter().map(|c| c.to_string()).collect(),
                 analytics: Default::default(),
             }],
+            model: None,
         }
     }
 

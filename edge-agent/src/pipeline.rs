@@ -530,7 +530,7 @@ fn apply_config(
     };
     use crate::managed::{decide, reply, Decision};
     use csb_wire::ReplyStatus;
-    let answer = |status, reason, v| ctx.desk.reply(reply(cmd, status, reason, v));
+    let answer = |status, reason, v| ctx.desk.reply(reply(cmd, status, reason, v, None));
     let merged = match decide(push, *version, cams, Some(ctx.labels)) {
         // Versions only go up: an old or repeated one is answered with what runs.
         Decision::Running(v) => {

@@ -157,13 +157,15 @@ pub async fn serve_commands(
             CommandOp::Config(p) => p,
             CommandOp::Recheck(_) => {
                 let why = "a synthetic agent runs no camera pipeline".to_string();
-                desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None));
+                desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None, None));
                 continue;
             }
         };
         match decide(push, running, &cams, None) {
-            Decision::Running(v) => desk.reply(reply(&cmd, ReplyStatus::Done, None, Some(v))),
-            Decision::Refuse(why) => desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None)),
+            Decision::Running(v) => desk.reply(reply(&cmd, ReplyStatus::Done, None, Some(v), None)),
+            Decision::Refuse(why) => {
+                desk.reply(reply(&cmd, ReplyStatus::Refused, Some(why), None, None))
+            }
             Decision::Apply(m) => {
                 let (dir, p) = (state_dir.to_path_buf(), push.clone());
                 let saved = tokio::task::spawn_blocking(move || crate::managed::save(&dir, &p))
@@ -171,13 +173,13 @@ pub async fn serve_commands(
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 if let Err(e) = saved {
-                    desk.reply(reply(&cmd, ReplyStatus::Failed, Some(e), None));
+                    desk.reply(reply(&cmd, ReplyStatus::Failed, Some(e), None, None));
                     continue;
                 }
                 cams = m;
                 running = Some(push.version);
                 uplink.set_config_version(running).await?;
-                desk.reply(reply(&cmd, ReplyStatus::Done, None, running));
+                desk.reply(reply(&cmd, ReplyStatus::Done, None, running, None));
             }
         }
     }

@@ -168,6 +168,7 @@ struct StatusParts {
     sensors: Vec<SensorStatus>,
     outbox: Option<OutboxStatus>,
     config_version: Option<u64>,
+    model: Option<csb_wire::model::ModelVersion>,
 }
 
 fn status_payload(
@@ -188,6 +189,7 @@ fn status_payload(
         sensors: parts.sensors,
         outbox: parts.outbox,
         config_version: parts.config_version,
+        model: parts.model,
     };
     let json = serde_json::to_vec(&s).map_err(|source| UplinkError::Encode {
         what: "status",
@@ -584,6 +586,14 @@ impl Uplink {
     /// Records the managed configuration version now running and republishes the status.
     pub async fn set_config_version(&self, v: Option<u64>) -> Result<(), UplinkError> {
         self.update_status(|p| p.config_version = v).await
+    }
+
+    /// Records the detection model in service and republishes the retained status.
+    pub async fn set_model(
+        &self,
+        m: Option<csb_wire::model::ModelVersion>,
+    ) -> Result<(), UplinkError> {
+        self.update_status(|p| p.model = m).await
     }
 
     /// Records sensor states and republishes the retained status.

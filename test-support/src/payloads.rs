@@ -362,6 +362,7 @@ impl StatusBuilder {
             sensors: Vec::new(),
             outbox: None,
             config_version: None,
+            model: None,
         })
     }
 

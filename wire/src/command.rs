@@ -79,6 +79,12 @@ pub struct ConfigPush {
     pub version: u64,
     #[serde(default)]
     pub cameras: Vec<CameraSettings>,
+    /// The model every camera of the device runs, from the hub's model warehouse; absent: the
+    /// agent's own model. The agent downloads its files, checks them, loads it beside the model
+    /// in service and passes its self-test before swapping it in between two frames; if any of
+    /// that fails it keeps the model it runs and refuses the push with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelManifest>,
 }
 
 /// The centrally managed settings of one camera.
@@ -132,6 +138,14 @@ impl ConfigPush {
                 .validate()
                 .map_err(|e| field_err(format!("cameras[{i}].analytics.{}", e.field), e.reason))?;
         }
+        if let Some(m) = &self.model {
+            m.check().map_err(|e| match e {
+                PayloadError::Field { field, reason } => {
+                    field_err(format!("model.{field}"), reason)
+                }
+                other => other,
+            })?;
+        }
         Ok(())
     }
 }
@@ -141,6 +155,9 @@ impl ConfigPush {
 pub struct ConfigApplied {
     /// The configuration version the agent runs now.
     pub version: u64,
+    /// The model it runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelVersion>,
 }
 
 /// Look at `zone` of `camera` for `watch_s` seconds, running the detector on every frame

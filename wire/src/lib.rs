@@ -5,6 +5,7 @@
 //! third-party tools can validate messages without Rust.
 
 pub mod command;
+pub mod model;
 pub mod payload;
 pub mod rules;
 pub mod sign;

@@ -247,6 +247,9 @@ pub struct DeviceStatus {
     /// while it runs only its local config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<u64>,
+    /// The detection model the agent runs (absent from agents without one, e.g. sensor-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::model::ModelVersion>,
 }
 
 /// Backlog of the edge's durable outbox (docs/outbox.md).

@@ -357,6 +357,7 @@ impl Device {
             sensors: vec![],
             outbox: None,
             config_version: None,
+            model: None,
         };
         serde_json::to_vec(&s).unwrap_or_default()
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use csb_wire::model::{ModelManifest, ModelVersion};
 use csb_wire::{
     CameraSettings, Command, CommandOp, CommandReply, ConfigPush, ReplyStatus, SCHEMA_VERSION,
 };
@@ -59,6 +60,9 @@ pub enum SyncState {
 pub struct Desired {
     pub version: u64,
     pub cameras: Vec<CameraSettings>,
+    /// The warehouse model the device runs; absent: the agent's own model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelManifest>,
     /// When and by whom it was set (the API token's name).
     pub set_ms: i64,
     pub by: String,
@@ -90,6 +94,9 @@ pub struct DeviceConfig {
     /// The version the agent last said it runs.
     pub applied_version: Option<u64>,
     pub applied_ms: Option<i64>,
+    /// The model the agent said it runs with the applied version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_model: Option<ModelVersion>,
     pub rejected: Option<Rejection>,
     /// Copies of the desired version sent so far, and the last one's time.
     pub sends: u32,
@@ -105,6 +112,7 @@ impl DeviceConfig {
             desired: None,
             applied_version: None,
             applied_ms: None,
+            applied_model: None,
             rejected: None,
             sends: 0,
             last_sent_ms: None,
@@ -158,6 +166,7 @@ impl DeviceConfig {
             op: CommandOp::Config(ConfigPush {
                 version: d.version,
                 cameras: d.cameras.clone(),
+                model: d.model.clone(),
             }),
         })
     }
@@ -261,12 +270,26 @@ impl FleetConfig {
         self.lock().get(device).cloned()
     }
 
-    /// Makes `cameras` the next desired version of `device`, stored durably before it is
-    /// acknowledged, and sends it.
+    /// Makes `cameras` the next desired version of `device`, keeping the model it is to run.
+    pub fn set_cameras(
+        &self,
+        device: &str,
+        cameras: Vec<CameraSettings>,
+        by: &str,
+    ) -> Result<DeviceConfig, FleetError> {
+        let model = self
+            .get(device)
+            .and_then(|r| r.desired.and_then(|d| d.model));
+        self.set(device, cameras, model, by)
+    }
+
+    /// Makes `cameras` and `model` the next desired version of `device`, stored durably before
+    /// it is acknowledged, and sends it.
     pub fn set(
         &self,
         device: &str,
         cameras: Vec<CameraSettings>,
+        model: Option<ModelManifest>,
         by: &str,
     ) -> Result<DeviceConfig, FleetError> {
         device_ok(device)?;
@@ -285,6 +308,7 @@ impl FleetConfig {
         let push = ConfigPush {
             version,
             cameras: cameras.clone(),
+            model: model.clone(),
         };
         push.check().map_err(|e| match e {
             csb_wire::PayloadError::Field { field, reason } => {
@@ -295,15 +319,20 @@ impl FleetConfig {
                 reason: other.to_string(),
             },
         })?;
+        let what = match &model {
+            Some(m) => format!("by {by}, model {}", m.key()),
+            None => format!("by {by}"),
+        };
         rec.desired = Some(Desired {
             version,
             cameras,
+            model,
             set_ms: now,
             by: by.to_string(),
         });
         rec.sends = 0;
         rec.last_sent_ms = None;
-        rec.log(now, "set", version, Some(format!("by {by}")));
+        rec.log(now, "set", version, Some(what));
         let mut next = all.clone();
         next.insert(device.to_string(), rec.clone());
         self.persist(&next)?;
@@ -403,6 +432,7 @@ impl FleetConfig {
                 }
                 rec.applied_version = Some(running);
                 rec.applied_ms = Some(now);
+                rec.applied_model = reply.config.as_ref().and_then(|c| c.model.clone());
                 rec.log(now, "applied", running, None);
                 self.counters.applied.fetch_add(1, Relaxed);
             }
@@ -509,7 +539,10 @@ mod tests {
             status,
             reason: reason.map(str::to_string),
             recheck: None,
-            config: version.map(|version| csb_wire::ConfigApplied { version }),
+            config: version.map(|version| csb_wire::ConfigApplied {
+                version,
+                model: None,
+            }),
         }
     }
 
@@ -525,7 +558,9 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
-        let r = f.set("yuexi/gw-1", vec![cam("cam-1", 0.5)], "ops").unwrap();
+        let r = f
+            .set_cameras("yuexi/gw-1", vec![cam("cam-1", 0.5)], "ops")
+            .unwrap();
         assert_eq!(r.desired.as_ref().unwrap().version, 1);
         assert_eq!(r.state(), SyncState::Pending);
         assert_eq!(sent.0.lock().unwrap().len(), 1, "sent at once");
@@ -575,7 +610,7 @@ mod tests {
         let mut bad = cam("cam-1", 0.5);
         bad.analytics.zones[0].polygon.truncate(2);
         let e = f
-            .set("yuexi/gw-1", vec![bad], "ops")
+            .set_cameras("yuexi/gw-1", vec![bad], "ops")
             .unwrap_err()
             .to_string();
         assert!(
@@ -585,7 +620,8 @@ mod tests {
         assert_eq!(f.get("yuexi/gw-1").unwrap().desired.unwrap().version, 1);
 
         // Version 2, refused by the agent: the reason is kept; a restart keeps everything.
-        f.set("yuexi/gw-1", vec![cam("cam-9", 0.4)], "ops").unwrap();
+        f.set_cameras("yuexi/gw-1", vec![cam("cam-9", 0.4)], "ops")
+            .unwrap();
         f.on_reply(&reply(
             "yuexi/gw-1",
             "cfg-2",
@@ -608,6 +644,6 @@ mod tests {
         assert_eq!(r.applied_version, Some(1));
         let whats: Vec<&str> = r.audit.iter().map(|a| a.what.as_str()).collect();
         assert_eq!(whats, ["set", "sent", "applied", "set", "sent", "refused"]);
-        assert!(f.set("nodevice", vec![], "ops").is_err());
+        assert!(f.set_cameras("nodevice", vec![], "ops").is_err());
     }
 }

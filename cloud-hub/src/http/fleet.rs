@@ -213,7 +213,9 @@ pub(crate) async fn set<S: Store>(
     let fleet = fleet_of(&st)?;
     let by = who.map_or_else(|| "anonymous".to_string(), |Extension(t)| t.name);
     let rec = blocking(&st.store_slots, "fleet configuration", move || {
-        fleet.set(&device, body.cameras, &by).map_err(fleet_error)
+        fleet
+            .set_cameras(&device, body.cameras, &by)
+            .map_err(fleet_error)
     })
     .await?;
     Ok((StatusCode::ACCEPTED, Json(rec.into())))

@@ -622,6 +622,7 @@ mod tests {
                 sensors: vec![],
                 outbox: None,
                 config_version: None,
+                model: None,
             },
             received_ms,
         }

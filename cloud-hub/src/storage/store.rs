@@ -2648,6 +2648,7 @@ pub(crate) mod tests {
             sensors: vec![],
             outbox: None,
             config_version: None,
+            model: None,
         };
         // An offline last will carries its connect-time timestamp, older than the online status
         // sent right after: arrival order, not ts_ms, decides which is current.
@@ -2872,6 +2873,7 @@ pub(crate) mod tests {
             }],
             outbox: None,
             config_version: None,
+            model: None,
         };
         s.write(WriteBatch {
             statuses: vec![(status.clone(), T0 + 5)],

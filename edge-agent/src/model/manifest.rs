@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -29,13 +29,13 @@ pub enum ManifestError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub models: Vec<ModelEntry>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     pub name: String,
@@ -55,7 +55,7 @@ pub struct ModelEntry {
 }
 
 /// The self-test of a model: an image and what must be found in it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelfTest {
     /// Image file, relative to the manifest (also looked for in the install's `.cache/media`).
@@ -63,62 +63,9 @@ pub struct SelfTest {
     pub expect: Vec<Expected>,
 }
 
-/// One detection a self-test requires: this label, at least this score, overlapping this box
-/// (source pixels) at IoU >= `min_iou`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expected {
-    pub label: String,
-    pub min_score: f32,
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-    #[serde(default = "default_min_iou")]
-    pub min_iou: f32,
-}
-
-fn default_min_iou() -> f32 {
-    0.5
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decoder {
-    /// YOLOX head: [1, anchors, 5 + classes], xy offsets, log wh, sigmoid obj and class probs.
-    Yolox,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    Nchw,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelOrder {
-    Bgr,
-    Rgb,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputSpec {
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    pub layout: Layout,
-    pub channel_order: ChannelOrder,
-    pub scale: f32,
-    pub pad_value: f32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputSpec {
-    pub name: String,
-    pub strides: Vec<u32>,
-    pub nms_iou: f32,
-}
+// The input, output and self-test types are the wire's: the hub's model warehouse describes
+// models with the same ones.
+pub use csb_wire::model::{ChannelOrder, Decoder, Expected, InputSpec, Layout, OutputSpec};
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {

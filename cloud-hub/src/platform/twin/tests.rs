@@ -61,6 +61,7 @@ fn status(state: DeviceState, cams: &[(&str, CameraState, f32)]) -> DeviceStatus
         sensors: vec![],
         outbox: None,
         config_version: None,
+        model: None,
     }
 }
 
