@@ -90,6 +90,12 @@ pub enum HubError {
     Tokens(#[from] TokenError),
     #[error("fleet configuration: {0}")]
     Fleet(#[from] fleet::config::FleetError),
+    #[error("rollouts: {0}")]
+    Rollouts(#[from] fleet::rollout::RolloutError),
+    #[error("device groups: {0}")]
+    Groups(#[from] fleet::groups::GroupError),
+    #[error("{0}")]
+    Models(#[from] fleet::models::WarehouseError),
     #[error("HTTP listener: {0}")]
     HttpListener(std::io::Error),
     #[error("HTTP server on {addr} failed: {cause}")]
@@ -133,11 +139,15 @@ pub struct Hub<S: Store = SledStore> {
     activity: Arc<platform::activity::Activity>,
     /// Fleet configuration and the agents' answers to its pushes.
     fleet: FleetParts,
+    /// The model warehouse (`{data_dir}/models`).
+    models: Arc<fleet::models::Warehouse>,
 }
 
 /// The fleet configuration, the agents' answers to its pushes, and news of devices coming online.
 struct FleetParts {
     fleet: Arc<FleetConfig>,
+    rollouts: Arc<fleet::rollout::Rollouts>,
+    groups: Arc<fleet::groups::Groups>,
     replies: tokio::sync::mpsc::Receiver<csb_wire::CommandReply>,
     online: tokio::sync::mpsc::Receiver<String>,
 }
@@ -384,6 +394,8 @@ const FLEET_RESEND: Duration = Duration::from_secs(5);
 async fn run_fleet(parts: FleetParts) {
     let FleetParts {
         fleet,
+        rollouts,
+        groups: _,
         mut replies,
         mut online,
     } = parts;
@@ -408,8 +420,12 @@ async fn run_fleet(parts: FleetParts) {
                 let _ = tokio::task::spawn_blocking(move || f.came_online(&device)).await;
             }
             _ = tick.tick() => {
-                let f = fleet.clone();
-                let _ = tokio::task::spawn_blocking(move || f.sweep()).await;
+                let (f, r) = (fleet.clone(), rollouts.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    f.sweep();
+                    r.tick();
+                })
+                .await;
             }
         }
     }
@@ -533,6 +549,17 @@ impl<S: Store> Hub<S> {
             Arc::new(support::clock::SystemClock),
             FLEET_RESEND,
         )?);
+        let models = Arc::new(fleet::models::Warehouse::open(&config.data_dir)?);
+        let last_status = Arc::new(fleet::health::LastStatus::default());
+        let groups = Arc::new(fleet::groups::Groups::open(&config.data_dir)?);
+        let rollouts = Arc::new(fleet::rollout::Rollouts::open(
+            &config.data_dir,
+            fleet.clone(),
+            last_status.clone(),
+            models.clone(),
+            Some(groups.clone()),
+            Arc::new(support::clock::SystemClock),
+        )?);
         let (fleet_tx, fleet_rx) = tokio::sync::mpsc::channel(FLEET_REPLIES);
         let (online_tx, online_rx) = tokio::sync::mpsc::channel(FLEET_REPLIES);
         let (engine, webhooks) = start_cases(&config, county.clone(), &*store, commands).await?;
@@ -551,6 +578,7 @@ impl<S: Store> Hub<S> {
         .with_sink(case_feed.clone())
         .with_sink(activity.clone())
         .with_sink(Arc::new(fleet::config::OnlineFeed(online_tx)))
+        .with_sink(last_status)
         .with_replies(Arc::new(ReplyRouter {
             cases: case_feed,
             fleet: fleet_tx,
@@ -587,10 +615,18 @@ impl<S: Store> Hub<S> {
             activity,
             fleet: FleetParts {
                 fleet,
+                rollouts,
+                groups,
                 replies: fleet_rx,
                 online: online_rx,
             },
+            models,
         })
+    }
+
+    /// The model warehouse (rollouts take their models from it).
+    pub fn models(&self) -> Arc<fleet::models::Warehouse> {
+        self.models.clone()
     }
 
     /// The case workflow (tests and the CLI act on it directly).
@@ -639,6 +675,7 @@ impl<S: Store> Hub<S> {
             webhooks,
             activity,
             fleet,
+            models,
         } = self;
         let mut state = http::ApiState::new(
             store.clone(),
@@ -658,6 +695,8 @@ impl<S: Store> Hub<S> {
         state = state.with_activity(activity.clone());
         state = state.with_enrolment(config.data_dir.clone());
         state = state.with_fleet(fleet.fleet.clone());
+        state = state.with_rollouts(fleet.rollouts.clone(), fleet.groups.clone());
+        state = state.with_models(models);
         // Ends when ingest (the only sender of answers) has stopped.
         let fleet_task = tokio::spawn(run_fleet(fleet));
         if !http::web::built() {
@@ -820,6 +859,17 @@ impl<S: Store> Hub<S> {
                 cause,
             })?;
         Ok(())
+    }
+}
+
+/// Rollouts take their models from the warehouse: only `ready` ones.
+impl fleet::rollout::ModelSource for fleet::models::Warehouse {
+    fn assignable(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<csb_wire::model::ModelManifest, String> {
+        fleet::models::Warehouse::assignable(self, name, version).map_err(|e| e.to_string())
     }
 }
 

@@ -15,6 +15,9 @@ use cloud_hub::support::lognoise::RumqttdNoise;
 use cloud_hub::{Hub, HubConfig};
 use tracing_subscriber::EnvFilter;
 
+mod model_cli;
+mod rollout_cli;
+
 /// Ingest allocates per message (decoded events, batches, acks); mimalloc makes that markedly
 /// cheaper than glibc's malloc (measured with `cloud-hub bench-ingest`).
 #[global_allocator]
@@ -113,6 +116,39 @@ enum Command {
         token: Option<String>,
         #[command(subcommand)]
         action: CasesCommand,
+    },
+    /// Rollouts of warehouse models to the fleet: start (canary, batches, thresholds, soak),
+    /// status, pause, resume, abort.
+    Rollout {
+        /// The hub's HTTP address.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "CSB_HUB_URL",
+            global = true
+        )]
+        url: String,
+        /// API token when the hub has `[auth] http = "required"` (operator to start or stop).
+        #[arg(long, env = "CSB_HUB_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: rollout_cli::RolloutCommand,
+    },
+    /// The model warehouse of a running hub: register a model with its files, list, show, retire.
+    Model {
+        /// The hub's HTTP address.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "CSB_HUB_URL",
+            global = true
+        )]
+        url: String,
+        /// API token when the hub has `[auth] http = "required"` (operator to change models).
+        #[arg(long, env = "CSB_HUB_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: model_cli::ModelCommand,
     },
     /// HTTP API tokens (for `[auth] http = "required"`): add, list, revoke.
     Token {
@@ -779,6 +815,8 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Token { action } => token(action),
         Command::Cases { url, token, action } => cases(&url, token.as_deref(), action),
+        Command::Model { url, token, action } => model_cli::run(&url, token.as_deref(), action),
+        Command::Rollout { url, token, action } => rollout_cli::run(&url, token.as_deref(), action),
         Command::County { dir } => {
             let dir =
                 dir.unwrap_or_else(|| PathBuf::from(cloud_hub::platform::county::DEFAULT_DIR));

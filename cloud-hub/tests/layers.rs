@@ -22,7 +22,7 @@ const LAYERS: &[&str] = &[
 fn layer_of_top(top: &str) -> &'static str {
     match top {
         "lib" | "config" => "app",
-        "main" => "cli",
+        "main" | "model_cli" | "rollout_cli" => "cli",
         other => LAYERS
             .iter()
             .find(|l| **l == other)

@@ -12,6 +12,7 @@ pub mod jitter;
 pub mod localstatus;
 pub mod managed;
 pub mod model;
+pub mod modelswap;
 pub mod outbox;
 pub mod perception;
 pub mod pipeline;

@@ -16,9 +16,11 @@ use crate::commands::{CommandDesk, Probe, Shot};
 use crate::config::{AgentConfig, CameraConfig};
 use crate::evidence::EvidenceUploader;
 use crate::model::{Detector, DetectorError};
+use crate::modelswap::{self, Swap, SwapCtx};
 use crate::queue::{Item, LatestSlots};
 use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError, SourceOptions};
 use crate::uplink::{Uplink, UplinkError};
+use csb_wire::model::ModelManifest;
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -270,23 +272,57 @@ pub fn run(
     let mut cams: Vec<CameraConfig> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
     // The hub's managed settings, as last applied (kept beside the outbox across restarts).
     let state_dir = cfg.outbox_dir();
+    let swap_ctx = SwapCtx {
+        base: cfg.model.clone(),
+        store_dir: state_dir.join("models"),
+        hub_url: cfg.hub.url.clone(),
+        site: cfg.agent.site.clone(),
+        device: cfg.agent.device.clone(),
+        key: uplink.signing_key(),
+        input_size: detector.input_size(),
+    };
     let mut config_version = None;
+    // The hub's model in service (None: the agent's own), and the push that put it there.
+    let mut running_model: Option<ModelManifest> = None;
     match crate::managed::load(&state_dir) {
-        Ok(Some(p)) => match crate::managed::merged(&cams, &p, Some(detector.labels())) {
-            Ok(m) => {
-                tracing::info!(version = p.version, "running the hub's managed camera settings");
-                cams = m;
-                config_version = Some(p.version);
+        Ok(Some(p)) => {
+            // A hub model kept from before the restart comes from the local store (no download
+            // when it is complete) and passes its self-test again before it serves.
+            let model_ok = match &p.model {
+                None => true,
+                Some(m) => match modelswap::prepare(Some(m), &swap_ctx) {
+                    Ok(d) => {
+                        detector = d;
+                        running_model = Some((**m).clone());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(version = p.version, "the hub's model cannot run ({e}); running the agent's own model until the hub sends a new configuration");
+                        false
+                    }
+                },
+            };
+            match crate::managed::merged(&cams, &p, Some(detector.labels())) {
+                Ok(m) if model_ok => {
+                    tracing::info!(version = p.version, "running the hub's managed camera settings");
+                    cams = m;
+                    config_version = Some(p.version);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    version = p.version,
+                    "the hub's managed settings no longer fit this agent ({e}); running the local config until the hub sends new ones"
+                ),
             }
-            Err(e) => tracing::warn!(
-                version = p.version,
-                "the hub's managed settings no longer fit this agent ({e}); running the local config until the hub sends new ones"
-            ),
-        },
+        }
         Ok(None) => {}
         Err(e) => tracing::warn!("{e}; running the local config"),
     }
     rt.block_on(uplink.set_config_version(config_version))?;
+    rt.block_on(uplink.set_model(Some(modelswap::version_of(
+        &detector,
+        running_model.as_ref(),
+    ))))?;
     let target = detector.input_size();
     // One slot per camera: its next frame waits while the current one is inferred (decode and
     // inference overlap); anything older is replaced, so detection stays live.
@@ -346,6 +382,11 @@ pub fn run(
     let mut failure = None;
     // AI re-checks from the hub, and those looking now.
     let mut commands = uplink.take_commands();
+    // A model being made ready for a configuration push, beside the one in service.
+    let mut swap: Option<Swap> = None;
+    // The model (and its configuration) in service before the last swap, kept for a while to
+    // fall back to if the new one fails at run time.
+    let mut previous: Option<Previous> = None;
     // Each with its evidence candidates: the busiest frame, and the newest empty view.
     let mut probes: Vec<(Probe, [Option<Vec<u8>>; 2])> = Vec::new();
 
@@ -357,10 +398,55 @@ pub fn run(
             while let Ok(cmd) = rx.try_recv() {
                 match &cmd.op {
                     csb_wire::CommandOp::Recheck(_) => start_probe(cmd, &cams, desk, &mut probes),
-                    csb_wire::CommandOp::Config(_) => {
+                    csb_wire::CommandOp::Config(push) => {
+                        let newer = push.version > config_version.unwrap_or(0);
+                        if newer
+                            && !modelswap::same_model(running_model.as_ref(), push.model.as_deref())
+                        {
+                            if swap
+                                .as_ref()
+                                .is_some_and(|s| s.push.version >= push.version)
+                            {
+                                continue; // a repeat: answered when the model is ready
+                            }
+                            // The cameras' part is checked now (against the new model's labels
+                            // when it brings them), so a bad push is refused without a download.
+                            let labels = push.model.as_ref().map(|m| m.labels.as_slice());
+                            match crate::managed::decide(push, config_version, &cams, labels) {
+                                crate::managed::Decision::Apply(_) => {
+                                    swap = Some(Swap::start(cmd.clone(), push.clone(), &swap_ctx));
+                                }
+                                crate::managed::Decision::Refuse(reason) => {
+                                    desk.reply(crate::managed::reply(
+                                        &cmd,
+                                        csb_wire::ReplyStatus::Refused,
+                                        Some(reason),
+                                        None,
+                                        None,
+                                    ));
+                                }
+                                crate::managed::Decision::Running(v) => {
+                                    let mv =
+                                        modelswap::version_of(&detector, running_model.as_ref());
+                                    desk.reply(crate::managed::reply(
+                                        &cmd,
+                                        csb_wire::ReplyStatus::Done,
+                                        None,
+                                        Some(v),
+                                        Some(mv),
+                                    ));
+                                }
+                            }
+                            continue;
+                        }
+                        if newer {
+                            // A newer push for the model in service supersedes a swap under way.
+                            swap = None;
+                        }
                         let mut ctx = ConfigCtx {
                             state_dir: &state_dir,
                             labels: detector.labels(),
+                            model: Some(modelswap::version_of(&detector, running_model.as_ref())),
                             desk,
                             uplink,
                             evidence: evidence.as_ref(),
@@ -373,11 +459,75 @@ pub fn run(
                             &mut cams,
                             &mut analytics,
                             &mut config_version,
-                        )?;
+                        )?
+                        .0;
                     }
                 }
             }
             finish_probes(cfg, desk, evidence.as_ref(), &rt, &mut probes);
+            // The model made ready beside the one in service: swapped in between two frames.
+            if let Some(res) = swap.as_ref().and_then(Swap::poll) {
+                let s = swap.take().expect("polled above");
+                match res {
+                    Ok(new_det) => {
+                        let mv = modelswap::version_of(&new_det, s.push.model.as_deref());
+                        let mut ctx = ConfigCtx {
+                            state_dir: &state_dir,
+                            labels: new_det.labels(),
+                            model: Some(mv.clone()),
+                            desk,
+                            uplink,
+                            evidence: evidence.as_ref(),
+                            rt: &rt,
+                            stop: &opts.stop,
+                        };
+                        let before = config_version;
+                        let (n, applied) = apply_config(
+                            &s.cmd,
+                            &mut ctx,
+                            &mut cams,
+                            &mut analytics,
+                            &mut config_version,
+                        )?;
+                        report.events += n;
+                        if applied {
+                            let old = std::mem::replace(&mut detector, new_det);
+                            let old_model = std::mem::replace(
+                                &mut running_model,
+                                s.push.model.as_deref().cloned(),
+                            );
+                            previous = Some(Previous {
+                                detector: old,
+                                model: old_model,
+                                version: before,
+                                until: Instant::now() + FALLBACK_KEPT,
+                            });
+                            rt.block_on(uplink.set_model(Some(mv.clone())))?;
+                            if let Some(m) = &running_model {
+                                modelswap::mark_good(m, &swap_ctx);
+                            }
+                            tracing::info!(version = s.push.version, model = %mv.name, "model swapped in");
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(
+                            command = s.cmd.id,
+                            version = s.push.version,
+                            "configuration refused, the model in service stays: {reason}"
+                        );
+                        desk.reply(crate::managed::reply(
+                            &s.cmd,
+                            csb_wire::ReplyStatus::Refused,
+                            Some(reason),
+                            None,
+                            None,
+                        ));
+                    }
+                }
+            }
+            if previous.as_ref().is_some_and(|p| Instant::now() >= p.until) {
+                previous = None;
+            }
         }
         match tx.take(Duration::from_millis(200)) {
             Some(Item::Frame(i, frame)) => {
@@ -386,7 +536,24 @@ pub fn run(
                 let r = match analytics[i].process_with(&frame, frame.ts_ms, &mut detector, ungated)
                 {
                     Ok(r) => r,
-                    Err(AnalyticsError::Detector(e)) => return Err(e.into()),
+                    Err(AnalyticsError::Detector(e)) => match previous.take() {
+                        // The model swapped in fails at run time: back to the one before it.
+                        Some(p) => {
+                            tracing::error!(
+                                "the new model failed ({e}); back to the model before it"
+                            );
+                            detector = p.detector;
+                            running_model = p.model;
+                            config_version = p.version;
+                            rt.block_on(uplink.set_config_version(config_version))?;
+                            rt.block_on(uplink.set_model(Some(modelswap::version_of(
+                                &detector,
+                                running_model.as_ref(),
+                            ))))?;
+                            continue;
+                        }
+                        None => return Err(e.into()),
+                    },
                     Err(e) => {
                         // A frame OpenCV cannot read is this frame's problem, not the camera's.
                         tracing::warn!("{e}");
@@ -502,10 +669,23 @@ pub fn run(
     Ok(report)
 }
 
+/// How long the model in service before a swap is kept to fall back to.
+const FALLBACK_KEPT: Duration = Duration::from_secs(600);
+
+/// The model in service before the last swap.
+struct Previous {
+    detector: Detector,
+    model: Option<ModelManifest>,
+    version: Option<u64>,
+    until: Instant,
+}
+
 /// What applying a configuration needs besides the cameras.
 struct ConfigCtx<'a> {
     state_dir: &'a std::path::Path,
     labels: &'a [String],
+    /// The model that runs once it is applied (named in the reply).
+    model: Option<csb_wire::model::ModelVersion>,
     desk: &'a CommandDesk,
     uplink: &'a Uplink,
     evidence: Option<&'a EvidenceUploader>,
@@ -517,25 +697,26 @@ struct ConfigCtx<'a> {
 /// cameras or none: checked against this agent's cameras and model, kept on disk, then swapped
 /// into each listed camera's analytics between two frames (no camera restarts, no frame is
 /// lost); answered `done` with the version only after it is on disk. Returns the rule events
-/// it published (problems ended by the change).
+/// it published (problems ended by the change) and whether it was applied.
 fn apply_config(
     cmd: &csb_wire::Command,
     ctx: &mut ConfigCtx<'_>,
     cams: &mut Vec<CameraConfig>,
     analytics: &mut [CameraAnalytics],
     version: &mut Option<u64>,
-) -> Result<u64, PipelineError> {
+) -> Result<(u64, bool), PipelineError> {
     let csb_wire::CommandOp::Config(push) = &cmd.op else {
-        return Ok(0);
+        return Ok((0, false));
     };
     use crate::managed::{decide, reply, Decision};
     use csb_wire::ReplyStatus;
-    let answer = |status, reason, v| ctx.desk.reply(reply(cmd, status, reason, v, None));
+    let model = ctx.model.clone();
+    let answer = |status, reason, v| ctx.desk.reply(reply(cmd, status, reason, v, model.clone()));
     let merged = match decide(push, *version, cams, Some(ctx.labels)) {
         // Versions only go up: an old or repeated one is answered with what runs.
         Decision::Running(v) => {
             answer(ReplyStatus::Done, None, Some(v));
-            return Ok(0);
+            return Ok((0, false));
         }
         Decision::Refuse(reason) => {
             tracing::warn!(
@@ -544,7 +725,7 @@ fn apply_config(
                 "configuration refused: {reason}"
             );
             answer(ReplyStatus::Refused, Some(reason), None);
-            return Ok(0);
+            return Ok((0, false));
         }
         Decision::Apply(m) => m,
     };
@@ -557,14 +738,14 @@ fn apply_config(
             Ok(e) => engines.push((i, e)),
             Err(e) => {
                 answer(ReplyStatus::Refused, Some(e.to_string()), None);
-                return Ok(0);
+                return Ok((0, false));
             }
         }
     }
     if let Err(e) = crate::managed::save(ctx.state_dir, push) {
         tracing::error!("{e}");
         answer(ReplyStatus::Failed, Some(e.to_string()), None);
-        return Ok(0);
+        return Ok((0, false));
     }
     let mut published = 0;
     for (i, engine) in engines {
@@ -581,7 +762,7 @@ fn apply_config(
         "configuration applied"
     );
     answer(ReplyStatus::Done, None, Some(push.version));
-    Ok(published)
+    Ok((published, true))
 }
 
 /// Starts an AI re-check on its camera, or refuses it with the reason.

@@ -9,6 +9,7 @@
 //!   [`process::HubBuilder`], `edge-agent` processes.
 //! - [`agent`]: edge agent config files.
 //! - [`disk`]: a small tmpfs to fill, for full-disk tests.
+//! - [`models`]: warehouse manifests of the real model, registering one in a hub.
 //! - [`http`]: reading a hub over HTTP, polling, server-sent events.
 //! - [`oracle`]: expected values worked out independently of the hub (rollups, distances).
 //! - [`fuzz`]: scratch files for the config fuzz targets.
@@ -28,6 +29,8 @@ pub mod payloads;
 pub mod disk;
 #[cfg(feature = "net")]
 pub mod http;
+#[cfg(feature = "net")]
+pub mod models;
 #[cfg(feature = "net")]
 pub mod mqtt;
 #[cfg(feature = "net")]

@@ -84,7 +84,7 @@ pub struct ConfigPush {
     /// in service and passes its self-test before swapping it in between two frames; if any of
     /// that fails it keeps the model it runs and refuses the push with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<crate::model::ModelManifest>,
+    pub model: Option<Box<crate::model::ModelManifest>>,
 }
 
 /// The centrally managed settings of one camera.

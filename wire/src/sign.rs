@@ -172,6 +172,64 @@ fn upload_mac(key: &SigningKey, id: &str, device: &str, event: &str, body: &[u8]
     )
 }
 
+/// Header of a signed model download naming the device, `{site}/{device}`.
+pub const DOWNLOAD_DEVICE_HEADER: &str = "x-csb-device";
+/// Header of a signed model download: when it was signed, Unix milliseconds (decimal).
+pub const DOWNLOAD_TIMESTAMP_HEADER: &str = "x-csb-timestamp";
+/// How far a signed download's timestamp may be from the hub's clock (either way).
+pub const DOWNLOAD_MAX_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// The signature of a model file download (`GET /api/v1/models/{name}/{version}/files/{kind}`),
+/// as 64 lowercase hex digits: HMAC-SHA256 with the device's signing key over
+/// `"GET {path}\n{device}\n{timestamp}\n"`. `path` is the request's path as sent (no query),
+/// `device` and `timestamp` the values of [`DOWNLOAD_DEVICE_HEADER`] and
+/// [`DOWNLOAD_TIMESTAMP_HEADER`]. The hub refuses a timestamp more than
+/// [`DOWNLOAD_MAX_SKEW_MS`] from its clock, so a captured signature is good for minutes only.
+pub fn sign_download(key: &SigningKey, path: &str, device: &str, timestamp: &str) -> String {
+    hex_lower(&download_mac(key, path, device, timestamp))
+}
+
+/// Checks a download's `signature` in constant time (see [`sign_download`]); the timestamp's
+/// freshness is the caller's to check.
+pub fn verify_download(
+    key: &SigningKey,
+    path: &str,
+    device: &str,
+    timestamp: &str,
+    signature: &str,
+) -> Result<(), SigError> {
+    let sig = signature.trim().as_bytes();
+    if sig.len() != 64 {
+        return Err(SigError::Malformed);
+    }
+    let want = hex_lower(&download_mac(key, path, device, timestamp));
+    let diff = want
+        .as_bytes()
+        .iter()
+        .zip(sig)
+        .fold(0u8, |d, (a, b)| d | (a ^ b));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err(SigError::Mismatch)
+    }
+}
+
+fn download_mac(key: &SigningKey, path: &str, device: &str, timestamp: &str) -> [u8; 32] {
+    hmac(
+        key,
+        &[
+            b"GET ",
+            path.as_bytes(),
+            b"\n",
+            device.as_bytes(),
+            b"\n",
+            timestamp.as_bytes(),
+            b"\n",
+        ],
+    )
+}
+
 fn trim_end(b: &[u8]) -> &[u8] {
     let n = b
         .iter()
@@ -251,6 +309,41 @@ mod tests {
         // No event: signed with an empty line.
         let no_ev = sign_upload(&k, id, dev, "", body);
         verify_upload(&k, id, dev, "", body, &no_ev).unwrap();
+    }
+
+    #[test]
+    fn download_signature_binds_path_device_and_timestamp() {
+        let k = signing_key("s3cret");
+        let (path, dev, ts) = (
+            "/api/v1/models/yolox_nano/1.0.0/files/model",
+            "yuexi/gw-01",
+            "1760000000000",
+        );
+        let sig = sign_download(&k, path, dev, ts);
+        assert_eq!(
+            sig,
+            hex_lower(&hmac(
+                &k,
+                &[format!("GET {path}\n{dev}\n{ts}\n").as_bytes()]
+            ))
+        );
+        verify_download(&k, path, dev, ts, &sig).unwrap();
+        let bad = |r: Result<(), SigError>| assert_eq!(r, Err(SigError::Mismatch));
+        bad(verify_download(&signing_key("x"), path, dev, ts, &sig));
+        bad(verify_download(
+            &k,
+            "/api/v1/models/yolox_nano/1.0.0/files/selftest",
+            dev,
+            ts,
+            &sig,
+        ));
+        bad(verify_download(&k, path, "yuexi/gw-02", ts, &sig));
+        bad(verify_download(&k, path, dev, "1760000000001", &sig));
+        bad(verify_download(&k, path, dev, ts, &sig.to_uppercase()));
+        assert_eq!(
+            verify_download(&k, path, dev, ts, "00"),
+            Err(SigError::Malformed)
+        );
     }
 
     #[test]

@@ -761,7 +761,7 @@ pub enum FeedItem {
     /// One stored batch's events for the workflow, and the event log's end after them.
     Events { events: Vec<Event>, end: LogPos },
     /// An agent's answer to a command.
-    Reply(CommandReply),
+    Reply(Box<CommandReply>),
 }
 
 /// What ingest hands each durable batch and each command reply to (see the module docs).
@@ -816,7 +816,7 @@ impl DurableSink for CaseFeed {
 impl ReplySink for CaseFeed {
     fn reply(&self, reply: CommandReply) -> bool {
         // A reply dropped here is not lost: the command is sent again and answered again.
-        self.tx.try_send(FeedItem::Reply(reply)).is_ok()
+        self.tx.try_send(FeedItem::Reply(Box::new(reply))).is_ok()
     }
 }
 

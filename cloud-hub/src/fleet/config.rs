@@ -166,7 +166,7 @@ impl DeviceConfig {
             op: CommandOp::Config(ConfigPush {
                 version: d.version,
                 cameras: d.cameras.clone(),
-                model: d.model.clone(),
+                model: d.model.clone().map(Box::new),
             }),
         })
     }
@@ -308,7 +308,7 @@ impl FleetConfig {
         let push = ConfigPush {
             version,
             cameras: cameras.clone(),
-            model: model.clone(),
+            model: model.clone().map(Box::new),
         };
         push.check().map_err(|e| match e {
             csb_wire::PayloadError::Field { field, reason } => {

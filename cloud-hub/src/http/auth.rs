@@ -101,6 +101,9 @@ pub enum Access {
     Device,
     /// A bearer token of this role or a higher one.
     Role(Role),
+    /// A bearer token (or session) of this role or higher, or a device's signature of the
+    /// request (model downloads: `csb_wire::sign::sign_download`, checked here).
+    DeviceOrRole(Role),
 }
 
 enum PathMatch {
@@ -111,6 +114,8 @@ enum PathMatch {
     Under(&'static str),
     /// The web page's paths (anything outside the API's prefixes: `crate::http::web`).
     Page,
+    /// A model's file: `/api/v1/models/{name}/{version}/files/{kind}`.
+    ModelFile,
 }
 
 struct Rule {
@@ -159,6 +164,12 @@ const POLICY: &[Rule] = &[
         path: PathMatch::Item("/api/v1/snapshots/"),
         access: Access::Device,
     },
+    // A model's files: viewers, or the devices that run it (a signed request, no token).
+    Rule {
+        method: "GET",
+        path: PathMatch::ModelFile,
+        access: Access::DeviceOrRole(Role::Viewer),
+    },
     // The digital twin (NGSI-LD reads and the change stream): viewers, like the other reads.
     Rule {
         method: "GET",
@@ -205,6 +216,10 @@ pub fn access_for(method: &Method, path: &str) -> Access {
             .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
         PathMatch::Under(prefix) => path.starts_with(prefix),
         PathMatch::Page => crate::http::web::is_page(path),
+        PathMatch::ModelFile => path
+            .strip_prefix("/api/v1/models/")
+            .map(|rest| rest.split('/').collect::<Vec<_>>())
+            .is_some_and(|s| s.len() == 4 && s[2] == "files" && s.iter().all(|x| !x.is_empty())),
     };
     POLICY
         .iter()
@@ -397,6 +412,23 @@ pub async fn require_access(State(gate): State<Gate>, mut req: Request, next: Ne
         // `Device`: put_snapshot verifies the signature once it has the body.
         Access::Open | Access::Device => return next.run(req).await,
         Access::Role(role) => role,
+        // A device's signed request (no token, no cookie): checked here, it has no body.
+        Access::DeviceOrRole(_)
+            if req.headers().contains_key(UPLOAD_SIGNATURE_HEADER)
+                && !req.headers().contains_key(header::AUTHORIZATION)
+                && sessions::cookie(req.headers()).is_none() =>
+        {
+            return match check_download(access, req.headers(), req.uri().path()) {
+                Ok(()) => next.run(req).await,
+                Err((who, e)) => {
+                    let reason = HttpAuthRefusal::DownloadSignature;
+                    gate.metrics.refuse_http(reason);
+                    access.log_refusal(req.method(), req.uri().path(), reason, &who);
+                    e.into_response()
+                }
+            };
+        }
+        Access::DeviceOrRole(role) => role,
     };
     let checked = match sessions::cookie(req.headers()) {
         // A bearer token, when sent, is what counts (API clients may carry stale cookies).
@@ -428,6 +460,69 @@ pub async fn require_access(State(gate): State<Gate>, mut req: Request, next: Ne
             e.into_response()
         }
     }
+}
+
+/// Checks a device's signature of a download ([`csb_wire::sign::verify_download`]): the
+/// device has credentials, the timestamp is within minutes of the hub's clock, the signature
+/// is the device's over this path, device and timestamp. On refusal: who, and the 401.
+fn check_download(
+    access: &HttpAccess,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<(), (String, ApiError)> {
+    use csb_wire::sign::{
+        verify_download, DOWNLOAD_DEVICE_HEADER, DOWNLOAD_MAX_SKEW_MS, DOWNLOAD_TIMESTAMP_HEADER,
+    };
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let device = text(DOWNLOAD_DEVICE_HEADER);
+    let refuse = |message: String| {
+        (
+            clip(device),
+            ApiError::new(StatusCode::UNAUTHORIZED, message).with_challenge(CHALLENGE_SIGNATURE),
+        )
+    };
+    let Some((site, dev)) = device.split_once('/').filter(|(s, d)| {
+        csb_wire::topic::validate_level("site", s).is_ok()
+            && csb_wire::topic::validate_level("device", d).is_ok()
+    }) else {
+        return Err(refuse(
+            "a signed download needs header `X-Csb-Device: {site}/{device}`".into(),
+        ));
+    };
+    let timestamp = text(DOWNLOAD_TIMESTAMP_HEADER);
+    let Ok(ts) = timestamp.parse::<i64>() else {
+        return Err(refuse(
+            "a signed download needs header `X-Csb-Timestamp: <unix ms>`".into(),
+        ));
+    };
+    let skew = csb_wire::now_ms().saturating_sub(ts);
+    if skew.unsigned_abs() > DOWNLOAD_MAX_SKEW_MS as u64 {
+        return Err(refuse(format!(
+            "header `X-Csb-Timestamp` is {} s from the hub's clock (at most {} s): check the \
+             device's clock",
+            skew / 1000,
+            DOWNLOAD_MAX_SKEW_MS / 1000
+        )));
+    }
+    let Some(key) = access.devices.key(site, dev) else {
+        return Err(refuse(format!(
+            "device {} has no credentials (`cloud-hub device add`)",
+            clip(device)
+        )));
+    };
+    verify_download(&key, path, device, timestamp, text(UPLOAD_SIGNATURE_HEADER)).map_err(|_| {
+        refuse(format!(
+            "header `X-Csb-Signature` is not {}'s signature of `GET {}` at this timestamp",
+            clip(device),
+            clip(path)
+        ))
+    })
 }
 
 /// What an upload's signature is checked against once its body is read.
@@ -546,6 +641,23 @@ mod access_tests {
         assert_eq!(a(Method::GET, "/open311/v2/services.json"), Access::Open);
         assert_eq!(a(Method::POST, "/open311/v2/requests.xml"), Access::Open);
         assert_eq!(a(Method::POST, "/open311/v2"), Access::Role(Role::Operator));
+        // A model's files: viewers or signing devices; the rest of the warehouse as usual.
+        assert_eq!(
+            a(Method::GET, "/api/v1/models/yolox_nano/1.0/files/model"),
+            Access::DeviceOrRole(Role::Viewer)
+        );
+        assert_eq!(
+            a(Method::PUT, "/api/v1/models/yolox_nano/1.0/files/model"),
+            Access::Role(Role::Operator)
+        );
+        assert_eq!(
+            a(Method::GET, "/api/v1/models/yolox_nano/1.0"),
+            Access::Role(Role::Viewer)
+        );
+        assert_eq!(
+            a(Method::GET, "/api/v1/models/yolox_nano/1.0/files/model/x"),
+            Access::Role(Role::Viewer)
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct FleetRow {
     pub device: String,
     pub desired_version: Option<u64>,
     pub applied_version: Option<u64>,
+    /// The warehouse model the desired version runs (`name@version`); absent: the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desired_model: Option<String>,
+    /// The model the agent said it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_model: Option<csb_wire::model::ModelVersion>,
     pub state: SyncState,
     /// Why the agent refused the desired version.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +131,11 @@ pub(crate) async fn list<S: Store>(
             state: r.state(),
             desired_version: r.desired.as_ref().map(|d| d.version),
             applied_version: r.applied_version,
+            desired_model: r
+                .desired
+                .as_ref()
+                .and_then(|d| d.model.as_ref().map(|m| m.key())),
+            applied_model: r.applied_model.clone(),
             reason: r
                 .rejected
                 .as_ref()

@@ -13,6 +13,8 @@
 //! - [`session`] — `POST`/`GET`/`DELETE /api/v1/session` (the web page's sign-in cookie; the
 //!   sessions themselves are [`sessions`]);
 //!   [`live`] — `GET /api/v1/live` (the page's one stream); [`web`] — the page itself at `/`
+//! - [`models`] — `/api/v1/models` (the model warehouse: manifests, file uploads, resumable
+//!   downloads for viewers and signing devices)
 //! - [`provision`] — `POST /api/v1/provision` (a gateway's one-time enrolment token for its
 //!   device credentials)
 //! - [`cases`] — `/api/v1/cases` (and a case's photos), `/api/v1/evaluation`; [`open311`] — Open311 GeoReport v2 under
@@ -46,12 +48,14 @@ pub mod health;
 pub mod inventory;
 pub mod live;
 pub mod metrics;
+pub mod models;
 pub mod ngsi;
 pub mod open311;
 pub mod openapi;
 pub mod provision;
 pub mod quarantine;
 pub mod query;
+pub mod rollouts;
 pub mod series;
 pub mod session;
 pub mod sessions;
@@ -76,9 +80,11 @@ use crate::http::fleet as flt;
 use crate::http::health as hl;
 use crate::http::inventory as inv;
 use crate::http::metrics as met;
+use crate::http::models as mdl;
 use crate::http::openapi as doc;
 use crate::http::provision as prov;
 use crate::http::quarantine as qua;
+use crate::http::rollouts as ro;
 use crate::http::series as ser;
 use crate::http::session as ses;
 use crate::http::snapshots as snp;
@@ -190,6 +196,44 @@ fn routes<S: Store>(twin: Option<Arc<Twin>>, upload_limit: usize) -> ApiRouter<A
         .api_route(
             "/api/v1/fleet/configs/{site}/{device}",
             get_with(flt::get::<S>, flt::get_docs).put_with(flt::set::<S>, flt::set_docs),
+        )
+        .api_route(
+            "/api/v1/fleet/groups",
+            get_with(ro::groups::<S>, ro::groups_docs),
+        )
+        .api_route(
+            "/api/v1/fleet/groups/{group}",
+            get_with(ro::group::<S>, ro::group_docs)
+                .put_with(ro::put_group::<S>, ro::put_group_docs)
+                .delete_with(ro::delete_group::<S>, ro::delete_group_docs),
+        )
+        .api_route(
+            "/api/v1/rollouts",
+            get_with(ro::list::<S>, ro::list_docs).post_with(ro::start::<S>, ro::start_docs),
+        )
+        .api_route(
+            "/api/v1/rollouts/{id}",
+            get_with(ro::get::<S>, ro::get_docs),
+        )
+        .api_route(
+            "/api/v1/rollouts/{id}/{action}",
+            post_with(ro::act::<S>, ro::act_docs),
+        )
+        .api_route("/api/v1/models", get_with(mdl::list::<S>, mdl::list_docs))
+        .api_route(
+            "/api/v1/models/{name}/{version}",
+            get_with(mdl::get::<S>, mdl::get_docs).put_with(mdl::register::<S>, mdl::register_docs),
+        )
+        .api_route(
+            "/api/v1/models/{name}/{version}/retire",
+            post_with(mdl::retire::<S>, mdl::retire_docs),
+        )
+        .api_route(
+            "/api/v1/models/{name}/{version}/files/{kind}",
+            get_with(mdl::download::<S>, mdl::download_docs)
+                .put_with(mdl::upload::<S>, mdl::upload_docs)
+                // The upload is streamed and bounded by the manifest's size, not this limit.
+                .layer(DefaultBodyLimit::disable()),
         )
         .merge(crate::http::ngsi::routes(twin))
         .merge(crate::http::open311::routes::<S>())

@@ -42,6 +42,8 @@ use crate::http::error::ApiError;
 pub const BEARER: &str = "bearerToken";
 /// The security scheme of signed evidence uploads.
 pub const DEVICE_SIGNATURE: &str = "deviceSignature";
+/// A device's signature of a model download (`csb_wire::sign::sign_download`).
+pub const DEVICE_DOWNLOAD: &str = "deviceDownloadSignature";
 /// The web page's session cookie (`POST /api/v1/session`), wherever a bearer token is taken.
 pub const SESSION_COOKIE: &str = "sessionCookie";
 
@@ -84,6 +86,22 @@ pub fn base() -> OpenApi {
                  uploading device's key over `PUT /api/v1/snapshots/{id}\\n{X-Csb-Device}\\n\
                  {X-Csb-Event}\\n` followed by the body (docs/wire.md, `csb_wire::sign::\
                  sign_upload`). Bearer tokens are not taken for uploads."
+                    .into(),
+            ),
+            extensions: IndexMap::default(),
+        }),
+    );
+    components.security_schemes.insert(
+        DEVICE_DOWNLOAD.into(),
+        ReferenceOr::Item(SecurityScheme::ApiKey {
+            location: openapi::ApiKeyLocation::Header,
+            name: "X-Csb-Signature".into(),
+            description: Some(
+                "Model file downloads by a device, instead of a bearer token: 64 lowercase hex \
+                 digits, HMAC-SHA256 with the device's key over `GET {path}\\n{X-Csb-Device}\\n\
+                 {X-Csb-Timestamp}\\n` (`csb_wire::sign::sign_download`), with headers \
+                 `X-Csb-Device: {site}/{device}` and `X-Csb-Timestamp: <unix ms>` within 5 \
+                 minutes of the hub's clock."
                     .into(),
             ),
             extensions: IndexMap::default(),
@@ -154,6 +172,10 @@ pub fn base() -> OpenApi {
             tag(
                 "live",
                 "The web page's live stream: new events, device states and case changes",
+            ),
+            tag(
+                "models",
+                "The model warehouse: detection models, their files and self-tests, for rollouts",
             ),
             tag("operations", "Health, metrics and this document"),
         ],
@@ -419,6 +441,9 @@ mod tests {
                     Access::Open => vec![],
                     Access::Device => vec![super::DEVICE_SIGNATURE],
                     Access::Role(Role::Viewer) => vec![super::BEARER, super::SESSION_COOKIE],
+                    Access::DeviceOrRole(Role::Viewer) => {
+                        vec![super::BEARER, super::SESSION_COOKIE, super::DEVICE_DOWNLOAD]
+                    }
                     Access::Role(Role::Operator) => {
                         assert!(op["responses"]["403"].is_object(), "{method} {path}: 403");
                         vec![super::BEARER, super::SESSION_COOKIE]

@@ -51,6 +51,11 @@ pub struct ApiState<S> {
     pub(crate) data_dir: Option<std::path::PathBuf>,
     /// Fleet configuration (`/api/v1/fleet/configs`).
     pub(crate) fleet: Option<Arc<crate::fleet::config::FleetConfig>>,
+    /// Rollouts (`/api/v1/rollouts`) and device groups (`/api/v1/fleet/groups`).
+    pub(crate) rollouts: Option<Arc<crate::fleet::rollout::Rollouts>>,
+    pub(crate) groups: Option<Arc<crate::fleet::groups::Groups>>,
+    /// The model warehouse (`/api/v1/models`).
+    pub(crate) models: Option<Arc<crate::fleet::models::Warehouse>>,
 }
 
 impl<S> ApiState<S> {
@@ -78,7 +83,27 @@ impl<S> ApiState<S> {
             live_streams: Arc::new(Semaphore::new(crate::http::sse::MAX_STREAMS)),
             data_dir: None,
             fleet: None,
+            rollouts: None,
+            groups: None,
+            models: None,
         }
+    }
+
+    /// Serves the model warehouse at `/api/v1/models`.
+    pub fn with_models(mut self, models: Arc<crate::fleet::models::Warehouse>) -> Self {
+        self.models = Some(models);
+        self
+    }
+
+    /// Serves rollouts at `/api/v1/rollouts` and device groups at `/api/v1/fleet/groups`.
+    pub fn with_rollouts(
+        mut self,
+        rollouts: Arc<crate::fleet::rollout::Rollouts>,
+        groups: Arc<crate::fleet::groups::Groups>,
+    ) -> Self {
+        self.rollouts = Some(rollouts);
+        self.groups = Some(groups);
+        self
     }
 
     /// Serves fleet configuration at `/api/v1/fleet/configs`.
@@ -150,6 +175,9 @@ impl<S> Clone for ApiState<S> {
             live_streams: self.live_streams.clone(),
             data_dir: self.data_dir.clone(),
             fleet: self.fleet.clone(),
+            rollouts: self.rollouts.clone(),
+            groups: self.groups.clone(),
+            models: self.models.clone(),
         }
     }
 }

@@ -88,10 +88,13 @@ pub enum HttpAuthRefusal {
     CrossOrigin,
     /// `POST /api/v1/provision` with an enrolment token that is unknown, used or expired (401).
     EnrolmentRefused,
+    /// A model download signed by a device: no or a bad device header, a timestamp too far from
+    /// the hub's clock, a device without credentials, or a wrong signature (401).
+    DownloadSignature,
 }
 
 impl HttpAuthRefusal {
-    pub const ALL: [HttpAuthRefusal; 10] = [
+    pub const ALL: [HttpAuthRefusal; 11] = [
         HttpAuthRefusal::MissingToken,
         HttpAuthRefusal::MalformedToken,
         HttpAuthRefusal::UnknownToken,
@@ -102,6 +105,7 @@ impl HttpAuthRefusal {
         HttpAuthRefusal::UnknownSession,
         HttpAuthRefusal::CrossOrigin,
         HttpAuthRefusal::EnrolmentRefused,
+        HttpAuthRefusal::DownloadSignature,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +120,7 @@ impl HttpAuthRefusal {
             HttpAuthRefusal::UnknownSession => "unknown_session",
             HttpAuthRefusal::CrossOrigin => "cross_origin",
             HttpAuthRefusal::EnrolmentRefused => "enrolment_refused",
+            HttpAuthRefusal::DownloadSignature => "download_signature",
         }
     }
 

@@ -4,6 +4,7 @@ pub mod detector;
 pub mod locate;
 pub mod manifest;
 pub mod runtime;
+pub mod store;
 pub mod yolox;
 
 pub use detector::{Detector, DetectorError, DetectorOptions};

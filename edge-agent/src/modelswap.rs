@@ -1,0 +1,176 @@
+//! Taking a model pushed by the hub into service without dropping a frame.
+//!
+//! The new model is made ready on its own thread while the model in service keeps detecting:
+//! its files downloaded into the local store (resumed, checked against the manifest's sha256),
+//! loaded into a second ONNX Runtime session, warmed up and run on its self-test picture. Only
+//! a model that passed its self-test is handed to the pipeline, which swaps it in between two
+//! frames; anything failing on the way leaves the model in service where it is, and the push
+//! is refused with the reason. Going back to the agent's own model (a push without a model) is
+//! prepared the same way.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use csb_wire::model::{ModelManifest, ModelVersion};
+use csb_wire::sign::SigningKey;
+
+use crate::model::{Detector, DetectorOptions};
+
+/// What preparing a model needs from the agent's configuration.
+#[derive(Clone)]
+pub struct SwapCtx {
+    /// The agent's own detector options (runtime, threads, threshold; its own model's name).
+    pub base: DetectorOptions,
+    /// The versioned model store (`{outbox dir}/models`).
+    pub store_dir: PathBuf,
+    /// The hub's HTTP address (`[hub] url`), where warehouse models are downloaded from.
+    pub hub_url: Option<String>,
+    pub site: String,
+    pub device: String,
+    /// The device's signing key: downloads are signed with it when the hub requires it.
+    pub key: Option<SigningKey>,
+    /// The input size the cameras scale frames to: a model needing another one waits for a
+    /// restart of the agent rather than being fed frames of the wrong size.
+    pub input_size: (u32, u32),
+}
+
+/// The model a detector runs, as status and replies name it.
+pub fn version_of(det: &Detector, manifest: Option<&ModelManifest>) -> ModelVersion {
+    ModelVersion {
+        name: det.model_ref().name.clone(),
+        version: manifest.map(|m| m.version.clone()),
+        sha256: det.model_ref().sha256.clone(),
+    }
+}
+
+/// Whether `target` is the model in service (`running`; `None` = the agent's own model).
+pub fn same_model(running: Option<&ModelManifest>, target: Option<&ModelManifest>) -> bool {
+    match (running, target) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.name == b.name && a.version == b.version && a.sha256 == b.sha256,
+        _ => false,
+    }
+}
+
+/// Downloads (or finds) `m` in the store, loads it and runs its self-test. Blocking.
+pub fn prepare(target: Option<&ModelManifest>, ctx: &SwapCtx) -> Result<Detector, String> {
+    let (mut det, what) = match target {
+        None => {
+            let det = Detector::load(&ctx.base).map_err(|e| format!("own model: {e}"))?;
+            (det, format!("own model {}", ctx.base.name))
+        }
+        Some(m) => {
+            let key = m.key();
+            let dir = fetch(m, ctx).map_err(|e| format!("model {key}: download: {e}"))?;
+            let opts = DetectorOptions {
+                name: m.name.clone(),
+                path: None,
+                models_dir: Some(dir),
+                ..ctx.base.clone()
+            };
+            let det = Detector::load(&opts).map_err(|e| format!("model {key}: {e}"))?;
+            (det, format!("model {key}"))
+        }
+    };
+    if det.input_size() != ctx.input_size {
+        let (w, h) = det.input_size();
+        let (cw, ch) = ctx.input_size;
+        return Err(format!(
+            "{what}: input {w}x{h} differs from the {cw}x{ch} the cameras are scaling to; \
+             restart the agent to run it"
+        ));
+    }
+    if det.entry().selftest.is_some() {
+        let out = crate::selftest::run(&mut det).map_err(|e| format!("{what}: self-test: {e}"))?;
+        if !out.passed() {
+            return Err(format!(
+                "{what}: self-test failed: {}",
+                out.missing.join("; ")
+            ));
+        }
+        tracing::info!(
+            infer_ms = out.infer_ms,
+            "{what}: self-test passed on {}",
+            out.image.display()
+        );
+    } else if target.is_some() {
+        return Err(format!("{what}: has no self-test; not taken into service"));
+    }
+    Ok(det)
+}
+
+fn fetch(m: &ModelManifest, ctx: &SwapCtx) -> Result<PathBuf, String> {
+    use crate::model::store::{DownloadAuth, ModelStore};
+    let url = ctx
+        .hub_url
+        .as_deref()
+        .ok_or("the agent has no [hub] url to download models from")?;
+    let store = ModelStore::open(&ctx.store_dir).map_err(|e| e.to_string())?;
+    let auth = match ctx.key {
+        Some(key) => DownloadAuth::Device {
+            site: ctx.site.clone(),
+            device: ctx.device.clone(),
+            key,
+        },
+        None => DownloadAuth::None,
+    };
+    store
+        .fetch(url, m, &auth, &mut |_, _| {})
+        .map_err(|e| e.to_string())
+}
+
+/// Records `m` as the last model that went into service and passed (kept by pruning).
+pub fn mark_good(m: &ModelManifest, ctx: &SwapCtx) {
+    use crate::model::store::ModelStore;
+    let res = ModelStore::open(&ctx.store_dir).and_then(|s| s.mark_good(&m.name, &m.version));
+    if let Err(e) = res {
+        tracing::warn!("model store: cannot record {} as good: {e}", m.key());
+    }
+}
+
+/// A model being made ready for a configuration push.
+pub struct Swap {
+    pub cmd: csb_wire::Command,
+    pub push: csb_wire::ConfigPush,
+    rx: mpsc::Receiver<Result<Detector, String>>,
+}
+
+impl Swap {
+    /// Starts preparing `push.model` on its own thread.
+    pub fn start(cmd: csb_wire::Command, push: csb_wire::ConfigPush, ctx: &SwapCtx) -> Self {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (target, ctx) = (push.model.as_deref().cloned(), ctx.clone());
+        let what = target
+            .as_ref()
+            .map_or_else(|| "its own model".to_string(), ModelManifest::key);
+        tracing::info!(
+            version = push.version,
+            "configuration: preparing {what} beside the model in service"
+        );
+        let spawned = std::thread::Builder::new()
+            .name("model-swap".into())
+            .spawn(move || {
+                let _ = tx.send(prepare(target.as_ref(), &ctx));
+            });
+        let rx = match spawned {
+            Ok(_) => rx,
+            Err(e) => {
+                let (tx, rx) = mpsc::sync_channel(1);
+                let _ = tx.send(Err(format!("cannot start the model thread: {e}")));
+                rx
+            }
+        };
+        Swap { cmd, push, rx }
+    }
+
+    /// The prepared model, or why it failed, once ready.
+    pub fn poll(&self) -> Option<Result<Detector, String>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Some(Err("the model thread ended without an answer".into()))
+            }
+        }
+    }
+}
