@@ -88,6 +88,7 @@ impl From<Rollout> for RolloutView {
 #[schemars(inline)]
 pub struct RolloutPath {
     /// The rollout's id, e.g. `ro-3`.
+    #[schemars(regex(pattern = r"^ro-[0-9]{1,19}$"), example = &"ro-1")]
     pub id: String,
 }
 
@@ -96,6 +97,7 @@ pub struct RolloutPath {
 #[schemars(inline)]
 pub struct ActionPath {
     /// The rollout's id, e.g. `ro-3`.
+    #[schemars(regex(pattern = r"^ro-[0-9]{1,19}$"), example = &"ro-1")]
     pub id: String,
     /// `pause` (no new device starts), `resume`, or `abort` (devices updating go back too).
     pub action: Action,
@@ -105,7 +107,11 @@ pub struct ActionPath {
 #[derive(Deserialize, JsonSchema)]
 #[schemars(inline)]
 pub struct GroupPath {
-    /// The group's name (letters, digits, `_`, `-`, `.`).
+    /// The group's name (letters, digits, `_`, `-`, `.`; 1–64).
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"),
+        example = &"pilot"
+    )]
     pub group: String,
 }
 
@@ -354,6 +360,11 @@ pub(crate) fn put_group_docs(op: TransformOperation) -> TransformOperation {
         op,
         201,
         content("Created", "application/json", schema_of::<Group>()),
+    );
+    let op = respond(
+        op,
+        200,
+        content("Replaced", "application/json", schema_of::<Group>()),
     );
     errors(
         operator(op),
