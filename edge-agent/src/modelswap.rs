@@ -119,12 +119,27 @@ fn fetch(m: &ModelManifest, ctx: &SwapCtx) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Records `m` as the last model that went into service and passed (kept by pruning).
-pub fn mark_good(m: &ModelManifest, ctx: &SwapCtx) {
-    use crate::model::store::ModelStore;
-    let res = ModelStore::open(&ctx.store_dir).and_then(|s| s.mark_good(&m.name, &m.version));
-    if let Err(e) = res {
-        tracing::warn!("model store: cannot record {} as good: {e}", m.key());
+/// Records `m` as the model in service and the last good one (it passed its self-test), and
+/// removes older versions from the store, keeping `previous` (the fallback of the last swap).
+pub fn in_service(m: &ModelManifest, previous: Option<&ModelManifest>, ctx: &SwapCtx) {
+    use crate::model::store::{ModelStore, VersionRef};
+    let r = |m: &ModelManifest| VersionRef {
+        name: m.name.clone(),
+        version: m.version.clone(),
+    };
+    let keep: Vec<VersionRef> = previous.map(r).into_iter().collect();
+    let res = ModelStore::open(&ctx.store_dir).and_then(|s| {
+        s.set_current(&m.name, &m.version)?;
+        s.mark_good(&m.name, &m.version)?;
+        s.prune(&keep)
+    });
+    match res {
+        Ok(gone) if !gone.is_empty() => tracing::info!(
+            removed = gone.len(),
+            "model store: older versions removed (the one in service and the one before kept)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("model store: cannot record {} in service: {e}", m.key()),
     }
 }
 

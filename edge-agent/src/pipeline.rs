@@ -504,7 +504,8 @@ pub fn run(
                             });
                             rt.block_on(uplink.set_model(Some(mv.clone())))?;
                             if let Some(m) = &running_model {
-                                modelswap::mark_good(m, &swap_ctx);
+                                let before = previous.as_ref().and_then(|p| p.model.as_ref());
+                                modelswap::in_service(m, before, &swap_ctx);
                             }
                             tracing::info!(version = s.push.version, model = %mv.name, "model swapped in");
                         }
