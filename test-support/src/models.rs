@@ -67,6 +67,61 @@ pub fn manifest(name: &str, version: &str, model: &[u8], image: &[u8]) -> ModelM
     }
 }
 
+/// A manifest for `model` and `image` with the input, output, decoder, labels (its labels file),
+/// licence and self-test expectations of the repository manifest's entry `entry`
+/// (models/manifest.toml), e.g. `centerface`.
+pub fn manifest_of(
+    entry: &str,
+    name: &str,
+    version: &str,
+    model: &[u8],
+    image: &[u8],
+) -> ModelManifest {
+    let local: toml::Value = toml::from_str(
+        &std::fs::read_to_string(root().join("models/manifest.toml")).expect("manifest.toml"),
+    )
+    .expect("manifest.toml parses");
+    let e = local["models"]
+        .as_array()
+        .expect("[[models]]")
+        .iter()
+        .find(|m| m["name"].as_str() == Some(entry))
+        .unwrap_or_else(|| panic!("models/manifest.toml has no model `{entry}`"));
+    let labels_file = root()
+        .join("models")
+        .join(e["labels"].as_str().expect("labels"));
+    let labels = std::fs::read_to_string(&labels_file)
+        .unwrap_or_else(|err| panic!("{}: {err}", labels_file.display()))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    ModelManifest {
+        name: name.into(),
+        version: version.into(),
+        decoder: e["decoder"].clone().try_into().expect("decoder"),
+        labels,
+        input: e["input"].clone().try_into().expect("input"),
+        output: e["output"].clone().try_into().expect("output"),
+        sha256: sha(model),
+        bytes: model.len() as u64,
+        license: e
+            .get("license")
+            .and_then(|l| l.as_str())
+            .map(str::to_string),
+        origin: Some("e2e".into()),
+        selftest: PackageSelfTest {
+            image_sha256: sha(image),
+            image_bytes: image.len() as u64,
+            expect: e["selftest"]["expect"]
+                .clone()
+                .try_into()
+                .expect("self-test expectations"),
+        },
+    }
+}
+
 /// Registers `m` in `hub` with its two files, as the token issued as `token` (an operator):
 /// the manifest, then `files/model` and `files/selftest`. Panics on any refusal.
 pub async fn register(hub: &Hub, token: &str, m: &ModelManifest, model: &[u8], image: &[u8]) {

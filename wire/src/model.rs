@@ -23,6 +23,10 @@ pub const MAX_IMAGE_BYTES: u64 = 16 << 20;
 pub enum Decoder {
     /// YOLOX head: [1, anchors, 5 + classes], xy offsets, log wh, sigmoid obj and class probs.
     Yolox,
+    /// CenterFace head (stride 4): sigmoid heatmap `[1, 1, H/4, W/4]` (`output.name`), log box
+    /// size `[1, 2, H/4, W/4]` (`output.scale`, y then x) and centre offset `[1, 2, H/4, W/4]`
+    /// (`output.offset`, y then x); one class.
+    Centerface,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -66,6 +70,12 @@ pub struct OutputSpec {
     pub strides: Vec<u32>,
     /// IoU above which non-maximum suppression drops the weaker box.
     pub nms_iou: f32,
+    /// CenterFace: name of the box size (log scale) output; `name` is then the heatmap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<String>,
+    /// CenterFace: name of the centre offset output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
 }
 
 /// One detection a self-test requires: this label, at least this score, overlapping this box
@@ -172,7 +182,18 @@ pub fn check_io(prefix: &str, input: &InputSpec, output: &OutputSpec) -> Result<
             ));
         }
     }
-    for (name, v) in [("input.name", &input.name), ("output.name", &output.name)] {
+    let extra = [
+        ("output.scale", &output.scale),
+        ("output.offset", &output.offset),
+    ];
+    let names = [("input.name", &input.name), ("output.name", &output.name)]
+        .into_iter()
+        .chain(
+            extra
+                .iter()
+                .filter_map(|(n, v)| v.as_ref().map(|v| (*n, v))),
+        );
+    for (name, v) in names {
         if v.is_empty() || v.len() > 128 {
             return Err(field_err(f(name), "must be 1–128 characters"));
         }
@@ -194,6 +215,49 @@ pub fn check_io(prefix: &str, input: &InputSpec, output: &OutputSpec) -> Result<
     }
     if !(0.0..=1.0).contains(&output.nms_iou) {
         return Err(field_err(f("output.nms_iou"), "must be in 0..=1"));
+    }
+    Ok(())
+}
+
+/// Checks that the output spec names what `decoder` reads (field paths under `prefix`): YOLOX
+/// reads one output, CenterFace three (`output.name` the heatmap, `output.scale`,
+/// `output.offset`) at a single stride.
+pub fn check_decoder_io(
+    prefix: &str,
+    decoder: Decoder,
+    output: &OutputSpec,
+) -> Result<(), PayloadError> {
+    let f = |s: &str| format!("{prefix}{s}");
+    match decoder {
+        Decoder::Yolox => {
+            for (name, v) in [
+                ("output.scale", &output.scale),
+                ("output.offset", &output.offset),
+            ] {
+                if v.is_some() {
+                    return Err(field_err(f(name), "is for the centerface decoder only"));
+                }
+            }
+        }
+        Decoder::Centerface => {
+            for (name, v) in [
+                ("output.scale", &output.scale),
+                ("output.offset", &output.offset),
+            ] {
+                if v.is_none() {
+                    return Err(field_err(
+                        f(name),
+                        "is required by the centerface decoder (the output's name)",
+                    ));
+                }
+            }
+            if output.strides.len() != 1 {
+                return Err(field_err(
+                    f("output.strides"),
+                    "the centerface decoder has one stride (4)",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -254,6 +318,7 @@ impl ModelManifest {
             }
         }
         check_io("", &self.input, &self.output)?;
+        check_decoder_io("", self.decoder, &self.output)?;
         check_sha("sha256", &self.sha256)?;
         if self.bytes == 0 || self.bytes > MAX_MODEL_BYTES {
             return Err(field_err("bytes", format!("must be 1..={MAX_MODEL_BYTES}")));
@@ -311,6 +376,8 @@ pub(crate) mod tests {
                 name: "output".into(),
                 strides: vec![8, 16, 32],
                 nms_iou: 0.45,
+                scale: None,
+                offset: None,
             },
             sha256: "a".repeat(64),
             bytes: 100,
@@ -351,5 +418,49 @@ pub(crate) mod tests {
         let mut m = sample();
         m.sha256 = "A".repeat(64);
         assert_eq!(field(m.check().unwrap_err()), "sha256");
+    }
+
+    fn centerface() -> ModelManifest {
+        let mut m = sample();
+        m.name = "centerface".into();
+        m.decoder = Decoder::Centerface;
+        m.labels = vec!["face".into()];
+        m.selftest.expect[0].label = "face".into();
+        m.input.name = "input.1".into();
+        m.input.channel_order = ChannelOrder::Rgb;
+        m.output = OutputSpec {
+            name: "537".into(),
+            strides: vec![4],
+            nms_iou: 0.3,
+            scale: Some("538".into()),
+            offset: Some("539".into()),
+        };
+        m
+    }
+
+    #[test]
+    fn centerface_needs_its_three_outputs() {
+        centerface().check().unwrap();
+        let mut m = centerface();
+        m.output.offset = None;
+        assert_eq!(field(m.check().unwrap_err()), "output.offset");
+        let mut m = centerface();
+        m.output.scale = Some(String::new());
+        assert_eq!(field(m.check().unwrap_err()), "output.scale");
+        let mut m = centerface();
+        m.output.strides = vec![4, 8];
+        assert_eq!(field(m.check().unwrap_err()), "output.strides");
+        // YOLOX reads one output: extra names are a mistake, not silently ignored.
+        let mut m = sample();
+        m.output.scale = Some("538".into());
+        assert_eq!(field(m.check().unwrap_err()), "output.scale");
+        // Manifests written before the CenterFace fields still parse, and YOLOX ones serialize
+        // without them.
+        let json = serde_json::to_value(sample()).unwrap();
+        assert!(json["output"].get("scale").is_none(), "{json}");
+        let back: ModelManifest = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sample());
+        let json = serde_json::to_string(&centerface()).unwrap();
+        assert!(json.contains(r#""decoder":"centerface""#), "{json}");
     }
 }

@@ -661,6 +661,8 @@ mod tests {
                 name: "output".into(),
                 strides: vec![8, 16, 32],
                 nms_iou: 0.45,
+                scale: None,
+                offset: None,
             },
             sha256: sha(model),
             bytes: model.len() as u64,

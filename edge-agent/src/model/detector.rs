@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use super::centerface;
 use super::locate::{self, LocateError};
 use super::manifest::{Decoder, Manifest, ManifestError, ModelEntry};
 use super::yolox::{self, RawDet, ScaledImage};
@@ -144,6 +145,19 @@ pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The graph outputs `entry`'s decoder reads, in the order [`Detector::infer`] returns them.
+fn output_names(entry: &ModelEntry) -> Vec<&str> {
+    let o = &entry.output;
+    match entry.decoder {
+        Decoder::Yolox => vec![o.name.as_str()],
+        Decoder::Centerface => [Some(&o.name), o.scale.as_ref(), o.offset.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect(),
+    }
+}
+
 pub struct Detector {
     session: Session,
     entry: ModelEntry,
@@ -210,15 +224,13 @@ impl Detector {
         {
             return Err(mismatch(format!("no input named `{}`", entry.input.name)));
         }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == entry.output.name)
-        {
-            return Err(mismatch(format!("no output named `{}`", entry.output.name)));
+        for name in output_names(&entry) {
+            if !session.outputs().iter().any(|o| o.name() == name) {
+                return Err(mismatch(format!("no output named `{name}`")));
+            }
         }
-        match entry.decoder {
-            Decoder::Yolox => {}
+        if let Err(e) = csb_wire::model::check_decoder_io("output.", entry.decoder, &entry.output) {
+            return Err(mismatch(e.to_string()));
         }
 
         let model_ref = ModelRef {
@@ -266,10 +278,17 @@ impl Detector {
 
     /// Builds the input tensor for a scaled frame (exposed so benchmarks can pre-build inputs).
     pub fn preprocess(&self, img: &ScaledImage<'_>, out: &mut Vec<f32>) {
-        yolox::letterbox_into(img, &self.entry.input, out);
+        match self.entry.decoder {
+            // Both take the frame letterboxed top-left (how the camera thread scales it); the
+            // channel order, scale and padding are the manifest's.
+            Decoder::Yolox | Decoder::Centerface => {
+                yolox::letterbox_into(img, &self.entry.input, out)
+            }
+        }
     }
 
-    /// Runs the model on a prepared input tensor and returns the raw output values.
+    /// Runs the model on a prepared input tensor and returns the raw output values (for a model
+    /// with several outputs, those its decoder reads, one after another).
     pub fn infer(&mut self, input: &[f32]) -> Result<Vec<f32>, DetectorError> {
         let (w, h) = self.input_size();
         let err = |e: ort::Error| DetectorError::Inference {
@@ -285,39 +304,78 @@ impl Detector {
                 model: self.entry.name.clone(),
                 message: e.to_string(),
             })?;
-        let value =
-            outputs
-                .get(&self.entry.output.name)
-                .ok_or_else(|| DetectorError::Inference {
+        // YOLOX: its one output. CenterFace: heatmap, scale and offset, one after another, each
+        // checked to be the size the input gives (so `postprocess` can split them).
+        let mut all = Vec::new();
+        for (k, name) in output_names(&self.entry).into_iter().enumerate() {
+            let value = outputs.get(name).ok_or_else(|| DetectorError::Inference {
+                model: self.entry.name.clone(),
+                message: format!("no output `{name}`"),
+            })?;
+            let (_, data) =
+                value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| DetectorError::Inference {
+                        model: self.entry.name.clone(),
+                        message: e.to_string(),
+                    })?;
+            if self.entry.decoder == Decoder::Yolox {
+                return Ok(data.to_vec());
+            }
+            let want = centerface::lens(w, h, self.entry.output.strides[0])[k];
+            if data.len() != want {
+                return Err(DetectorError::Inference {
                     model: self.entry.name.clone(),
-                    message: format!("no output `{}`", self.entry.output.name),
-                })?;
-        let (_, data) =
-            value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| DetectorError::Inference {
-                    model: self.entry.name.clone(),
-                    message: e.to_string(),
-                })?;
-        Ok(data.to_vec())
+                    message: format!(
+                        "output `{name}` has {} values, expected {want} for a {w}x{h} input",
+                        data.len()
+                    ),
+                });
+            }
+            all.extend_from_slice(data);
+        }
+        Ok(all)
     }
 
     /// Decodes raw output for a source frame of `src_w`×`src_h`.
     pub fn postprocess(&self, out: &[f32], src_w: u32, src_h: u32) -> Vec<Detection> {
         let (w, h) = self.input_size();
         let (_, _, ratio) = yolox::scaled_size(src_w, src_h, w, h);
-        let raw = yolox::decode(
-            out,
-            self.labels.len(),
-            &self.entry.output.strides,
-            w,
-            h,
-            ratio,
-            src_w,
-            src_h,
-            self.score_threshold,
-            self.entry.output.nms_iou,
-        );
+        let raw = match self.entry.decoder {
+            Decoder::Yolox => yolox::decode(
+                out,
+                self.labels.len(),
+                &self.entry.output.strides,
+                w,
+                h,
+                ratio,
+                src_w,
+                src_h,
+                self.score_threshold,
+                self.entry.output.nms_iou,
+            ),
+            Decoder::Centerface => {
+                let stride = self.entry.output.strides[0];
+                match centerface::split(out, w, h, stride) {
+                    Some(heads) => centerface::decode(
+                        &heads,
+                        w,
+                        h,
+                        stride,
+                        ratio,
+                        src_w,
+                        src_h,
+                        self.score_threshold,
+                        self.entry.output.nms_iou,
+                    ),
+                    None => {
+                        tracing::warn!(model = %self.entry.name, values = out.len(),
+                            "centerface output does not fit the input size; no detections");
+                        Vec::new()
+                    }
+                }
+            }
+        };
         raw.into_iter().map(|d| self.label(d)).collect()
     }
 

@@ -98,6 +98,9 @@ impl Manifest {
                     e.name
                 )));
             }
+            if let Err(err) = csb_wire::model::check_decoder_io("output.", e.decoder, &e.output) {
+                return Err(bad(format!("model `{}`: {err}", e.name)));
+            }
             if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!(
                     "model `{}`: sha256 must be 64 hex digits",
@@ -191,6 +194,27 @@ mod tests {
         assert_eq!(labels.len(), 80);
         assert_eq!(labels[0], "person");
         assert_eq!(labels[5], "bus");
+        // The second kind of model: its own decoder, outputs and one non-COCO label.
+        let e = m.get("centerface", &p).unwrap();
+        assert_eq!(e.decoder, Decoder::Centerface);
+        assert_eq!(e.output.strides, vec![4]);
+        assert_eq!(e.output.scale.as_deref(), Some("538"));
+        assert_eq!(e.output.offset.as_deref(), Some("539"));
+        assert_eq!(e.load_labels(p.parent().unwrap()).unwrap(), vec!["face"]);
+        assert_eq!(e.selftest.as_ref().unwrap().expect[0].label, "face");
+    }
+
+    #[test]
+    fn centerface_without_its_outputs_is_refused() {
+        let text = std::fs::read_to_string(repo_manifest()).unwrap();
+        let text = text.replace("offset = \"539\"\n", "");
+        let err = Manifest::parse(&text, Path::new("/x/manifest.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("centerface") && err.contains("output.offset"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Object detection models: manifest, runtime lookup, YOLOX processing and the ONNX session.
+//! Object detection models: manifest, runtime lookup, YOLOX and CenterFace processing and the
+//! ONNX session.
 
+pub mod centerface;
 pub mod detector;
 pub mod locate;
 pub mod manifest;
