@@ -56,6 +56,9 @@ pub struct LocalStatus {
     /// The hub's managed configuration version running (none: the local config only).
     #[serde(default)]
     pub config_version: Option<u64>,
+    /// The detection model in service (a version: one from the hub's warehouse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<csb_wire::model::ModelVersion>,
 }
 
 impl LocalStatus {
@@ -125,6 +128,7 @@ mod tests {
             sensors: vec![],
             outbox: None,
             config_version: None,
+            model: None,
         }
     }
 

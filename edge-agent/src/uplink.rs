@@ -662,6 +662,7 @@ impl Uplink {
             sensors: parts.sensors.clone(),
             outbox: parts.outbox.clone().or_else(|| Some(outbox_status(ob))),
             config_version: parts.config_version,
+            model: parts.model.clone(),
         };
         if let Err(e) = crate::localstatus::write(ob.dir(), &s) {
             tracing::warn!(dir = %ob.dir().display(), "cannot write the local status file: {e}");

@@ -666,6 +666,11 @@ fn the_technicians_tools_see_what_the_agent_sees() {
         text.contains("running (pid") && text.contains("cam-street"),
         "{text}"
     );
+    assert_eq!(s["model"]["name"], "yolox_nano", "{s}");
+    assert!(
+        text.contains("model    yolox_nano (the agent's own)"),
+        "{text}"
+    );
     // The queue of a running agent: shown from its status, never purged under it.
     let (code, out, _) = agent_cli(&["queue", "--config", cfg_s]);
     assert_eq!(code, 0);

@@ -130,6 +130,21 @@ pub fn run(cfg: &AgentConfig, json: bool, out: &mut impl Write) -> std::io::Resu
         s.connects,
         s.hub_acks
     )?;
+    let model = s.model.as_ref().map_or_else(
+        || "(none reported)".to_string(),
+        |m| match &m.version {
+            Some(v) => format!(
+                "{}@{v} (from the hub's warehouse), sha256 {}…",
+                m.name, m.sha256
+            ),
+            None => format!("{} (the agent's own), sha256 {}…", m.name, m.sha256),
+        },
+    );
+    let config = s.config_version.map_or_else(
+        || "local config only".to_string(),
+        |v| format!("hub configuration {v}"),
+    );
+    writeln!(out, "  model    {model}; {config}")?;
     if let Some(o) = &s.outbox {
         writeln!(
             out,
