@@ -155,6 +155,10 @@ pub struct CameraConfig {
     /// Zones, counting lines and rules of this camera.
     #[serde(default)]
     pub analytics: RulesConfig,
+    /// The hub's model for this camera alone (`NAME@VERSION` of a pushed `models` entry); none:
+    /// the device's model. Set by fleet pushes only, not in the config file.
+    #[serde(skip)]
+    pub model: Option<String>,
 }
 
 impl CameraConfig {
@@ -172,6 +176,7 @@ impl CameraConfig {
             motion: MotionConfig::default(),
             tracker: TrackerConfig::default(),
             analytics: RulesConfig::default(),
+            model: None,
         }
     }
 }

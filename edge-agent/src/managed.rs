@@ -91,7 +91,14 @@ pub fn merged(
                 known.join(", ")
             ));
         };
-        if let Some(labels) = labels {
+        // A camera with its own model is checked against that model's labels.
+        let own = s.model.as_ref().and_then(|k| {
+            push.models
+                .iter()
+                .find(|m| m.key() == *k)
+                .map(|m| m.labels.as_slice())
+        });
+        if let Some(labels) = own.or(labels) {
             let known = |l: &String| labels.iter().any(|x| x == l);
             let mut named: Vec<(String, &String)> = s
                 .classes
@@ -121,6 +128,7 @@ pub fn merged(
         }
         c.classes = s.classes.clone();
         c.analytics = s.analytics.clone();
+        c.model = s.model.clone();
     }
     Ok(out)
 }
@@ -186,8 +194,10 @@ mod tests {
                 id: cam.into(),
                 classes: classes.iter().map(|c| c.to_string()).collect(),
                 analytics: Default::default(),
+                model: None,
             }],
             model: None,
+            models: Vec::new(),
         }
     }
 

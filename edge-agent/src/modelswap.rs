@@ -29,9 +29,49 @@ pub struct SwapCtx {
     pub device: String,
     /// The device's signing key: downloads are signed with it when the hub requires it.
     pub key: Option<SigningKey>,
-    /// The input size the cameras scale frames to: a model needing another one waits for a
-    /// restart of the agent rather than being fed frames of the wrong size.
-    pub input_size: (u32, u32),
+}
+
+/// A warehouse model one or more cameras run instead of the device's (`cameras[].model`).
+pub struct CameraModel {
+    pub manifest: ModelManifest,
+    pub det: Detector,
+}
+
+/// Every model a push needs, loaded and self-tested.
+pub struct Prepared {
+    /// The device's model.
+    pub device: Detector,
+    /// The cameras' own models, in the push's `models` order.
+    pub cameras: Vec<CameraModel>,
+}
+
+/// Whether the cameras' models in service are those of `target` (same order, same files).
+pub fn same_models(running: &[CameraModel], target: &[ModelManifest]) -> bool {
+    running.len() == target.len()
+        && running
+            .iter()
+            .zip(target)
+            .all(|(r, t)| same_model(Some(&r.manifest), Some(t)))
+}
+
+/// Makes ready the device's model (`device`, none: the agent's own) and each of `cameras`.
+pub fn prepare_all(
+    device: Option<&ModelManifest>,
+    cameras: &[ModelManifest],
+    ctx: &SwapCtx,
+) -> Result<Prepared, String> {
+    let device = prepare(device, ctx)?;
+    let mut out = Vec::with_capacity(cameras.len());
+    for m in cameras {
+        out.push(CameraModel {
+            manifest: m.clone(),
+            det: prepare(Some(m), ctx)?,
+        });
+    }
+    Ok(Prepared {
+        device,
+        cameras: out,
+    })
 }
 
 /// The model a detector runs, as status and replies name it.
@@ -72,14 +112,6 @@ pub fn prepare(target: Option<&ModelManifest>, ctx: &SwapCtx) -> Result<Detector
             (det, format!("model {key}"))
         }
     };
-    if det.input_size() != ctx.input_size {
-        let (w, h) = det.input_size();
-        let (cw, ch) = ctx.input_size;
-        return Err(format!(
-            "{what}: input {w}x{h} differs from the {cw}x{ch} the cameras are scaling to; \
-             restart the agent to run it"
-        ));
-    }
     if det.entry().selftest.is_some() {
         let out = crate::selftest::run(&mut det).map_err(|e| format!("{what}: self-test: {e}"))?;
         if !out.passed() {
@@ -119,27 +151,40 @@ fn fetch(m: &ModelManifest, ctx: &SwapCtx) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Records `m` as the model in service and the last good one (it passed its self-test), and
-/// removes older versions from the store, keeping `previous` (the fallback of the last swap).
-pub fn in_service(m: &ModelManifest, previous: Option<&ModelManifest>, ctx: &SwapCtx) {
+/// Records the models now in service (`device`: none for the agent's own, and the cameras')
+/// in the store — the device's as current and last good: it passed its self-test — and removes
+/// other versions, keeping the cameras' and `previous` (the fallback of the last swap).
+pub fn in_service(
+    device: Option<&ModelManifest>,
+    cameras: &[&ModelManifest],
+    previous: &[&ModelManifest],
+    ctx: &SwapCtx,
+) {
     use crate::model::store::{ModelStore, VersionRef};
-    let r = |m: &ModelManifest| VersionRef {
+    let r = |m: &&ModelManifest| VersionRef {
         name: m.name.clone(),
         version: m.version.clone(),
     };
-    let keep: Vec<VersionRef> = previous.map(r).into_iter().collect();
+    let keep: Vec<VersionRef> = device
+        .iter()
+        .chain(cameras)
+        .chain(previous)
+        .map(r)
+        .collect();
     let res = ModelStore::open(&ctx.store_dir).and_then(|s| {
-        s.set_current(&m.name, &m.version)?;
-        s.mark_good(&m.name, &m.version)?;
+        if let Some(m) = device {
+            s.set_current(&m.name, &m.version)?;
+            s.mark_good(&m.name, &m.version)?;
+        }
         s.prune(&keep)
     });
     match res {
         Ok(gone) if !gone.is_empty() => tracing::info!(
             removed = gone.len(),
-            "model store: older versions removed (the one in service and the one before kept)"
+            "model store: older versions removed (those in service and before kept)"
         ),
         Ok(_) => {}
-        Err(e) => tracing::warn!("model store: cannot record {} in service: {e}", m.key()),
+        Err(e) => tracing::warn!("model store: cannot record the models in service: {e}"),
     }
 }
 
@@ -147,14 +192,18 @@ pub fn in_service(m: &ModelManifest, previous: Option<&ModelManifest>, ctx: &Swa
 pub struct Swap {
     pub cmd: csb_wire::Command,
     pub push: csb_wire::ConfigPush,
-    rx: mpsc::Receiver<Result<Detector, String>>,
+    rx: mpsc::Receiver<Result<Prepared, String>>,
 }
 
 impl Swap {
     /// Starts preparing `push.model` on its own thread.
     pub fn start(cmd: csb_wire::Command, push: csb_wire::ConfigPush, ctx: &SwapCtx) -> Self {
         let (tx, rx) = mpsc::sync_channel(1);
-        let (target, ctx) = (push.model.as_deref().cloned(), ctx.clone());
+        let (target, cameras, ctx) = (
+            push.model.as_deref().cloned(),
+            push.models.clone(),
+            ctx.clone(),
+        );
         let what = target
             .as_ref()
             .map_or_else(|| "its own model".to_string(), ModelManifest::key);
@@ -165,7 +214,7 @@ impl Swap {
         let spawned = std::thread::Builder::new()
             .name("model-swap".into())
             .spawn(move || {
-                let _ = tx.send(prepare(target.as_ref(), &ctx));
+                let _ = tx.send(prepare_all(target.as_ref(), &cameras, &ctx));
             });
         let rx = match spawned {
             Ok(_) => rx,
@@ -179,7 +228,7 @@ impl Swap {
     }
 
     /// The prepared model, or why it failed, once ready.
-    pub fn poll(&self) -> Option<Result<Detector, String>> {
+    pub fn poll(&self) -> Option<Result<Prepared, String>> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),
             Err(mpsc::TryRecvError::Empty) => None,

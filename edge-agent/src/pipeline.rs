@@ -16,7 +16,7 @@ use crate::commands::{CommandDesk, Probe, Shot};
 use crate::config::{AgentConfig, CameraConfig};
 use crate::evidence::EvidenceUploader;
 use crate::model::{Detector, DetectorError};
-use crate::modelswap::{self, Swap, SwapCtx};
+use crate::modelswap::{self, CameraModel, Swap, SwapCtx};
 use crate::queue::{Item, LatestSlots};
 use crate::source::{self, Frame, Pacing, Pulled, Source, SourceError, SourceOptions};
 use crate::uplink::{Uplink, UplinkError};
@@ -147,7 +147,7 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
 fn camera_thread(
     idx: usize,
     cam: CameraConfig,
-    target: (u32, u32),
+    target: Arc<AtomicU64>,
     opts: RunOptions,
     tx: Arc<LatestSlots<Frame, Ctl>>,
     shared: Arc<CameraShared>,
@@ -172,8 +172,9 @@ fn camera_thread(
     // Since when the camera has been failing (None while frames flow).
     let mut outage: Option<Instant> = None;
     'reopen: while !opts.stop.load(Ordering::Relaxed) {
+        let packed = target.load(Ordering::Relaxed);
         let source_opts = SourceOptions {
-            target,
+            target: unpack(packed),
             pacing: opts.pacing,
             // Full-resolution frames only where a rule may need an evidence snapshot.
             full_frames: cam.snapshots && !cam.analytics.rules.is_empty(),
@@ -182,6 +183,15 @@ fn camera_thread(
         let result = Source::open_with(&cam.id, &uri, source_opts).and_then(|mut src| loop {
             if opts.stop.load(Ordering::Relaxed) || opts.max_frames.is_some_and(|m| sent >= m) {
                 return Ok(false);
+            }
+            if target.load(Ordering::Relaxed) != packed {
+                // The camera's model changed to one of another input size.
+                let (w, h) = unpack(target.load(Ordering::Relaxed));
+                tracing::info!(
+                    "camera `{}`: reopening to scale for its new model ({w}x{h})",
+                    cam.id
+                );
+                return Ok(true);
             }
             let timeout = src.frame_timeout();
             let Some(pulled) = src.next_frame_or_stop(timeout, Some(&opts.stop))? else {
@@ -279,29 +289,32 @@ pub fn run(
         site: cfg.agent.site.clone(),
         device: cfg.agent.device.clone(),
         key: uplink.signing_key(),
-        input_size: detector.input_size(),
     };
     let mut config_version = None;
     // The hub's model in service (None: the agent's own), and the push that put it there.
     let mut running_model: Option<ModelManifest> = None;
+    // The hub's models for single cameras (`cameras[].model`).
+    let mut cam_models: Vec<CameraModel> = Vec::new();
     match crate::managed::load(&state_dir) {
         Ok(Some(p)) => {
-            // A hub model kept from before the restart comes from the local store (no download
-            // when it is complete) and passes its self-test again before it serves.
-            let model_ok = match &p.model {
-                None => true,
-                Some(m) => match modelswap::prepare(Some(m), &swap_ctx) {
-                    Ok(d) => {
-                        detector = d;
-                        running_model = Some((**m).clone());
+            // Hub models kept from before the restart come from the local store (no download
+            // when complete) and pass their self-tests again before they serve.
+            let needs = p.model.is_some() || !p.models.is_empty();
+            let model_ok = !needs
+                || match modelswap::prepare_all(p.model.as_deref(), &p.models, &swap_ctx) {
+                    Ok(ready) => {
+                        if p.model.is_some() {
+                            detector = ready.device;
+                        }
+                        running_model = p.model.as_deref().cloned();
+                        cam_models = ready.cameras;
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(version = p.version, "the hub's model cannot run ({e}); running the agent's own model until the hub sends a new configuration");
+                        tracing::warn!(version = p.version, "the hub's models cannot run ({e}); running the agent's own model until the hub sends a new configuration");
                         false
                     }
-                },
-            };
+                };
             match crate::managed::merged(&cams, &p, Some(detector.labels())) {
                 Ok(m) if model_ok => {
                     tracing::info!(version = p.version, "running the hub's managed camera settings");
@@ -323,7 +336,10 @@ pub fn run(
         &detector,
         running_model.as_ref(),
     ))))?;
-    let target = detector.input_size();
+    // Each camera scales its frames for the model it runs; a camera given a model with another
+    // input size reopens its stream at the new size (the others go on).
+    let targets: Vec<Arc<AtomicU64>> = cams.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+    retarget(&cams, &cam_models, &detector, &targets);
     // One slot per camera: its next frame waits while the current one is inferred (decode and
     // inference overlap); anything older is replaced, so detection stays live.
     let tx: Arc<LatestSlots<Frame, Ctl>> = Arc::new(LatestSlots::new(cams.len()));
@@ -340,6 +356,7 @@ pub fn run(
     let mut threads = Vec::new();
     for (i, cam) in cams.iter().enumerate() {
         let (cam, opts, tx, sh) = (cam.clone(), opts.clone(), tx.clone(), shared[i].clone());
+        let target = targets[i].clone();
         let t = std::thread::Builder::new()
             .name(format!("cam-{}", cam.id))
             .spawn(move || camera_thread(i, cam, target, opts, tx, sh))
@@ -401,7 +418,10 @@ pub fn run(
                     csb_wire::CommandOp::Config(push) => {
                         let newer = push.version > config_version.unwrap_or(0);
                         if newer
-                            && !modelswap::same_model(running_model.as_ref(), push.model.as_deref())
+                            && (!modelswap::same_model(
+                                running_model.as_ref(),
+                                push.model.as_deref(),
+                            ) || !modelswap::same_models(&cam_models, &push.models))
                         {
                             if swap
                                 .as_ref()
@@ -461,6 +481,8 @@ pub fn run(
                             &mut config_version,
                         )?
                         .0;
+                        // Cameras may have moved between the models in service.
+                        retarget(&cams, &cam_models, &detector, &targets);
                     }
                 }
             }
@@ -469,7 +491,8 @@ pub fn run(
             if let Some(res) = swap.as_ref().and_then(Swap::poll) {
                 let s = swap.take().expect("polled above");
                 match res {
-                    Ok(new_det) => {
+                    Ok(ready) => {
+                        let new_det = ready.device;
                         let mv = modelswap::version_of(&new_det, s.push.model.as_deref());
                         let mut ctx = ConfigCtx {
                             state_dir: &state_dir,
@@ -496,17 +519,25 @@ pub fn run(
                                 &mut running_model,
                                 s.push.model.as_deref().cloned(),
                             );
+                            let old_cams = std::mem::replace(&mut cam_models, ready.cameras);
                             previous = Some(Previous {
                                 detector: old,
                                 model: old_model,
+                                cameras: old_cams,
                                 version: before,
                                 until: Instant::now() + FALLBACK_KEPT,
                             });
+                            retarget(&cams, &cam_models, &detector, &targets);
                             rt.block_on(uplink.set_model(Some(mv.clone())))?;
-                            if let Some(m) = &running_model {
-                                let before = previous.as_ref().and_then(|p| p.model.as_ref());
-                                modelswap::in_service(m, before, &swap_ctx);
-                            }
+                            let now: Vec<&ModelManifest> =
+                                cam_models.iter().map(|c| &c.manifest).collect();
+                            let before: Vec<&ModelManifest> = previous
+                                .iter()
+                                .flat_map(|p| {
+                                    p.model.iter().chain(p.cameras.iter().map(|c| &c.manifest))
+                                })
+                                .collect();
+                            modelswap::in_service(running_model.as_ref(), &now, &before, &swap_ctx);
                             tracing::info!(version = s.push.version, model = %mv.name, "model swapped in");
                         }
                     }
@@ -534,8 +565,17 @@ pub fn run(
             Some(Item::Frame(i, frame)) => {
                 let t0 = Instant::now();
                 let ungated = probes.iter().any(|(p, _)| p.camera == i);
-                let r = match analytics[i].process_with(&frame, frame.ts_ms, &mut detector, ungated)
-                {
+                let det = match model_of(&cams[i], &cam_models) {
+                    Some(j) => &mut cam_models[j].det,
+                    None => &mut detector,
+                };
+                let (in_w, in_h) = det.input_size();
+                if frame.width > in_w || frame.height > in_h {
+                    // Scaled for the camera's model before a swap; its stream is reopening.
+                    continue;
+                }
+                let model_ref = det.model_ref().clone();
+                let r = match analytics[i].process_with(&frame, frame.ts_ms, det, ungated) {
                     Ok(r) => r,
                     Err(AnalyticsError::Detector(e)) => match previous.take() {
                         // The model swapped in fails at run time: back to the one before it.
@@ -545,7 +585,9 @@ pub fn run(
                             );
                             detector = p.detector;
                             running_model = p.model;
+                            cam_models = p.cameras;
                             config_version = p.version;
+                            retarget(&cams, &cam_models, &detector, &targets);
                             rt.block_on(uplink.set_config_version(config_version))?;
                             rt.block_on(uplink.set_model(Some(modelswap::version_of(
                                 &detector,
@@ -609,7 +651,7 @@ pub fn run(
                             width: frame.src_width,
                             height: frame.src_height,
                         }),
-                        model: Some(detector.model_ref().clone()),
+                        model: Some(model_ref.clone()),
                         objects: r.detections,
                         rule: None,
                     };
@@ -670,6 +712,38 @@ pub fn run(
     Ok(report)
 }
 
+/// Which of `cam_models` camera `cam` runs (none: the device's model).
+fn model_of(cam: &CameraConfig, cam_models: &[CameraModel]) -> Option<usize> {
+    let key = cam.model.as_ref()?;
+    cam_models.iter().position(|m| m.manifest.key() == *key)
+}
+
+fn pack(size: (u32, u32)) -> u64 {
+    (u64::from(size.0) << 32) | u64::from(size.1)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+/// Sets each camera's scaling size to its model's input size.
+fn retarget(
+    cams: &[CameraConfig],
+    cam_models: &[CameraModel],
+    detector: &Detector,
+    targets: &[Arc<AtomicU64>],
+) {
+    for (i, c) in cams.iter().enumerate() {
+        let size = match model_of(c, cam_models) {
+            Some(j) => cam_models[j].det.input_size(),
+            None => detector.input_size(),
+        };
+        if let Some(t) = targets.get(i) {
+            t.store(pack(size), Ordering::Relaxed);
+        }
+    }
+}
+
 /// How long the model in service before a swap is kept to fall back to.
 const FALLBACK_KEPT: Duration = Duration::from_secs(600);
 
@@ -677,6 +751,7 @@ const FALLBACK_KEPT: Duration = Duration::from_secs(600);
 struct Previous {
     detector: Detector,
     model: Option<ModelManifest>,
+    cameras: Vec<CameraModel>,
     version: Option<u64>,
     until: Instant,
 }

@@ -131,3 +131,156 @@ async fn centerface_goes_through_the_warehouse_into_the_detector() {
     .unwrap();
     assert!(outcome.passed(), "missing: {:?}", outcome.missing);
 }
+
+/// Detection labels the hub stored for `camera` of gw-cams after `since_ms`.
+async fn stored_labels(hub: &Hub, camera: &str, since_ms: i64) -> Vec<String> {
+    let url = format!("/api/v1/events?device=gw-cams&camera={camera}&kind=detection&limit=500");
+    let page = hub.get_as("ops", &url).await.unwrap_or(Value::Null);
+    page["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["ts_ms"].as_i64().unwrap_or(0) > since_ms)
+        .flat_map(|e| e["objects"].as_array().cloned().unwrap_or_default())
+        .filter_map(|o| o["label"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Per-camera model choice, pushed by the hub: one camera of a running agent is given the
+/// warehouse's face model (another decoder, another input size: its stream reopens at 640×480)
+/// while the other camera goes on with the device's YOLOX; each camera's events carry its own
+/// model's labels; taking the face model away again returns the camera to YOLOX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_camera_runs_the_face_model_while_the_other_keeps_the_device_model() {
+    use csb_test_support::agent::AgentToml;
+    use csb_test_support::http::eventually;
+    use csb_test_support::process::spawn_agent;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let hub = Hub::builder().token("ops", "operator", None).start();
+    let model = std::fs::read(root().join("models/centerface.onnx"))
+        .expect("models/centerface.onnx (run `make setup`)");
+    let image = std::fs::read(media("messi5.jpg")).unwrap();
+    let m = manifest_of("centerface", "centerface", "1.5.0", &model, &image);
+    register(&hub, "ops", &m, &model, &image).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gate_clip = still_clip(&media("messi5.jpg"), &dir.path().join("gate.avi"));
+    let loop_file = |rest: &str| {
+        format!("loop = true\npublish_detections = true\nevent_interval_ms = 200\n{rest}")
+    };
+    let cfg = AgentToml::new("gw-cams", hub.mqtt_port)
+        .hub(&hub.http)
+        .outbox_dir(dir.path().join("outbox"))
+        .model("intra_threads = 1")
+        .camera(
+            "cam-street",
+            &media("vtest.avi").display().to_string(),
+            &loop_file(""),
+        )
+        .camera("cam-gate", &gate_clip.display().to_string(), &loop_file(""))
+        .write(dir.path());
+    let mut agent = spawn_agent(&cfg, 500);
+    let start = csb_wire::now_ms();
+    let persons = |v: &[String]| v.iter().any(|l| l == "person");
+    eventually(Duration::from_secs(60), || async {
+        let (a, b) = (
+            stored_labels(&hub, "cam-street", start).await,
+            stored_labels(&hub, "cam-gate", start).await,
+        );
+        (persons(&a) && persons(&b)).then_some(())
+    })
+    .await
+    .expect("both cameras detect people with YOLOX");
+
+    // A camera naming a model the push does not carry never leaves the hub.
+    let path = "/api/v1/fleet/configs/yuexi/gw-cams";
+    let (status, body) = hub
+        .put_as(
+            "ops",
+            path,
+            &json!({ "cameras": [ { "id": "cam-gate", "model": "centerface@9" } ] }),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("cameras[0].model"), "{body}");
+
+    let (status, body) = hub
+        .put_as(
+            "ops",
+            path,
+            &json!({
+                "cameras": [ { "id": "cam-gate", "model": "centerface@1.5.0", "classes": ["face"] } ],
+                "models": [ { "name": "centerface", "version": "1.5.0" } ]
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let pushed = csb_wire::now_ms();
+    let faces = eventually(Duration::from_secs(90), || async {
+        let b = stored_labels(&hub, "cam-gate", pushed).await;
+        (!b.is_empty() && b.iter().all(|l| l == "face")).then_some(b)
+    })
+    .await
+    .expect("cam-gate reports faces once it runs the face model");
+    assert!(faces.iter().all(|l| l == "face"), "{faces:?}");
+    let applied = hub.get_as("ops", path).await.unwrap();
+    assert_eq!(applied["state"], "in_sync", "{applied:#}");
+    // The other camera never stopped, and still runs YOLOX.
+    let settled = csb_wire::now_ms();
+    eventually(Duration::from_secs(30), || async {
+        let a = stored_labels(&hub, "cam-street", settled).await;
+        (a.len() > 5 && a.iter().all(|l| l != "face")).then_some(())
+    })
+    .await
+    .expect("cam-street goes on detecting with YOLOX");
+
+    // Back to the device's model.
+    let (status, body) = hub
+        .put_as(
+            "ops",
+            path,
+            &json!({ "cameras": [ { "id": "cam-gate" } ], "models": [] }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let back = csb_wire::now_ms();
+    eventually(Duration::from_secs(60), || async {
+        persons(&stored_labels(&hub, "cam-gate", back).await).then_some(())
+    })
+    .await
+    .expect("cam-gate detects people with YOLOX again");
+    agent.terminate(Duration::from_secs(10));
+}
+
+/// A 5 s, 10 fps MJPEG clip of one picture (a gate camera watching a face), made with
+/// GStreamer: a looping camera needs a stream it can seek in, which a still image is not.
+fn still_clip(image: &std::path::Path, out: &std::path::Path) -> std::path::PathBuf {
+    use gstreamer as gst;
+    use gstreamer::prelude::*;
+    gst::init().expect("GStreamer");
+    let launch = format!(
+        "multifilesrc location=\"{}\" loop=true num-buffers=50 caps=image/jpeg,framerate=10/1 \
+         ! jpegparse ! avimux ! filesink location=\"{}\"",
+        image.display(),
+        out.display()
+    );
+    let pipeline = gst::parse::launch(&launch)
+        .expect("clip pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("make the clip");
+    let bus = pipeline.bus().expect("bus");
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("the clip is written within 30 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    out.to_path_buf()
+}

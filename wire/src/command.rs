@@ -64,6 +64,8 @@ impl CommandOp {
 
 /// Most cameras one configuration names.
 pub const MAX_CAMERAS: usize = 64;
+/// Most models a push may add for single cameras (each is a session in the agent's memory).
+pub const MAX_CAMERA_MODELS: usize = 4;
 /// Most labels a camera's class filter names.
 pub const MAX_CAMERA_CLASSES: usize = 100;
 
@@ -85,6 +87,10 @@ pub struct ConfigPush {
     /// that fails it keeps the model it runs and refuses the push with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<Box<crate::model::ModelManifest>>,
+    /// More warehouse models, for the cameras that name one (`cameras[].model`): a face
+    /// detector on one camera while the others run the device's model, say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<crate::model::ModelManifest>,
 }
 
 /// The centrally managed settings of one camera.
@@ -99,6 +105,10 @@ pub struct CameraSettings {
     /// Zones, counting lines and rules (the agent config's `[cameras.analytics]`).
     #[serde(default)]
     pub analytics: crate::rules::RulesConfig,
+    /// The model this camera runs, `NAME@VERSION` of one in the push's `models`; absent: the
+    /// device's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl ConfigPush {
@@ -138,13 +148,42 @@ impl ConfigPush {
                 .validate()
                 .map_err(|e| field_err(format!("cameras[{i}].analytics.{}", e.field), e.reason))?;
         }
-        if let Some(m) = &self.model {
-            m.check().map_err(|e| match e {
+        let prefixed = |prefix: String| {
+            move |e| match e {
                 PayloadError::Field { field, reason } => {
-                    field_err(format!("model.{field}"), reason)
+                    field_err(format!("{prefix}{field}"), reason)
                 }
                 other => other,
-            })?;
+            }
+        };
+        if let Some(m) = &self.model {
+            m.check().map_err(prefixed("model.".into()))?;
+        }
+        if self.models.len() > MAX_CAMERA_MODELS {
+            return Err(field_err(
+                "models",
+                format!("at most {MAX_CAMERA_MODELS} models besides the device's"),
+            ));
+        }
+        let mut keys = std::collections::HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            m.check().map_err(prefixed(format!("models[{i}].")))?;
+            if !keys.insert(m.key()) {
+                return Err(field_err(
+                    format!("models[{i}]"),
+                    format!("`{}` is listed twice", m.key()),
+                ));
+            }
+        }
+        for (i, c) in self.cameras.iter().enumerate() {
+            if let Some(k) = &c.model {
+                if !keys.contains(k) {
+                    return Err(field_err(
+                        format!("cameras[{i}].model"),
+                        format!("`{k}` is not one of the push's `models`"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -439,5 +478,26 @@ mod tests {
         r.reason = Some("x".repeat(MAX_REASON + 1));
         let e = decode::<CommandReply>(&serde_json::to_vec(&r).unwrap()).unwrap_err();
         assert!(e.to_string().contains("reason"), "{e}");
+    }
+
+    #[test]
+    fn a_camera_names_one_of_the_pushed_models() {
+        let model = crate::model::tests::sample();
+        let mut push: ConfigPush = serde_json::from_value(serde_json::json!({
+            "version": 2,
+            "cameras": [ { "id": "cam-1", "model": "yolox_nano@1.0.0" } ]
+        }))
+        .unwrap();
+        let e = push.check().unwrap_err().to_string();
+        assert!(e.contains("cameras[0].model"), "{e}");
+        push.models = vec![model.clone()];
+        push.check().unwrap();
+        push.models.push(model.clone());
+        let e = push.check().unwrap_err().to_string();
+        assert!(e.contains("models[1]") && e.contains("twice"), "{e}");
+        push.models = vec![model];
+        push.models[0].labels.clear();
+        let e = push.check().unwrap_err().to_string();
+        assert!(e.contains("models[0].labels"), "{e}");
     }
 }

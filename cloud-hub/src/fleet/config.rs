@@ -63,6 +63,9 @@ pub struct Desired {
     /// The warehouse model the device runs; absent: the agent's own model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelManifest>,
+    /// Warehouse models for the cameras that name one (`cameras[].model`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelManifest>,
     /// When and by whom it was set (the API token's name).
     pub set_ms: i64,
     pub by: String,
@@ -167,6 +170,7 @@ impl DeviceConfig {
                 version: d.version,
                 cameras: d.cameras.clone(),
                 model: d.model.clone().map(Box::new),
+                models: d.models.clone(),
             }),
         })
     }
@@ -270,17 +274,20 @@ impl FleetConfig {
         self.lock().get(device).cloned()
     }
 
-    /// Makes `cameras` the next desired version of `device`, keeping the model it is to run.
+    /// Makes `cameras` the next desired version of `device`, keeping the model it is to run,
+    /// and the cameras' own models unless `models` replaces them.
     pub fn set_cameras(
         &self,
         device: &str,
         cameras: Vec<CameraSettings>,
+        models: Option<Vec<ModelManifest>>,
         by: &str,
     ) -> Result<DeviceConfig, FleetError> {
-        let model = self
+        let (model, kept) = self
             .get(device)
-            .and_then(|r| r.desired.and_then(|d| d.model));
-        self.set(device, cameras, model, by)
+            .and_then(|r| r.desired)
+            .map_or((None, Vec::new()), |d| (d.model, d.models));
+        self.set(device, cameras, model, models.unwrap_or(kept), by)
     }
 
     /// Makes `cameras` and `model` the next desired version of `device`, stored durably before
@@ -290,6 +297,7 @@ impl FleetConfig {
         device: &str,
         cameras: Vec<CameraSettings>,
         model: Option<ModelManifest>,
+        models: Vec<ModelManifest>,
         by: &str,
     ) -> Result<DeviceConfig, FleetError> {
         device_ok(device)?;
@@ -309,6 +317,7 @@ impl FleetConfig {
             version,
             cameras: cameras.clone(),
             model: model.clone().map(Box::new),
+            models: models.clone(),
         };
         push.check().map_err(|e| match e {
             csb_wire::PayloadError::Field { field, reason } => {
@@ -327,6 +336,7 @@ impl FleetConfig {
             version,
             cameras,
             model,
+            models,
             set_ms: now,
             by: by.to_string(),
         });
@@ -559,7 +569,7 @@ mod tests {
         )
         .unwrap();
         let r = f
-            .set_cameras("yuexi/gw-1", vec![cam("cam-1", 0.5)], "ops")
+            .set_cameras("yuexi/gw-1", vec![cam("cam-1", 0.5)], None, "ops")
             .unwrap();
         assert_eq!(r.desired.as_ref().unwrap().version, 1);
         assert_eq!(r.state(), SyncState::Pending);
@@ -610,7 +620,7 @@ mod tests {
         let mut bad = cam("cam-1", 0.5);
         bad.analytics.zones[0].polygon.truncate(2);
         let e = f
-            .set_cameras("yuexi/gw-1", vec![bad], "ops")
+            .set_cameras("yuexi/gw-1", vec![bad], None, "ops")
             .unwrap_err()
             .to_string();
         assert!(
@@ -620,7 +630,7 @@ mod tests {
         assert_eq!(f.get("yuexi/gw-1").unwrap().desired.unwrap().version, 1);
 
         // Version 2, refused by the agent: the reason is kept; a restart keeps everything.
-        f.set_cameras("yuexi/gw-1", vec![cam("cam-9", 0.4)], "ops")
+        f.set_cameras("yuexi/gw-1", vec![cam("cam-9", 0.4)], None, "ops")
             .unwrap();
         f.on_reply(&reply(
             "yuexi/gw-1",
@@ -644,6 +654,6 @@ mod tests {
         assert_eq!(r.applied_version, Some(1));
         let whats: Vec<&str> = r.audit.iter().map(|a| a.what.as_str()).collect();
         assert_eq!(whats, ["set", "sent", "applied", "set", "sent", "refused"]);
-        assert!(f.set_cameras("nodevice", vec![], "ops").is_err());
+        assert!(f.set_cameras("nodevice", vec![], None, "ops").is_err());
     }
 }

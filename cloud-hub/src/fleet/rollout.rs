@@ -735,13 +735,13 @@ impl Rollouts {
             .collect();
         for d in pending {
             let run = r.devices.get(&d).cloned().expect("listed above");
-            let (cameras, model) = match &run.previous {
-                Some(p) => (p.cameras.clone(), p.model.clone()),
-                None => (Vec::new(), None),
+            let (cameras, model, models) = match &run.previous {
+                Some(p) => (p.cameras.clone(), p.model.clone(), p.models.clone()),
+                None => (Vec::new(), None, Vec::new()),
             };
             let rec = self
                 .fleet
-                .set(&d, cameras, model, &format!("{by} rollback"))?;
+                .set(&d, cameras, model, models, &format!("{by} rollback"))?;
             let v = rec.desired.as_ref().map(|x| x.version);
             let back_to = run
                 .previous
@@ -1000,11 +1000,14 @@ impl Rollouts {
                 continue;
             }
             let previous = self.fleet.get(&d).and_then(|c| c.desired);
-            let cameras = previous
+            // The cameras' settings and their own models stay as they were.
+            let (cameras, models) = previous
                 .as_ref()
-                .map(|p| p.cameras.clone())
+                .map(|p| (p.cameras.clone(), p.models.clone()))
                 .unwrap_or_default();
-            let rec = self.fleet.set(&d, cameras, Some(r.model.clone()), by)?;
+            let rec = self
+                .fleet
+                .set(&d, cameras, Some(r.model.clone()), models, by)?;
             let version = rec.desired.as_ref().map(|x| x.version);
             if let Some(run) = r.devices.get_mut(&d) {
                 run.state = DeviceRunState::Updating;

@@ -81,8 +81,13 @@ pub struct DevicePath {
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
     /// Each listed camera runs these settings (zones, lines, rules, class filter) instead of its
-    /// local ones; cameras not listed keep their local settings.
+    /// local ones; cameras not listed keep their local settings. A camera's `model`
+    /// (`NAME@VERSION`) must be one of `models`.
     pub cameras: Vec<csb_wire::CameraSettings>,
+    /// Warehouse models for the cameras that name one (each `ready` in the warehouse). Absent:
+    /// the device keeps the ones it has been given; `[]`: none.
+    #[serde(default)]
+    pub models: Option<Vec<crate::fleet::rollout::ModelKey>>,
 }
 
 fn fleet_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<FleetConfig>, ApiError> {
@@ -206,7 +211,7 @@ pub(crate) fn set_docs(op: TransformOperation) -> TransformOperation {
             (415, "`Content-Type` is not `application/json`"),
             (
                 422,
-                "A body field is wrong, or the settings are invalid (the message names the field)",
+                "A body field is wrong, the settings are invalid, or a model is not ready in the warehouse (the message names the field)",
             ),
             (500, "The record could not be stored (logged)"),
             (503, "Fleet configuration is not running"),
@@ -223,9 +228,31 @@ pub(crate) async fn set<S: Store>(
     let device = device_of(path)?;
     let fleet = fleet_of(&st)?;
     let by = who.map_or_else(|| "anonymous".to_string(), |Extension(t)| t.name);
+    let models = match body.models {
+        None => None,
+        Some(keys) => {
+            let warehouse = st.models.clone().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the model warehouse is not running",
+                )
+            })?;
+            let mut out = Vec::with_capacity(keys.len());
+            for (i, k) in keys.iter().enumerate() {
+                let m = warehouse.assignable(&k.name, &k.version).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("models[{i}]: {e}"),
+                    )
+                })?;
+                out.push(m);
+            }
+            Some(out)
+        }
+    };
     let rec = blocking(&st.store_slots, "fleet configuration", move || {
         fleet
-            .set_cameras(&device, body.cameras, &by)
+            .set_cameras(&device, body.cameras, models, &by)
             .map_err(fleet_error)
     })
     .await?;
