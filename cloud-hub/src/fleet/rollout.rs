@@ -907,10 +907,12 @@ impl Rollouts {
             .and_then(|c| r.devices.get(c))
             .is_some_and(|d| d.state == DeviceRunState::Failed);
         if canary_failed || failed.len() > allowed {
-            let (d, run) = failed
+            let Some((d, run)) = failed
                 .first()
                 .map(|(d, run)| ((*d).clone(), (*run).clone()))
-                .expect("a failure was counted");
+            else {
+                return;
+            };
             let which = if canary_failed {
                 format!("canary {}", r.steps[0][0])
             } else {

@@ -78,6 +78,12 @@ pub fn clip(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// A named path (`Path<T>` with a struct `T`), or 400 saying what in it is wrong.
+pub fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("path: {}", clip(&e.body_text()))))
+}
+
 /// An id in the path (`{id}`), as sent.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[schemars(inline)]

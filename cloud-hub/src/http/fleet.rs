@@ -231,12 +231,7 @@ pub(crate) async fn set<S: Store>(
     let models = match body.models {
         None => None,
         Some(keys) => {
-            let warehouse = st.models.clone().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the model warehouse is not running",
-                )
-            })?;
+            let warehouse = crate::http::models::warehouse_of(&st)?;
             let mut out = Vec::with_capacity(keys.len());
             for (i, k) in keys.iter().enumerate() {
                 let m = warehouse.assignable(&k.name, &k.version).map_err(|e| {

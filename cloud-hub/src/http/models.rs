@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fleet::models::{FileKind, Registered, StoredModel, Warehouse, WarehouseError};
 use crate::http::cases::{blocking, JsonBody};
-use crate::http::error::{clip, ApiError};
+use crate::http::error::{clip, path_of, ApiError};
 use crate::http::openapi::{
     content, error_response, errors, operator, respond, schema_of, viewer, with_header,
 };
@@ -82,18 +82,13 @@ pub struct ModelList {
     pub models: Vec<StoredModel>,
 }
 
-fn warehouse_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<Warehouse>, ApiError> {
+pub(crate) fn warehouse_of<S>(st: &ApiState<S>) -> Result<std::sync::Arc<Warehouse>, ApiError> {
     st.models.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the model warehouse is not running",
         )
     })
-}
-
-fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    path.map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(format!("path: {}", clip(&e.body_text()))))
 }
 
 /// The status each warehouse error answers.

@@ -20,7 +20,7 @@ use crate::fleet::rollout::{
     Action, DeviceRunState, Rollout, RolloutError, RolloutSpec, RolloutState, Rollouts,
 };
 use crate::http::cases::{blocking, JsonBody};
-use crate::http::error::ApiError;
+use crate::http::error::{path_of, ApiError};
 use crate::http::openapi::{content, errors, operator, respond, schema_of, viewer};
 use crate::http::state::ApiState;
 use crate::http::tokens::TokenInfo;
@@ -139,11 +139,6 @@ fn rollouts_of<S>(st: &ApiState<S>) -> Result<(Arc<Rollouts>, Arc<Groups>), ApiE
             "rollouts are not running",
         )),
     }
-}
-
-fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    path.map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
 }
 
 fn by_of(who: Option<Extension<TokenInfo>>) -> String {
